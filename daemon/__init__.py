@@ -1,0 +1,1 @@
+"""The process: CLI, configuration, logging, scheduling, signals, systemd notify, metrics."""

@@ -1,0 +1,169 @@
+"""The ``toogo-reconcile`` command line. Exit codes: 0 success, 1 operational failure, 2 usage or
+configuration error."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+import click
+import structlog
+
+from daemon.config import Config, config_path, load_config, parse_duration
+from daemon.logs import configure_logging
+from daemon.runtime import open_core
+from reconcile.consumer import Outcome, Source
+from reconcile.errors import ConfigError, OrderNotFound, ReconcileError
+from reconcile.sweep import sweep as run_sweep
+
+log = structlog.get_logger("daemon.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class DurationType(click.ParamType):  # type: ignore[type-arg]
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"toogo-reconcile: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(ctx: click.Context) -> Config:
+    obj = ctx.ensure_object(dict)
+    if "config" not in obj:
+        try:
+            cfg = load_config(
+                config_path(obj.get("config_path")), required=obj.get("config_path") is not None
+            )
+        except ConfigError as exc:
+            _fail(f"config error: {exc}", EXIT_USAGE)
+        fmt = obj.get("log_format") or cfg.logging.format
+        configure_logging(fmt, cfg.logging.level)
+        obj["config"] = cfg
+    config: Config = obj["config"]
+    return config
+
+
+def _run(job: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    """Run a command's coroutine; translate the project's errors into exit codes and one line."""
+    try:
+        code: int = asyncio.run(job())
+    except ConfigError as exc:
+        _fail(f"config error: {exc}", EXIT_USAGE)
+    except ReconcileError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    metavar="PATH",
+    envvar="TOOGO_CONFIG",
+    help="YAML configuration (env TOOGO_CONFIG; default ./config.yaml).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    help="Override logging.format: JSON lines, or pretty console output.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, log_format: str | None) -> None:
+    """Charge Toogo users' power exactly once per profitable closed order.
+
+    Logs are JSON lines on stdout; errors are one line on stderr. Exit status: 0 success,
+    1 operational failure, 2 usage or configuration error.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_file
+    ctx.obj["log_format"] = log_format
+
+
+@cli.command()
+@click.option(
+    "--lookback",
+    type=DURATION,
+    default=None,
+    help="How far back close_time may be (default: sweep.lookback, 7d).",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 5000),
+    default=None,
+    help="Orders locked and charged per transaction (default: sweep.page_size, 500).",
+)
+@click.pass_context
+def sweep(ctx: click.Context, lookback: timedelta | None, page_size: int | None) -> None:
+    """One compensation pass: charge closed, profitable, unconsumed orders, oldest first.
+
+    Safe to run while other sweeps, the daemon and the realtime path charge the same database.
+    Exit 1 if any order failed or the database gave up.
+    """
+    config = _load(ctx)
+
+    async def job() -> int:
+        async with open_core(config) as core:
+            summary = await run_sweep(
+                core.consumer,
+                lookback=lookback or config.sweep.lookback,
+                page_size=page_size or config.sweep.page_size,
+                source=Source.SWEEP,
+            )
+        return EXIT_OK if summary.ok else EXIT_FAILED
+
+    _run(job)
+
+
+@cli.command()
+@click.option(
+    "--order-id",
+    type=click.IntRange(min=1),
+    required=True,
+    help="hg_trading_order.id of the order to charge.",
+)
+@click.pass_context
+def consume(ctx: click.Context, order_id: int) -> None:
+    """The realtime trigger: charge one order (any age) exactly once.
+
+    Charged or already charged: exit 0. Not eligible (open, cancelled, not profitable): exit 0
+    with the reason. Not found: exit 1.
+    """
+    config = _load(ctx)
+
+    async def job() -> int:
+        async with open_core(config) as core:
+            try:
+                result = await core.consumer.charge(order_id, Source.REALTIME)
+            except OrderNotFound as exc:
+                log.error("order not found", order_id=order_id)
+                raise exc
+        fields: dict[str, Any] = {"order_id": order_id, "outcome": str(result.outcome)}
+        if result.consume_power is not None:
+            fields["consume_power"] = result.consume_power
+        if result.outcome is Outcome.NOT_ELIGIBLE:
+            fields["reason"] = result.reason
+        log.info("consume result", **fields)
+        return EXIT_OK
+
+    _run(job)
+
+
+def main() -> None:
+    cli(prog_name="toogo-reconcile")

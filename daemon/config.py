@@ -1,0 +1,206 @@
+"""The YAML configuration, validated by pydantic; unknown keys are errors.
+
+Sources, strongest first: environment (``TOOGO_DATABASE_URL``, ``TOOGO_DATABASE_PASSWORD``),
+the systemd credential ``$CREDENTIALS_DIRECTORY/db_password``, the YAML file
+(``--config PATH``, env ``TOOGO_CONFIG``, default ``./config.yaml``), the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from reconcile.db import DatabaseSettings, RetryPolicy, Secret
+from reconcile.errors import ConfigError
+
+DEFAULT_CONFIG = "config.yaml"
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'60s', '15m', '7d', '500ms', or a number of seconds. Must be positive."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise ValueError("a duration like '60s', '15m' or '7d' is required")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration like '60s', '15m' or '7d'")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _money(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))  # 0.1 -> Decimal('0.1'), not the binary float's expansion
+    return value
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryConfig(_Model):
+    attempts: int = Field(6, ge=1, le=50)
+    initial: Duration = timedelta(milliseconds=50)
+    max: Duration = timedelta(seconds=2)
+
+
+class DatabaseConfig(_Model):
+    url: str = "sqlite+aiosqlite:///toogo-reconcile.db"
+    password: SecretStr | None = None
+    timezone: str = "UTC"
+    lock_wait_timeout: Duration = timedelta(seconds=10)
+    pool_size: int = Field(5, ge=1, le=100)
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if not re.match(r"^(mysql|mariadb)\+aiomysql://|^sqlite\+aiosqlite://", url):
+            raise ValueError("must start with mysql+aiomysql:// or sqlite+aiosqlite://")
+        return url
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(name)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}") from exc
+        return name
+
+    def settings(self) -> DatabaseSettings:
+        password = self.password.get_secret_value() if self.password is not None else None
+        return DatabaseSettings(
+            url=self.url,
+            password=Secret(password) if password is not None else None,
+            timezone=self.timezone,
+            lock_wait_timeout=max(1, round(self.lock_wait_timeout.total_seconds())),
+            pool_size=self.pool_size,
+            retry=RetryPolicy(
+                attempts=self.retry.attempts,
+                initial=self.retry.initial.total_seconds(),
+                maximum=self.retry.max.total_seconds(),
+            ),
+        )
+
+
+class PowerConfig(_Model):
+    consume_rate: Money | None = Field(None, ge=0, le=Decimal("9.9999"))
+    min_consume: Money | None = Field(None, ge=0)
+    vip_discount: bool = True
+
+    def rules_override(self) -> dict[str, Any]:
+        return {
+            "consume_rate": self.consume_rate,
+            "min_consume": self.min_consume,
+            "vip_discount": self.vip_discount,
+        }
+
+
+class SweepConfig(_Model):
+    lookback: Duration = timedelta(days=7)
+    page_size: int = Field(500, ge=1, le=5000)
+
+
+class LoggingConfig(_Model):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Model):
+    database: DatabaseConfig = DatabaseConfig()
+    power: PowerConfig = PowerConfig()
+    sweep: SweepConfig = SweepConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def config_path(given: str | None) -> Path:
+    return Path(given or os.environ.get("TOOGO_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: Path, *, required: bool = True) -> Config:
+    """Read, overlay the environment, validate.
+
+    Raises ConfigError with one line naming the bad field.
+    """
+    data: Any = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        if required:
+            raise ConfigError(
+                f"config file {path} not found (use --config or TOOGO_CONFIG)"
+            ) from exc
+        text = ""
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    _overlay_environment(data)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, path)) from None
+
+
+def _overlay_environment(data: dict[str, Any]) -> None:
+    db = data.setdefault("database", {})
+    if not isinstance(db, dict):
+        return
+    if url := os.environ.get("TOOGO_DATABASE_URL"):
+        db["url"] = url
+    password = os.environ.get("TOOGO_DATABASE_PASSWORD")
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if password is None and creds:
+        file = Path(creds) / "db_password"
+        if file.is_file():
+            password = file.read_text(encoding="utf-8").rstrip("\n")
+    if password is not None:
+        db["password"] = password
+
+
+def _first_error(exc: ValidationError, path: Path) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{path}: {field}: {msg}{more}"

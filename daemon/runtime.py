@@ -1,0 +1,55 @@
+"""Wiring: open the database, check the schema, resolve the power rules, build the consumer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.config import Config
+from reconcile.consumer import PowerConsumer, load_power_rules
+from reconcile.db import Database
+from reconcile.errors import SchemaNotReady
+from reconcile.schema import create_embedded_schema, schema_problems
+
+log = structlog.get_logger("daemon")
+
+
+@dataclass
+class Core:
+    db: Database
+    consumer: PowerConsumer
+
+
+async def ensure_schema(db: Database) -> None:
+    """SQLite (the embedded default) gets its schema on first use; MySQL must be migrated."""
+
+    async def check(conn: AsyncConnection) -> list[str]:
+        if not db.is_mysql:
+            await create_embedded_schema(conn)
+        return await schema_problems(conn)
+
+    problems = await db.transaction(check, what="check the schema")
+    if problems:
+        raise SchemaNotReady(
+            "; ".join(problems) + " - run `toogo-reconcile migrate up` (see README, runbook)"
+        )
+
+
+@asynccontextmanager
+async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIterator[Core]:
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(Database(config.database.settings()))
+        if require_schema:
+            await ensure_schema(db)
+        rules = await load_power_rules(db, **config.power.rules_override())
+        log.debug(
+            "power rules",
+            consume_rate=rules.consume_rate,
+            min_consume=rules.min_consume,
+            vip_discount=rules.vip_discount,
+        )
+        yield Core(db=db, consumer=PowerConsumer(db, rules))

@@ -1,0 +1,511 @@
+"""Where an order is charged: the idempotent power consumer.
+
+One transaction per unit of work (one order, or one page of the sweep):
+
+1. the order rows are locked (``FOR UPDATE``; the sweep adds ``SKIP LOCKED`` so sweepers share);
+2. an existing consume row for (user_id, order_id) means "already charged": the order's flag and
+   power_amount are repaired from it if needed and ``skip duplicate`` is logged - never a second
+   debit, even when the amount it holds differs from today's (``conflict=true``);
+3. otherwise the consume row is INSERTed (plain INSERT: ``uk_user_order`` decides a race with a
+   writer that does not lock the order), the wallet row is created if missing and locked in
+   user-id order, debited with ``power = power - x``, a ledger row with before/after is written,
+   and the order gets ``power_consumed = 1, power_amount = x``;
+4. commit. The ``power consumed`` events are logged only after the commit succeeded.
+
+A crash before commit leaves nothing; after commit everything is there. A lost connection during
+COMMIT is resolved by re-running the same unit: step 2 then finds the row if the commit landed.
+A negative power balance is allowed (hotgo's rule: a charge is never refused).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from sqlalchemy import ColumnElement, Select, and_, case, literal, or_, select
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconcile.db import Database
+from reconcile.errors import DuplicateKey, OrderNotFound
+from reconcile.pricing import Charge, Discount, PowerRules, compute_charge
+from reconcile.schema import (
+    power_consume,
+    toogo_config,
+    toogo_user,
+    trading_order,
+    wallet,
+    wallet_log,
+)
+
+log = structlog.get_logger("reconcile.consumer")
+
+STATUS_OPEN, STATUS_CLOSED, STATUS_CANCELLED = 1, 2, 3
+_STATUS_NAMES = {STATUS_OPEN: "open", STATUS_CANCELLED: "cancelled"}
+
+
+class Source(StrEnum):
+    REALTIME = "realtime"
+    SWEEP = "sweep"
+    HISTORY = "history"
+
+
+class Outcome(StrEnum):
+    CHARGED = "charged"
+    SKIPPED_DUPLICATE = "skipped_duplicate"
+    NOT_ELIGIBLE = "not_eligible"
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    order_id: int
+    outcome: Outcome
+    consume_power: Decimal | None = None
+    reason: str | None = None
+    conflict: bool = False
+
+
+@dataclass(frozen=True)
+class _Order:
+    id: int
+    user_id: int
+    robot_id: int
+    order_sn: str
+    status: int
+    realized_profit: Decimal
+    power_consumed: int
+    power_amount: Decimal
+    close_time: datetime | None
+
+
+@dataclass
+class _Settlement:
+    """What one transaction decided; its events are logged after COMMIT."""
+
+    results: list[ChargeResult] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def log(self) -> None:
+        for event, fields in self.events:
+            log.info(event, **fields)
+
+
+_ORDER_COLUMNS = (
+    trading_order.c.id,
+    trading_order.c.user_id,
+    trading_order.c.robot_id,
+    trading_order.c.order_sn,
+    trading_order.c.status,
+    trading_order.c.realized_profit,
+    trading_order.c.power_consumed,
+    trading_order.c.power_amount,
+    trading_order.c.close_time,
+)
+
+
+def positive(db: Database, column: Any) -> ColumnElement[bool]:
+    """``column > 0`` for a DECIMAL column (SQLite keeps decimals as text)."""
+    if db.is_mysql:
+        return column > 0  # type: ignore[no-any-return]
+    from sqlalchemy import Float, cast
+
+    return cast(column, Float) > 0
+
+
+async def load_power_rules(
+    db: Database,
+    *,
+    consume_rate: Decimal | None,
+    min_consume: Decimal | None,
+    vip_discount: bool,
+) -> PowerRules:
+    """Configured values win; otherwise ``hg_toogo_config`` group ``power``; else 0.10 / 0.01."""
+    defaults = PowerRules()
+    stored: dict[str, str] = {}
+    if consume_rate is None or min_consume is None:
+
+        async def read(conn: AsyncConnection) -> dict[str, str]:
+            rows = await conn.execute(
+                select(toogo_config.c.key, toogo_config.c.value).where(
+                    toogo_config.c.group == "power",
+                    toogo_config.c.key.in_(["consume_rate", "min_consume"]),
+                )
+            )
+            return {k: v for k, v in rows if v is not None}
+
+        stored = await db.transaction(read, what="read hg_toogo_config power settings")
+
+    def pick(given: Decimal | None, key: str, default: Decimal) -> Decimal:
+        if given is not None:
+            return given
+        if key in stored:
+            try:
+                return Decimal(stored[key].strip())
+            except ArithmeticError:
+                log.warning("bad hg_toogo_config value", group="power", key=key, using=str(default))
+        return default
+
+    return PowerRules(
+        consume_rate=pick(consume_rate, "consume_rate", defaults.consume_rate),
+        min_consume=pick(min_consume, "min_consume", defaults.min_consume),
+        vip_discount=vip_discount,
+    )
+
+
+class PowerConsumer:
+    """Charges orders exactly once. Safe under any concurrency, by construction."""
+
+    def __init__(self, db: Database, rules: PowerRules) -> None:
+        self.db = db
+        self.rules = rules
+
+    # -- one order (the realtime trigger, the history sync) -----------------------------------
+
+    async def charge(self, order_id: int, source: Source) -> ChargeResult:
+        """Charge one order, or report why not. Raises ``OrderNotFound``."""
+
+        async def unit(conn: AsyncConnection) -> _Settlement:
+            stmt = select(*_ORDER_COLUMNS).where(trading_order.c.id == order_id).with_for_update()
+            rows = await _fetch_orders(conn, stmt)
+            if not rows:
+                raise OrderNotFound(order_id)
+            return await self._settle(conn, rows, source)
+
+        # A DuplicateKey means a writer that does not lock the order inserted the consume row
+        # between our check and our INSERT: the transaction is rolled back and the next attempt
+        # finds the row and takes the "already charged" path.
+        for attempt in (1, 2, 3):
+            try:
+                settlement = await self.db.transaction(
+                    unit, what="charge order", order_id=order_id, source=str(source)
+                )
+            except DuplicateKey:
+                if attempt == 3:
+                    raise
+                log.info("consume row appeared concurrently", order_id=order_id, retry=True)
+                continue
+            settlement.log()
+            return settlement.results[0]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- a page of the sweep ------------------------------------------------------------------
+
+    async def charge_page(
+        self,
+        *,
+        since: datetime,
+        after: tuple[datetime, int],
+        limit: int,
+        source: Source,
+        seen: list[tuple[datetime, int]],
+    ) -> list[ChargeResult]:
+        """Lock and charge the next page of candidates after the keyset position ``after``.
+
+        ``seen`` is filled with the page's (close_time, id) keys, in order, before any write, so
+        the caller can advance its keyset and, if the page fails as a whole, charge them one by
+        one. An empty ``seen`` means the sweep is done.
+        """
+        after_time, after_id = after
+        o = trading_order.c
+        stmt = (
+            select(*_ORDER_COLUMNS)
+            .where(
+                o.power_consumed == 0,
+                o.status == STATUS_CLOSED,
+                o.close_time >= max(since, after_time),
+                or_(o.close_time > after_time, o.id > after_id),
+                positive(self.db, o.realized_profit),
+            )
+            .order_by(o.close_time, o.id)
+            .limit(limit)
+            .with_for_update(skip_locked=self.db.skip_locked)
+        )
+
+        async def unit(conn: AsyncConnection) -> _Settlement:
+            rows = await _fetch_orders(conn, stmt)
+            seen[:] = [(r.close_time, r.id) for r in rows if r.close_time is not None]
+            return await self._settle(conn, rows, source)
+
+        settlement = await self.db.transaction(unit, what="charge sweep page", source=str(source))
+        settlement.log()
+        return settlement.results
+
+    # -- the transaction body shared by both ---------------------------------------------------
+
+    async def _settle(
+        self, conn: AsyncConnection, orders: Sequence[_Order], source: Source
+    ) -> _Settlement:
+        out = _Settlement()
+        now = self.db.now()
+        eligible: list[_Order] = []
+        for order in orders:
+            reason = _ineligibility(order)
+            if reason is None:
+                eligible.append(order)
+            else:
+                out.results.append(ChargeResult(order.id, Outcome.NOT_ELIGIBLE, reason=reason))
+        if not eligible:
+            return out
+
+        existing = await _existing_consumes(conn, eligible)
+        discounts = await _discounts(conn, {o.user_id for o in eligible})
+        to_charge: list[tuple[_Order, Charge]] = []
+        order_updates: dict[int, Decimal] = {}
+        for order in eligible:
+            charge = compute_charge(
+                order.realized_profit, self.rules, discounts.get(order.user_id, Discount())
+            )
+            found = existing.get((order.user_id, order.id))
+            if found is not None:
+                out.results.append(
+                    self._duplicate(order, found, charge, source, out, order_updates)
+                )
+            elif order.power_consumed:
+                out.results.append(
+                    ChargeResult(
+                        order.id,
+                        Outcome.NOT_ELIGIBLE,
+                        reason="flagged power_consumed=1 but has no consume record (see audit)",
+                    )
+                )
+            else:
+                to_charge.append((order, charge))
+
+        if to_charge:
+            await self._debit(conn, to_charge, source, now, out)
+            order_updates.update({o.id: c.consume_power for o, c in to_charge})
+        if order_updates:
+            await conn.execute(
+                trading_order.update()
+                .where(trading_order.c.id.in_(list(order_updates)))
+                .values(
+                    power_consumed=1,
+                    power_amount=_case(
+                        trading_order.c.id, order_updates, trading_order.c.power_amount
+                    ),
+                    updated_at=now,
+                )
+            )
+        return out
+
+    def _duplicate(
+        self,
+        order: _Order,
+        found: Decimal,
+        charge: Charge,
+        source: Source,
+        out: _Settlement,
+        order_updates: dict[int, Decimal],
+    ) -> ChargeResult:
+        repaired = order.power_consumed != 1 or order.power_amount != found
+        if repaired:
+            order_updates[order.id] = found
+        conflict = found != charge.consume_power
+        fields: dict[str, Any] = {
+            "user_id": order.user_id,
+            "order_id": order.id,
+            "order_sn": order.order_sn,
+            "consume_power": found,
+            "source": str(source),
+            "repaired_flag": repaired,
+        }
+        if conflict:
+            fields.update(conflict=True, would_charge=charge.consume_power)
+        out.events.append(("skip duplicate", fields))
+        return ChargeResult(
+            order.id, Outcome.SKIPPED_DUPLICATE, consume_power=found, conflict=conflict
+        )
+
+    async def _debit(
+        self,
+        conn: AsyncConnection,
+        to_charge: list[tuple[_Order, Charge]],
+        source: Source,
+        now: datetime,
+        out: _Settlement,
+    ) -> None:
+        await conn.execute(
+            power_consume.insert(),
+            [
+                {
+                    "user_id": o.user_id,
+                    "robot_id": o.robot_id,
+                    "order_id": o.id,
+                    "order_sn": o.order_sn,
+                    "profit_amount": c.profit,
+                    "consume_rate": c.consume_rate,
+                    "consume_power": c.consume_power,
+                    "from_power": c.consume_power,
+                    "vip_level": c.vip_level,
+                    "discount_rate": c.discount_rate,
+                    "original_power": c.original_power,
+                    "created_at": now,
+                }
+                for o, c in to_charge
+            ],
+        )
+        per_user: dict[int, Decimal] = defaultdict(Decimal)
+        for o, c in to_charge:
+            per_user[o.user_id] += c.consume_power
+        balances = await self._lock_wallets(conn, sorted(per_user), now)
+        await self._apply_wallet_debits(conn, per_user, balances, now)
+
+        ledger: list[dict[str, Any]] = []
+        running = {uid: power for uid, (power, _total) in balances.items()}
+        for o, c in to_charge:
+            before = running[o.user_id]
+            after = before - c.consume_power
+            running[o.user_id] = after
+            ledger.append(
+                {
+                    "user_id": o.user_id,
+                    "account_type": "power",
+                    "change_type": "power_consume",
+                    "change_amount": -c.consume_power,
+                    "before_amount": before,
+                    "after_amount": after,
+                    "related_id": o.id,
+                    "related_type": "trading_order",
+                    "order_sn": o.order_sn,
+                    "remark": f"power consume ({source}) for profit {c.profit}",
+                    "created_at": now,
+                }
+            )
+            out.results.append(ChargeResult(o.id, Outcome.CHARGED, consume_power=c.consume_power))
+            out.events.append(
+                (
+                    "power consumed",
+                    {
+                        "user_id": o.user_id,
+                        "robot_id": o.robot_id,
+                        "order_id": o.id,
+                        "order_sn": o.order_sn,
+                        "profit": c.profit,
+                        "consume_power": c.consume_power,
+                        "before": before,
+                        "after": after,
+                        "source": str(source),
+                    },
+                )
+            )
+        await conn.execute(wallet_log.insert(), ledger)
+
+    async def _lock_wallets(
+        self, conn: AsyncConnection, user_ids: list[int], now: datetime
+    ) -> dict[int, tuple[Decimal, Decimal]]:
+        """Lock the users' wallet rows in user-id order, creating missing ones (all zero)."""
+        stmt = (
+            select(wallet.c.user_id, wallet.c.power, wallet.c.total_power_consume)
+            .where(wallet.c.user_id.in_(user_ids))
+            .order_by(wallet.c.user_id)
+            .with_for_update()
+        )
+        found = {r.user_id: (r.power, r.total_power_consume) for r in await conn.execute(stmt)}
+        missing = [u for u in user_ids if u not in found]
+        if missing:
+            rows = [
+                {
+                    "user_id": u,
+                    "power": Decimal(0),
+                    "gift_power": Decimal(0),
+                    "total_power_consume": Decimal(0),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for u in missing
+            ]
+            if self.db.is_mysql:
+                ins = mysql.insert(wallet)
+                # a no-op on conflict: a concurrent creator won; no money column is touched
+                await conn.execute(ins.on_duplicate_key_update(user_id=ins.inserted.user_id), rows)
+            else:
+                await conn.execute(sqlite.insert(wallet).on_conflict_do_nothing(), rows)
+            again = stmt.where(wallet.c.user_id.in_(missing))
+            found.update(
+                {r.user_id: (r.power, r.total_power_consume) for r in await conn.execute(again)}
+            )
+        return found
+
+    async def _apply_wallet_debits(
+        self,
+        conn: AsyncConnection,
+        per_user: dict[int, Decimal],
+        balances: dict[int, tuple[Decimal, Decimal]],
+        now: datetime,
+    ) -> None:
+        w = wallet.c
+        if self.db.is_mysql:
+            debit = _case(w.user_id, per_user, w.power)
+            values: dict[str, Any] = {
+                "power": w.power - debit,
+                "total_power_consume": w.total_power_consume + debit,
+            }
+        else:
+            # SQLite keeps decimals as text, so the new figures are computed here, under the
+            # write lock BEGIN IMMEDIATE took, instead of by SQL arithmetic (which would be float).
+            values = {
+                "power": _case(
+                    w.user_id, {u: balances[u][0] - d for u, d in per_user.items()}, w.power
+                ),
+                "total_power_consume": _case(
+                    w.user_id, {u: balances[u][1] + d for u, d in per_user.items()}, w.power
+                ),
+            }
+        await conn.execute(
+            wallet.update().where(w.user_id.in_(list(per_user))).values(updated_at=now, **values)
+        )
+
+
+def _ineligibility(order: _Order) -> str | None:
+    if order.status != STATUS_CLOSED:
+        return f"order is {_STATUS_NAMES.get(order.status, f'in status {order.status}')}"
+    if order.realized_profit <= 0:
+        return f"not profitable (realized_profit {order.realized_profit})"
+    return None
+
+
+def _case(key: Any, mapping: dict[int, Decimal], typed_like: Any) -> Any:
+    return case(
+        {k: literal(v, typed_like.type) for k, v in mapping.items()},
+        value=key,
+    )
+
+
+async def _fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[_Order]:
+    return [_Order(*row) for row in await conn.execute(stmt)]
+
+
+async def _existing_consumes(
+    conn: AsyncConnection, orders: Iterable[_Order]
+) -> dict[tuple[int, int], Decimal]:
+    """Consume rows already present for these (user_id, order_id) pairs; the newest wins."""
+    orders = list(orders)
+    pairs = {(o.user_id, o.id) for o in orders}
+    c = power_consume.c
+    rows = await conn.execute(
+        select(c.id, c.user_id, c.order_id, c.consume_power)
+        .where(
+            and_(
+                c.user_id.in_({o.user_id for o in orders}),
+                c.order_id.in_([o.id for o in orders]),
+            )
+        )
+        .order_by(c.id)
+    )
+    return {
+        (r.user_id, r.order_id): r.consume_power for r in rows if (r.user_id, r.order_id) in pairs
+    }
+
+
+async def _discounts(conn: AsyncConnection, user_ids: set[int]) -> dict[int, Discount]:
+    u = toogo_user.c
+    rows = await conn.execute(
+        select(u.member_id, u.vip_level, u.power_discount).where(u.member_id.in_(user_ids))
+    )
+    return {r.member_id: Discount(r.vip_level, r.power_discount) for r in rows}

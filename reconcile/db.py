@@ -1,0 +1,302 @@
+"""The database boundary: engine lifecycle, error translation and whole-transaction retries.
+
+Every statement the core runs goes through ``Database.transaction``: one function, one
+transaction, re-run as a whole (bounded, jittered, logged) when the database says the outcome
+can be resolved by trying again - deadlock, lock-wait timeout, lost connection (including during
+COMMIT, whose outcome is unknown: the unique keys make re-running safe). Nothing else is retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from reconcile.errors import (
+    ConfigError,
+    ConnectionLost,
+    DatabaseError,
+    DatabaseTemporaryError,
+    Deadlock,
+    DuplicateKey,
+    LockWaitTimeout,
+)
+
+log = structlog.get_logger("reconcile.db")
+
+T = TypeVar("T")
+
+_DEADLOCK = 1213
+_LOCK_WAIT_TIMEOUT = 1205
+_DUPLICATE_KEY = 1062
+# 2002/2003: cannot connect; 2006: server has gone away; 2013: lost connection during query;
+# 1927: connection killed (MariaDB); 4031: disconnected by the server for inactivity.
+_CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 1927, 4031})
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a whole transaction is retried: bounded, exponential, jittered."""
+
+    attempts: int = 6
+    initial: float = 0.05
+    maximum: float = 2.0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+    password: Secret | None = None
+    timezone: str = "UTC"
+    lock_wait_timeout: int = 10
+    pool_size: int = 5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def sqlalchemy_url(self) -> URL:
+        try:
+            url = make_url(self.url)
+        except sa_exc.ArgumentError as exc:
+            raise ConfigError("database.url is not a valid database URL") from exc
+        if self.password is not None:
+            url = url.set(password=self.password.get())
+        return url
+
+    def display_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return self.sqlalchemy_url().render_as_string(hide_password=True)
+
+
+def _mysql_code(exc: sa_exc.DBAPIError) -> int | None:
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0]
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of a driver error (no SQL text, no parameters)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        orig = exc.orig
+        args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+        if len(args) >= 2 and isinstance(args[0], int):
+            return f"{type(orig).__name__} {args[0]}: {args[1]}"
+        return f"{type(orig).__name__}: {orig}"
+    text = str(exc).split("\n", 1)[0]
+    return re.sub(r"://[^@/\s]*@", "://***@", f"{type(exc).__name__}: {text}")
+
+
+@contextlib.contextmanager
+def map_db_errors(what: str) -> Iterator[None]:
+    """Translate SQLAlchemy/driver exceptions into the project's tree, once, at the boundary."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        code = _mysql_code(exc)
+        message = f"{what}: {_describe(exc)}"
+        if code == _DEADLOCK:
+            raise Deadlock(message) from exc
+        if code == _LOCK_WAIT_TIMEOUT:
+            raise LockWaitTimeout(message) from exc
+        if code == _DUPLICATE_KEY or (
+            isinstance(exc, sa_exc.IntegrityError) and "UNIQUE constraint failed" in str(exc.orig)
+        ):
+            raise DuplicateKey(message) from exc
+        if code in _CONNECTION_LOST or exc.connection_invalidated:
+            raise ConnectionLost(message) from exc
+        if "database is locked" in str(exc.orig):  # SQLite busy past its timeout
+            raise LockWaitTimeout(message) from exc
+        raise DatabaseError(message) from exc
+    except (sa_exc.PendingRollbackError, sa_exc.ResourceClosedError) as exc:
+        raise ConnectionLost(f"{what}: {_describe(exc)}") from exc
+    except (ConnectionError, TimeoutError) as exc:
+        raise ConnectionLost(f"{what}: {_describe(exc)}") from exc
+
+
+class Database:
+    """An async engine plus what the core needs to know about the server.
+
+    Use as ``async with Database(settings) as db``; closing twice is safe.
+    """
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self.settings = settings
+        self.tz: tzinfo = _zone(settings.timezone)
+        url = settings.sqlalchemy_url()
+        self.dialect_name = url.get_backend_name()
+        if self.dialect_name not in {"mysql", "mariadb", "sqlite"}:
+            raise ConfigError(
+                f"database.url: unsupported backend {self.dialect_name!r} (use mysql+aiomysql or "
+                "sqlite+aiosqlite)"
+            )
+        self.is_mysql = self.dialect_name != "sqlite"
+        self.skip_locked = False
+        self._engine: AsyncEngine | None = None
+        self._url = url
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("Database is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        if self.is_mysql:
+            init = f"SET SESSION innodb_lock_wait_timeout = {int(self.settings.lock_wait_timeout)}"
+            self._engine = create_async_engine(
+                self._url,
+                isolation_level="READ COMMITTED",
+                pool_size=self.settings.pool_size,
+                max_overflow=self.settings.pool_size,
+                pool_pre_ping=True,
+                pool_recycle=3600,
+                connect_args={"init_command": init, "connect_timeout": 10, "charset": "utf8mb4"},
+            )
+        else:
+            self._engine = create_async_engine(
+                self._url, connect_args={"timeout": self.settings.lock_wait_timeout}
+            )
+            _serialize_sqlite_writers(self._engine)
+        await self._probe()
+
+    async def _probe(self) -> None:
+        async def probe(conn: AsyncConnection) -> None:
+            info = conn.dialect.server_version_info or ()
+            if self.is_mysql:
+                is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+                self.skip_locked = tuple(info) >= ((10, 6) if is_mariadb else (8, 0, 1))
+
+        await self.transaction(probe, what="connect to the database")
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def now(self) -> datetime:
+        """Now, as the naive local time hotgo's DATETIME columns hold."""
+        return datetime.now(self.tz).replace(tzinfo=None)
+
+    def to_db_time(self, moment: datetime) -> datetime:
+        """An aware datetime as a naive DATETIME value in the database's time zone."""
+        if moment.tzinfo is None:
+            raise ValueError("to_db_time needs an aware datetime")
+        return moment.astimezone(self.tz).replace(tzinfo=None)
+
+    def from_db_time(self, value: datetime) -> datetime:
+        """A naive DATETIME value read from the database as an aware datetime."""
+        return value.replace(tzinfo=self.tz)
+
+    async def transaction(
+        self,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        what: str,
+        **log_fields: Any,
+    ) -> T:
+        """Run ``fn`` in one transaction; re-run it whole on a temporary database failure."""
+        policy = self.settings.retry
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "db retry",
+                what=what,
+                attempt=state.attempt_number,
+                max_attempts=policy.attempts,
+                error=type(exc).__name__ if exc else None,
+                detail=str(exc) if exc else None,
+                retry=True,
+                **log_fields,
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseTemporaryError),
+            stop=stop_after_attempt(policy.attempts),
+            wait=wait_random_exponential(multiplier=policy.initial, max=policy.maximum),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._once(fn, what)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
+        with map_db_errors(what):
+            async with self.engine.connect() as conn, conn.begin():
+                return await fn(conn)
+
+
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"database.timezone: unknown time zone {name!r}") from exc
+
+
+def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
+    """SQLite: take the write lock at BEGIN so read-then-write transactions cannot interleave."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,252 @@
+"""Builders for test data and the ledger invariants every charging test asserts.
+
+The invariant check is written independently of the code under test: plain SELECTs, summed in
+Python with Decimal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconcile.db import Database
+from reconcile.schema import power_consume, toogo_user, trading_order, wallet, wallet_log
+
+
+@dataclass
+class Seeded:
+    order_ids: list[int]
+    initial_power: dict[int, Decimal]
+
+
+async def insert_order(db: Database, **fields: Any) -> int:
+    now = db.now()
+    row: dict[str, Any] = {
+        "user_id": 1,
+        "robot_id": 1,
+        "order_sn": f"SN{random.getrandbits(48):x}",
+        "symbol": "BTCUSDT",
+        "direction": "long",
+        "open_price": Decimal("100"),
+        "close_price": Decimal("101"),
+        "quantity": Decimal("1"),
+        "realized_profit": Decimal("1.0000"),
+        "open_time": now - timedelta(hours=1),
+        "close_time": now - timedelta(minutes=5),
+        "status": 2,
+        "created_at": now,
+        "updated_at": now,
+    }
+    row.update(fields)
+
+    async def ins(conn: AsyncConnection) -> int:
+        result = await conn.execute(trading_order.insert().values(**row))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    return await db.transaction(ins, what="seed order")
+
+
+async def set_wallet(db: Database, user_id: int, power: Decimal) -> None:
+    async def ins(conn: AsyncConnection) -> None:
+        await conn.execute(
+            wallet.insert().values(
+                user_id=user_id,
+                power=power,
+                gift_power=Decimal("5"),
+                total_power_consume=Decimal(0),
+            )
+        )
+
+    await db.transaction(ins, what="seed wallet")
+
+
+async def set_discount(db: Database, user_id: int, discount: Decimal, vip_level: int = 3) -> None:
+    async def ins(conn: AsyncConnection) -> None:
+        await conn.execute(
+            toogo_user.insert().values(
+                member_id=user_id, vip_level=vip_level, power_discount=discount
+            )
+        )
+
+    await db.transaction(ins, what="seed user")
+
+
+async def seed_backlog(
+    db: Database,
+    *,
+    orders: int,
+    users: int,
+    seed: int = 7,
+    with_wallet_ratio: float = 0.8,
+    losing_ratio: float = 0.1,
+    discount_ratio: float = 0.2,
+) -> Seeded:
+    """Closed orders spread over ``users``; most profitable, some losing; some users without a
+    wallet row; some with a VIP discount."""
+    rnd = random.Random(seed)
+    now = db.now()
+    initial: dict[int, Decimal] = {}
+    wallets, users_rows, order_rows = [], [], []
+    for uid in range(1, users + 1):
+        if rnd.random() < with_wallet_ratio:
+            power = Decimal(rnd.randint(0, 100000)) / 100
+            initial[uid] = power
+            wallets.append(
+                {
+                    "user_id": uid,
+                    "power": power,
+                    "gift_power": Decimal("3"),
+                    "total_power_consume": Decimal(0),
+                }
+            )
+        else:
+            initial[uid] = Decimal(0)
+        if rnd.random() < discount_ratio:
+            users_rows.append(
+                {
+                    "member_id": uid,
+                    "vip_level": rnd.randint(2, 5),
+                    "power_discount": Decimal(rnd.randint(0, 5000)) / 100,
+                }
+            )
+    for i in range(orders):
+        uid = rnd.randint(1, users)
+        profit = Decimal(rnd.randint(1, 5_000_000)) / 10000
+        if rnd.random() < losing_ratio:
+            profit = -profit
+        close = now - timedelta(seconds=rnd.randint(60, 6 * 86400))
+        order_rows.append(
+            {
+                "user_id": uid,
+                "robot_id": 1000 + uid,
+                "order_sn": f"BL{seed}-{i}",
+                "symbol": "BTCUSDT",
+                "direction": "long",
+                "open_price": Decimal("100"),
+                "close_price": Decimal("101"),
+                "quantity": Decimal("0.01"),
+                "realized_profit": profit,
+                "open_time": close - timedelta(minutes=30),
+                "close_time": close,
+                "status": 2,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+
+    async def ins(conn: AsyncConnection) -> list[int]:
+        if wallets:
+            await conn.execute(wallet.insert(), wallets)
+        if users_rows:
+            await conn.execute(toogo_user.insert(), users_rows)
+        for start in range(0, len(order_rows), 2000):
+            await conn.execute(trading_order.insert(), order_rows[start : start + 2000])
+        ids = await conn.execute(select(trading_order.c.id).order_by(trading_order.c.id))
+        return [r[0] for r in ids]
+
+    ids = await db.transaction(ins, what="seed backlog")
+    return Seeded(order_ids=ids, initial_power=initial)
+
+
+async def assert_ledger_consistent(db: Database, initial: dict[int, Decimal]) -> dict[str, int]:
+    """Exactly-once and balance invariants. Returns counts for further assertions."""
+
+    async def read(conn: AsyncConnection) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        consumes = list(
+            await conn.execute(
+                select(
+                    power_consume.c.user_id, power_consume.c.order_id, power_consume.c.consume_power
+                )
+            )
+        )
+        logs = list(
+            await conn.execute(
+                select(
+                    wallet_log.c.id,
+                    wallet_log.c.user_id,
+                    wallet_log.c.change_type,
+                    wallet_log.c.change_amount,
+                    wallet_log.c.before_amount,
+                    wallet_log.c.after_amount,
+                    wallet_log.c.related_id,
+                ).order_by(wallet_log.c.id)
+            )
+        )
+        wallets = list(
+            await conn.execute(
+                select(wallet.c.user_id, wallet.c.power, wallet.c.total_power_consume)
+            )
+        )
+        orders = list(
+            await conn.execute(
+                select(
+                    trading_order.c.id,
+                    trading_order.c.user_id,
+                    trading_order.c.power_consumed,
+                    trading_order.c.power_amount,
+                    trading_order.c.status,
+                    trading_order.c.realized_profit,
+                )
+            )
+        )
+        return consumes, logs, wallets, orders
+
+    consumes, logs, wallets, orders = await db.transaction(read, what="read ledger")
+    pairs = [(c.user_id, c.order_id) for c in consumes]
+    assert len(pairs) == len(set(pairs)), "an order was charged more than once"
+    consume_of = {(c.user_id, c.order_id): c.consume_power for c in consumes}
+    for o in orders:
+        amount = consume_of.get((o.user_id, o.id))
+        if amount is None:
+            assert o.power_consumed == 0, f"order {o.id} flagged without a consume row"
+        else:
+            assert o.power_consumed == 1, f"order {o.id} charged but not flagged"
+            assert o.power_amount == amount, f"order {o.id} power_amount differs"
+            assert o.status == 2 and o.realized_profit > 0, f"order {o.id} was not eligible"
+    consumed: dict[int, Decimal] = defaultdict(Decimal)
+    for c in consumes:
+        consumed[c.user_id] += c.consume_power
+    logged: dict[int, Decimal] = defaultdict(Decimal)
+    chain: dict[int, list[Any]] = defaultdict(list)
+    for row in logs:
+        assert row.change_type == "power_consume"
+        assert row.after_amount - row.before_amount == row.change_amount
+        logged[row.user_id] += row.change_amount
+        chain[row.user_id].append(row)
+    final = {w.user_id: w.power for w in wallets}
+    totals = {w.user_id: w.total_power_consume for w in wallets}
+    for uid in set(consumed) | set(logged):
+        start = initial.get(uid, Decimal(0))
+        assert start - final[uid] == consumed[uid] == -logged[uid], f"user {uid} balance broken"
+        assert totals[uid] == consumed[uid], f"user {uid} total_power_consume broken"
+        rows = chain[uid]
+        assert rows[0].before_amount == start, f"user {uid} chain does not start at the balance"
+        for prev, nxt in itertools.pairwise(rows):
+            assert prev.after_amount == nxt.before_amount, f"user {uid} chain broken at {nxt.id}"
+        assert rows[-1].after_amount == final[uid], f"user {uid} chain does not end at balance"
+    for uid, power in final.items():
+        if uid not in consumed:
+            assert power == initial.get(uid, Decimal(0)), f"user {uid} debited without a charge"
+    return {"consumes": len(consumes), "ledger": len(logs)}
+
+
+async def eligible_ids(db: Database) -> set[int]:
+    async def read(conn: AsyncConnection) -> set[int]:
+        rows = await conn.execute(
+            select(trading_order.c.id, trading_order.c.realized_profit, trading_order.c.status)
+        )
+        return {r.id for r in rows if r.status == 2 and r.realized_profit > 0}
+
+    return await db.transaction(read, what="eligible ids")
+
+
+def ago(db: Database, **delta: float) -> datetime:
+    return db.now() - timedelta(**delta)
