@@ -14,6 +14,7 @@ import structlog
 
 from daemon.config import Config, config_path, load_config, parse_duration
 from daemon.logs import configure_logging
+from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core
 from reconcile.consumer import Outcome, Source
 from reconcile.errors import ConfigError, OrderNotFound, ReconcileError
@@ -109,23 +110,57 @@ def cli(ctx: click.Context, config_file: str | None, log_format: str | None) -> 
     default=None,
     help="Orders locked and charged per transaction (default: sweep.page_size, 500).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=None,
+    help="Pages charged concurrently per process (default: sweep.workers, 2; SQLite 1).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 16),
+    default=None,
+    help="Split the pass over this many processes by user (default: sweep.processes,"
+    " 1): for draining a large backlog on MySQL.",
+)
 @click.pass_context
-def sweep(ctx: click.Context, lookback: timedelta | None, page_size: int | None) -> None:
+def sweep(
+    ctx: click.Context,
+    lookback: timedelta | None,
+    page_size: int | None,
+    workers: int | None,
+    processes: int | None,
+) -> None:
     """One compensation pass: charge closed, profitable, unconsumed orders, oldest first.
 
     Safe to run while other sweeps, the daemon and the realtime path charge the same database.
     Exit 1 if any order failed or the database gave up.
     """
     config = _load(ctx)
+    lookback = lookback or config.sweep.lookback
+    page_size = page_size or config.sweep.page_size
+    workers = workers or config.sweep.workers
+    processes = processes or config.sweep.processes
 
     async def job() -> int:
         async with open_core(config) as core:
-            summary = await run_sweep(
-                core.consumer,
-                lookback=lookback or config.sweep.lookback,
-                page_size=page_size or config.sweep.page_size,
-                source=Source.SWEEP,
-            )
+            if processes > 1 and core.db.skip_locked:
+                summary = await sweep_in_processes(
+                    config,
+                    processes=processes,
+                    lookback=lookback,
+                    page_size=page_size,
+                    workers=workers,
+                    log_format=ctx.obj.get("log_format") or config.logging.format,
+                )
+            else:
+                summary = await run_sweep(
+                    core.consumer,
+                    lookback=lookback,
+                    page_size=page_size,
+                    workers=workers,
+                    source=Source.SWEEP,
+                )
         return EXIT_OK if summary.ok else EXIT_FAILED
 
     _run(job)
@@ -163,6 +198,8 @@ def consume(ctx: click.Context, order_id: int) -> None:
         return EXIT_OK
 
     _run(job)
+
+
 
 
 def main() -> None:

@@ -131,6 +131,8 @@ class PowerConfig(_Model):
 class SweepConfig(_Model):
     lookback: Duration = timedelta(days=7)
     page_size: int = Field(500, ge=1, le=5000)
+    workers: int = Field(2, ge=1, le=16)
+    processes: int = Field(1, ge=1, le=16)
 
 
 class LoggingConfig(_Model):

@@ -28,10 +28,11 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, case, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, tuple_
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile.bulk import BulkWriter
 from reconcile.db import Database
 from reconcile.errors import DuplicateKey, OrderNotFound
 from reconcile.pricing import Charge, Discount, PowerRules, compute_charge
@@ -95,6 +96,27 @@ class _Settlement:
         for event, fields in self.events:
             log.info(event, **fields)
 
+
+_CONSUME_COLUMNS = (
+    "user_id",
+    "robot_id",
+    "order_id",
+    "order_sn",
+    "profit_amount",
+    "consume_power",
+    "from_power",
+    "vip_level",
+    "discount_rate",
+    "original_power",
+)
+_LEDGER_COLUMNS = (
+    "user_id",
+    "change_amount",
+    "before_amount",
+    "after_amount",
+    "related_id",
+    "order_sn",
+)
 
 _ORDER_COLUMNS = (
     trading_order.c.id,
@@ -199,13 +221,16 @@ class PowerConsumer:
     async def charge_page(
         self,
         *,
-        since: datetime,
         after: tuple[datetime, int],
         limit: int,
         source: Source,
         seen: list[tuple[datetime, int]],
+        partition: tuple[int, int] = (0, 1),
     ) -> list[ChargeResult]:
         """Lock and charge the next page of candidates after the keyset position ``after``.
+
+        ``partition=(k, n)`` takes only orders with ``user_id % n == k``: concurrent workers of
+        one sweep then never wait for each other's wallet locks.
 
         ``seen`` is filled with the page's (close_time, id) keys, in order, before any write, so
         the caller can advance its keyset and, if the page fails as a whole, charge them one by
@@ -213,24 +238,46 @@ class PowerConsumer:
         """
         after_time, after_id = after
         o = trading_order.c
-        stmt = (
-            select(*_ORDER_COLUMNS)
+        eligible = (
+            o.power_consumed == 0,
+            o.status == STATUS_CLOSED,
+            positive(self.db, o.realized_profit),
+        )
+        # 1. find the page with a plain read: scanning locks nothing, so it cannot make a
+        #    concurrent worker (or hotgo) skip or wait for rows that are not ours
+        scan = (
+            select(o.id, o.close_time)
             .where(
-                o.power_consumed == 0,
-                o.status == STATUS_CLOSED,
-                o.close_time >= max(since, after_time),
-                or_(o.close_time > after_time, o.id > after_id),
-                positive(self.db, o.realized_profit),
+                *eligible,
+                # the keyset in this form gives a range on idx_reconcile_sweep (close_time, id);
+                # "close_time >= t AND (close_time > t OR id > i)" made the optimizer scan
+                # every unconsumed row from the start of (0, 2) on each page
+                or_(
+                    o.close_time > after_time,
+                    and_(o.close_time == after_time, o.id > after_id),
+                ),
+                *((o.user_id % partition[1] == partition[0],) if partition[1] > 1 else ()),
             )
             .order_by(o.close_time, o.id)
             .limit(limit)
-            .with_for_update(skip_locked=self.db.skip_locked)
         )
 
         async def unit(conn: AsyncConnection) -> _Settlement:
-            rows = await _fetch_orders(conn, stmt)
-            seen[:] = [(r.close_time, r.id) for r in rows if r.close_time is not None]
-            return await self._settle(conn, rows, source)
+            seen[:] = [(r.close_time, r.id) for r in await conn.execute(scan)]
+            if not seen:
+                return _Settlement()
+            # 2. lock those rows by primary key alone and re-check them under the lock (in
+            #    _settle); rows another transaction holds are skipped (the realtime path or
+            #    another sweep has them). Only the key in the WHERE: with the eligibility
+            #    columns the optimizer may lock its way along idx_power_consumed instead,
+            #    momentarily locking other workers' rows, which SKIP LOCKED then passes over.
+            lock = (
+                select(*_ORDER_COLUMNS)
+                .where(o.id.in_([oid for _, oid in seen]))
+                .order_by(o.id)
+                .with_for_update(skip_locked=self.db.skip_locked)
+            )
+            return await self._settle(conn, await _fetch_orders(conn, lock), source)
 
         settlement = await self.db.transaction(unit, what="charge sweep page", source=str(source))
         settlement.log()
@@ -256,16 +303,14 @@ class PowerConsumer:
         existing = await _existing_consumes(conn, eligible)
         discounts = await _discounts(conn, {o.user_id for o in eligible})
         to_charge: list[tuple[_Order, Charge]] = []
-        order_updates: dict[int, Decimal] = {}
+        flag: set[int] = set()  # orders to mark power_consumed = 1 from their consume row
         for order in eligible:
             charge = compute_charge(
                 order.realized_profit, self.rules, discounts.get(order.user_id, Discount())
             )
             found = existing.get((order.user_id, order.id))
             if found is not None:
-                out.results.append(
-                    self._duplicate(order, found, charge, source, out, order_updates)
-                )
+                out.results.append(self._duplicate(order, found, charge, source, out, flag))
             elif order.power_consumed:
                 out.results.append(
                     ChargeResult(
@@ -279,16 +324,18 @@ class PowerConsumer:
 
         if to_charge:
             await self._debit(conn, to_charge, source, now, out)
-            order_updates.update({o.id: c.consume_power for o, c in to_charge})
-        if order_updates:
+            flag.update(o.id for o, _ in to_charge)
+        if flag:
+            # power_amount is copied from the order's consume row: the figure that was charged
+            c = power_consume.c
             await conn.execute(
                 trading_order.update()
-                .where(trading_order.c.id.in_(list(order_updates)))
+                .where(trading_order.c.id.in_(sorted(flag)))
                 .values(
                     power_consumed=1,
-                    power_amount=_case(
-                        trading_order.c.id, order_updates, trading_order.c.power_amount
-                    ),
+                    power_amount=select(c.consume_power)
+                    .where(c.user_id == trading_order.c.user_id, c.order_id == trading_order.c.id)
+                    .scalar_subquery(),
                     updated_at=now,
                 )
             )
@@ -301,11 +348,11 @@ class PowerConsumer:
         charge: Charge,
         source: Source,
         out: _Settlement,
-        order_updates: dict[int, Decimal],
+        flag: set[int],
     ) -> ChargeResult:
         repaired = order.power_consumed != 1 or order.power_amount != found
         if repaired:
-            order_updates[order.id] = found
+            flag.add(order.id)
         conflict = found != charge.consume_power
         fields: dict[str, Any] = {
             "user_id": order.user_id,
@@ -330,53 +377,40 @@ class PowerConsumer:
         now: datetime,
         out: _Settlement,
     ) -> None:
-        await conn.execute(
-            power_consume.insert(),
+        bulk = BulkWriter(conn)
+        await bulk.insert(
+            power_consume,
+            _CONSUME_COLUMNS,
             [
-                {
-                    "user_id": o.user_id,
-                    "robot_id": o.robot_id,
-                    "order_id": o.id,
-                    "order_sn": o.order_sn,
-                    "profit_amount": c.profit,
-                    "consume_rate": c.consume_rate,
-                    "consume_power": c.consume_power,
-                    "from_power": c.consume_power,
-                    "vip_level": c.vip_level,
-                    "discount_rate": c.discount_rate,
-                    "original_power": c.original_power,
-                    "created_at": now,
-                }
+                (
+                    o.user_id,
+                    o.robot_id,
+                    o.id,
+                    o.order_sn,
+                    c.profit,
+                    c.consume_power,
+                    c.consume_power,
+                    c.vip_level,
+                    c.discount_rate,
+                    c.original_power,
+                )
                 for o, c in to_charge
             ],
+            {"consume_rate": self.rules.consume_rate, "created_at": now},
         )
         per_user: dict[int, Decimal] = defaultdict(Decimal)
         for o, c in to_charge:
             per_user[o.user_id] += c.consume_power
         balances = await self._lock_wallets(conn, sorted(per_user), now)
-        await self._apply_wallet_debits(conn, per_user, balances, now)
+        await self._apply_wallet_debits(conn, to_charge, per_user, balances, now)
 
-        ledger: list[dict[str, Any]] = []
+        ledger: list[tuple[Any, ...]] = []
         running = {uid: power for uid, (power, _total) in balances.items()}
         for o, c in to_charge:
             before = running[o.user_id]
             after = before - c.consume_power
             running[o.user_id] = after
-            ledger.append(
-                {
-                    "user_id": o.user_id,
-                    "account_type": "power",
-                    "change_type": "power_consume",
-                    "change_amount": -c.consume_power,
-                    "before_amount": before,
-                    "after_amount": after,
-                    "related_id": o.id,
-                    "related_type": "trading_order",
-                    "order_sn": o.order_sn,
-                    "remark": f"power consume ({source}) for profit {c.profit}",
-                    "created_at": now,
-                }
-            )
+            ledger.append((o.user_id, -c.consume_power, before, after, o.id, o.order_sn))
             out.results.append(ChargeResult(o.id, Outcome.CHARGED, consume_power=c.consume_power))
             out.events.append(
                 (
@@ -394,7 +428,18 @@ class PowerConsumer:
                     },
                 )
             )
-        await conn.execute(wallet_log.insert(), ledger)
+        await bulk.insert(
+            wallet_log,
+            _LEDGER_COLUMNS,
+            ledger,
+            {
+                "account_type": "power",
+                "change_type": "power_consume",
+                "related_type": "trading_order",
+                "remark": f"power consume ({source})",
+                "created_at": now,
+            },
+        )
 
     async def _lock_wallets(
         self, conn: AsyncConnection, user_ids: list[int], now: datetime
@@ -435,31 +480,38 @@ class PowerConsumer:
     async def _apply_wallet_debits(
         self,
         conn: AsyncConnection,
+        to_charge: list[tuple[_Order, Charge]],
         per_user: dict[int, Decimal],
         balances: dict[int, tuple[Decimal, Decimal]],
         now: datetime,
     ) -> None:
-        w = wallet.c
+        """Debit each wallet by the sum of the consume rows just inserted for it."""
         if self.db.is_mysql:
-            debit = _case(w.user_id, per_user, w.power)
-            values: dict[str, Any] = {
-                "power": w.power - debit,
-                "total_power_consume": w.total_power_consume + debit,
-            }
-        else:
-            # SQLite keeps decimals as text, so the new figures are computed here, under the
-            # write lock BEGIN IMMEDIATE took, instead of by SQL arithmetic (which would be float).
-            values = {
-                "power": _case(
-                    w.user_id, {u: balances[u][0] - d for u, d in per_user.items()}, w.power
-                ),
-                "total_power_consume": _case(
-                    w.user_id, {u: balances[u][1] + d for u, d in per_user.items()}, w.power
-                ),
-            }
-        await conn.execute(
-            wallet.update().where(w.user_id.in_(list(per_user))).values(updated_at=now, **values)
-        )
+            c = power_consume.c
+            pairs = [(o.user_id, o.id) for o, _ in to_charge]
+            debits = (
+                select(c.user_id, func.sum(c.consume_power).label("debit"))
+                .where(tuple_(c.user_id, c.order_id).in_(pairs))
+                .group_by(c.user_id)
+                .subquery("d")
+            )
+            await conn.execute(
+                wallet.update()
+                .where(wallet.c.user_id == debits.c.user_id)
+                .values(
+                    power=wallet.c.power - debits.c.debit,
+                    total_power_consume=wallet.c.total_power_consume + debits.c.debit,
+                    updated_at=now,
+                )
+            )
+            return
+        # SQLite keeps decimals as text, so the new figures are computed here, under the write
+        # lock BEGIN IMMEDIATE took, instead of by SQL arithmetic (which would be float).
+        cases = {
+            "power": ("{}", {u: balances[u][0] - d for u, d in per_user.items()}),
+            "total_power_consume": ("{}", {u: balances[u][1] + d for u, d in per_user.items()}),
+        }
+        await BulkWriter(conn).update_cases(wallet, "user_id", cases, {"updated_at": now})
 
 
 def _ineligibility(order: _Order) -> str | None:
@@ -470,13 +522,6 @@ def _ineligibility(order: _Order) -> str | None:
     return None
 
 
-def _case(key: Any, mapping: dict[int, Decimal], typed_like: Any) -> Any:
-    return case(
-        {k: literal(v, typed_like.type) for k, v in mapping.items()},
-        value=key,
-    )
-
-
 async def _fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[_Order]:
     return [_Order(*row) for row in await conn.execute(stmt)]
 
@@ -484,23 +529,18 @@ async def _fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[_Order
 async def _existing_consumes(
     conn: AsyncConnection, orders: Iterable[_Order]
 ) -> dict[tuple[int, int], Decimal]:
-    """Consume rows already present for these (user_id, order_id) pairs; the newest wins."""
-    orders = list(orders)
-    pairs = {(o.user_id, o.id) for o in orders}
+    """Consume rows already present for these (user_id, order_id) pairs; the newest wins.
+
+    Looked up with a row-constructor IN on uk_user_order: one index point per order (an IN
+    on each column would probe their cross product).
+    """
     c = power_consume.c
     rows = await conn.execute(
-        select(c.id, c.user_id, c.order_id, c.consume_power)
-        .where(
-            and_(
-                c.user_id.in_({o.user_id for o in orders}),
-                c.order_id.in_([o.id for o in orders]),
-            )
-        )
+        select(c.user_id, c.order_id, c.consume_power)
+        .where(tuple_(c.user_id, c.order_id).in_([(o.user_id, o.id) for o in orders]))
         .order_by(c.id)
     )
-    return {
-        (r.user_id, r.order_id): r.consume_power for r in rows if (r.user_id, r.order_id) in pairs
-    }
+    return {(r.user_id, r.order_id): r.consume_power for r in rows}
 
 
 async def _discounts(conn: AsyncConnection, user_ids: set[int]) -> dict[int, Discount]:

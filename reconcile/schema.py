@@ -271,7 +271,7 @@ async def create_hotgo_schema(conn: AsyncConnection, *, with_unique_key: bool = 
     ``with_unique_key=False`` gives the legacy shape that the migration runbook starts from.
     """
     await conn.run_sync(lambda sync_conn: metadata.create_all(sync_conn, checkfirst=True))
-    if with_unique_key:
+    if with_unique_key and not await index_exists(conn, power_consume.name, UNIQUE_KEY):
         await add_unique_key(conn)
 
 
@@ -329,7 +329,5 @@ async def schema_problems(conn: AsyncConnection) -> list[str]:
 
 async def create_embedded_schema(conn: AsyncConnection) -> None:
     """The embedded SQLite default creates everything on first use."""
-    await create_hotgo_schema(conn, with_unique_key=False)
-    if not await index_exists(conn, power_consume.name, UNIQUE_KEY):
-        await add_unique_key(conn)
+    await create_hotgo_schema(conn, with_unique_key=True)
     await create_own_schema(conn)

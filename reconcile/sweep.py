@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -28,7 +28,7 @@ PROGRESS_EVERY = 5.0  # seconds between progress events of a long sweep
 
 
 @dataclass
-class SweepSummary:
+class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of several processes
     charged: int = 0
     skipped_duplicate: int = 0
     not_eligible: int = 0
@@ -37,6 +37,7 @@ class SweepSummary:
     elapsed: float = 0.0
     interrupted: bool = False
     error: str | None = None
+    failed_ids: set[int] = field(default_factory=set, repr=False)
 
     def count(self, result: ChargeResult) -> None:
         if result.outcome is Outcome.CHARGED:
@@ -45,6 +46,15 @@ class SweepSummary:
             self.skipped_duplicate += 1
         else:
             self.not_eligible += 1
+
+    def merge(self, other: SweepSummary) -> None:
+        self.charged += other.charged
+        self.skipped_duplicate += other.skipped_duplicate
+        self.not_eligible += other.not_eligible
+        self.failed += other.failed
+        self.pages += other.pages
+        self.interrupted |= other.interrupted
+        self.error = self.error or other.error
 
     @property
     def ok(self) -> bool:
@@ -56,27 +66,51 @@ async def sweep(
     *,
     lookback: timedelta,
     page_size: int = 500,
+    workers: int = 2,
+    partition: tuple[int, int] = (0, 1),
     source: Source = Source.SWEEP,
     stop: asyncio.Event | None = None,
+    summary_event: str = "sweep summary",
 ) -> SweepSummary:
-    """One compensation pass over orders closed within ``lookback``. Logs one summary event."""
+    """One compensation pass over orders closed within ``lookback``. Logs one summary event.
+
+    ``workers`` pages are charged concurrently on separate connections (MySQL with SKIP LOCKED
+    only; SQLite has one writer), so the database works on one page while the client prepares
+    the next. Worker k takes the users with ``user_id % workers == k``, so the workers never
+    queue behind each other's wallet locks; each keeps its own keyset position.
+    ``partition=(k, n)`` restricts the whole pass to ``user_id % n == k`` (one of n processes,
+    see ``daemon.parallel``); its workers subdivide it further.
+    """
     started = time.monotonic()
     summary = SweepSummary()
     since = consumer.db.to_db_time(datetime.now(UTC) - lookback)
-    after: tuple[datetime, int] = (since, 0)
-    next_progress = started + PROGRESS_EVERY
-    try:
-        while not (stop is not None and stop.is_set()):
+    progress = _Progress(started)
+    if not consumer.db.skip_locked:
+        workers = 1
+    workers = max(1, workers)
+
+    async def worker(part: tuple[int, int]) -> None:
+        position = (since, 0)
+        while summary.error is None:
+            if stop is not None and stop.is_set():
+                summary.interrupted = True
+                return
             seen: list[tuple[datetime, int]] = []
             try:
                 results = await consumer.charge_page(
-                    since=since, after=after, limit=page_size, source=source, seen=seen
+                    after=position,
+                    limit=page_size,
+                    source=source,
+                    seen=seen,
+                    partition=part,
                 )
-            except TemporaryError:
-                raise
+            except TemporaryError as exc:
+                summary.error = f"{type(exc).__name__}: {exc}"
+                return
             except ReconcileError as exc:
                 if not seen:
-                    raise
+                    summary.error = f"{type(exc).__name__}: {exc}"
+                    return
                 log.warning(
                     "sweep page failed; charging its orders one by one",
                     orders=len(seen),
@@ -84,27 +118,40 @@ async def sweep(
                 )
                 results = await _one_by_one(consumer, [oid for _, oid in seen], source, summary)
             if not seen:
-                break
+                return
             summary.pages += 1
-            after = seen[-1]
+            position = seen[-1]
             for result in results:
                 summary.count(result)
-            if time.monotonic() >= next_progress:
-                next_progress = time.monotonic() + PROGRESS_EVERY
-                log.info(
-                    "sweep progress",
-                    source=str(source),
-                    position=str(after[0]),
-                    **_figures(summary, started),
-                )
-        else:
-            summary.interrupted = True
-    except ReconcileError as exc:
-        summary.error = f"{type(exc).__name__}: {exc}"
+            progress.maybe_log(summary, source, position)
+
+    k, n = partition
+    await asyncio.gather(*(worker((k + n * i, n * workers)) for i in range(workers)))
+    if summary.error is not None:
         log.error("sweep aborted", source=str(source), error=summary.error, will_retry="next run")
     summary.elapsed = round(time.monotonic() - started, 3)
-    log.info("sweep summary", source=str(source), **_figures(summary, started))
+    log.info(summary_event, source=str(source), **_figures(summary, started))
     return summary
+
+
+@dataclass
+class _Progress:
+    started: float
+    next_at: float = 0.0
+
+    def maybe_log(
+        self, summary: SweepSummary, source: Source, position: tuple[datetime, int]
+    ) -> None:
+        now = time.monotonic()
+        if now < (self.next_at or self.started + PROGRESS_EVERY):
+            return
+        self.next_at = now + PROGRESS_EVERY
+        log.info(
+            "sweep progress",
+            source=str(source),
+            position=str(position[0]),
+            **_figures(summary, self.started),
+        )
 
 
 async def _one_by_one(
@@ -115,7 +162,9 @@ async def _one_by_one(
         try:
             results.append(await consumer.charge(order_id, source))
         except ReconcileError as exc:
-            summary.failed += 1
+            if order_id not in summary.failed_ids:  # two workers may both try a bad order
+                summary.failed_ids.add(order_id)
+                summary.failed += 1
             log.error(
                 "charge failed",
                 order_id=order_id,
@@ -127,6 +176,6 @@ async def _one_by_one(
 
 
 def _figures(summary: SweepSummary, started: float) -> dict[str, object]:
-    figures = asdict(summary)
+    figures = {f.name: getattr(summary, f.name) for f in fields(summary) if f.repr}
     figures["elapsed"] = round(time.monotonic() - started, 3)
     return {k: v for k, v in figures.items() if v is not None}

@@ -1,0 +1,95 @@
+"""Multi-row writes for the consumer's hot path, as driver-level statements.
+
+Charging a page of 500 orders takes four writes whatever the page size: one multi-row INSERT of
+consume rows, one UPDATE of the wallets, one multi-row INSERT of ledger rows, one UPDATE of the
+orders. The UPDATEs carry per-row values in a ``CASE key WHEN ? THEN ? ... END``. Built here
+with positional parameters because building the same statements as SQLAlchemy expressions costs
+more client CPU than the database spends executing them (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+class BulkWriter:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._quote = conn.dialect.identifier_preparer.quote
+        self._mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
+        # SQLite keeps decimals as exact text (see reconcile.schema); MySQL takes Decimal.
+        self._text_decimals = conn.dialect.name == "sqlite"
+
+    def _value(self, value: Any) -> Any:
+        if self._text_decimals and isinstance(value, Decimal):
+            return str(value)
+        return value
+
+    async def insert(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        constants: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One multi-row INSERT (the driver batches an executemany of an INSERT).
+
+        ``constants`` are the same for every row: on MySQL they are escaped once by the driver
+        and written into the statement instead of being escaped again for every row.
+        """
+        if not rows:
+            return
+        constants = constants or {}
+        names = ", ".join(self._quote(c) for c in (*columns, *constants))
+        prefix = f"INSERT INTO {self._quote(table.name)} ({names}) VALUES "  # noqa: S608
+        if self._text_decimals:  # SQLite: executemany of one parameterized row
+            marks = ", ".join([self._mark] * (len(columns) + len(constants)))
+            extra = tuple(self._value(v) for v in constants.values())
+            await self._conn.exec_driver_sql(
+                f"{prefix}({marks})", [tuple(self._value(v) for v in row) + extra for row in rows]
+            )
+            return
+        # MySQL: one statement with every row; constants escaped once by the driver
+        driver = (await self._conn.get_raw_connection()).driver_connection
+        if driver is None:  # pragma: no cover - a pooled connection always has one
+            raise RuntimeError("no driver connection")
+        literals = [driver.escape(v).replace("%", "%%") for v in constants.values()]
+        row_sql = "(" + ", ".join([self._mark] * len(columns) + literals) + ")"
+        params = [v for row in rows for v in row]
+        await self._conn.exec_driver_sql(prefix + ", ".join([row_sql] * len(rows)), tuple(params))
+
+    async def update_cases(
+        self,
+        table: Table,
+        key: str,
+        cases: Mapping[str, tuple[str, Mapping[int, Any]]],
+        constants: Mapping[str, Any],
+    ) -> None:
+        """``UPDATE table SET col = template(CASE key WHEN k THEN v ... END), ... WHERE key IN``.
+
+        ``cases`` maps a column to (template, {key: value}); the template's ``{}`` is replaced by
+        the CASE expression, e.g. ``"power - {}"`` or ``"{}"``. All mappings share one key set.
+        """
+        keys = sorted(next(iter(cases.values()))[1])
+        if not keys:
+            return
+        q, m = self._quote, self._mark
+        sets: list[str] = []
+        params: list[Any] = []
+        for column, (template, mapping) in cases.items():
+            whens = " ".join([f"WHEN {m} THEN {m}"] * len(keys))
+            sets.append(f"{q(column)} = " + template.format(f"CASE {q(key)} {whens} END"))
+            for k in keys:
+                params += (k, self._value(mapping[k]))
+        for column, value in constants.items():
+            sets.append(f"{q(column)} = {m}")
+            params.append(self._value(value))
+        in_list = ", ".join([m] * len(keys))
+        params += keys
+        sql = f"UPDATE {q(table.name)} SET {', '.join(sets)} WHERE {q(key)} IN ({in_list})"  # noqa: S608
+        await self._conn.exec_driver_sql(sql, tuple(params))

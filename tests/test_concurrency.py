@@ -1,0 +1,108 @@
+"""Exactly-once under concurrency and crashes, on the real MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconcile.consumer import Outcome, PowerConsumer, Source
+from reconcile.db import Database
+from reconcile.pricing import PowerRules
+from reconcile.schema import power_consume
+from reconcile.sweep import sweep
+from tests.procs import run_cli, start_cli, write_config
+from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
+
+RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
+
+
+async def consume_count(db: Database) -> int:
+    async def read(conn: AsyncConnection) -> int:
+        return int(
+            (await conn.execute(select(func.count()).select_from(power_consume))).scalar_one()
+        )
+
+    return await db.transaction(read, what="count consumes")
+
+
+async def test_tasks_and_processes_charge_each_order_once(
+    mysql_db: Database, mysql_url: str, tmp_path: Path
+) -> None:
+    seeded = await seed_backlog(mysql_db, orders=2000, users=150, seed=11)
+    eligible = await eligible_ids(mysql_db)
+    config = write_config(
+        tmp_path / "c.yaml", mysql_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
+    )
+    consumer = PowerConsumer(mysql_db, RULES)
+
+    async def single_charges(seed: int) -> list[Outcome]:
+        ids = list(seeded.order_ids)
+        random.Random(seed).shuffle(ids)
+        return [(await consumer.charge(i, Source.REALTIME)).outcome for i in ids]
+
+    async def sweeps() -> int:
+        charged = 0
+        for _ in range(3):
+            charged += (await sweep(consumer, lookback=timedelta(days=7), page_size=37)).charged
+        return charged
+
+    procs = [await start_cli(config, "sweep", "--page-size", str(size)) for size in (25, 50, 100)]
+    singles = [asyncio.create_task(single_charges(seed)) for seed in range(4)]
+    sweepers = [asyncio.create_task(sweeps()) for _ in range(4)]
+    outcomes = await asyncio.gather(*singles)
+    swept = await asyncio.gather(*sweepers)
+    proc_charged = 0
+    for proc in procs:
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        [summary] = [
+            json.loads(line) for line in out.decode().splitlines() if '"sweep summary"' in line
+        ]
+        proc_charged += summary["charged"]
+
+    in_tasks = sum(o.count(Outcome.CHARGED) for o in outcomes)
+    assert in_tasks + sum(swept) + proc_charged == len(eligible), "every charge is counted once"
+    assert all(
+        o.count(Outcome.CHARGED) + o.count(Outcome.SKIPPED_DUPLICATE) == len(eligible)
+        for o in outcomes
+    )
+    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    assert counts["consumes"] == counts["ledger"] == len(eligible)
+
+
+async def test_sweep_killed_at_random_moments(
+    mysql_db: Database, mysql_url: str, tmp_path: Path
+) -> None:
+    seeded = await seed_backlog(mysql_db, orders=12000, users=400, seed=5)
+    eligible = await eligible_ids(mysql_db)
+    config = write_config(
+        tmp_path / "c.yaml", mysql_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
+    )
+    rnd = random.Random(1234)
+    progress = []
+    for _ in range(10):
+        proc = await start_cli(config, "sweep", "--page-size", "10")
+        # wait until it has charged something, then kill it at a random moment after that
+        assert proc.stdout is not None
+        while b'"power consumed"' not in await proc.stdout.readline():
+            assert proc.returncode is None
+        await asyncio.sleep(rnd.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        progress.append(await consume_count(mysql_db))
+        await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    assert progress == sorted(progress) and 0 < progress[-1] < len(eligible), progress
+
+    code, _out, err = await run_cli(config, "sweep")
+    assert code == 0, err
+    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    assert counts["consumes"] == len(eligible)
