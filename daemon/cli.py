@@ -4,6 +4,7 @@ configuration error."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -16,6 +17,7 @@ from daemon.config import Config, config_path, load_config, parse_duration
 from daemon.logs import configure_logging
 from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core
+from reconcile.audit import audit as run_audit
 from reconcile.consumer import Outcome, Source
 from reconcile.errors import ConfigError, OrderNotFound, ReconcileError
 from reconcile.sweep import sweep as run_sweep
@@ -200,6 +202,60 @@ def consume(ctx: click.Context, order_id: int) -> None:
     _run(job)
 
 
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--backlog-after",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="An eligible order unconsumed for longer than this is a violation.",
+)
+@click.pass_context
+def audit(ctx: click.Context, as_json: bool, backlog_after: timedelta) -> None:
+    """Check the ledger invariants; exit 1 on any violation, listing examples.
+
+    No duplicate consume rows; consume row <=> power_consumed = 1 with equal power_amount;
+    per user Σ consume = −Σ ledger change; unbroken before/after chains; no backlog.
+    Read-only; works before the migration too.
+    """
+    config = _load(ctx)
+
+    async def job() -> int:
+        async with open_core(config, require_schema=False) as core:
+            report = await run_audit(core.db, backlog_after=backlog_after)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "ok": report.ok,
+                        "checks": [
+                            {
+                                "name": c.name,
+                                "description": c.description,
+                                "ok": c.ok,
+                                "violations": c.violations,
+                                "examples": c.examples,
+                            }
+                            for c in report.checks
+                        ],
+                    },
+                    default=str,
+                )
+            )
+        else:
+            for c in report.checks:
+                mark = "✓" if c.ok else "✗"
+                tail = "" if c.ok else f" - {c.violations} violation(s)"
+                click.echo(f"{mark} {c.name}: {c.description}{tail}")
+                for example in c.examples:
+                    fields = ", ".join(f"{k}={v}" for k, v in example.items())
+                    click.echo(f"    {fields}")
+        return EXIT_OK if report.ok else EXIT_FAILED
+
+    _run(job)
 
 
 def main() -> None:

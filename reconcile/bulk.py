@@ -9,8 +9,7 @@ more client CPU than the database spends executing them (see BENCHMARKS.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table
@@ -25,10 +24,14 @@ class BulkWriter:
         # SQLite keeps decimals as exact text (see reconcile.schema); MySQL takes Decimal.
         self._text_decimals = conn.dialect.name == "sqlite"
 
-    def _value(self, value: Any) -> Any:
-        if self._text_decimals and isinstance(value, Decimal):
-            return str(value)
-        return value
+    def _binder(self, table: Table, column: str) -> Callable[[Any], Any]:
+        """SQLite: the column type's own bind processing (exact decimal text at the column's
+        scale, as every other write stores it); MySQL takes Python values as they are."""
+        if not self._text_decimals:
+            return _same
+        dialect = self._conn.dialect
+        process = table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+        return process or _same
 
     async def insert(
         self,
@@ -49,9 +52,11 @@ class BulkWriter:
         prefix = f"INSERT INTO {self._quote(table.name)} ({names}) VALUES "  # noqa: S608
         if self._text_decimals:  # SQLite: executemany of one parameterized row
             marks = ", ".join([self._mark] * (len(columns) + len(constants)))
-            extra = tuple(self._value(v) for v in constants.values())
+            binders = [self._binder(table, c) for c in columns]
+            extra = tuple(self._binder(table, c)(v) for c, v in constants.items())
             await self._conn.exec_driver_sql(
-                f"{prefix}({marks})", [tuple(self._value(v) for v in row) + extra for row in rows]
+                f"{prefix}({marks})",
+                [tuple(b(v) for b, v in zip(binders, row, strict=True)) + extra for row in rows],
             )
             return
         # MySQL: one statement with every row; constants escaped once by the driver
@@ -84,12 +89,17 @@ class BulkWriter:
         for column, (template, mapping) in cases.items():
             whens = " ".join([f"WHEN {m} THEN {m}"] * len(keys))
             sets.append(f"{q(column)} = " + template.format(f"CASE {q(key)} {whens} END"))
+            bind = self._binder(table, column)
             for k in keys:
-                params += (k, self._value(mapping[k]))
+                params += (k, bind(mapping[k]))
         for column, value in constants.items():
             sets.append(f"{q(column)} = {m}")
-            params.append(self._value(value))
+            params.append(self._binder(table, column)(value))
         in_list = ", ".join([m] * len(keys))
         params += keys
         sql = f"UPDATE {q(table.name)} SET {', '.join(sets)} WHERE {q(key)} IN ({in_list})"  # noqa: S608
         await self._conn.exec_driver_sql(sql, tuple(params))
+
+
+def _same(value: Any) -> Any:
+    return value

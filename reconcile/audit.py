@@ -1,0 +1,212 @@
+"""The ledger invariants, checked against the database (``toogo-reconcile audit``).
+
+1. no (user_id, order_id) has more than one consume row;
+2. a consume row exists  <=>  its order has power_consumed = 1, with power_amount equal to it;
+3. per user, the consume rows add up to what the ledger took:
+   Σ consume_power = −Σ change_amount over power_consume, refund and refund-reversal rows;
+4. each user's power ledger is a chain: change = after − before on every row, every row starts
+   where the previous one ended, and the last one ends at the wallet's balance;
+5. no eligible order (closed, profitable, unconsumed) waits longer than one compensation
+   interval - the backlog.
+
+Each check reports a count and a few examples. Sums run in SQL on MySQL (exact DECIMAL); on
+SQLite, which holds decimals as text, they are added up in Python.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconcile.consumer import STATUS_CLOSED, positive
+from reconcile.db import Database
+from reconcile.schema import power_consume, trading_order, wallet, wallet_log
+
+EXAMPLES = 10
+LEDGER_TYPES = ("power_consume", "power_consume_refund", "power_consume_refund_reversal")
+
+
+@dataclass
+class Check:
+    name: str
+    description: str
+    violations: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.violations == 0
+
+
+@dataclass
+class AuditReport:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+async def audit(db: Database, *, backlog_after: timedelta) -> AuditReport:
+    async def run(conn: AsyncConnection) -> AuditReport:
+        return AuditReport(
+            [
+                await _duplicates(conn),
+                await _flags(conn),
+                await _sums(conn, db.is_mysql),
+                await _chains(conn),
+                await _backlog(conn, db, backlog_after),
+            ]
+        )
+
+    return await db.transaction(run, what="audit the ledger")
+
+
+async def _duplicates(conn: AsyncConnection) -> Check:
+    check = Check("duplicate_consume", "no order has more than one consume row")
+    c = power_consume.c
+    groups = (
+        select(c.user_id, c.order_id, func.count().label("rows"))
+        .group_by(c.user_id, c.order_id)
+        .having(func.count() > 1)
+        .subquery()
+    )
+    check.violations = (await conn.execute(select(func.count()).select_from(groups))).scalar_one()
+    rows = await conn.execute(select(groups).order_by(groups.c.user_id).limit(EXAMPLES))
+    check.examples = [dict(r._mapping) for r in rows]
+    return check
+
+
+async def _flags(conn: AsyncConnection) -> Check:
+    check = Check("consume_flag", "consume row <=> power_consumed = 1 with equal power_amount")
+    c, o = power_consume.c, trading_order.c
+    joined = power_consume.outerjoin(
+        trading_order, and_(o.id == c.order_id, o.user_id == c.user_id)
+    )
+    charged_wrong = (
+        select(c.order_id, c.user_id, o.power_consumed, o.power_amount, c.consume_power)
+        .select_from(joined)
+        .where(or_(o.id.is_(None), o.power_consumed != 1, o.power_amount != c.consume_power))
+    )
+    flagged_alone = (
+        select(o.id.label("order_id"), o.user_id, o.power_consumed, o.power_amount)
+        .select_from(
+            trading_order.outerjoin(power_consume, and_(c.order_id == o.id, c.user_id == o.user_id))
+        )
+        .where(o.power_consumed == 1, c.id.is_(None))
+    )
+    for stmt, problem in (
+        (charged_wrong, "consume row without matching flag/amount (or without order)"),
+        (flagged_alone, "power_consumed = 1 without a consume row"),
+    ):
+        count = (await conn.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
+        check.violations += count
+        if count:
+            for row in await conn.execute(stmt.limit(EXAMPLES)):
+                check.examples.append({"problem": problem, **dict(row._mapping)})
+    return check
+
+
+async def _sums(conn: AsyncConnection, exact_sql: bool) -> Check:
+    check = Check("consume_vs_ledger", "per user, Σ consume_power = −Σ ledger change_amount")
+    c, w = power_consume.c, wallet_log.c
+    ledger_filter = (w.account_type == "power", w.change_type.in_(LEDGER_TYPES))
+    if exact_sql:
+        consumed = dict(
+            (
+                await conn.execute(select(c.user_id, func.sum(c.consume_power)).group_by(c.user_id))
+            ).all()
+        )
+        logged = dict(
+            (
+                await conn.execute(
+                    select(w.user_id, func.sum(w.change_amount))
+                    .where(*ledger_filter)
+                    .group_by(w.user_id)
+                )
+            ).all()
+        )
+    else:
+        consumed, logged = defaultdict(Decimal), defaultdict(Decimal)
+        for uid, amount in await conn.execute(select(c.user_id, c.consume_power)):
+            consumed[uid] += amount
+        for uid, amount in await conn.execute(
+            select(w.user_id, w.change_amount).where(*ledger_filter)
+        ):
+            logged[uid] += amount
+    for uid in sorted(set(consumed) | set(logged)):
+        total = consumed.get(uid, Decimal(0))
+        ledger = -logged.get(uid, Decimal(0))
+        if total != ledger:
+            check.violations += 1
+            if len(check.examples) < EXAMPLES:
+                check.examples.append({"user_id": uid, "consumed": total, "ledger": ledger})
+    return check
+
+
+async def _chains(conn: AsyncConnection) -> Check:
+    check = Check("ledger_chain", "each user's power ledger is an unbroken before/after chain")
+    w = wallet_log.c
+    balances = dict((await conn.execute(select(wallet.c.user_id, wallet.c.power))).all())
+    rows = await conn.execute(
+        select(w.id, w.user_id, w.change_amount, w.before_amount, w.after_amount)
+        .where(w.account_type == "power")
+        .order_by(w.user_id, w.id)
+    )
+    last: dict[int, tuple[int, Decimal]] = {}
+
+    def violation(**example: Any) -> None:
+        check.violations += 1
+        if len(check.examples) < EXAMPLES:
+            check.examples.append(example)
+
+    for row in rows:
+        if row.after_amount - row.before_amount != row.change_amount:
+            violation(user_id=row.user_id, wallet_log_id=row.id, problem="after - before != change")
+        previous = last.get(row.user_id)
+        if previous is not None and previous[1] != row.before_amount:
+            violation(
+                user_id=row.user_id,
+                wallet_log_id=row.id,
+                problem="chain broken",
+                previous_after=previous[1],
+                before=row.before_amount,
+            )
+        last[row.user_id] = (row.id, row.after_amount)
+    for uid, (log_id, after) in last.items():
+        if uid in balances and balances[uid] != after:
+            violation(
+                user_id=uid,
+                wallet_log_id=log_id,
+                problem="wallet differs from last after",
+                last_after=after,
+                wallet_power=balances[uid],
+            )
+    return check
+
+
+async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -> Check:
+    check = Check("backlog", f"no eligible order unconsumed for longer than {older_than}")
+    o = trading_order.c
+    cutoff = db.to_db_time(datetime.now(UTC) - older_than)
+    waiting = (
+        select(o.id.label("order_id"), o.user_id, o.close_time, o.realized_profit)
+        .where(
+            o.power_consumed == 0,
+            o.status == STATUS_CLOSED,
+            o.close_time < cutoff,
+            positive(db, o.realized_profit),
+        )
+        .order_by(o.close_time)
+    )
+    check.violations = (
+        await conn.execute(select(func.count()).select_from(waiting.subquery()))
+    ).scalar_one()
+    check.examples = [dict(r._mapping) for r in await conn.execute(waiting.limit(EXAMPLES))]
+    return check
