@@ -3,75 +3,26 @@ configuration error."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
-from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
 import click
 import structlog
 
-from daemon.config import Config, config_path, load_config, parse_duration
-from daemon.logs import configure_logging
+from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, fail, load, run
+from daemon.cli_exchange import exchange
 from daemon.parallel import sweep_in_processes
-from daemon.runtime import open_core
+from daemon.runtime import open_core, open_history_sync
 from reconcile.audit import audit as run_audit
 from reconcile.consumer import Outcome, Source
-from reconcile.errors import ConfigError, OrderNotFound, ReconcileError
+from reconcile.errors import OrderNotFound
 from reconcile.sweep import sweep as run_sweep
 
 log = structlog.get_logger("daemon.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class DurationType(click.ParamType):  # type: ignore[type-arg]
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = DurationType()
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"toogo-reconcile: {message}", err=True)
-    sys.exit(code)
-
-
-def _load(ctx: click.Context) -> Config:
-    obj = ctx.ensure_object(dict)
-    if "config" not in obj:
-        try:
-            cfg = load_config(
-                config_path(obj.get("config_path")), required=obj.get("config_path") is not None
-            )
-        except ConfigError as exc:
-            _fail(f"config error: {exc}", EXIT_USAGE)
-        fmt = obj.get("log_format") or cfg.logging.format
-        configure_logging(fmt, cfg.logging.level)
-        obj["config"] = cfg
-    config: Config = obj["config"]
-    return config
-
-
-def _run(job: Callable[[], Coroutine[Any, Any, int]]) -> None:
-    """Run a command's coroutine; translate the project's errors into exit codes and one line."""
-    try:
-        code: int = asyncio.run(job())
-    except ConfigError as exc:
-        _fail(f"config error: {exc}", EXIT_USAGE)
-    except ReconcileError as exc:
-        _fail(str(exc), EXIT_FAILED)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    sys.exit(code)
+# the shared helpers keep their historical private names here for the command modules
+_load, _run, _fail = load, run, fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -138,7 +89,7 @@ def sweep(
     Safe to run while other sweeps, the daemon and the realtime path charge the same database.
     Exit 1 if any order failed or the database gave up.
     """
-    config = _load(ctx)
+    config = load(ctx)
     lookback = lookback or config.sweep.lookback
     page_size = page_size or config.sweep.page_size
     workers = workers or config.sweep.workers
@@ -182,7 +133,7 @@ def consume(ctx: click.Context, order_id: int) -> None:
     Charged or already charged: exit 0. Not eligible (open, cancelled, not profitable): exit 0
     with the reason. Not found: exit 1.
     """
-    config = _load(ctx)
+    config = load(ctx)
 
     async def job() -> int:
         async with open_core(config) as core:
@@ -202,6 +153,25 @@ def consume(ctx: click.Context, order_id: int) -> None:
     _run(job)
 
 
+cli.add_command(exchange)
+
+
+@cli.command()
+@click.pass_context
+def sync(ctx: click.Context) -> None:
+    """One history sync: pull every running robot's closed positions from the exchanges,
+    upsert the missing local orders, charge the profitable ones.
+
+    Exit 1 if any stream failed (its cursor stays; the next cycle retries it).
+    """
+    config = load(ctx)
+
+    async def job() -> int:
+        async with open_core(config) as core, open_history_sync(config, core) as history:
+            summary = await history.run_cycle()
+        return EXIT_OK if summary.ok else EXIT_FAILED
+
+    run(job)
 
 
 @cli.command()
@@ -221,7 +191,7 @@ def audit(ctx: click.Context, as_json: bool, backlog_after: timedelta) -> None:
     per user Σ consume = −Σ ledger change; unbroken before/after chains; no backlog.
     Read-only; works before the migration too.
     """
-    config = _load(ctx)
+    config = load(ctx, logs_to_stderr=True)
 
     async def job() -> int:
         async with open_core(config, require_schema=False) as core:

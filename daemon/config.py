@@ -25,33 +25,13 @@ from pydantic import (
     field_validator,
 )
 
+from daemon.durations import Duration
+from daemon.durations import parse_duration as parse_duration  # re-exported
+from daemon.exchanges_config import ExchangesConfig
 from reconcile.db import DatabaseSettings, RetryPolicy, Secret
 from reconcile.errors import ConfigError
 
 DEFAULT_CONFIG = "config.yaml"
-
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-
-
-def parse_duration(value: Any) -> timedelta:
-    """'60s', '15m', '7d', '500ms', or a number of seconds. Must be positive."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise ValueError("a duration like '60s', '15m' or '7d' is required")
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    else:
-        raise ValueError(f"{value!r} is not a duration like '60s', '15m' or '7d'")
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive, got {value!r}")
-    return timedelta(seconds=seconds)
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 def _money(value: Any) -> Any:
@@ -135,6 +115,17 @@ class SweepConfig(_Model):
     processes: int = Field(1, ge=1, le=16)
 
 
+class RobotsConfig(_Model):
+    running_status: int = Field(2, ge=1, le=4)  # hg_trading_robot.status meaning "running"
+
+
+class SyncConfig(_Model):
+    lookback: Duration = timedelta(days=7)
+    overlap: Duration = timedelta(minutes=10)
+    match_tolerance: Duration = timedelta(seconds=120)
+    concurrency: int = Field(8, ge=1, le=256)  # accounts synced at once
+
+
 class LoggingConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -144,6 +135,9 @@ class Config(_Model):
     database: DatabaseConfig = DatabaseConfig()
     power: PowerConfig = PowerConfig()
     sweep: SweepConfig = SweepConfig()
+    robots: RobotsConfig = RobotsConfig()
+    sync: SyncConfig = SyncConfig()
+    exchanges: ExchangesConfig = ExchangesConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

@@ -52,11 +52,15 @@ def _dumps(obj: Any, **_: Any) -> bytes:
 
 
 def configure_logging(
-    fmt: str = "auto", level: str = "info", stream: BinaryIO | None = None
+    fmt: str = "auto", level: str = "info", stream: BinaryIO | None = None, *, stderr: bool = False
 ) -> None:
-    """``fmt``: json | console | auto (console on a terminal). ``stream``: binary, for JSON."""
-    out = stream or sys.stdout.buffer
-    console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty() and stream is None)
+    """``fmt``: json | console | auto (console on a terminal). ``stream``: binary, for JSON.
+
+    ``stderr``: log there instead of stdout, for commands whose report is their stdout.
+    """
+    text = sys.stderr if stderr else sys.stdout
+    out = stream or text.buffer
+    console = fmt == "console" or (fmt == "auto" and text.isatty() and stream is None)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -66,7 +70,7 @@ def configure_logging(
     ]
     if console:
         processors = [*shared, structlog.dev.ConsoleRenderer()]
-        factory: Any = structlog.PrintLoggerFactory(sys.stdout)
+        factory: Any = structlog.PrintLoggerFactory(text)
     else:
         processors = [*shared, structlog.processors.JSONRenderer(serializer=_dumps)]
         factory = structlog.BytesLoggerFactory(out)

@@ -10,9 +10,13 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
+from exchange_adapters.options import REPLAY
+from exchange_adapters.provider import RegistryProvider
+from exchange_adapters.registry import ExchangeRegistry
 from reconcile.consumer import PowerConsumer, load_power_rules
 from reconcile.db import Database
 from reconcile.errors import SchemaNotReady
+from reconcile.history import HistorySync, SyncSettings
 from reconcile.schema import create_embedded_schema, schema_problems
 
 log = structlog.get_logger("daemon")
@@ -53,3 +57,23 @@ async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIter
             vip_discount=rules.vip_discount,
         )
         yield Core(db=db, consumer=PowerConsumer(db, rules))
+
+
+def sync_settings(config: Config) -> SyncSettings:
+    enabled = frozenset(config.exchanges.enabled())
+    return SyncSettings(
+        running_status=config.robots.running_status,
+        lookback=config.sync.lookback,
+        overlap=config.sync.overlap,
+        match_tolerance=config.sync.match_tolerance,
+        concurrency=config.sync.concurrency,
+        # a replay source serves accounts of every platform not enabled on its own
+        platforms=None if REPLAY in enabled else enabled,
+    )
+
+
+@asynccontextmanager
+async def open_history_sync(config: Config, core: Core) -> AsyncIterator[HistorySync]:
+    """The history sync with its exchange clients; the clients close on exit."""
+    async with ExchangeRegistry(config.exchanges.adapter_options()) as registry:
+        yield HistorySync(core.db, core.consumer, RegistryProvider(registry), sync_settings(config))

@@ -1,0 +1,71 @@
+"""Per-platform adapter options: plain frozen dataclasses, built by the daemon's config model.
+
+``exchange_adapters`` does not import the daemon; ``daemon.exchanges_config`` turns the validated
+YAML section into these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from reconcile.records import ClosedPosition
+
+ProfitBasis = Literal["net", "gross"]
+
+#: The exchanges served through ccxt, by the name ``hg_trading_api_config.platform`` uses.
+CCXT_PLATFORMS: tuple[str, ...] = ("binance", "okx", "gate", "bitget", "bybit")
+REPLAY = "replay"
+PLATFORMS: tuple[str, ...] = (*CCXT_PLATFORMS, REPLAY)
+
+
+@dataclass(frozen=True)
+class RetryOptions:
+    """Retries of one exchange request: bounded, exponential with jitter, honouring Retry-After.
+
+    ``attempts`` counts the first try. A Retry-After longer than ``retry_after_max`` seconds
+    ends the retries at once (the error still is temporary: the next cycle tries again).
+    """
+
+    attempts: int = 4
+    initial: float = 0.5
+    maximum: float = 10.0
+    retry_after_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class CredentialEnv:
+    """Names of environment variables holding the credentials (not the values)."""
+
+    api_key: str | None = None
+    secret: str | None = None
+    passphrase: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterOptions:
+    """What one platform's adapters are configured with (``exchanges.<platform>``)."""
+
+    ccxt_options: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float = 10.0
+    retry: RetryOptions = field(default_factory=RetryOptions)
+    max_concurrent_requests: int = 4
+    profit_basis: ProfitBasis = "net"
+    cooldown: float = 900.0
+    credentials_env: CredentialEnv | None = None
+    #: ccxt's ``rateLimit`` (milliseconds per unit of request cost); None keeps ccxt's value.
+    rate_limit_ms: int | None = None
+    #: Records per request; None uses the exchange's maximum. Tests use small pages.
+    page_size: int | None = None
+    #: ccxt waits this long on close for TLS connections to shut down (None: ccxt's 250 ms).
+    close_delay_ms: int | None = None
+    #: Replay only: a JSON Lines / CSV file, or a directory of them.
+    path: Path | None = None
+
+
+def profit_of(position: ClosedPosition, basis: ProfitBasis) -> Decimal:
+    """The realized profit the platform charges on: net (default) or gross of fees and funding."""
+    return position.net_profit if basis == "net" else position.gross_pnl

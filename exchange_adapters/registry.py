@@ -1,0 +1,213 @@
+"""Which source serves an API account, the clients' lifecycle, and the CLI's one-shot helpers.
+
+``ExchangeRegistry`` keeps one adapter (one ccxt client) per (platform, API account) for every
+enabled platform, and one replay store per replay path. An account whose platform is enabled
+is served by that exchange; otherwise, when ``replay`` is enabled, by the replay files (that is
+the embedded default); otherwise its platform is a configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from exchange_adapters.base import CcxtAdapter
+from exchange_adapters.binance import BinanceAdapter
+from exchange_adapters.bitget import BitgetAdapter
+from exchange_adapters.bybit import BybitAdapter
+from exchange_adapters.clients import ExchangeClient, MarketCache
+from exchange_adapters.gate import GateAdapter
+from exchange_adapters.okx import OkxAdapter
+from exchange_adapters.options import REPLAY, AdapterOptions
+from exchange_adapters.replay import ReplaySource, ReplayStore
+from reconcile.accounts import ApiAccount
+from reconcile.db import Secret
+from reconcile.errors import ConfigError
+from reconcile.records import ClosedPosition, ClosedPositionSource
+
+log = structlog.get_logger("exchange_adapters")
+
+ADAPTERS: dict[str, type[CcxtAdapter]] = {
+    "binance": BinanceAdapter,
+    "okx": OkxAdapter,
+    "gate": GateAdapter,
+    "bitget": BitgetAdapter,
+    "bybit": BybitAdapter,
+}
+
+
+def apply_env_credentials(
+    account: ApiAccount, options: AdapterOptions, environ: Mapping[str, str] | None = None
+) -> ApiAccount:
+    """The account with credentials from the environment variables the config names, if any."""
+    names = options.credentials_env
+    if names is None:
+        return account
+    env = os.environ if environ is None else environ
+
+    def read(name: str | None, current: Secret | None) -> Secret | None:
+        if name is None:
+            return current
+        value = env.get(name)
+        if value is None:
+            raise ConfigError(
+                f"exchanges.{account.platform}: environment variable {name} is not set"
+            )
+        return Secret(value)
+
+    api_key = read(names.api_key, account.api_key)
+    secret = read(names.secret, account.secret)
+    return account.with_credentials(
+        api_key=api_key if api_key is not None else Secret(""),
+        secret=secret if secret is not None else Secret(""),
+        passphrase=read(names.passphrase, account.passphrase),
+    )
+
+
+class ExchangeRegistry:
+    """Sources for API accounts, created on first use and closed together (``async with``)."""
+
+    def __init__(
+        self,
+        platforms: Mapping[str, AdapterOptions],
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        unknown = set(platforms) - {*ADAPTERS, REPLAY}
+        if unknown:
+            raise ConfigError(f"exchanges: unknown platform(s) {', '.join(sorted(unknown))}")
+        self.platforms = dict(platforms)
+        self.markets = MarketCache()
+        self._environ = environ
+        self._adapters: dict[tuple[str, int], tuple[ApiAccount, CcxtAdapter]] = {}
+        self._retired: list[CcxtAdapter] = []
+        self._replay: dict[Path, ReplayStore] = {}
+        self._closed = False
+
+    def source_for(self, account: ApiAccount) -> ClosedPositionSource:
+        """The source serving ``account``; the same object for the same account until closed.
+
+        A changed account row (rotated key, new base_url) gets a new client; the old one is
+        closed with the registry.
+        """
+        if self._closed:
+            raise RuntimeError("the exchange registry is closed")
+        platform = account.platform
+        adapter_class = ADAPTERS.get(platform)
+        if adapter_class is None or platform not in self.platforms:
+            return self._replay_source(account)
+        options = self.platforms[platform]
+        key = (platform, account.id)
+        known = self._adapters.get(key)
+        if known is not None and known[0] == account:
+            return known[1]
+        if known is not None:
+            self._retired.append(known[1])
+        resolved = apply_env_credentials(account, options, self._environ)
+        client = ExchangeClient(adapter_class.spec, resolved, options, self.markets)
+        adapter = adapter_class(client)
+        self._adapters[key] = (account, adapter)
+        return adapter
+
+    def options_for(self, account: ApiAccount) -> AdapterOptions:
+        """The options serving ``account`` (its platform's, or replay's): e.g. ``profit_basis``."""
+        if account.platform in ADAPTERS and account.platform in self.platforms:
+            return self.platforms[account.platform]
+        if REPLAY in self.platforms:
+            return self.platforms[REPLAY]
+        raise ConfigError(
+            f"API account {account.id}: platform {account.platform!r} is not enabled under "
+            "exchanges: (and no replay source is configured)"
+        )
+
+    def _replay_source(self, account: ApiAccount) -> ClosedPositionSource:
+        options = self.options_for(account)
+        if options.path is None:
+            raise ConfigError("exchanges.replay: path is required")
+        store = self._replay.setdefault(options.path, ReplayStore(options.path))
+        return ReplaySource(store, account.id, account.platform)
+
+    def requests(self) -> int:
+        """HTTP requests made so far by the account clients (markets loading excluded)."""
+        return sum(adapter.client.requests for _, adapter in self._adapters.values())
+
+    async def close(self) -> None:
+        """Close every client; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        adapters = [a for _, a in self._adapters.values()] + self._retired
+        self._adapters.clear()
+        self._retired.clear()
+        results = await asyncio.gather(*(a.close() for a in adapters), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("exchange client close failed", error=type(result).__name__)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def closed_positions_for_account(
+    account: ApiAccount,
+    platforms: Mapping[str, AdapterOptions],
+    symbol: str,
+    since: datetime,
+    until: datetime | None = None,
+) -> list[ClosedPosition]:
+    """One-shot (the CLI's ``exchange closed``): the account's closed positions of ``symbol``
+    with since <= close_time < until (default now), sorted by close time."""
+    async with ExchangeRegistry(platforms) as registry:
+        source = registry.source_for(account)
+        return await source.fetch_closed(symbol, since, until or datetime.now(UTC))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def position_to_json(position: ClosedPosition, *, include_raw: bool = False) -> dict[str, Any]:
+    """A JSON-ready dict: Decimals as plain strings (no exponent), times ISO 8601 UTC with Z."""
+    data: dict[str, Any] = {
+        "platform": position.platform,
+        "account_id": position.account_id,
+        "symbol": position.symbol,
+        "direction": position.direction,
+        "size": position.size,
+        "open_price": position.open_price,
+        "close_price": position.close_price,
+        "gross_pnl": position.gross_pnl,
+        "fee": position.fee,
+        "funding": position.funding,
+        "net_profit": position.net_profit,
+        "open_time": position.open_time,
+        "close_time": position.close_time,
+        "record_key": position.record_key,
+    }
+    if include_raw:
+        data["raw"] = position.raw
+    return {key: _json_value(value) for key, value in data.items()}

@@ -1,0 +1,36 @@
+"""Fake exchanges for the adapter tests and the benchmark: real wire formats on 127.0.0.1.
+
+ccxt is never mocked: the adapters' real ccxt clients are pointed at these servers through the
+account's ``base_url`` (which replaces the REST host in ``exchange.urls['api']``).
+"""
+
+from __future__ import annotations
+
+from tests.fake_exchanges.binance import FakeBinance
+from tests.fake_exchanges.bitget import FakeBitget
+from tests.fake_exchanges.bybit import FakeBybit
+from tests.fake_exchanges.gate import FakeGate
+from tests.fake_exchanges.okx import FakeOkx
+from tests.fake_exchanges.server import DEFAULT_MARKETS, FakeExchange, Fault, MarketSpec, Seen
+
+FAKES: dict[str, type[FakeExchange]] = {
+    "binance": FakeBinance,
+    "okx": FakeOkx,
+    "gate": FakeGate,
+    "bitget": FakeBitget,
+    "bybit": FakeBybit,
+}
+
+__all__ = [
+    "DEFAULT_MARKETS",
+    "FAKES",
+    "FakeBinance",
+    "FakeBitget",
+    "FakeBybit",
+    "FakeExchange",
+    "FakeGate",
+    "FakeOkx",
+    "Fault",
+    "MarketSpec",
+    "Seen",
+]

@@ -1,0 +1,113 @@
+"""Building blocks for history-sync tests: robots, accounts, replay files, a sync to run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange_adapters.options import AdapterOptions
+from exchange_adapters.provider import RegistryProvider
+from exchange_adapters.registry import ExchangeRegistry
+from reconcile.consumer import PowerConsumer
+from reconcile.db import Database
+from reconcile.history import HistorySync, SyncSettings
+from reconcile.pricing import PowerRules
+from reconcile.schema import trading_api_config, trading_robot
+
+RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+async def add_account(
+    db: Database, account_id: int, user_id: int, platform: str = "binance", **fields: Any
+) -> None:
+    values: dict[str, Any] = {
+        "id": account_id,
+        "user_id": user_id,
+        "platform": platform,
+        "api_key": "k",
+        "secret_key": "s",
+        "status": 1,
+    }
+    values.update(fields)
+
+    async def ins(conn: AsyncConnection) -> None:
+        await conn.execute(trading_api_config.insert().values(**values))
+
+    await db.transaction(ins, what="seed account")
+
+
+async def add_robot(
+    db: Database,
+    robot_id: int,
+    user_id: int,
+    account_id: int,
+    symbol: str = "BTCUSDT",
+    **fields: Any,
+) -> None:
+    values: dict[str, Any] = {
+        "id": robot_id,
+        "tenant_id": 3,
+        "user_id": user_id,
+        "api_config_id": account_id,
+        "exchange": "binance",
+        "symbol": symbol,
+        "leverage": 10,
+        "margin": Decimal("50"),
+        "status": 2,
+    }
+    values.update(fields)
+
+    async def ins(conn: AsyncConnection) -> None:
+        await conn.execute(trading_robot.insert().values(**values))
+
+    await db.transaction(ins, what="seed robot")
+
+
+def position(
+    account_id: int,
+    key: str,
+    *,
+    closed: datetime,
+    net: str = "12.5",
+    direction: str = "long",
+    symbol: str = "BTC/USDT:USDT",
+    opened: datetime | None = None,
+) -> dict[str, Any]:
+    gross = Decimal(net) + Decimal("0.5")
+    return {
+        "platform": "binance",
+        "account_id": account_id,
+        "symbol": symbol,
+        "direction": direction,
+        "size": "0.01",
+        "open_price": "60000",
+        "close_price": "61250",
+        "gross_pnl": str(gross),
+        "fee": "-0.5",
+        "funding": "0",
+        "net_profit": net,
+        "open_time": (opened or closed - timedelta(hours=1)).isoformat(),
+        "close_time": closed.isoformat(),
+        "record_key": key,
+    }
+
+
+def write_replay(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@asynccontextmanager
+async def history_sync(db: Database, replay: Path, **settings: Any) -> AsyncIterator[HistorySync]:
+    async with ExchangeRegistry({"replay": AdapterOptions(path=replay)}) as registry:
+        yield HistorySync(
+            db, PowerConsumer(db, RULES), RegistryProvider(registry), SyncSettings(**settings)
+        )
