@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest bench install clean
+.PHONY: test lint typecheck pytest bench bench-migration bench-adapters install clean demo
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python bench/drain.py
+
+bench-migration: install
+	$(BIN)/python bench/bench_migration.py
+
+bench-adapters: install
+	$(BIN)/python -m bench.bench_adapters
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

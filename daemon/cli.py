@@ -12,8 +12,11 @@ import structlog
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, fail, load, run
 from daemon.cli_exchange import exchange
+from daemon.cli_migrate import migrate
+from daemon.metrics import Metrics
 from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core, open_history_sync
+from daemon.service import Service
 from reconcile.audit import audit as run_audit
 from reconcile.consumer import Outcome, Source
 from reconcile.errors import OrderNotFound
@@ -153,7 +156,28 @@ def consume(ctx: click.Context, order_id: int) -> None:
     _run(job)
 
 
+cli.add_command(migrate)
 cli.add_command(exchange)
+
+
+@cli.command("run")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One history sync of every stream plus one compensation sweep, then exit "
+    "(0 when everything succeeded, 1 when any stream or charge failed).",
+)
+@click.pass_context
+def run_command(ctx: click.Context, once: bool) -> None:
+    """The daemon: history sync, realtime sweep and compensation sweep on a schedule.
+
+    Speaks sd_notify under systemd (READY, WATCHDOG, STATUS, STOPPING). SIGTERM/SIGINT finish
+    the transactions in flight and exit 0. Metrics and /healthz on metrics.listen when set.
+    """
+    metrics = Metrics()
+    config = load(ctx, log_processors=[metrics.processor])
+    service = Service(config, metrics)
+    run(service.run_once if once else service.run_forever)
 
 
 @cli.command()

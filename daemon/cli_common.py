@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -34,7 +34,9 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def load(ctx: click.Context, *, logs_to_stderr: bool = False) -> Config:
+def load(
+    ctx: click.Context, *, logs_to_stderr: bool = False, log_processors: Sequence[Any] = ()
+) -> Config:
     obj = ctx.ensure_object(dict)
     if "config" not in obj:
         try:
@@ -44,7 +46,7 @@ def load(ctx: click.Context, *, logs_to_stderr: bool = False) -> Config:
         except ConfigError as exc:
             fail(f"config error: {exc}", EXIT_USAGE)
         fmt = obj.get("log_format") or cfg.logging.format
-        configure_logging(fmt, cfg.logging.level, stderr=logs_to_stderr)
+        configure_logging(fmt, cfg.logging.level, stderr=logs_to_stderr, extra=log_processors)
         obj["config"] = cfg
     config: Config = obj["config"]
     return config

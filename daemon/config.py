@@ -87,6 +87,7 @@ class DatabaseConfig(_Model):
             timezone=self.timezone,
             lock_wait_timeout=max(1, round(self.lock_wait_timeout.total_seconds())),
             pool_size=self.pool_size,
+            drain_timeout=30.0,
             retry=RetryPolicy(
                 attempts=self.retry.attempts,
                 initial=self.retry.initial.total_seconds(),
@@ -126,6 +127,27 @@ class SyncConfig(_Model):
     concurrency: int = Field(8, ge=1, le=256)  # accounts synced at once
 
 
+class ScheduleConfig(_Model):
+    history_sync: Duration = timedelta(seconds=60)
+    realtime_sweep: Duration = timedelta(seconds=5)
+    realtime_window: Duration = timedelta(minutes=15)
+    compensation_sweep: Duration = timedelta(hours=1)
+
+
+class MetricsConfig(_Model):
+    listen: str | None = None  # e.g. "127.0.0.1:9108"; unset: no HTTP server
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9108")
+        return value
+
+
 class LoggingConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -138,6 +160,9 @@ class Config(_Model):
     robots: RobotsConfig = RobotsConfig()
     sync: SyncConfig = SyncConfig()
     exchanges: ExchangesConfig = ExchangesConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    shutdown_timeout: Duration = timedelta(seconds=30)
     logging: LoggingConfig = LoggingConfig()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, BinaryIO
 
@@ -52,7 +53,12 @@ def _dumps(obj: Any, **_: Any) -> bytes:
 
 
 def configure_logging(
-    fmt: str = "auto", level: str = "info", stream: BinaryIO | None = None, *, stderr: bool = False
+    fmt: str = "auto",
+    level: str = "info",
+    stream: BinaryIO | None = None,
+    *,
+    stderr: bool = False,
+    extra: Sequence[Any] = (),
 ) -> None:
     """``fmt``: json | console | auto (console on a terminal). ``stream``: binary, for JSON.
 
@@ -67,6 +73,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
         structlog.processors.format_exc_info,
+        *extra,  # e.g. the metrics counter (daemon.metrics)
     ]
     if console:
         processors = [*shared, structlog.dev.ConsoleRenderer()]

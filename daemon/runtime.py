@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -73,7 +74,10 @@ def sync_settings(config: Config) -> SyncSettings:
 
 
 @asynccontextmanager
-async def open_history_sync(config: Config, core: Core) -> AsyncIterator[HistorySync]:
+async def open_history_sync(
+    config: Config, core: Core, *, min_interval: timedelta = timedelta(0)
+) -> AsyncIterator[HistorySync]:
     """The history sync with its exchange clients; the clients close on exit."""
+    settings = replace(sync_settings(config), min_interval=min_interval)
     async with ExchangeRegistry(config.exchanges.adapter_options()) as registry:
-        yield HistorySync(core.db, core.consumer, RegistryProvider(registry), sync_settings(config))
+        yield HistorySync(core.db, core.consumer, RegistryProvider(registry), settings)

@@ -100,6 +100,37 @@ class BulkWriter:
         sql = f"UPDATE {q(table.name)} SET {', '.join(sets)} WHERE {q(key)} IN ({in_list})"  # noqa: S608
         await self._conn.exec_driver_sql(sql, tuple(params))
 
+    async def update_join_values(
+        self,
+        table: Table,
+        key: str,
+        values: Mapping[int, Any],
+        assignments: Mapping[str, str],
+        constants: Mapping[str, Any],
+    ) -> None:
+        """MySQL: ``UPDATE table t JOIN (SELECT k, v UNION ALL ...) d ON t.key = d.k SET ...``.
+
+        ``assignments`` map a column to an SQL expression over ``t.<column>`` and ``d.v`` (code
+        constants, e.g. ``"t.power - d.v"``); per-row values travel as parameters. The engine
+        joins on the key instead of evaluating a CASE per row, and reads no other table.
+        """
+        if not values:
+            return
+        q, m = self._quote, self._mark
+        keys = sorted(values)
+        derived = " UNION ALL ".join(
+            [f"SELECT {m} AS k, {m} AS v"] + [f"SELECT {m}, {m}"] * (len(keys) - 1)
+        )
+        sets = [f"t.{q(col)} = {expr}" for col, expr in assignments.items()]
+        sets += [f"t.{q(col)} = {m}" for col in constants]
+        params: list[Any] = [x for k in keys for x in (k, values[k])]
+        params += list(constants.values())
+        sql = (
+            f"UPDATE {q(table.name)} AS t JOIN ({derived}) AS d ON t.{q(key)} = d.k "  # noqa: S608
+            f"SET {', '.join(sets)}"
+        )
+        await self._conn.exec_driver_sql(sql, tuple(params))
+
 
 def _same(value: Any) -> Any:
     return value

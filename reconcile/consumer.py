@@ -20,7 +20,7 @@ A negative power balance is allowed (hotgo's rule: a charge is never refused).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, or_, select, tuple_
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -49,6 +49,12 @@ log = structlog.get_logger("reconcile.consumer")
 
 STATUS_OPEN, STATUS_CLOSED, STATUS_CANCELLED = 1, 2, 3
 _STATUS_NAMES = {STATUS_OPEN: "open", STATUS_CANCELLED: "cancelled"}
+
+
+class _MissingWallets(Exception):
+    def __init__(self, user_ids: list[int]) -> None:
+        super().__init__(f"{len(user_ids)} users without a wallet row")
+        self.user_ids = user_ids
 
 
 class Source(StrEnum):
@@ -204,7 +210,7 @@ class PowerConsumer:
         # finds the row and takes the "already charged" path.
         for attempt in (1, 2, 3):
             try:
-                settlement = await self.db.transaction(
+                settlement = await self._transaction(
                     unit, what="charge order", order_id=order_id, source=str(source)
                 )
             except DuplicateKey:
@@ -279,9 +285,41 @@ class PowerConsumer:
             )
             return await self._settle(conn, await _fetch_orders(conn, lock), source)
 
-        settlement = await self.db.transaction(unit, what="charge sweep page", source=str(source))
+        settlement = await self._transaction(unit, what="charge sweep page", source=str(source))
         settlement.log()
         return settlement.results
+
+    async def _transaction(
+        self, unit: Callable[[AsyncConnection], Awaitable[_Settlement]], **how: Any
+    ) -> _Settlement:
+        """Run a charging unit; users without a wallet row get one (all zero) in a short
+        transaction of its own first, and the unit runs again. Creating wallets inside the
+        charging transaction, between locks taken in user-id order, let two chargers deadlock
+        on the new rows' gap locks."""
+        for _ in range(3):
+            try:
+                return await self.db.transaction(unit, **how)
+            except _MissingWallets as missing:
+                await self._create_wallets(missing.user_ids)
+        return await self.db.transaction(unit, **how)
+
+    async def _create_wallets(self, user_ids: list[int]) -> None:
+        now = self.db.now()
+        rows = [
+            {"user_id": u, "power": Decimal(0), "gift_power": Decimal(0),
+             "total_power_consume": Decimal(0), "created_at": now, "updated_at": now}
+            for u in user_ids
+        ]  # fmt: skip
+
+        async def create(conn: AsyncConnection) -> None:
+            if self.db.is_mysql:
+                ins = mysql.insert(wallet)
+                # a no-op on conflict: a concurrent creator won; no money column is touched
+                await conn.execute(ins.on_duplicate_key_update(user_id=ins.inserted.user_id), rows)
+            else:
+                await conn.execute(sqlite.insert(wallet).on_conflict_do_nothing(), rows)
+
+        await self.db.transaction(create, what="create wallets", users=len(user_ids))
 
     # -- the transaction body shared by both ---------------------------------------------------
 
@@ -401,8 +439,8 @@ class PowerConsumer:
         per_user: dict[int, Decimal] = defaultdict(Decimal)
         for o, c in to_charge:
             per_user[o.user_id] += c.consume_power
-        balances = await self._lock_wallets(conn, sorted(per_user), now)
-        await self._apply_wallet_debits(conn, to_charge, per_user, balances, now)
+        balances = await self._lock_wallets(conn, sorted(per_user))
+        await self._apply_wallet_debits(conn, per_user, balances, now)
 
         ledger: list[tuple[Any, ...]] = []
         running = {uid: power for uid, (power, _total) in balances.items()}
@@ -442,9 +480,9 @@ class PowerConsumer:
         )
 
     async def _lock_wallets(
-        self, conn: AsyncConnection, user_ids: list[int], now: datetime
+        self, conn: AsyncConnection, user_ids: list[int]
     ) -> dict[int, tuple[Decimal, Decimal]]:
-        """Lock the users' wallet rows in user-id order, creating missing ones (all zero)."""
+        """Lock the users' wallet rows in user-id order; raise _MissingWallets if any is absent."""
         stmt = (
             select(wallet.c.user_id, wallet.c.power, wallet.c.total_power_consume)
             .where(wallet.c.user_id.in_(user_ids))
@@ -454,55 +492,27 @@ class PowerConsumer:
         found = {r.user_id: (r.power, r.total_power_consume) for r in await conn.execute(stmt)}
         missing = [u for u in user_ids if u not in found]
         if missing:
-            rows = [
-                {
-                    "user_id": u,
-                    "power": Decimal(0),
-                    "gift_power": Decimal(0),
-                    "total_power_consume": Decimal(0),
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for u in missing
-            ]
-            if self.db.is_mysql:
-                ins = mysql.insert(wallet)
-                # a no-op on conflict: a concurrent creator won; no money column is touched
-                await conn.execute(ins.on_duplicate_key_update(user_id=ins.inserted.user_id), rows)
-            else:
-                await conn.execute(sqlite.insert(wallet).on_conflict_do_nothing(), rows)
-            again = stmt.where(wallet.c.user_id.in_(missing))
-            found.update(
-                {r.user_id: (r.power, r.total_power_consume) for r in await conn.execute(again)}
-            )
+            raise _MissingWallets(missing)
         return found
 
     async def _apply_wallet_debits(
         self,
         conn: AsyncConnection,
-        to_charge: list[tuple[_Order, Charge]],
         per_user: dict[int, Decimal],
         balances: dict[int, tuple[Decimal, Decimal]],
         now: datetime,
     ) -> None:
-        """Debit each wallet by the sum of the consume rows just inserted for it."""
+        """Debit each wallet by its users' charges: ``power = power - x`` (MySQL)."""
         if self.db.is_mysql:
-            c = power_consume.c
-            pairs = [(o.user_id, o.id) for o, _ in to_charge]
-            debits = (
-                select(c.user_id, func.sum(c.consume_power).label("debit"))
-                .where(tuple_(c.user_id, c.order_id).in_(pairs))
-                .group_by(c.user_id)
-                .subquery("d")
-            )
-            await conn.execute(
-                wallet.update()
-                .where(wallet.c.user_id == debits.c.user_id)
-                .values(
-                    power=wallet.c.power - debits.c.debit,
-                    total_power_consume=wallet.c.total_power_consume + debits.c.debit,
-                    updated_at=now,
-                )
+            await BulkWriter(conn).update_join_values(
+                wallet,
+                "user_id",
+                per_user,
+                {
+                    "power": "t.power - d.v",
+                    "total_power_consume": "t.total_power_consume + d.v",
+                },
+                {"updated_at": now},
             )
             return
         # SQLite keeps decimals as text, so the new figures are computed here, under the write

@@ -8,6 +8,7 @@ COMMIT, whose outcome is unknown: the unique keys make re-running safe). Nothing
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Iterator
@@ -92,6 +93,7 @@ class DatabaseSettings:
     lock_wait_timeout: int = 10
     pool_size: int = 5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    drain_timeout: float = 30.0  # how long close() waits for transactions in flight
 
     def sqlalchemy_url(self) -> URL:
         try:
@@ -174,6 +176,7 @@ class Database:
         self.skip_locked = False
         self._engine: AsyncEngine | None = None
         self._url = url
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -212,6 +215,9 @@ class Database:
         await self.transaction(probe, what="connect to the database")
 
     async def close(self) -> None:
+        """Wait (up to ``settings.drain_timeout``) for transactions in flight, then close."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=self.settings.drain_timeout)
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
@@ -227,6 +233,12 @@ class Database:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def ping(self) -> None:
+        """One round trip, no retries: is the database answering right now?"""
+        with map_db_errors("ping the database"):
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
 
     def now(self) -> datetime:
         """Now, as the naive local time hotgo's DATETIME columns hold."""
@@ -278,9 +290,24 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
+        # Shielded: cancelling the caller (shutdown) lets a transaction in flight finish - commit
+        # or roll back - instead of cutting it at an unknown point; close() waits for it.
+        task = asyncio.ensure_future(self._attempt(fn, what))
+        self._in_flight.add(task)
+        task.add_done_callback(_settled)
+        task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
+
+    async def _attempt(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
         with map_db_errors(what):
             async with self.engine.connect() as conn, conn.begin():
                 return await fn(conn)
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    """Retrieve a shielded transaction's outcome when nobody awaits it any more."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _zone(name: str) -> tzinfo:

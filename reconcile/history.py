@@ -75,6 +75,9 @@ class SyncSettings:
     overlap: timedelta = timedelta(minutes=10)
     match_tolerance: timedelta = timedelta(seconds=120)
     concurrency: int = 8
+    #: skip a stream whose cursor another instance advanced less than this long ago, so that
+    #: several daemons poll each account once per interval between them (0: always poll)
+    min_interval: timedelta = timedelta(0)
     #: platforms with a source; None: every platform (a replay source serves them all)
     platforms: frozenset[str] | None = None
 
@@ -136,8 +139,9 @@ class HistorySync:
         self.provider = provider
         self.settings = settings
 
-    async def run_cycle(self) -> SyncSummary:
-        """One pass over every stream. A failing stream never stops the others."""
+    async def run_cycle(self, stop: asyncio.Event | None = None) -> SyncSummary:
+        """One pass over every stream. A failing stream never stops the others; ``stop`` ends
+        the pass after the streams in flight."""
         started = time.monotonic()
         requests_before = self.provider.requests()
         summary = SyncSummary()
@@ -146,6 +150,9 @@ class HistorySync:
 
         async def account(account_id: int, streams: list[Stream]) -> None:
             async with gate:
+                if stop is not None and stop.is_set():
+                    summary.skipped_streams += len(streams)
+                    return
                 await self._sync_account(account_id, streams, summary)
 
         await asyncio.gather(*(account(a, s) for a, s in sorted(by_account.items())))
@@ -251,7 +258,10 @@ class HistorySync:
         if not self.db.is_mysql:  # the embedded default runs one instance
             yield True
             return
-        name = f"toogo-reconcile:account:{account_id}"
+        # GET_LOCK names are server-wide: qualify with the database, so instances serving two
+        # hotgo databases on one server do not lock each other out (names are <= 64 chars)
+        schema = hashlib.sha256(str(self.db.engine.url.database).encode()).hexdigest()[:16]
+        name = f"toogo-reconcile:{schema}:account:{account_id}"
         async with self.db.engine.connect() as conn:
             got = (await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})).scalar()
             try:
@@ -266,7 +276,10 @@ class HistorySync:
         self, stream: Stream, source: ClosedPositionSource, basis: str, summary: SyncSummary
     ) -> None:
         now = datetime.now(UTC)
-        cursor = await self._read_cursor(stream)
+        cursor, fresh = await self._read_cursor(stream)
+        if fresh:
+            summary.skipped_streams += 1
+            return
         floor = now - self.settings.lookback
         since = floor if cursor is None or cursor[0] < floor else cursor[0] - self.settings.overlap
         seen_at_cursor = cursor[1] if cursor is not None else frozenset()
@@ -285,11 +298,15 @@ class HistorySync:
         keys = sorted(r.record_key for r in records if r.close_time == complete_until)
         await self._write_cursor(stream, complete_until, keys)
 
-    async def _read_cursor(self, stream: Stream) -> tuple[datetime, frozenset[str]] | None:
+    async def _read_cursor(
+        self, stream: Stream
+    ) -> tuple[tuple[datetime, frozenset[str]] | None, bool]:
+        """(complete_until and the keys at it, or None for a new stream; whether another
+        instance advanced it within ``min_interval``)."""
         c = stream_cursor.c
 
         async def read(conn: AsyncConnection) -> Any:
-            stmt = select(c.complete_until, c.keys_at_cursor).where(
+            stmt = select(c.complete_until, c.keys_at_cursor, c.updated_at).where(
                 c.platform == stream.platform,
                 c.account_id == stream.account_id,
                 c.symbol == stream.symbol,
@@ -298,9 +315,15 @@ class HistorySync:
 
         row = await self.db.transaction(read, what="read stream cursor")
         if row is None or row.complete_until is None:
-            return None
+            return None, False
         keys = frozenset(json.loads(row.keys_at_cursor or "[]"))
-        return row.complete_until.replace(tzinfo=UTC), keys
+        interval = self.settings.min_interval
+        fresh = (
+            bool(interval)
+            and row.updated_at is not None
+            and (self.db.now() - row.updated_at < interval)
+        )
+        return (row.complete_until.replace(tzinfo=UTC), keys), fresh
 
     async def _write_cursor(self, stream: Stream, until: datetime, keys: list[str]) -> None:
         values = {

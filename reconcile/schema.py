@@ -244,17 +244,46 @@ stream_cursor = Table(
 )
 
 refund = Table(
+    # One row per duplicate consume row that `migrate dedupe --refund` deleted and credited back.
+    # uk_refund_consume makes a second refund of the same deleted row impossible; a refund that
+    # `migrate rollback --reverse-refunds` debited again is kept with reversed = 1.
     "toogo_reconcile_refund",
     own_metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("consume_id", BigInteger, nullable=False),
+    Column("backup_id", BigInteger, nullable=True),  # the dedupe (toogo_reconcile_backup.id)
     Column("user_id", BigInteger, nullable=False),
     Column("order_id", BigInteger, nullable=False),
+    Column("order_sn", String(64), nullable=False, server_default=""),
     Column("amount", dec(20, 8), nullable=False),
     Column("wallet_log_id", BigInteger, nullable=True),
     Column("reversed", SmallInteger, nullable=False, server_default="0"),
+    Column("reversal_wallet_log_id", BigInteger, nullable=True),
     Column("created_at", DateTime, nullable=True),
+    Column("reversed_at", DateTime, nullable=True),
     UniqueConstraint("consume_id", name="uk_refund_consume"),
+    Index("idx_refund_backup", "backup_id"),
+    Index("idx_refund_user", "user_id", "order_id"),
+)
+
+migration_backup = Table(
+    # The registry of backups taken by `migrate backup` / `migrate dedupe` (kind 'backup' or
+    # 'dedupe'), so `migrate rollback` finds the last dedupe's backup tables.
+    "toogo_reconcile_backup",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),
+    Column("consume_table", String(64), nullable=False),
+    Column("wallet_table", String(64), nullable=False),
+    Column("consume_rows", Integer, nullable=False, server_default="0"),
+    Column("wallet_rows", Integer, nullable=False, server_default="0"),
+    Column("dup_groups", Integer, nullable=False, server_default="0"),
+    Column("deleted_rows", Integer, nullable=False, server_default="0"),
+    Column("refunded_rows", Integer, nullable=False, server_default="0"),
+    Column("refunded_amount", dec(20, 8), nullable=False, server_default="0"),
+    Column("created_at", DateTime, nullable=False),
+    Column("rolled_back_at", DateTime, nullable=True),
+    Index("idx_backup_kind", "kind", "id"),
 )
 
 OWN_TABLES = (stream_cursor, refund)

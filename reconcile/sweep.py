@@ -71,6 +71,7 @@ async def sweep(
     source: Source = Source.SWEEP,
     stop: asyncio.Event | None = None,
     summary_event: str = "sweep summary",
+    log_idle: bool = True,
 ) -> SweepSummary:
     """One compensation pass over orders closed within ``lookback``. Logs one summary event.
 
@@ -130,7 +131,10 @@ async def sweep(
     if summary.error is not None:
         log.error("sweep aborted", source=str(source), error=summary.error, will_retry="next run")
     summary.elapsed = round(time.monotonic() - started, 3)
-    log.info(summary_event, source=str(source), **_figures(summary, started))
+    idle = summary.pages == 0 and summary.error is None
+    # a frequent sweep that found nothing says so at debug level only
+    emit = log.info if log_idle or not idle else log.debug
+    emit(summary_event, source=str(source), **_figures(summary, started))
     return summary
 
 

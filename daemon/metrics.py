@@ -1,0 +1,84 @@
+"""Prometheus metrics and ``/healthz``, served with aiohttp when ``metrics.listen`` is set.
+
+Most counters are derived from the log events themselves (a structlog processor): the audit
+log and the metrics can never disagree about what was charged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from structlog.typing import EventDict, WrappedLogger
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.charges = Counter("toogo_charges", "Orders charged", ["source"], registry=r)
+        self.duplicates = Counter(
+            "toogo_skipped_duplicates", "Charges skipped as already done", ["source"], registry=r
+        )
+        self.failures = Counter("toogo_failures", "Failures by kind", ["kind"], registry=r)
+        self.exchange_requests = Counter(
+            "toogo_exchange_requests", "HTTP requests to exchanges", ["platform"], registry=r
+        )
+        self.exchange_errors = Counter(
+            "toogo_exchange_errors", "Failed exchange requests", ["platform"], registry=r
+        )
+        self.cycle_seconds = Gauge(
+            "toogo_cycle_duration_seconds", "Duration of the last run of a job", ["job"], registry=r
+        )
+        self.last_success = Gauge(
+            "toogo_last_success_timestamp_seconds", "When a job last succeeded", ["job"], registry=r
+        )
+        self.backlog = Gauge(
+            "toogo_backlog_orders", "Eligible orders not yet charged (look-back window)",
+            registry=r,
+        )  # fmt: skip
+        self.cursor_lag = Gauge(
+            "toogo_cursor_lag_seconds", "Age of the oldest stream cursor", ["platform"], registry=r
+        )
+        self.healthy = True
+        self.health_detail = "starting"
+
+    def processor(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        """A structlog processor counting the events that matter."""
+        name = event.get("event")
+        if name == "power consumed":
+            self.charges.labels(str(event.get("source"))).inc()
+        elif name == "skip duplicate":
+            self.duplicates.labels(str(event.get("source"))).inc()
+        elif name == "exchange request failed":
+            self.exchange_errors.labels(str(event.get("platform"))).inc()
+        elif name in ("charge failed", "stream failed", "job failed", "sweep aborted"):
+            self.failures.labels(str(name).replace(" ", "_")).inc()
+        return event
+
+    def job_done(self, job: str, seconds: float, ok: bool) -> None:
+        self.cycle_seconds.labels(job).set(seconds)
+        if ok:
+            self.last_success.labels(job).set(time.time())
+
+    async def serve(self, listen: str) -> web.AppRunner:
+        host, _, port = listen.rpartition(":")
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        return runner
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        status = 200 if self.healthy else 503
+        payload: dict[str, Any] = {"ok": self.healthy, "detail": self.health_detail}
+        return web.json_response(payload, status=status)

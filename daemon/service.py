@@ -1,0 +1,261 @@
+"""``toogo-reconcile run``: the long-running daemon.
+
+Three jobs on an APScheduler AsyncIOScheduler, each coalescing and never overlapping itself; a
+failing job is logged and tried again at its next run without touching the others:
+
+- the history sync (``schedule.history_sync``, 60 s);
+- a realtime sweep of the last ``schedule.realtime_window`` of closes (``schedule.realtime_sweep``,
+  5 s) - it charges what the engine's realtime call missed within seconds;
+- the compensation sweep over ``sweep.lookback`` (``schedule.compensation_sweep``, 1 h).
+
+systemd: READY=1 once the database answers and the scheduler runs; WATCHDOG=1 every half
+``WATCHDOG_USEC`` only while the event loop turns and the database answers; STATUS= with the last
+cycles' summary; STOPPING=1 on shutdown. SIGTERM/SIGINT stop taking new work, let the jobs in
+flight finish their current transaction (bounded by ``shutdown_timeout``), then close the
+scheduler, the exchange clients and the pool; exit 0. SIGHUP is not supported (logged): restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.config import Config
+from daemon.metrics import Metrics
+from daemon.notify import Notifier, watchdog_interval
+from daemon.runtime import Core, open_core, open_history_sync
+from reconcile.consumer import STATUS_CLOSED, Source, positive
+from reconcile.errors import ReconcileError
+from reconcile.history import HistorySync
+from reconcile.schema import stream_cursor, trading_order
+from reconcile.sweep import sweep
+
+log = structlog.get_logger("daemon.service")
+
+Job = Callable[[], Awaitable[tuple[bool, str]]]
+HEALTH_EVERY = 30.0  # seconds between backlog / cursor-lag refreshes
+
+
+class Service:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.notifier = Notifier()
+        self.stop = asyncio.Event()
+        self._running: set[asyncio.Task[object]] = set()
+        self._status: dict[str, str] = {}
+        self._failed = False
+
+    # -- the two ways to run --------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """One history sync of every stream plus one compensation sweep; 1 if anything failed."""
+        async with AsyncExitStack() as stack:
+            core = await stack.enter_async_context(open_core(self.config))
+            history = await stack.enter_async_context(open_history_sync(self.config, core))
+            await self._job("history_sync", self._history(history))
+            await self._job("compensation_sweep", self._sweep(core, "compensation_sweep"))
+        return 1 if self._failed else 0
+
+    async def run_forever(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        schedule = self.config.schedule
+        async with AsyncExitStack() as stack:
+            core = await stack.enter_async_context(open_core(self.config))
+            history = await stack.enter_async_context(
+                open_history_sync(self.config, core, min_interval=schedule.history_sync * 0.9)
+            )
+            if self.metrics is not None and self.config.metrics.listen:
+                runner = await self.metrics.serve(self.config.metrics.listen)
+                stack.push_async_callback(runner.cleanup)
+            scheduler = AsyncIOScheduler(timezone=UTC)
+            jobs: dict[str, tuple[float, Callable[[], Job]]] = {
+                "history_sync": (
+                    schedule.history_sync.total_seconds(),
+                    lambda: self._history(history),
+                ),
+                "realtime_sweep": (
+                    schedule.realtime_sweep.total_seconds(),
+                    lambda: self._sweep(core, "realtime_sweep"),
+                ),
+                "compensation_sweep": (
+                    schedule.compensation_sweep.total_seconds(),
+                    lambda: self._sweep(core, "compensation_sweep"),
+                ),
+            }
+            for name, (every, make) in jobs.items():
+                scheduler.add_job(
+                    self._scheduled, "interval", args=(name, make), id=name, name=name,
+                    seconds=every, coalesce=True, max_instances=1, misfire_grace_time=None,
+                    next_run_time=datetime.now(UTC),
+                )  # fmt: skip
+            scheduler.start()
+            self.notifier.send(READY="1", STATUS="running")
+            log.info(
+                "daemon started",
+                jobs={k: v[0] for k, v in jobs.items()},
+                watchdog=watchdog_interval(),
+                metrics=self.config.metrics.listen,
+            )
+            health = asyncio.create_task(self._health(core))
+            await self.stop.wait()
+
+            self.notifier.send(STOPPING="1", STATUS="stopping")
+            # pause first: APScheduler's shutdown cancels the jobs running, and a job should
+            # rather end its sweep between two pages, as the stop event asks it to
+            scheduler.pause()
+            await self._drain()
+            scheduler.shutdown(wait=False)
+            health.cancel()
+            await asyncio.gather(health, return_exceptions=True)
+        log.info("daemon stopped")
+        self.notifier.close()
+        return 0
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def _scheduled(self, name: str, make: Callable[[], Job]) -> None:
+        if self.stop.is_set():
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await self._job(name, make())
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    async def _job(self, name: str, work: Job) -> None:
+        started = time.monotonic()
+        with structlog.contextvars.bound_contextvars(job=name):
+            try:
+                ok, status = await work()
+            except ReconcileError as exc:
+                ok, status = False, f"failed: {type(exc).__name__}"
+                log.error(
+                    "job failed",
+                    job=name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    will_retry="next run",
+                )
+            except Exception as exc:  # a bug must not kill the daemon; it is logged loudly
+                ok, status = False, f"failed: {type(exc).__name__}"
+                log.exception(
+                    "job failed", job=name, error=type(exc).__name__, will_retry="next run"
+                )
+        self._failed |= not ok
+        if self.metrics is not None:
+            self.metrics.job_done(name, time.monotonic() - started, ok)
+        self._status[name] = status
+        self.notifier.send(STATUS="; ".join(f"{k}: {v}" for k, v in sorted(self._status.items())))
+
+    def _history(self, history: HistorySync) -> Job:
+        async def work() -> tuple[bool, str]:
+            s = await history.run_cycle(self.stop)
+            return s.ok, (
+                f"{s.streams} streams, {s.inserted} inserted, {s.closed} closed, "
+                f"{s.charged} charged, {s.failed_streams} failed"
+            )
+
+        return work
+
+    def _sweep(self, core: Core, name: str) -> Job:
+        realtime = name == "realtime_sweep"
+        lookback = self.config.schedule.realtime_window if realtime else self.config.sweep.lookback
+
+        async def work() -> tuple[bool, str]:
+            s = await sweep(
+                core.consumer, lookback=lookback, page_size=self.config.sweep.page_size,
+                workers=self.config.sweep.workers, source=Source.SWEEP, stop=self.stop,
+                log_idle=not realtime,
+            )  # fmt: skip
+            return s.ok, f"{s.charged} charged, {s.skipped_duplicate} duplicates, {s.failed} failed"
+
+        return work
+
+    # -- health, watchdog, shutdown ---------------------------------------------------------------
+
+    async def _health(self, core: Core) -> None:
+        """WATCHDOG=1 only while the loop turns and the database answers; metrics refresh."""
+        interval = watchdog_interval()
+        beat = min(interval or HEALTH_EVERY, HEALTH_EVERY)
+        next_refresh = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(core.db.ping(), timeout=max(beat, 1.0))
+                healthy, detail = True, "ok"
+            except (ReconcileError, TimeoutError) as exc:
+                healthy, detail = False, f"database: {type(exc).__name__}"
+                log.warning("health check failed", detail=detail, watchdog="withheld")
+            if healthy and interval is not None:
+                self.notifier.send(WATCHDOG="1")
+            if self.metrics is not None:
+                self.metrics.healthy, self.metrics.health_detail = healthy, detail
+                if healthy and time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + HEALTH_EVERY
+                    await self._refresh_gauges(core)
+            await asyncio.sleep(beat)
+
+    async def _refresh_gauges(self, core: Core) -> None:
+        if self.metrics is None:
+            return
+        o, c = trading_order.c, stream_cursor.c
+        since = core.db.to_db_time(datetime.now(UTC) - self.config.sweep.lookback)
+
+        async def read(conn: AsyncConnection) -> tuple[int, list[tuple[str, datetime]]]:
+            backlog = (await conn.execute(
+                select(func.count()).select_from(trading_order).where(
+                    o.power_consumed == 0, o.status == STATUS_CLOSED, o.close_time >= since,
+                    positive(core.db, o.realized_profit))
+            )).scalar_one()  # fmt: skip
+            lag = await conn.execute(
+                select(c.platform, func.min(c.complete_until)).group_by(c.platform)
+            )
+            return int(backlog), [(p, t) for p, t in lag if t is not None]
+
+        try:
+            backlog, lags = await core.db.transaction(read, what="refresh metrics")
+        except ReconcileError as exc:
+            log.warning("metrics refresh failed", error=type(exc).__name__)
+            return
+        self.metrics.backlog.set(backlog)
+        now = datetime.now(UTC)
+        for platform, oldest in lags:
+            self.metrics.cursor_lag.labels(platform).set(
+                (now - oldest.replace(tzinfo=UTC)).total_seconds()
+            )
+
+    async def _drain(self) -> None:
+        """Let jobs in flight finish their transaction; past the timeout, cancel them (their
+        transactions are shielded and still commit or roll back as a whole)."""
+        if not self._running:
+            return
+        timeout = self.config.shutdown_timeout.total_seconds()
+        log.info("waiting for jobs in flight", jobs=len(self._running), timeout=timeout)
+        _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("jobs cancelled at shutdown", jobs=len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _on_stop(self, sig: signal.Signals) -> None:
+        if not self.stop.is_set():
+            log.info("shutdown requested", signal=sig.name)
+            self.stop.set()
+
+    def _on_hup(self) -> None:
+        log.warning("SIGHUP ignored: configuration reload is not supported; restart the service")

@@ -1,0 +1,77 @@
+"""The operators' migration runbook as safe functions on a ``Database`` (MySQL/MariaDB).
+
+    check           read-only: duplicate groups, over-charge per user, what the schema lacks
+    backup          copy the rows the cleanup touches into timestamped tables (+ mysqldump)
+    dedupe          keep the max-id consume row per (user_id, order_id); refund the over-charge
+    add_unique_key  online DDL: order columns/indexes, uk_user_order, the daemon's own tables
+    verify          no duplicates and the key exists
+    up              check -> backup + dedupe -> add_unique_key -> verify; idempotent
+    rollback        drop uk_user_order, restore the last dedupe's rows (same ids)
+
+Every destructive function is a dry run unless told otherwise; each returns a typed result.
+Each step is one transaction (DML) or one atomic statement (DDL), ordered so that a failure
+leaves the database as before that step and re-running picks up where it stopped.
+"""
+
+from reconcile.migration._backup import (
+    BackupInfo,
+    BackupResult,
+    DumpResult,
+    backup,
+    dump_command,
+    dump_tables,
+    dump_tool,
+)
+from reconcile.migration._common import (
+    DuplicateGroup,
+    Duplicates,
+    DuplicatesRemain,
+    SchemaState,
+    UserOvercharge,
+    money,
+)
+from reconcile.migration._ddl import (
+    AddKeyResult,
+    DdlOptions,
+    DdlStep,
+    VerifyResult,
+    add_unique_key,
+    verify,
+)
+from reconcile.migration._dedupe import DedupeResult, dedupe
+from reconcile.migration._rollback import RollbackResult, rollback
+from reconcile.migration._runbook import CheckReport, RefundTotals, UpResult, check, up
+from reconcile.migration._wallet import REFUND, REFUND_REVERSAL
+
+__all__ = [
+    "REFUND",
+    "REFUND_REVERSAL",
+    "AddKeyResult",
+    "BackupInfo",
+    "BackupResult",
+    "CheckReport",
+    "DdlOptions",
+    "DdlStep",
+    "DedupeResult",
+    "DumpResult",
+    "DuplicateGroup",
+    "Duplicates",
+    "DuplicatesRemain",
+    "RefundTotals",
+    "RollbackResult",
+    "SchemaState",
+    "UpResult",
+    "UserOvercharge",
+    "VerifyResult",
+    "add_unique_key",
+    "backup",
+    "check",
+    "dedupe",
+    "dump_command",
+    "dump_tables",
+    "dump_tool",
+    "money",
+    "rollback",
+    "up",
+    "verify",
+]
