@@ -11,8 +11,6 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from daemon.cli_common import DURATION, EXIT_OK, EXIT_USAGE, fail, load, run
-from exchange_adapters.errors import UnknownSymbol
-from exchange_adapters.registry import closed_positions_for_account, position_to_json
 from reconcile.accounts import AccountNotFound, load_account
 from reconcile.db import Database
 
@@ -50,6 +48,9 @@ def closed(
     The positions go to stdout; logs go to stderr.
     """
     config = load(ctx, logs_to_stderr=True)
+
+    from exchange_adapters.errors import UnknownSymbol  # ccxt: imported only when needed
+    from exchange_adapters.registry import closed_positions_for_account, position_to_json
 
     async def job() -> int:
         async with Database(config.database.settings()) as db:

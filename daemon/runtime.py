@@ -12,8 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
-from exchange_adapters.provider import RegistryProvider
-from exchange_adapters.registry import ExchangeRegistry
 from reconcile.consumer import PowerConsumer, load_power_rules
 from reconcile.db import Database
 from reconcile.errors import SchemaNotReady
@@ -78,6 +76,10 @@ async def open_history_sync(
     config: Config, core: Core, *, min_interval: timedelta = timedelta(0)
 ) -> AsyncIterator[HistorySync]:
     """The history sync with its exchange clients; the clients close on exit."""
+    # imported here: ccxt costs ~1.5 s to import, and most commands never need it
+    from exchange_adapters.provider import RegistryProvider
+    from exchange_adapters.registry import ExchangeRegistry
+
     settings = replace(sync_settings(config), min_interval=min_interval)
     async with ExchangeRegistry(config.exchanges.adapter_options()) as registry:
         yield HistorySync(core.db, core.consumer, RegistryProvider(registry), settings)
