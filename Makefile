@@ -1,5 +1,7 @@
 # make test  - create .venv, install the project with its test extras, lint, type-check, test
 # make bench - the charge-backlog drain benchmark (needs the local MariaDB)
+# make demo  - the whole cycle on a fresh embedded demo database (./toogo-reconcile.db): no
+#              database server, no API keys, no network beyond the package index
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -27,6 +29,9 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python bench/drain.py
+
+demo: install
+	$(BIN)/toogo-reconcile demo
 
 bench-migration: install
 	$(BIN)/python bench/bench_migration.py

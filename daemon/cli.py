@@ -13,10 +13,9 @@ import structlog
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, fail, load, run
 from daemon.cli_exchange import exchange
 from daemon.cli_migrate import migrate
-from daemon.metrics import Metrics
+from daemon.cli_ops import demo, doctor
 from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core, open_history_sync
-from daemon.service import Service
 from reconcile.audit import audit as run_audit
 from reconcile.consumer import Outcome, Source
 from reconcile.errors import OrderNotFound
@@ -158,6 +157,8 @@ def consume(ctx: click.Context, order_id: int) -> None:
 
 cli.add_command(migrate)
 cli.add_command(exchange)
+cli.add_command(doctor)
+cli.add_command(demo)
 
 
 @cli.command("run")
@@ -174,6 +175,9 @@ def run_command(ctx: click.Context, once: bool) -> None:
     Speaks sd_notify under systemd (READY, WATCHDOG, STATUS, STOPPING). SIGTERM/SIGINT finish
     the transactions in flight and exit 0. Metrics and /healthz on metrics.listen when set.
     """
+    from daemon.metrics import Metrics  # aiohttp and prometheus: only the daemon needs them
+    from daemon.service import Service
+
     metrics = Metrics()
     config = load(ctx, log_processors=[metrics.processor])
     service = Service(config, metrics)

@@ -195,6 +195,7 @@ def load_config(path: Path, *, required: bool = True) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     _overlay_environment(data)
+    _anchor_paths(data, path.absolute().parent)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -215,6 +216,20 @@ def _overlay_environment(data: dict[str, Any]) -> None:
             password = file.read_text(encoding="utf-8").rstrip("\n")
     if password is not None:
         db["password"] = password
+
+
+def _anchor_paths(data: dict[str, Any], base: Path) -> None:
+    """A relative replay path is relative to the config file's folder (not to the working
+    directory, which systemd sets to the state directory)."""
+    replay = (
+        (data.get("exchanges") or {}).get("replay")
+        if isinstance(data.get("exchanges"), dict)
+        else None
+    )
+    if isinstance(replay, dict) and isinstance(replay.get("path"), str):
+        given = Path(replay["path"])
+        if not given.is_absolute():
+            replay["path"] = str(base / given)
 
 
 def _first_error(exc: ValidationError, path: Path) -> str:

@@ -1,0 +1,499 @@
+"""``toogo-reconcile doctor``: is this installation able to run? One line per check.
+
+Checks, in order: the configuration; the database (reachable; never shows a password); its
+schema; time zones (``database.timezone`` against the server's clock); the API accounts'
+credentials (an AES key is needed only when some value is ``ENC:``, and it must decrypt all of
+them); every configured exchange, probed with a cheap public call (its markets) through each
+account's ``base_url``; the replay path, read and parsed. Each check yields a :class:`Line`;
+a check that cannot run because an earlier one failed is skipped, not failed.
+
+Accounts examined: those of running robots (what the daemon polls), or with ``all_accounts``
+every enabled account. Nothing is written anywhere: a SQLite file that does not exist yet is
+not created, exchange calls are public and made once (no retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.config import Config
+from exchange_adapters.base import CcxtAdapter
+from exchange_adapters.errors import UnknownSymbol
+from exchange_adapters.options import CCXT_PLATFORMS, REPLAY
+from exchange_adapters.registry import ExchangeRegistry
+from exchange_adapters.replay import read_file, replay_files
+from exchange_adapters.symbols import to_unified
+from reconcile.accounts import STATUS_NORMAL, ApiAccount
+from reconcile.credentials import (
+    KEY_ENV,
+    KEY_FILE,
+    AesKey,
+    aes_key_from_environment,
+    decrypt_value,
+    is_encrypted,
+)
+from reconcile.db import Database, RetryPolicy, Secret
+from reconcile.errors import ConfigError, ReconcileError
+from reconcile.schema import schema_problems, table_names, trading_api_config, trading_robot
+
+#: the most the database's clock (read in database.timezone) may differ from ours
+MAX_CLOCK_OFFSET = timedelta(seconds=5)
+#: symbol probed on an exchange that has no robot symbol to check (only reachability counts)
+PROBE_SYMBOL = "BTC/USDT:USDT"
+_EXAMPLES = 3
+
+
+class Mark(StrEnum):
+    OK = "✓"
+    FAIL = "✗"
+    WARN = "!"  # worth knowing; does not fail the run
+    SKIP = "-"  # could not or need not be checked
+
+
+@dataclass(frozen=True)
+class Line:
+    mark: Mark
+    name: str
+    detail: str
+
+    def render(self) -> str:
+        return f"{self.mark} {self.name:<12} {self.detail}"
+
+
+@dataclass
+class _Account:
+    account: ApiAccount
+    stored: dict[str, str]
+    symbols: list[str] = field(default_factory=list)
+
+
+Emit = Callable[[Line], None]
+
+
+class Doctor:
+    """Runs the checks in order, handing each line to ``emit`` as soon as it is known."""
+
+    def __init__(self, config: Config, emit: Emit, *, all_accounts: bool = False) -> None:
+        self.config = config
+        self._emit = emit
+        self.all_accounts = all_accounts
+        self.failed = False
+        self.scope = "enabled account(s)" if all_accounts else "account(s) of running robots"
+
+    def emit(self, mark: Mark, name: str, detail: str) -> None:
+        self.failed |= mark is Mark.FAIL
+        self._emit(Line(mark, name, detail))
+
+    async def run(self) -> bool:
+        """All checks; True when none failed."""
+        accounts: list[_Account] | None = None
+        async with self._database() as db:
+            if db is not None:
+                try:
+                    tables = await self._schema(db)
+                    await self._time_zone(db)
+                    if tables:
+                        accounts = await self._accounts(db)
+                    else:
+                        self.emit(Mark.SKIP, "credentials", "not checked: no hotgo tables")
+                except ReconcileError as exc:
+                    self.emit(Mark.FAIL, "database", f"failed during the checks: {exc}")
+        self._credentials(accounts)
+        await self._exchanges(accounts)
+        return not self.failed
+
+    # -- the database ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _database(self) -> AsyncIterator[Database | None]:
+        settings = dataclasses.replace(
+            self.config.database.settings(), retry=RetryPolicy(attempts=1)
+        )
+        url = settings.sqlalchemy_url()
+        if url.get_backend_name() == "sqlite":
+            where = _sqlite_file(url.database)
+            if where is not None and not where.exists():
+                self._fresh_sqlite(where)
+                yield None
+                return
+            name = f"sqlite {where if where is not None else ':memory:'}"
+        else:
+            name = (
+                f"{url.get_backend_name()} {url.host or 'localhost'}:{url.port or 3306}"
+                f"/{url.database or ''} as {url.username or '(no user)'}"
+            )
+        db = Database(settings)
+        try:
+            await db.open()
+            version = await db.transaction(_server_version, what="read the server version")
+        except ReconcileError as exc:
+            await db.close()
+            self.emit(Mark.FAIL, "database", f"{name}: cannot connect: {exc}")
+            for check in ("schema", "time zone", "credentials"):
+                self.emit(Mark.SKIP, check, "not checked: the database is unreachable")
+            yield None
+            return
+        try:
+            self.emit(Mark.OK, "database", f"{name}: connected ({version})")
+            yield db
+        finally:
+            await db.close()
+
+    def _fresh_sqlite(self, path: Path) -> None:
+        directory = path.parent
+        if directory.is_dir() and os.access(directory, os.W_OK | os.X_OK):
+            self.emit(
+                Mark.OK,
+                "database",
+                f"sqlite {path}: does not exist yet; created with its schema on first use",
+            )
+            self.emit(Mark.SKIP, "schema", "embedded SQLite: created on first use")
+        else:
+            self.emit(Mark.FAIL, "database", f"sqlite {path}: {directory} is not a writable folder")
+            self.emit(Mark.SKIP, "schema", "not checked: no database")
+        self._zone_only("embedded SQLite, no server clock")
+        self.emit(Mark.SKIP, "credentials", "no database yet, so no API accounts")
+
+    async def _schema(self, db: Database) -> bool:
+        """The schema line; True when the account tables exist."""
+
+        async def read(conn: AsyncConnection) -> tuple[list[str], set[str]]:
+            return await schema_problems(conn), await table_names(conn)
+
+        problems, tables = await db.transaction(read, what="check the schema")
+        if not problems:
+            self.emit(Mark.OK, "schema", "ready: uk_user_order, power columns, own tables")
+        elif not db.is_mysql:
+            self.emit(Mark.OK, "schema", "embedded SQLite: the missing parts are created on use")
+        else:
+            self.emit(
+                Mark.FAIL,
+                "schema",
+                "; ".join(problems) + " - run `toogo-reconcile migrate up` (runbook)",
+            )
+        return {trading_api_config.name, trading_robot.name} <= tables
+
+    # -- time ------------------------------------------------------------------------------------
+
+    def _zone_only(self, why: str) -> None:
+        zone = self.config.database.timezone
+        self.emit(Mark.OK, "time zone", f"database.timezone {zone} ({why})")
+
+    async def _time_zone(self, db: Database) -> None:
+        zone = self.config.database.timezone
+        if not db.is_mysql:
+            self._zone_only("embedded SQLite, no server clock")
+            return
+
+        async def read(conn: AsyncConnection) -> Any:
+            stmt = "SELECT NOW(6), UTC_TIMESTAMP(6), @@session.time_zone, @@system_time_zone"
+            return (await conn.execute(text(stmt))).one()
+
+        before = time.time()
+        row = await db.transaction(read, what="read the server clock")
+        ours = datetime.fromtimestamp((before + time.time()) / 2, UTC)
+        server_now = db.from_db_time(row[0])  # NOW() read the way the daemon reads DATETIMEs
+        clock = row[1].replace(tzinfo=UTC) - ours  # UTC_TIMESTAMP(): clock skew alone
+        offset = server_now - ours
+        server_zone = f"{row[2]}" + (f"/{row[3]}" if row[2] == "SYSTEM" else "")
+        if abs(offset) <= MAX_CLOCK_OFFSET:
+            self.emit(
+                Mark.OK,
+                "time zone",
+                f"database.timezone {zone}; server NOW() read in it is {_seconds(offset)} "
+                f"from this host's clock (server time_zone {server_zone})",
+            )
+        elif abs(clock) <= MAX_CLOCK_OFFSET:
+            self.emit(
+                Mark.FAIL,
+                "time zone",
+                f"server NOW() read in database.timezone {zone} is {_seconds(offset)} from this "
+                f"host's clock, though the clocks agree ({_seconds(clock)}): the server's "
+                f"time_zone is {server_zone} - set database.timezone to the zone hotgo writes in",
+            )
+        else:
+            self.emit(
+                Mark.FAIL,
+                "time zone",
+                f"the database server's clock is {_seconds(clock)} from this host's "
+                f"(NOW() read in {zone}: {_seconds(offset)}) - check NTP on both",
+            )
+
+    # -- accounts and credentials ----------------------------------------------------------------
+
+    async def _accounts(self, db: Database) -> list[_Account]:
+        a, r = trading_api_config.c, trading_robot.c
+        running = (
+            r.status == self.config.robots.running_status,
+            r.deleted_at.is_(None),
+        )
+
+        async def read(conn: AsyncConnection) -> tuple[list[Any], list[Any]]:
+            accounts = list(
+                await conn.execute(
+                    select(
+                        a.id,
+                        a.user_id,
+                        a.platform,
+                        a.base_url,
+                        a.api_key,
+                        a.secret_key,
+                        a.passphrase,
+                    )
+                    .where(a.status == STATUS_NORMAL, a.deleted_at.is_(None))
+                    .order_by(a.id)
+                )
+            )
+            robots = list(
+                await conn.execute(select(r.api_config_id, r.symbol).where(*running).order_by(r.id))
+            )
+            return accounts, robots
+
+        rows, robots = await db.transaction(read, what="read API accounts")
+        symbols: dict[int, list[str]] = defaultdict(list)
+        for robot in robots:
+            if robot.symbol not in symbols[robot.api_config_id]:
+                symbols[robot.api_config_id].append(robot.symbol)
+        found: list[_Account] = []
+        for row in rows:
+            if not self.all_accounts and row.id not in symbols:
+                continue
+            found.append(
+                _Account(
+                    account=ApiAccount(
+                        id=int(row.id),
+                        user_id=int(row.user_id),
+                        platform=str(row.platform).strip().lower(),
+                        base_url=(row.base_url or "").strip() or None,
+                    ),
+                    stored={
+                        "api_key": row.api_key or "",
+                        "secret_key": row.secret_key or "",
+                        "passphrase": row.passphrase or "",
+                    },
+                    symbols=symbols.get(row.id, []),
+                )
+            )
+        return found
+
+    def _credentials(self, accounts: list[_Account] | None) -> None:
+        if accounts is None:
+            return
+        encrypted = [
+            (acct, name, value)
+            for acct in accounts
+            for name, value in acct.stored.items()
+            if is_encrypted(value)
+        ]
+        try:
+            key = aes_key_from_environment()
+            key_error = None
+        except ConfigError as exc:
+            key, key_error = None, str(exc)
+        where = f"{len(accounts)} {self.scope}"
+        if not encrypted:
+            state = "not configured"
+            if key_error:
+                state = f"unusable: {key_error}"
+            elif key is not None:
+                state = f"configured ({_key_source()})"
+            self.emit(
+                Mark.OK, "credentials", f"{where}, no ENC: values: AES key not needed ({state})"
+            )
+            for acct in accounts:
+                acct.account = _with_secrets(acct, None)
+            return
+        owners = sorted({acct.account.id for acct, _, _ in encrypted})
+        if key is None:
+            self.emit(
+                Mark.FAIL,
+                "credentials",
+                f"{len(encrypted)} ENC: value(s) in account(s) {_ids(owners)} but "
+                + (key_error or f"no AES key: set {KEY_ENV} or the systemd credential {KEY_FILE}"),
+            )
+            return
+        problems: list[str] = []
+        for acct in accounts:
+            try:
+                acct.account = _with_secrets(acct, key)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            more = f" (and {len(problems) - _EXAMPLES} more)" if len(problems) > _EXAMPLES else ""
+            self.emit(
+                Mark.FAIL,
+                "credentials",
+                f"the AES key ({_key_source()}) fails: " + "; ".join(problems[:_EXAMPLES]) + more,
+            )
+        else:
+            self.emit(
+                Mark.OK,
+                "credentials",
+                f"{where}: the AES key ({_key_source()}) decrypts all {len(encrypted)} ENC: "
+                "value(s)",
+            )
+
+    # -- exchanges ---------------------------------------------------------------------------------
+
+    async def _exchanges(self, accounts: list[_Account] | None) -> None:
+        enabled = self.config.exchanges.enabled()
+        if not enabled:
+            self.emit(
+                Mark.WARN, "exchanges", "none enabled under exchanges: (history sync polls nothing)"
+            )
+        options = {
+            platform: dataclasses.replace(
+                opts, retry=dataclasses.replace(opts.retry, attempts=1), close_delay_ms=0
+            )
+            for platform, opts in self.config.exchanges.adapter_options().items()
+        }
+        async with ExchangeRegistry(options) as registry:
+            for platform in (p for p in CCXT_PLATFORMS if p in enabled):
+                mine = [a for a in accounts or [] if a.account.platform == platform]
+                if accounts is None:
+                    self.emit(Mark.SKIP, platform, "not checked: no accounts (database unusable)")
+                elif not mine:
+                    self.emit(Mark.SKIP, platform, f"enabled; none of the {self.scope} uses it")
+                for acct in mine:
+                    self.emit(*await self._probe(registry, platform, acct))
+        if REPLAY in enabled:
+            await self._replay(accounts)
+        others = sorted(
+            {a.account.platform for a in accounts or []} - set(enabled) - {REPLAY}
+        )  # platforms neither enabled nor served by replay
+        if others and REPLAY not in enabled:
+            ids = [a.account.id for a in accounts or [] if a.account.platform in others]
+            self.emit(
+                Mark.WARN,
+                "exchanges",
+                f"account(s) {_ids(ids)} on {', '.join(others)}: not enabled under exchanges: "
+                "and no replay - their robots are skipped by the history sync",
+            )
+
+    async def _probe(
+        self, registry: ExchangeRegistry, platform: str, acct: _Account
+    ) -> tuple[Mark, str, str]:
+        account = acct.account
+        via = _host(account.base_url)
+        label = f"account {account.id} via {via}"
+        try:
+            source = registry.source_for(account)
+            if not isinstance(source, CcxtAdapter):
+                raise ConfigError(f"{platform} is not served by its ccxt adapter")
+            symbols = acct.symbols or [PROBE_SYMBOL]
+            missing: list[str] = []
+            for symbol in symbols:
+                try:
+                    await source.client.market(to_unified(symbol))
+                except UnknownSymbol:
+                    if acct.symbols:
+                        missing.append(symbol)
+        except ReconcileError as exc:
+            detail = str(exc).removeprefix(f"{platform} account {account.id}: ")
+            return Mark.FAIL, platform, f"{label}: {detail}"
+        if missing:
+            return (
+                Mark.FAIL,
+                platform,
+                f"{label}: reachable, but robot symbol(s) {', '.join(missing)} are not listed "
+                "USDT-margined swaps there",
+            )
+        listed = "no robot symbols to check"
+        if acct.symbols:
+            listed = f"robot symbol(s) {', '.join(acct.symbols)} listed"
+        return Mark.OK, platform, f"{label}: markets loaded; {listed}"
+
+    async def _replay(self, accounts: list[_Account] | None) -> None:
+        path = self.config.exchanges[REPLAY].path
+        if path is None:  # the config model requires it; kept for the type checker
+            self.emit(Mark.FAIL, REPLAY, "exchanges.replay: path is required")
+            return
+        shown = path if path.is_absolute() else Path.cwd() / path
+
+        def read() -> tuple[int, int]:
+            files = replay_files(path)
+            return len(files), sum(len(read_file(f)) for f in files)
+
+        try:
+            files, records = await asyncio.to_thread(read)
+        except ConfigError as exc:
+            self.emit(Mark.FAIL, REPLAY, str(exc))
+            return
+        enabled = set(self.config.exchanges.enabled())
+        served = sorted(a.account.id for a in accounts or [] if a.account.platform not in enabled)
+        serves = f"; serves account(s) {_ids(served)}" if served else ""
+        self.emit(
+            Mark.OK, REPLAY, f"{shown}: readable, {files} file(s), {records} record(s){serves}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+async def _server_version(conn: AsyncConnection) -> str:
+    if conn.dialect.name == "sqlite":
+        version = (await conn.execute(text("SELECT sqlite_version()"))).scalar_one()
+        return f"SQLite {version}"
+    return str((await conn.execute(text("SELECT VERSION()"))).scalar_one())
+
+
+def _sqlite_file(database: str | None) -> Path | None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+def _with_secrets(acct: _Account, key: AesKey | None) -> ApiAccount:
+    where = f"hg_trading_api_config {acct.account.id}"
+    stored = acct.stored
+
+    def value(name: str) -> Secret:
+        return decrypt_value(stored[name], key, field=f"{where} {name}")
+
+    return acct.account.with_credentials(
+        api_key=value("api_key"),
+        secret=value("secret_key"),
+        passphrase=value("passphrase") if stored["passphrase"] else None,
+    )
+
+
+def _key_source() -> str:
+    return KEY_ENV if os.environ.get(KEY_ENV) else f"$CREDENTIALS_DIRECTORY/{KEY_FILE}"
+
+
+def _host(base_url: str | None) -> str:
+    if not base_url:
+        return "the default API host"
+    parts = urlsplit(base_url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def _ids(ids: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in ids[:10])
+    return shown + (f" (+{len(ids) - 10})" if len(ids) > 10 else "")
+
+
+def _seconds(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if abs(seconds) < 120:
+        return f"{round(seconds, 1) or 0.0:+.1f}s"  # never "-0.0s"
+    sign = "+" if seconds >= 0 else "-"
+    minutes = round(abs(seconds) / 60)
+    return f"{sign}{minutes // 60}h{minutes % 60:02d}m"
