@@ -84,17 +84,5 @@ async def sweep_in_processes(
     for part in parts:
         total.merge(part)
     total.elapsed = round(time.monotonic() - started, 3)
-    log.info(
-        "sweep summary",
-        source=str(Source.SWEEP),
-        processes=processes,
-        charged=total.charged,
-        skipped_duplicate=total.skipped_duplicate,
-        not_eligible=total.not_eligible,
-        failed=total.failed,
-        pages=total.pages,
-        elapsed=total.elapsed,
-        interrupted=total.interrupted,
-        **({"error": total.error} if total.error else {}),
-    )
+    log.info("sweep summary", source=str(Source.SWEEP), processes=processes, **total.figures())
     return total

@@ -56,6 +56,11 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
         self.interrupted |= other.interrupted
         self.error = self.error or other.error
 
+    def figures(self) -> dict[str, object]:
+        """The summary event's fields."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        return {k: v for k, v in values.items() if v is not None}
+
     @property
     def ok(self) -> bool:
         return self.failed == 0 and self.error is None
@@ -180,6 +185,4 @@ async def _one_by_one(
 
 
 def _figures(summary: SweepSummary, started: float) -> dict[str, object]:
-    figures = {f.name: getattr(summary, f.name) for f in fields(summary) if f.repr}
-    figures["elapsed"] = round(time.monotonic() - started, 3)
-    return {k: v for k, v in figures.items() if v is not None}
+    return {**summary.figures(), "elapsed": round(time.monotonic() - started, 3)}

@@ -106,3 +106,23 @@ async def test_sweep_killed_at_random_moments(
     assert code == 0, err
     counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
     assert counts["consumes"] == len(eligible)
+
+
+async def test_sweep_split_across_processes(
+    mysql_db: Database, mysql_url: str, tmp_path: Path
+) -> None:
+    seeded = await seed_backlog(mysql_db, orders=3000, users=300, seed=21)
+    config = write_config(
+        tmp_path / "c.yaml", mysql_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
+    )
+    code, out, err = await run_cli(config, "sweep", "--processes", "3", "--page-size", "100")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    parts = [e for e in events if e["event"] == "sweep partition summary"]
+    [total] = [e for e in events if e["event"] == "sweep summary"]
+    eligible = len(await eligible_ids(mysql_db))
+    assert len(parts) == 3 and all(p["charged"] > 0 for p in parts)
+    assert total["charged"] == sum(p["charged"] for p in parts) == eligible
+    assert total["processes"] == 3
+    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    assert counts["consumes"] == eligible
