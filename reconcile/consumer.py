@@ -289,6 +289,16 @@ class PowerConsumer:
         settlement.log()
         return settlement.results
 
+    async def unconsumed(self, order_ids: list[int]) -> list[int]:
+        """Those of ``order_ids`` still at power_consumed = 0 (a plain read, no locks)."""
+        o = trading_order.c
+
+        async def read(conn: AsyncConnection) -> list[int]:
+            stmt = select(o.id).where(o.id.in_(order_ids), o.power_consumed == 0).order_by(o.id)
+            return [r[0] for r in await conn.execute(stmt)]
+
+        return await self.db.transaction(read, what="read unconsumed orders") if order_ids else []
+
     async def _transaction(
         self, unit: Callable[[AsyncConnection], Awaitable[_Settlement]], **how: Any
     ) -> _Settlement:

@@ -129,10 +129,15 @@ async def sweep(
             position = seen[-1]
             for result in results:
                 summary.count(result)
+            # rows another transaction held (SKIP LOCKED) are passed over; see _leftovers
+            skipped.update({oid for _, oid in seen} - {r.order_id for r in results})
             progress.maybe_log(summary, source, position)
 
+    skipped: set[int] = set()
     k, n = partition
     await asyncio.gather(*(worker((k + n * i, n * workers)) for i in range(workers)))
+    if skipped and summary.error is None and not summary.interrupted:
+        await _leftovers(consumer, skipped, source, summary)
     if summary.error is not None:
         log.error("sweep aborted", source=str(source), error=summary.error, will_retry="next run")
     summary.elapsed = round(time.monotonic() - started, 3)
@@ -161,6 +166,19 @@ class _Progress:
             position=str(position[0]),
             **_figures(summary, self.started),
         )
+
+
+async def _leftovers(
+    consumer: PowerConsumer, skipped: set[int], source: Source, summary: SweepSummary
+) -> None:
+    """Orders passed over because another transaction held them: most were that transaction's
+    own charge; the rest (a rolled-back charge, a connection that died holding the lock, hotgo
+    updating the row) are charged now, one by one, waiting for their locks."""
+    pending = await consumer.unconsumed(sorted(skipped))
+    if pending:
+        log.info("sweep revisits orders that were locked", orders=len(pending))
+        for result in await _one_by_one(consumer, pending, source, summary):
+            summary.count(result)
 
 
 async def _one_by_one(

@@ -172,3 +172,27 @@ async def test_connection_cut_during_commit_of_a_sweep_page(
     assert cutter.cuts == 1 and summary.ok
     counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
     assert counts["consumes"] == len(await eligible_ids(mysql_db))
+
+
+async def test_sweep_revisits_an_order_another_transaction_held(
+    mysql_db: Database, logs: list[dict[str, Any]]
+) -> None:
+    """SKIP LOCKED passes over a row someone else holds; if that someone rolls back, the
+    same sweep still charges the order before it ends."""
+    seeded = await seed_backlog(mysql_db, orders=200, users=20, losing_ratio=0)
+    held = seeded.order_ids[50]
+    async with mysql_db.engine.connect() as other:
+        await other.begin()
+        await other.execute(
+            text("SELECT id FROM hg_trading_order WHERE id = :id FOR UPDATE"), {"id": held}
+        )
+        running = asyncio.create_task(
+            sweep(PowerConsumer(mysql_db, RULES), lookback=timedelta(days=7), page_size=40)
+        )
+        await asyncio.sleep(1.0)
+        await other.rollback()  # e.g. a realtime charge that failed
+    summary = await running
+    assert summary.ok and summary.charged == 200
+    assert [e for e in logs if e["event"] == "sweep revisits orders that were locked"]
+    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    assert counts["consumes"] == 200
