@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
-from reconcile.errors import DuplicateKey, OrderNotFound
+from reconcile.errors import DatabaseError, DuplicateKey, OrderNotFound
 from reconcile.pricing import Charge, Discount, PowerRules, compute_charge
 from reconcile.schema import (
     power_consume,
@@ -48,6 +48,7 @@ from reconcile.schema import (
 log = structlog.get_logger("reconcile.consumer")
 
 STATUS_OPEN, STATUS_CLOSED, STATUS_CANCELLED = 1, 2, 3
+PAGE = 500  # orders per transaction when charging known orders in bulk
 _STATUS_NAMES = {STATUS_OPEN: "open", STATUS_CANCELLED: "cancelled"}
 
 
@@ -221,6 +222,37 @@ class PowerConsumer:
             settlement.log()
             return settlement.results[0]
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def charge_many(self, order_ids: Sequence[int], source: Source) -> list[ChargeResult]:
+        """Charge several known orders, a page per transaction (the history sync's new and
+        closed orders). Waits for row locks like ``charge``; a page that fails as a whole is
+        charged order by order. Orders that do not exist are left out of the results."""
+        results: list[ChargeResult] = []
+        ids = sorted(set(order_ids))
+        for start in range(0, len(ids), PAGE):
+            chunk = ids[start : start + PAGE]
+            stmt = (
+                select(*_ORDER_COLUMNS)
+                .where(trading_order.c.id.in_(chunk))
+                .order_by(trading_order.c.id)
+                .with_for_update()
+            )
+
+            async def unit(conn: AsyncConnection, stmt: Select[Any] = stmt) -> _Settlement:
+                return await self._settle(conn, await _fetch_orders(conn, stmt), source)
+
+            try:
+                settlement = await self._transaction(unit, what="charge orders", source=str(source))
+            except (DuplicateKey, DatabaseError):
+                for order_id in chunk:
+                    try:
+                        results.append(await self.charge(order_id, source))
+                    except OrderNotFound:
+                        continue
+                continue
+            settlement.log()
+            results.extend(settlement.results)
+        return results
 
     # -- a page of the sweep ------------------------------------------------------------------
 

@@ -285,6 +285,7 @@ class HistorySync:
         seen_at_cursor = cursor[1] if cursor is not None else frozenset()
         records = await source.fetch_closed(stream.symbol, since, now)
         summary.records += len(records)
+        to_charge: list[int] = []
         for record in records:
             if (
                 cursor is not None
@@ -292,7 +293,15 @@ class HistorySync:
                 and record.record_key in seen_at_cursor
             ):
                 continue
-            await self._reconcile(stream, record, basis, summary)
+            order_id = await self._reconcile(stream, record, basis, summary)
+            if order_id is not None:
+                to_charge.append(order_id)
+        # charged in pages once the window's orders are recorded (the sweep is the backstop)
+        for result in await self.consumer.charge_many(to_charge, Source.HISTORY):
+            if result.outcome is Outcome.CHARGED:
+                summary.charged += 1
+            elif result.outcome is Outcome.SKIPPED_DUPLICATE:
+                summary.skipped_duplicate += 1
         newest = max((r.close_time for r in records), default=None)
         complete_until = now if newest is None or newest < now else newest
         keys = sorted(r.record_key for r in records if r.close_time == complete_until)
@@ -355,7 +364,9 @@ class HistorySync:
 
     async def _reconcile(
         self, stream: Stream, record: ClosedPosition, basis: str, summary: SyncSummary
-    ) -> None:
+    ) -> int | None:
+        """Upsert one record; the order id when it is to be charged (closed or inserted here,
+        profitable)."""
         profit = (record.net_profit if basis == "net" else record.gross_pnl).quantize(
             PROFIT_QUANTUM, rounding=ROUND_HALF_UP
         )
@@ -377,12 +388,7 @@ class HistorySync:
             summary.closed += 1
         else:
             summary.matched += 1
-        if outcome in ("inserted", "closed") and profit > 0:
-            result = await self.consumer.charge(order_id, Source.HISTORY)
-            if result.outcome is Outcome.CHARGED:
-                summary.charged += 1
-            elif result.outcome is Outcome.SKIPPED_DUPLICATE:
-                summary.skipped_duplicate += 1
+        return order_id if outcome in ("inserted", "closed") and profit > 0 else None
 
     async def _upsert(
         self, conn: AsyncConnection, stream: Stream, record: ClosedPosition, profit: Decimal
