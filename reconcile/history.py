@@ -286,12 +286,21 @@ class HistorySync:
         records = await source.fetch_closed(stream.symbol, since, now)
         summary.records += len(records)
         to_charge: list[int] = []
+        known = await self._known(stream, [r.record_key for r in records])
         for record in records:
             if (
                 cursor is not None
                 and record.close_time == cursor[0]
                 and record.record_key in seen_at_cursor
             ):
+                continue
+            row = known.get(record.record_key)
+            if row is not None and not _missing_values(
+                row, record, self.db.to_db_time(record.close_time)
+            ):
+                # rule 1 with nothing to fill: no transaction (re-read overlaps, quiet cycles)
+                _check_profit(row, record, self._profit(record, basis))
+                summary.matched += 1
                 continue
             order_id = await self._reconcile(stream, record, basis, summary)
             if order_id is not None:
@@ -367,9 +376,7 @@ class HistorySync:
     ) -> int | None:
         """Upsert one record; the order id when it is to be charged (closed or inserted here,
         profitable)."""
-        profit = (record.net_profit if basis == "net" else record.gross_pnl).quantize(
-            PROFIT_QUANTUM, rounding=ROUND_HALF_UP
-        )
+        profit = self._profit(record, basis)
         for attempt in (1, 2):
             try:
                 outcome, order_id = await self.db.transaction(
@@ -390,23 +397,17 @@ class HistorySync:
             summary.matched += 1
         return order_id if outcome in ("inserted", "closed") and profit > 0 else None
 
+    @staticmethod
+    def _profit(record: ClosedPosition, basis: str) -> Decimal:
+        chosen = record.net_profit if basis == "net" else record.gross_pnl
+        return chosen.quantize(PROFIT_QUANTUM, rounding=ROUND_HALF_UP)
+
     async def _upsert(
         self, conn: AsyncConnection, stream: Stream, record: ClosedPosition, profit: Decimal
     ) -> tuple[str, int]:
         o = trading_order.c
         mine = o.robot_id.in_(stream.robot_ids)
-        cols = (
-            o.id,
-            o.robot_id,
-            o.status,
-            o.exchange_order_id,
-            o.close_price,
-            o.close_time,
-            o.open_time,
-            o.hold_duration,
-            o.realized_profit,
-            o.power_consumed,
-        )
+        cols = _ORDER_COLUMNS
         close_time = self.db.to_db_time(record.close_time)
         same = (mine, o.symbol == stream.symbol, o.direction == record.direction)
 
@@ -509,32 +510,75 @@ class HistorySync:
         close_time: datetime,
     ) -> None:
         """Rules 1 and 2: fill only what is missing; never rewrite a figure."""
-        values: dict[str, Any] = {}
-        if not row.exchange_order_id:
-            values["exchange_order_id"] = record.record_key
-        if row.close_price is None:
-            values["close_price"] = record.close_price.quantize(PRICE_QUANTUM, ROUND_HALF_UP)
-        if row.close_time is None:
-            values["close_time"] = close_time
-        if not row.hold_duration and row.open_time is not None:
-            values["hold_duration"] = max(
-                0, int(((row.close_time or close_time) - row.open_time).total_seconds())
-            )
-        if row.status == STATUS_CLOSED and row.realized_profit != profit:
-            log.warning(
-                "profit mismatch",
-                order_id=row.id,
-                robot_id=row.robot_id,
-                record_key=record.record_key,
-                local=row.realized_profit,
-                exchange=profit,
-                charged=bool(row.power_consumed),
-            )
+        values = _missing_values(row, record, close_time)
+        _check_profit(row, record, profit)
         if values:
             values["updated_at"] = self.db.now()
             await conn.execute(
                 trading_order.update().where(trading_order.c.id == row.id).values(**values)
             )
+
+    async def _known(self, stream: Stream, keys: list[str]) -> dict[str, Any]:
+        """Orders of the stream's robots already bound to these record keys (a plain read)."""
+        if not keys:
+            return {}
+        o = trading_order.c
+
+        async def read(conn: AsyncConnection) -> dict[str, Any]:
+            found: dict[str, Any] = {}
+            for start in range(0, len(keys), 1000):
+                rows = await conn.execute(
+                    select(*_ORDER_COLUMNS).where(
+                        o.robot_id.in_(stream.robot_ids),
+                        o.exchange_order_id.in_(keys[start : start + 1000]),
+                    )
+                )
+                found.update({r.exchange_order_id: r for r in rows})
+            return found
+
+        return await self.db.transaction(read, what="read known records")
+
+
+_ORDER_COLUMNS = (
+    trading_order.c.id,
+    trading_order.c.robot_id,
+    trading_order.c.status,
+    trading_order.c.exchange_order_id,
+    trading_order.c.close_price,
+    trading_order.c.close_time,
+    trading_order.c.open_time,
+    trading_order.c.hold_duration,
+    trading_order.c.realized_profit,
+    trading_order.c.power_consumed,
+)
+
+
+def _missing_values(row: Any, record: ClosedPosition, close_time: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if not row.exchange_order_id:
+        values["exchange_order_id"] = record.record_key
+    if row.close_price is None:
+        values["close_price"] = record.close_price.quantize(PRICE_QUANTUM, ROUND_HALF_UP)
+    if row.close_time is None:
+        values["close_time"] = close_time
+    if not row.hold_duration and row.open_time is not None:
+        hold = int(((row.close_time or close_time) - row.open_time).total_seconds())
+        if hold > 0:
+            values["hold_duration"] = hold
+    return values
+
+
+def _check_profit(row: Any, record: ClosedPosition, profit: Decimal) -> None:
+    if row.status == STATUS_CLOSED and row.realized_profit != profit:
+        log.warning(
+            "profit mismatch",
+            order_id=row.id,
+            robot_id=row.robot_id,
+            record_key=record.record_key,
+            local=row.realized_profit,
+            exchange=profit,
+            charged=bool(row.power_consumed),
+        )
 
 
 def order_sn_for(platform: str, account_id: int, record_key: str) -> str:
