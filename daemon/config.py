@@ -58,7 +58,7 @@ class DatabaseConfig(_Model):
     password: SecretStr | None = None
     timezone: str = "UTC"
     lock_wait_timeout: Duration = timedelta(seconds=10)
-    pool_size: int = Field(5, ge=1, le=100)
+    pool_size: int = Field(10, ge=1, le=100)
     retry: RetryConfig = RetryConfig()
 
     @field_validator("url")

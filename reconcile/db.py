@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from types import TracebackType
@@ -23,6 +23,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -91,7 +92,7 @@ class DatabaseSettings:
     password: Secret | None = None
     timezone: str = "UTC"
     lock_wait_timeout: int = 10
-    pool_size: int = 5
+    pool_size: int = 10
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     drain_timeout: float = 30.0  # how long close() waits for transactions in flight
 
@@ -150,6 +151,10 @@ def map_db_errors(what: str) -> Iterator[None]:
         if "database is locked" in str(exc.orig):  # SQLite busy past its timeout
             raise LockWaitTimeout(message) from exc
         raise DatabaseError(message) from exc
+    except sa_exc.TimeoutError as exc:  # every pooled connection busy for pool_timeout
+        raise ConnectionLost(
+            f"{what}: connection pool exhausted ({exc.__class__.__name__})"
+        ) from exc
     except (sa_exc.PendingRollbackError, sa_exc.ResourceClosedError) as exc:
         raise ConnectionLost(f"{what}: {_describe(exc)}") from exc
     except (ConnectionError, TimeoutError) as exc:
@@ -177,6 +182,8 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._url = url
         self._in_flight: set[asyncio.Future[Any]] = set()
+        self._session_engine: AsyncEngine | None = None
+        self._connect_args: dict[str, Any] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -189,6 +196,7 @@ class Database:
             return
         if self.is_mysql:
             init = f"SET SESSION innodb_lock_wait_timeout = {int(self.settings.lock_wait_timeout)}"
+            self._connect_args = {"init_command": init, "connect_timeout": 10, "charset": "utf8mb4"}
             self._engine = create_async_engine(
                 self._url,
                 isolation_level="READ COMMITTED",
@@ -196,7 +204,7 @@ class Database:
                 max_overflow=self.settings.pool_size,
                 pool_pre_ping=True,
                 pool_recycle=3600,
-                connect_args={"init_command": init, "connect_timeout": 10, "charset": "utf8mb4"},
+                connect_args=self._connect_args,
             )
         else:
             self._engine = create_async_engine(
@@ -221,6 +229,9 @@ class Database:
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
+        session_engine, self._session_engine = self._session_engine, None
+        if session_engine is not None:
+            await session_engine.dispose()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -233,6 +244,18 @@ class Database:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @contextlib.asynccontextmanager
+    async def session_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of its own, outside the pool, for session state held a while (GET_LOCK):
+        holding a pooled one while also running transactions could starve the pool."""
+        if self._session_engine is None:
+            self._session_engine = create_async_engine(
+                self._url, poolclass=NullPool, connect_args=self._connect_args
+            )
+        with map_db_errors("open a session connection"):
+            async with self._session_engine.connect() as conn:
+                yield conn
 
     async def ping(self) -> None:
         """One round trip, no retries: is the database answering right now?"""

@@ -262,7 +262,7 @@ class HistorySync:
         # hotgo databases on one server do not lock each other out (names are <= 64 chars)
         schema = hashlib.sha256(str(self.db.engine.url.database).encode()).hexdigest()[:16]
         name = f"toogo-reconcile:{schema}:account:{account_id}"
-        async with self.db.engine.connect() as conn:
+        async with self.db.session_connection() as conn:
             got = (await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})).scalar()
             try:
                 yield got == 1

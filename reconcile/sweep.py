@@ -130,14 +130,16 @@ async def sweep(
             for result in results:
                 summary.count(result)
             # rows another transaction held (SKIP LOCKED) are passed over; see _leftovers
-            skipped.update({oid for _, oid in seen} - {r.order_id for r in results})
+            skipped.update(
+                {oid for _, oid in seen} - {r.order_id for r in results} - summary.failed_ids
+            )
             progress.maybe_log(summary, source, position)
 
     skipped: set[int] = set()
     k, n = partition
     await asyncio.gather(*(worker((k + n * i, n * workers)) for i in range(workers)))
     if skipped and summary.error is None and not summary.interrupted:
-        await _leftovers(consumer, skipped, source, summary)
+        await _leftovers(consumer, skipped, source, summary, stop)
     if summary.error is not None:
         log.error("sweep aborted", source=str(source), error=summary.error, will_retry="next run")
     summary.elapsed = round(time.monotonic() - started, 3)
@@ -169,16 +171,34 @@ class _Progress:
 
 
 async def _leftovers(
-    consumer: PowerConsumer, skipped: set[int], source: Source, summary: SweepSummary
+    consumer: PowerConsumer,
+    skipped: set[int],
+    source: Source,
+    summary: SweepSummary,
+    stop: asyncio.Event | None,
 ) -> None:
     """Orders passed over because another transaction held them: most were that transaction's
     own charge; the rest (a rolled-back charge, a connection that died holding the lock, hotgo
     updating the row) are charged now, one by one, waiting for their locks."""
     pending = await consumer.unconsumed(sorted(skipped))
-    if pending:
-        log.info("sweep revisits orders that were locked", orders=len(pending))
-        for result in await _one_by_one(consumer, pending, source, summary):
+    if not pending or (stop is not None and stop.is_set()):
+        return
+    log.info("sweep revisits orders that were locked", orders=len(pending))
+    try:
+        # a page per transaction, waiting for the locks (most holders have committed by now)
+        for result in await consumer.charge_many(pending, source):
             summary.count(result)
+    except ReconcileError as exc:
+        fresh = set(pending) - summary.failed_ids
+        summary.failed_ids |= fresh
+        summary.failed += len(fresh)
+        log.error(
+            "charge failed",
+            orders=len(pending),
+            source=str(source),
+            error=f"{type(exc).__name__}: {exc}",
+            will_retry="next sweep",
+        )
 
 
 async def _one_by_one(

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
+from reconcile.schema import power_consume
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import add_account, add_robot
@@ -91,6 +94,14 @@ async def test_notify_watchdog_and_sigterm_during_a_sweep(
     assert 0 < counts["consumes"] < len(await eligible_ids(mysql_db))  # stopped mid-way
 
 
+async def consume_count(db: Database) -> int:
+    async def read(conn: AsyncConnection) -> int:
+        stmt = select(func.count()).select_from(power_consume)
+        return int((await conn.execute(stmt)).scalar_one())
+
+    return await db.transaction(read, what="count consumes")
+
+
 async def test_three_daemons_share_the_work(
     mysql_db: Database, mysql_url: str, tmp_path: Path
 ) -> None:
@@ -132,7 +143,15 @@ async def test_three_daemons_share_the_work(
         started = time.monotonic()
         procs = [await start_cli(cfg, "run") for _ in range(3)]
         try:
-            await asyncio.sleep(9)
+            # a few history cycles at least, and until the backlog is charged (a loaded CI
+            # machine may need longer than an idle one)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                await asyncio.sleep(1)
+                if time.monotonic() - started >= 7 and await consume_count(mysql_db) >= len(
+                    await eligible_ids(mysql_db)
+                ):
+                    break
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
             results = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
