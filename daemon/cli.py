@@ -10,7 +10,7 @@ from typing import Any
 import click
 import structlog
 
-from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, fail, load, run
+from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from daemon.cli_exchange import exchange
 from daemon.cli_migrate import migrate
 from daemon.cli_ops import demo, doctor
@@ -22,9 +22,6 @@ from reconcile.errors import OrderNotFound
 from reconcile.sweep import sweep as run_sweep
 
 log = structlog.get_logger("daemon.cli")
-
-# the shared helpers keep their historical private names here for the command modules
-_load, _run, _fail = load, run, fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,7 +115,7 @@ def sweep(
                 )
         return EXIT_OK if summary.ok else EXIT_FAILED
 
-    _run(job)
+    run(job)
 
 
 @cli.command()
@@ -152,7 +149,7 @@ def consume(ctx: click.Context, order_id: int) -> None:
         log.info("consume result", **fields)
         return EXIT_OK
 
-    _run(job)
+    run(job)
 
 
 cli.add_command(migrate)
@@ -253,7 +250,7 @@ def audit(ctx: click.Context, as_json: bool, backlog_after: timedelta) -> None:
                     click.echo(f"    {fields}")
         return EXIT_OK if report.ok else EXIT_FAILED
 
-    _run(job)
+    run(job)
 
 
 def main() -> None:

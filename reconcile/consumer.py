@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, or_, select, tuple_
+from sqlalchemy import ColumnElement, Float, Select, and_, cast, or_, select, tuple_
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -142,8 +142,6 @@ def positive(db: Database, column: Any) -> ColumnElement[bool]:
     """``column > 0`` for a DECIMAL column (SQLite keeps decimals as text)."""
     if db.is_mysql:
         return column > 0  # type: ignore[no-any-return]
-    from sqlalchemy import Float, cast
-
     return cast(column, Float) > 0
 
 
@@ -243,7 +241,7 @@ class PowerConsumer:
 
             try:
                 settlement = await self._transaction(unit, what="charge orders", source=str(source))
-            except (DuplicateKey, DatabaseError):
+            except DatabaseError:  # incl. DuplicateKey: a writer that does not lock orders
                 for order_id in chunk:
                     try:
                         results.append(await self.charge(order_id, source))
