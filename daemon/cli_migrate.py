@@ -127,6 +127,8 @@ def render_check(r: m.CheckReport) -> None:
             f"last backup: #{b.id} ({b.kind}, {b.created_at:%Y-%m-%d %H:%M:%S}{state}) "
             f"{b.consume_table} ({b.consume_rows} rows), {b.wallet_table} ({b.wallet_rows} rows)"
         )
+    for problem in r.by_hand:
+        out(f"  ✗ {problem}")
     if r.ready:
         out("ready: yes")
     else:
@@ -331,7 +333,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
             click.echo(json.dumps(report.to_dict(), separators=(",", ":")))
         else:
             render_check(report)
-        return EXIT_OK
+        # what `migrate up` can mend is the report; what it cannot is a failure
+        return EXIT_FAILED if report.by_hand else EXIT_OK
 
     _execute(ctx, work)
 

@@ -57,6 +57,9 @@ class DatabaseConfig(_Model):
     url: str = "sqlite+aiosqlite:///toogo-reconcile.db"
     password: SecretStr | None = None
     timezone: str = "UTC"
+    #: refuse to charge or sync when hotgo's newest order times lie in the future read in
+    #: ``timezone`` (the zone is then wrong); false overrides the refusal
+    timezone_check: bool = True
     lock_wait_timeout: Duration = timedelta(seconds=10)
     pool_size: int = Field(10, ge=1, le=100)
     retry: RetryConfig = RetryConfig()

@@ -32,10 +32,10 @@ from daemon.exchanges_config import ExchangesConfig
 from daemon.runtime import Core, open_core, open_history_sync
 from reconcile.audit import AuditReport
 from reconcile.audit import audit as run_audit
-from reconcile.consumer import STATUS_CLOSED, STATUS_OPEN, Source
+from reconcile.consumer import Source
 from reconcile.db import Database
 from reconcile.errors import ConfigError
-from reconcile.history import CLOSE_REASON
+from reconcile.orders import STATUS_CLOSED, STATUS_OPEN
 from reconcile.schema import (
     create_hotgo_schema,
     create_own_schema,
@@ -49,6 +49,7 @@ from reconcile.schema import (
     wallet,
 )
 from reconcile.sweep import sweep as run_sweep
+from reconcile.upsert import CLOSE_REASON
 
 BUNDLED_AT = datetime(2026, 5, 17, 6, 40, tzinfo=UTC)  # "now" of demo/closed_positions.jsonl
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -274,15 +275,15 @@ async def _seed(db: Database, config: Config, now: datetime) -> dict[int, int]:
         await conn.execute(
             toogo_config.insert(),
             [
-                {"group": "power", "key": "consume_rate", "value": "0.10"},
-                {"group": "power", "key": "min_consume", "value": "0.01"},
+                {"group": "power", "key": "consume_rate", "value": "0.10", "name": "rate"},
+                {"group": "power", "key": "min_consume", "value": "0.01", "name": "minimum"},
             ],
         )
         for user in USERS:
             await conn.execute(
                 toogo_user.insert().values(
                     member_id=user.id, vip_level=user.vip_level, power_discount=user.discount,
-                    created_at=created,
+                    invite_code=f"DEMO{user.id:04d}", created_at=created,
                 )
             )  # fmt: skip
             await conn.execute(
@@ -295,7 +296,7 @@ async def _seed(db: Database, config: Config, now: datetime) -> dict[int, int]:
             await conn.execute(
                 trading_api_config.insert().values(
                     id=acct.id, user_id=acct.user_id, api_name=f"demo {acct.platform}",
-                    platform=acct.platform, api_key=f"demo-{acct.platform}-key",
+                    platform=acct.platform, base_url="", api_key=f"demo-{acct.platform}-key",
                     secret_key=f"demo-{acct.platform}-secret", passphrase=acct.passphrase,
                     status=1, created_at=created,
                 )
@@ -306,8 +307,7 @@ async def _seed(db: Database, config: Config, now: datetime) -> dict[int, int]:
                     id=robot.id, tenant_id=1, user_id=robot.user_id,
                     api_config_id=robot.account_id, robot_name=f"demo {robot.symbol}",
                     exchange=_account(robot.account_id).platform, symbol=robot.symbol,
-                    leverage=10, margin=Decimal("100"),
-                    status=running if robot.running else stopped, created_at=created,
+                    leverage=10, status=running if robot.running else stopped, created_at=created,
                 )
             )  # fmt: skip
         ids: dict[int, int] = {}
@@ -322,7 +322,8 @@ async def _seed(db: Database, config: Config, now: datetime) -> dict[int, int]:
             result = await conn.execute(
                 trading_order.insert().values(
                     tenant_id=1, user_id=robot.user_id, robot_id=robot.id,
-                    order_sn=f"TG{opened:%Y%m%d}{trade.order:06d}", symbol=robot.symbol,
+                    order_sn=f"TO{opened:%Y%m%d%H%M%S}DEMO{trade.order:02d}",
+                    exchange_order_id=f"{10**17 + trade.order}", symbol=robot.symbol,
                     direction=trade.direction, open_price=open_price,
                     close_price=None if is_open else close_price, quantity=size, leverage=10,
                     margin=Decimal("100"), realized_profit=Decimal(0) if is_open else trade.net,

@@ -39,6 +39,7 @@ from exchange_adapters.registry import ExchangeRegistry
 from exchange_adapters.replay import read_file, replay_files
 from exchange_adapters.symbols import to_unified
 from reconcile.accounts import STATUS_NORMAL, ApiAccount
+from reconcile.contract import future_order_times, inspect_live
 from reconcile.credentials import (
     KEY_ENV,
     KEY_FILE,
@@ -46,10 +47,11 @@ from reconcile.credentials import (
     aes_key_from_environment,
     decrypt_value,
     is_encrypted,
+    is_upstream_default,
 )
 from reconcile.db import Database, RetryPolicy, Secret
 from reconcile.errors import ConfigError, ReconcileError
-from reconcile.schema import schema_problems, table_names, trading_api_config, trading_robot
+from reconcile.schema import table_names, trading_api_config, trading_order, trading_robot
 
 #: the most the database's clock (read in database.timezone) may differ from ours
 MAX_CLOCK_OFFSET = timedelta(seconds=5)
@@ -172,20 +174,20 @@ class Doctor:
     async def _schema(self, db: Database) -> bool:
         """The schema line; True when the account tables exist."""
 
-        async def read(conn: AsyncConnection) -> tuple[list[str], set[str]]:
-            return await schema_problems(conn), await table_names(conn)
+        async def read(conn: AsyncConnection) -> tuple[tuple[str, ...], set[str]]:
+            return (await inspect_live(conn)).problems, await table_names(conn)
 
         problems, tables = await db.transaction(read, what="check the schema")
         if not problems:
-            self.emit(Mark.OK, "schema", "ready: uk_user_order, power columns, own tables")
+            self.emit(
+                Mark.OK,
+                "schema",
+                "ready: every column the daemon uses, uk_user_order, sweep index, own tables",
+            )
         elif not db.is_mysql:
             self.emit(Mark.OK, "schema", "embedded SQLite: the missing parts are created on use")
         else:
-            self.emit(
-                Mark.FAIL,
-                "schema",
-                "; ".join(problems) + " - run `toogo-reconcile migrate up` (runbook)",
-            )
+            self.emit(Mark.FAIL, "schema", "; ".join(problems))
         return {trading_api_config.name, trading_robot.name} <= tables
 
     # -- time ------------------------------------------------------------------------------------
@@ -204,6 +206,11 @@ class Doctor:
             stmt = "SELECT NOW(6), UTC_TIMESTAMP(6), @@session.time_zone, @@system_time_zone"
             return (await conn.execute(text(stmt))).one()
 
+        tables = await db.transaction(table_names, what="list tables")
+        wrong = await future_order_times(db) if trading_order.name in tables else None
+        if wrong is not None:
+            self.emit(Mark.FAIL, "time zone", wrong)
+            return
         before = time.time()
         row = await db.transaction(read, what="read the server clock")
         ours = datetime.fromtimestamp((before + time.time()) / 2, UTC)
@@ -306,6 +313,14 @@ class Doctor:
         except ConfigError as exc:
             key, key_error = None, str(exc)
         where = f"{len(accounts)} {self.scope}"
+        if key is not None and is_upstream_default(key):
+            self.emit(
+                Mark.WARN,
+                "credentials",
+                "the AES key is upstream Toogo's published default: anyone with read access to "
+                "hg_trading_api_config can decrypt every API key and secret. Rotate it in hotgo "
+                "(re-encrypt the accounts) and give this daemon the new one",
+            )
         if not encrypted:
             state = "not configured"
             if key_error:

@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
 from reconcile.consumer import PowerConsumer, load_power_rules
+from reconcile.contract import LiveSchema, future_order_times, inspect_live
 from reconcile.db import Database
-from reconcile.errors import SchemaNotReady
+from reconcile.errors import ConfigError, SchemaNotReady
 from reconcile.history import HistorySync, SyncSettings
-from reconcile.schema import create_embedded_schema, schema_problems
+from reconcile.schema import create_embedded_schema
 
 log = structlog.get_logger("daemon")
 
@@ -25,29 +26,35 @@ log = structlog.get_logger("daemon")
 class Core:
     db: Database
     consumer: PowerConsumer
+    schema: LiveSchema
 
 
-async def ensure_schema(db: Database) -> None:
-    """SQLite (the embedded default) gets its schema on first use; MySQL must be migrated."""
+async def ensure_schema(db: Database, *, require: bool = True) -> LiveSchema:
+    """SQLite (the embedded default) gets its schema on first use; MySQL must be migrated.
 
-    async def check(conn: AsyncConnection) -> list[str]:
+    With ``require``, raises ``SchemaNotReady`` naming every missing table, column and index,
+    before any work."""
+
+    async def check(conn: AsyncConnection) -> LiveSchema:
         if not db.is_mysql:
             await create_embedded_schema(conn)
-        return await schema_problems(conn)
+        return await inspect_live(conn)
 
-    problems = await db.transaction(check, what="check the schema")
-    if problems:
-        raise SchemaNotReady(
-            "; ".join(problems) + " - run `toogo-reconcile migrate up` (see README, runbook)"
-        )
+    live = await db.transaction(check, what="check the schema")
+    if require and not live.ready:
+        raise SchemaNotReady("; ".join(live.problems) + " (see README, runbook)")
+    return live
 
 
 @asynccontextmanager
 async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIterator[Core]:
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(Database(config.database.settings()))
-        if require_schema:
-            await ensure_schema(db)
+        schema = await ensure_schema(db, require=require_schema)
+        if require_schema and db.is_mysql and config.database.timezone_check:
+            wrong = await future_order_times(db)
+            if wrong is not None:
+                raise ConfigError(wrong + " (or set database.timezone_check: false to override)")
         rules = await load_power_rules(db, **config.power.rules_override())
         log.debug(
             "power rules",
@@ -55,7 +62,7 @@ async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIter
             min_consume=rules.min_consume,
             vip_discount=rules.vip_discount,
         )
-        yield Core(db=db, consumer=PowerConsumer(db, rules))
+        yield Core(db=db, consumer=PowerConsumer(db, rules), schema=schema)
 
 
 def sync_settings(config: Config) -> SyncSettings:
@@ -82,4 +89,6 @@ async def open_history_sync(
 
     settings = replace(sync_settings(config), min_interval=min_interval)
     async with ExchangeRegistry(config.exchanges.adapter_options()) as registry:
-        yield HistorySync(core.db, core.consumer, RegistryProvider(registry), settings)
+        yield HistorySync(
+            core.db, core.consumer, RegistryProvider(registry), settings, schema=core.schema
+        )

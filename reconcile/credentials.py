@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,16 @@ class AesKey:
         return "AesKey('**********')"
 
     __str__ = __repr__
+
+
+#: the key upstream Toogo ships in its config and - since it never loads the configured one -
+#: encrypts every install's credentials with (DESIGN.md)
+UPSTREAM_DEFAULT_KEY = "toogo_secure_key_2024_change_me!"
+
+
+def is_upstream_default(key: AesKey) -> bool:
+    """Whether ``key`` is upstream's published default (compared as the cipher sees it)."""
+    return hmac.compare_digest(key.bytes(), AesKey(UPSTREAM_DEFAULT_KEY).bytes())
 
 
 def aes_key_from_environment(environ: Mapping[str, str] | None = None) -> AesKey | None:

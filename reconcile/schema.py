@@ -70,42 +70,50 @@ ID = BigInteger().with_variant(
 
 metadata = MetaData()
 
+# Each column below exists in upstream's DDL with the same name, type family and nullability
+# (tests/test_schema_contract.py checks it against ../shared/upstream-schema). Server defaults are
+# upstream's where it has one; a NOT NULL column without a default in upstream has none here, so
+# every writer must supply it. Columns marked OPTIONAL are absent on some installs: the daemon
+# reads and writes them only where the live schema has them (see reconcile/contract.py).
+
 trading_robot = Table(
     "hg_trading_robot",
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("tenant_id", BigInteger, nullable=False, server_default="0"),
     Column("user_id", BigInteger, nullable=False),
+    Column("robot_name", String(100), nullable=False),
     Column("api_config_id", BigInteger, nullable=False),
-    Column("robot_name", String(100), nullable=False, server_default=""),
-    Column("exchange", String(20), nullable=False),
-    Column("symbol", String(20), nullable=False),
-    Column("leverage", Integer, nullable=False, server_default="1"),
-    Column("margin", dec(15, 4), nullable=False, server_default="0"),
-    Column("status", SmallInteger, nullable=False, server_default="1"),
+    Column("exchange", String(20), nullable=False, server_default="bitget"),
+    Column("symbol", String(20), nullable=False, server_default="BTC_USDT"),
+    Column("leverage", Integer, nullable=False, server_default="10"),
+    Column("margin_percent", dec(5, 2), nullable=False, server_default="30.00"),
+    Column("status", SmallInteger, nullable=True, server_default="1"),
     Column("created_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=True),
     Column("deleted_at", DateTime, nullable=True),
-    Index("idx_user_id", "user_id"),
+    Index("idx_tenant_user", "tenant_id", "user_id"),
     Index("idx_status", "status"),
+    Index("idx_api_config", "api_config_id"),
 )
 
 trading_api_config = Table(
     "hg_trading_api_config",
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
+    Column("tenant_id", BigInteger, nullable=False, server_default="0"),
     Column("user_id", BigInteger, nullable=False),
-    Column("api_name", String(100), nullable=False, server_default=""),
-    Column("platform", String(20), nullable=False),
-    Column("base_url", String(255), nullable=True),
-    Column("api_key", String(500), nullable=False, server_default=""),
-    Column("secret_key", String(500), nullable=False, server_default=""),
+    Column("api_name", String(100), nullable=False),
+    Column("platform", String(50), nullable=False),
+    Column("base_url", String(255), nullable=False),
+    Column("api_key", String(500), nullable=False),
+    Column("secret_key", String(500), nullable=False),
     Column("passphrase", String(500), nullable=True),
-    Column("status", SmallInteger, nullable=False, server_default="1"),
+    Column("status", SmallInteger, nullable=True, server_default="1"),
     Column("created_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=True),
     Column("deleted_at", DateTime, nullable=True),
-    Index("idx_api_user_id", "user_id"),
+    Index("idx_api_tenant_user", "tenant_id", "user_id"),
 )
 
 trading_order = Table(
@@ -116,29 +124,35 @@ trading_order = Table(
     Column("user_id", BigInteger, nullable=False),
     Column("robot_id", BigInteger, nullable=False),
     Column("order_sn", String(64), nullable=False),
+    # the engine's OPENING order id (or a POS-... placeholder); never a record key of ours
     Column("exchange_order_id", String(100), nullable=True),
     Column("symbol", String(20), nullable=False),
     Column("direction", String(10), nullable=False),
-    Column("open_price", dec(15, 4), nullable=False, server_default="0"),
+    Column("open_price", dec(15, 4), nullable=False),
     Column("close_price", dec(15, 4), nullable=True),
-    Column("quantity", dec(15, 8), nullable=False, server_default="0"),
-    Column("leverage", Integer, nullable=False, server_default="1"),
-    Column("margin", dec(15, 4), nullable=False, server_default="0"),
-    Column("realized_profit", dec(15, 4), nullable=False, server_default="0"),
+    Column("close_order_id", String(100), nullable=True),  # OPTIONAL: the closing order's id
+    Column("close_client_order_id", String(100), nullable=True),  # OPTIONAL
+    Column("quantity", dec(15, 8), nullable=False),
+    Column("leverage", Integer, nullable=False),
+    Column("margin", dec(15, 4), nullable=False),
+    Column("open_fee", dec(15, 8), nullable=True),  # OPTIONAL
+    Column("realized_profit", dec(15, 4), nullable=True, server_default="0"),
     Column("open_time", DateTime, nullable=False),
     Column("close_time", DateTime, nullable=True),
-    Column("hold_duration", Integer, nullable=False, server_default="0"),
-    Column("status", SmallInteger, nullable=False, server_default="1"),
+    Column("close_fee", dec(15, 8), nullable=True),  # OPTIONAL
+    Column("hold_duration", Integer, nullable=True, server_default="0"),
+    Column("status", SmallInteger, nullable=True, server_default="1"),
     Column("close_reason", String(50), nullable=True),
     Column("power_consumed", SmallInteger, nullable=False, server_default="0"),
     Column("power_amount", dec(20, 8), nullable=False, server_default="0"),
-    Column("remark", String(255), nullable=True),
+    Column("remark", String(500), nullable=True),
     Column("created_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=True),
     UniqueConstraint("order_sn", name="uk_order_sn"),
-    Index("idx_order_user_id", "user_id"),
+    Index("idx_order_tenant_user", "tenant_id", "user_id"),
     Index("idx_robot_id", "robot_id"),
-    Index("idx_exchange_order_id", "exchange_order_id"),
+    Index("idx_order_status", "status"),
+    Index("idx_order_symbol", "symbol"),
     Index(POWER_INDEX, "power_consumed", "status", "realized_profit"),
 )
 
@@ -147,18 +161,19 @@ power_consume = Table(
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("user_id", BigInteger, nullable=False),
-    Column("robot_id", BigInteger, nullable=False, server_default="0"),
+    Column("robot_id", BigInteger, nullable=False),
     Column("order_id", BigInteger, nullable=False),
-    Column("order_sn", String(64), nullable=False, server_default=""),
-    Column("profit_amount", dec(20, 8), nullable=False, server_default="0"),
-    Column("consume_rate", dec(5, 4), nullable=False, server_default="0"),
-    Column("consume_power", dec(20, 8), nullable=False, server_default="0"),
+    Column("order_sn", String(64), nullable=False),
+    Column("profit_amount", dec(20, 8), nullable=False),
+    Column("consume_rate", dec(5, 4), nullable=False),
+    Column("consume_power", dec(20, 8), nullable=False),
     Column("from_power", dec(20, 8), nullable=False, server_default="0"),
     Column("vip_level", SmallInteger, nullable=False, server_default="1"),
     Column("discount_rate", dec(5, 2), nullable=False, server_default="0"),
-    Column("original_power", dec(20, 8), nullable=False, server_default="0"),
+    Column("original_power", dec(20, 8), nullable=False),
     Column("created_at", DateTime, nullable=True),
     Index("idx_consume_user_id", "user_id"),
+    Index("idx_consume_order_id", "order_id"),
 )
 
 wallet = Table(
@@ -180,17 +195,16 @@ wallet_log = Table(
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("user_id", BigInteger, nullable=False),
     Column("account_type", String(20), nullable=False),
-    Column("change_type", String(50), nullable=False),
+    Column("change_type", String(30), nullable=False),
     Column("change_amount", dec(20, 8), nullable=False),
     Column("before_amount", dec(20, 8), nullable=False),
     Column("after_amount", dec(20, 8), nullable=False),
     Column("related_id", BigInteger, nullable=True),
-    Column("related_type", String(50), nullable=True),
+    Column("related_type", String(30), nullable=True),
     Column("order_sn", String(64), nullable=True),
-    Column("remark", String(255), nullable=True),
+    Column("remark", String(500), nullable=True),
     Column("created_at", DateTime, nullable=True),
-    Index("idx_wallet_log_user", "user_id", "id"),
-    Index("idx_wallet_log_related", "related_type", "related_id"),
+    Index("idx_wallet_log_user", "user_id"),
 )
 
 toogo_user = Table(
@@ -199,9 +213,11 @@ toogo_user = Table(
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("member_id", BigInteger, nullable=False),
     Column("vip_level", SmallInteger, nullable=False, server_default="1"),
+    Column("invite_code", String(20), nullable=False),
     Column("power_discount", dec(5, 2), nullable=False, server_default="0"),
     Column("created_at", DateTime, nullable=True),
     UniqueConstraint("member_id", name="uk_member_id"),
+    UniqueConstraint("invite_code", name="uk_invite_code"),
 )
 
 toogo_config = Table(
@@ -210,7 +226,8 @@ toogo_config = Table(
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("group", String(50), nullable=False),
     Column("key", String(100), nullable=False),
-    Column("value", Text, nullable=True),
+    Column("value", Text, nullable=False),
+    Column("name", String(100), nullable=False),
     UniqueConstraint("group", "key", name="uk_group_key"),
 )
 
@@ -241,6 +258,27 @@ stream_cursor = Table(
     Column("keys_at_cursor", Text, nullable=True),
     Column("updated_at", DateTime, nullable=True),
     UniqueConstraint("platform", "account_id", "symbol", name="uk_stream"),
+)
+
+binding = Table(
+    # The daemon's own link between an exchange record and the local order it is (kind 'order':
+    # one per order, uk_binding_order) or a part of (kind 'part': a partial close of a position
+    # hotgo recorded as one order). Written in the transaction that writes the order it binds;
+    # hotgo's exchange_order_id keeps meaning "the opening order's id".
+    "toogo_reconcile_binding",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("platform", String(20), nullable=False),
+    Column("account_id", BigInteger, nullable=False),
+    Column("record_key", String(128), nullable=False),
+    Column("order_id", BigInteger, nullable=False),
+    Column("primary_order_id", BigInteger, nullable=True),  # = order_id for kind 'order'
+    Column("kind", String(10), nullable=False),
+    Column("rule", String(20), nullable=False),
+    Column("created_at", DateTime, nullable=True),
+    UniqueConstraint("platform", "account_id", "record_key", name="uk_binding_record"),
+    UniqueConstraint("primary_order_id", name="uk_binding_order"),
+    Index("idx_binding_order", "order_id"),
 )
 
 refund = Table(
@@ -286,7 +324,7 @@ migration_backup = Table(
     Index("idx_backup_kind", "kind", "id"),
 )
 
-OWN_TABLES = (stream_cursor, refund)
+OWN_TABLES = (stream_cursor, binding, refund)
 
 
 # The sweep's candidate index (PERFORMANCE.md): InnoDB appends the primary key, so entries are
@@ -331,29 +369,6 @@ async def index_exists(conn: AsyncConnection, table: str, name: str) -> bool:
 
 async def table_names(conn: AsyncConnection) -> set[str]:
     return set(await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_table_names()))
-
-
-async def schema_problems(conn: AsyncConnection) -> list[str]:
-    """What keeps the daemon from running safely on this database (empty when ready)."""
-    tables = await table_names(conn)
-    missing = [t.name for t in HOTGO_TABLES if t.name not in tables]
-    if missing:
-        return [f"missing hotgo tables: {', '.join(missing)}"]
-    problems: list[str] = []
-    if not await index_exists(conn, power_consume.name, UNIQUE_KEY):
-        problems.append(f"{power_consume.name} has no unique key {UNIQUE_KEY}")
-
-    def order_columns(sync_conn: Any) -> set[str]:
-        return {c["name"] for c in inspect(sync_conn).get_columns(trading_order.name)}
-
-    have = await conn.run_sync(order_columns)
-    for col in ("power_consumed", "power_amount"):
-        if col not in have:
-            problems.append(f"{trading_order.name} has no column {col}")
-    own_missing = [t.name for t in OWN_TABLES if t.name not in tables]
-    if own_missing:
-        problems.append(f"the daemon's own tables are missing: {', '.join(own_missing)}")
-    return problems
 
 
 async def create_embedded_schema(conn: AsyncConnection) -> None:

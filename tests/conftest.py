@@ -1,6 +1,7 @@
 """Shared fixtures: a uniquely named database on the real MariaDB per test, and SQLite.
 
-MariaDB is the shared server on 127.0.0.1:3306 (user root, empty password) unless
+On MariaDB, hotgo's tables come from upstream's own DDL (tests/upstream.py). MariaDB is the
+shared server on 127.0.0.1:3306 (user root, empty password) unless
 TOOGO_TEST_MYSQL (a mysql+aiomysql:// URL without database) says otherwise. Without a server the
 MySQL tests are skipped - unless TOOGO_REQUIRE_MYSQL=1 (CI), which makes it a failure.
 """
@@ -14,9 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import pymysql
 import pytest
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database, DatabaseSettings, RetryPolicy
 from reconcile.schema import create_hotgo_schema, create_own_schema
+from tests.upstream import create_upstream_schema
 
 MYSQL_BASE = os.environ.get("TOOGO_TEST_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 REQUIRE_MYSQL = os.environ.get("TOOGO_REQUIRE_MYSQL") == "1"
@@ -71,9 +74,12 @@ async def open_database(url: str, *, unique_key: bool = True, **kw: object) -> D
     db = Database(settings)
     await db.open()
 
-    async def create(conn: object) -> None:
-        await create_hotgo_schema(conn, with_unique_key=unique_key)  # type: ignore[arg-type]
-        await create_own_schema(conn)  # type: ignore[arg-type]
+    async def create(conn: AsyncConnection) -> None:
+        if db.is_mysql:  # upstream's own DDL: the schema a real install has
+            await create_upstream_schema(conn, with_unique_key=unique_key)
+        else:  # the embedded default's own definitions
+            await create_hotgo_schema(conn, with_unique_key=unique_key)
+            await create_own_schema(conn)
 
     await db.transaction(create, what="create test schema")
     return db

@@ -32,6 +32,8 @@ async def add_account(
         "id": account_id,
         "user_id": user_id,
         "platform": platform,
+        "api_name": f"{platform} account {account_id}",
+        "base_url": "",
         "api_key": "k",
         "secret_key": "s",
         "status": 1,
@@ -59,8 +61,8 @@ async def add_robot(
         "api_config_id": account_id,
         "exchange": "binance",
         "symbol": symbol,
+        "robot_name": f"robot {robot_id}",
         "leverage": 10,
-        "margin": Decimal("50"),
         "status": 2,
     }
     values.update(fields)

@@ -21,23 +21,44 @@ from reconcile.db import Database
 from reconcile.schema import power_consume, toogo_user, trading_order, wallet, wallet_log
 
 
+def invite_code(user_id: int) -> str:
+    """hg_toogo_user.invite_code is NOT NULL and unique in upstream's DDL."""
+    return f"INV{user_id:08d}"
+
+
 @dataclass
 class Seeded:
     order_ids: list[int]
     initial_power: dict[int, Decimal]
 
 
+def engine_order_sn(now: datetime) -> str:
+    """hotgo's engine numbers orders "TO" + YmdHis + 6 random characters (DESIGN.md)."""
+    tail = "".join(random.choices("ABCDEFGHJKLMNPQRSTUVWXYZ23456789", k=6))
+    return f"TO{now:%Y%m%d%H%M%S}{tail}"
+
+
+def engine_order_id() -> str:
+    """An exchange's id of the engine's *opening* order, as it lands in exchange_order_id."""
+    return str(random.randint(10**17, 10**18 - 1))
+
+
 async def insert_order(db: Database, **fields: Any) -> int:
+    """An order as upstream's engine writes it (opening id in exchange_order_id, TO… order_sn,
+    margin = open price × quantity ÷ leverage); ``fields`` override."""
     now = db.now()
     row: dict[str, Any] = {
         "user_id": 1,
         "robot_id": 1,
-        "order_sn": f"SN{random.getrandbits(48):x}",
+        "order_sn": engine_order_sn(now),
+        "exchange_order_id": engine_order_id(),
         "symbol": "BTCUSDT",
         "direction": "long",
         "open_price": Decimal("100"),
         "close_price": Decimal("101"),
         "quantity": Decimal("1"),
+        "leverage": 10,
+        "margin": Decimal("10"),
         "realized_profit": Decimal("1.0000"),
         "open_time": now - timedelta(hours=1),
         "close_time": now - timedelta(minutes=5),
@@ -72,7 +93,10 @@ async def set_discount(db: Database, user_id: int, discount: Decimal, vip_level:
     async def ins(conn: AsyncConnection) -> None:
         await conn.execute(
             toogo_user.insert().values(
-                member_id=user_id, vip_level=vip_level, power_discount=discount
+                member_id=user_id,
+                vip_level=vip_level,
+                power_discount=discount,
+                invite_code=invite_code(user_id),
             )
         )
 
@@ -113,6 +137,7 @@ async def seed_backlog(
             users_rows.append(
                 {
                     "member_id": uid,
+                    "invite_code": invite_code(uid),
                     "vip_level": rnd.randint(2, 5),
                     "power_discount": Decimal(rnd.randint(0, 5000)) / 100,
                 }
@@ -127,12 +152,15 @@ async def seed_backlog(
             {
                 "user_id": uid,
                 "robot_id": 1000 + uid,
-                "order_sn": f"BL{seed}-{i}",
+                "order_sn": f"TO{close:%Y%m%d%H%M%S}{seed:02d}{i:07d}",
+                "exchange_order_id": str(10**17 + seed * 10**8 + i),
                 "symbol": "BTCUSDT",
                 "direction": "long",
                 "open_price": Decimal("100"),
                 "close_price": Decimal("101"),
                 "quantity": Decimal("0.01"),
+                "leverage": 10,
+                "margin": Decimal("0.1"),
                 "realized_profit": profit,
                 "open_time": close - timedelta(minutes=30),
                 "close_time": close,

@@ -222,8 +222,8 @@ async def test_rules_come_from_hg_toogo_config_unless_configured(any_db: Databas
         await conn.execute(
             toogo_config.insert(),
             [
-                {"group": "power", "key": "consume_rate", "value": "0.25"},
-                {"group": "power", "key": "min_consume", "value": "0.05"},
+                {"group": "power", "key": "consume_rate", "value": "0.25", "name": "rate"},
+                {"group": "power", "key": "min_consume", "value": "0.05", "name": "minimum"},
             ],
         )
 

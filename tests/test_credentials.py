@@ -117,6 +117,9 @@ def test_key_from_environment_or_credentials_directory(tmp_path: Path) -> None:
 
 
 async def _insert(db: Database, **row: Any) -> int:
+    # api_name and base_url are NOT NULL without a default in upstream's DDL
+    row = {"api_name": "main", "base_url": "", **row}
+
     async def run(conn: AsyncConnection) -> int:
         result = await conn.execute(insert(trading_api_config).values(**row))
         key = result.inserted_primary_key

@@ -94,7 +94,8 @@ async def test_a_writer_that_does_not_lock_loses_to_the_unique_key(
         await legacy.execute(
             text(
                 "INSERT INTO hg_toogo_power_consume (user_id, robot_id, order_id, order_sn,"
-                " consume_power) VALUES (3, 1, :id, 'legacy', 0.5)"
+                " profit_amount, consume_rate, consume_power, original_power)"
+                " VALUES (3, 1, :id, 'legacy', 5, 0.1, 0.5, 0.5)"
             ),
             {"id": order_id},
         )

@@ -22,17 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import migration as m
 from reconcile.consumer import PowerConsumer, Source
+from reconcile.contract import inspect_live
 from reconcile.db import Database, DatabaseSettings
 from reconcile.errors import DatabaseError
 from reconcile.pricing import PowerRules
-from reconcile.schema import (
-    create_hotgo_schema,
-    power_consume,
-    schema_problems,
-    trading_order,
-    wallet,
-)
+from reconcile.schema import power_consume, trading_order, wallet
 from tests.conftest import FAST_RETRY
+from tests.upstream import create_upstream_schema
 
 pytestmark = pytest.mark.mysql
 
@@ -77,7 +73,8 @@ async def legacy_database(url: str, **settings: Any) -> Database:
     await db.open()
 
     async def create(conn: AsyncConnection) -> None:
-        await create_hotgo_schema(conn, with_unique_key=False)
+        # upstream's own DDL: no uk_user_order, none of the daemon's tables
+        await create_upstream_schema(conn, with_unique_key=False, own=False)
 
     await db.transaction(create, what="create legacy schema")
     return db
@@ -102,6 +99,8 @@ async def seed_legacy(db: Database, *, orders: int = 24, users: int = 6, seed: i
                 "open_price": Decimal("100"),
                 "close_price": Decimal("101"),
                 "quantity": Decimal("1"),
+                "leverage": 10,
+                "margin": Decimal("10"),
                 "realized_profit": Decimal(rnd.randint(1, 99999)) / 100,
                 "open_time": now - timedelta(hours=3),
                 "close_time": now - timedelta(hours=2),
@@ -299,10 +298,10 @@ async def test_up_with_refund_then_a_second_up_changes_nothing(
     assert remaining == legacy.kept_ids()
     assert (await m.verify(db)).ok
 
-    async def problems(conn: AsyncConnection) -> list[str]:
-        return await schema_problems(conn)
+    async def problems(conn: AsyncConnection) -> tuple[str, ...]:
+        return (await inspect_live(conn)).problems
 
-    assert await db.transaction(problems, what="t") == []
+    assert await db.transaction(problems, what="t") == ()
 
     after = await wallets(db)
     over = legacy.over_by_user()

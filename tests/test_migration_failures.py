@@ -281,8 +281,9 @@ async def test_a_duplicate_inserted_during_the_alter_fails_it_and_up_dedupes_aga
         # enough distinct rows that building the index takes a moment (no duplicates among them)
         await execute(
             db,
-            f"INSERT INTO {CONSUME} (user_id, order_id, order_sn, consume_power) "
-            "SELECT 1000000 + seq, seq, 'bulk', 0.01 FROM seq_1_to_300000",
+            f"INSERT INTO {CONSUME} (user_id, robot_id, order_id, order_sn, profit_amount, "
+            "consume_rate, consume_power, original_power) "
+            "SELECT 1000000 + seq, 1, seq, 'bulk', 0.1, 0.1, 0.01, 0.01 FROM seq_1_to_300000",
         )
         user_id, order_id = next(iter(legacy.groups()))
         kept = legacy.groups()[(user_id, order_id)][-1]
@@ -302,8 +303,9 @@ async def test_a_duplicate_inserted_during_the_alter_fails_it_and_up_dedupes_aga
             raise AssertionError("the ALTER never started")
         await execute(
             db,
-            f"INSERT INTO {CONSUME} (user_id, order_id, order_sn, consume_power) "
-            "VALUES (:u, :o, 'late', 0.5)",
+            f"INSERT INTO {CONSUME} (user_id, robot_id, order_id, order_sn, profit_amount, "
+            "consume_rate, consume_power, original_power) "
+            "VALUES (:u, 1, :o, 'late', 5, 0.1, 0.5, 0.5)",
             u=user_id,
             o=order_id,
         )
@@ -329,8 +331,9 @@ async def test_a_long_alter_reports_progress(mysql_url: str, logs: list[dict[str
     try:
         await execute(
             db,
-            f"INSERT INTO {CONSUME} (user_id, order_id, order_sn, consume_power) "
-            "SELECT seq, seq, 'bulk', 0.01 FROM seq_1_to_300000",
+            f"INSERT INTO {CONSUME} (user_id, robot_id, order_id, order_sn, profit_amount, "
+            "consume_rate, consume_power, original_power) "
+            "SELECT seq, 1, seq, 'bulk', 0.1, 0.1, 0.01, 0.01 FROM seq_1_to_300000",
         )
         result = await m.add_unique_key(db, options=m.DdlOptions(progress_every=0.1))
         step = result.step("uk_user_order")

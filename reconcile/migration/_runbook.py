@@ -12,6 +12,7 @@ import structlog
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile.contract import inspect_live
 from reconcile.db import Database
 from reconcile.migration._backup import BackupInfo, DumpResult, dump_tables, get_backup
 from reconcile.migration._common import (
@@ -54,10 +55,12 @@ class CheckReport:
     refunds: RefundTotals
     last_backup: BackupInfo | None
     pending_ddl: tuple[str, ...]
+    #: what the daemon needs that `migrate up` cannot add (reconcile.contract)
+    by_hand: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:
-        return not self.duplicates.groups and not self.pending_ddl
+        return not self.duplicates.groups and not self.pending_ddl and not self.by_hand
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: Decimals as strings; every user and every group."""
@@ -81,6 +84,7 @@ class CheckReport:
             },
             "last_backup": self.last_backup.to_dict() if self.last_backup else None,
             "pending_ddl": list(self.pending_ddl),
+            "schema_problems_by_hand": list(self.by_hand),
             "ready": self.ready,
         }
 
@@ -115,7 +119,7 @@ async def check(db: Database) -> CheckReport:
             if not state.unique_key_problem
             else (UNIQUE_KEY,)
         )
-        return CheckReport(dups, state, totals, last, pending)
+        return CheckReport(dups, state, totals, last, pending, (await inspect_live(conn)).by_hand)
 
     started = time.monotonic()
     report = await db.transaction(read, what="migrate check")

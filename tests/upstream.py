@@ -1,0 +1,74 @@
+"""Upstream Toogo's own DDL as the schema of the MySQL tests (``../shared/upstream-schema``).
+
+The tests that prove behaviour on MariaDB create hotgo's tables from
+``hotgo_mysql_as_applied.sql`` - what a real install has (see its SOURCE.md) - never from the
+project's own definitions, which serve only the embedded SQLite default. The file sits beside the
+project root in CI; without it the MySQL tests cannot say anything about the real schema, so under
+TOOGO_REQUIRE_MYSQL=1 its absence is a failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconcile.schema import (
+    UNIQUE_KEY,
+    add_unique_key,
+    create_own_schema,
+    index_exists,
+    power_consume,
+    trading_order,
+)
+
+UPSTREAM_DIR = Path(
+    os.environ.get(
+        "TOOGO_UPSTREAM_SCHEMA", Path(__file__).resolve().parents[2] / "shared" / "upstream-schema"
+    )
+)
+MYSQL_DDL = UPSTREAM_DIR / "hotgo_mysql_as_applied.sql"
+PG_DDL = UPSTREAM_DIR / "create_trading_core_pg.sql"
+
+#: columns of add_missing_order_fields.sql that some installs lack (DESIGN.md)
+CLOSE_ID_COLUMNS = ("close_order_id", "close_client_order_id")
+
+
+@functools.cache
+def mysql_create_statements() -> tuple[str, ...]:
+    """The CREATE TABLE statements of upstream's MySQL schema, as mysqldump wrote them."""
+    if not MYSQL_DDL.is_file():
+        message = f"upstream's DDL is missing: {MYSQL_DDL} (shared/upstream-schema)"
+        if os.environ.get("TOOGO_REQUIRE_MYSQL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    body = MYSQL_DDL.read_text(encoding="utf-8")
+    statements = [s.strip() for s in re.split(r";\s*\n", body)]
+    creates = tuple(s for s in statements if s.startswith("CREATE TABLE"))
+    assert len(creates) >= 8, f"{MYSQL_DDL}: only {len(creates)} CREATE TABLE statements"
+    return creates
+
+
+async def create_upstream_schema(
+    conn: AsyncConnection, *, with_unique_key: bool = True, own: bool = True
+) -> None:
+    """hotgo's tables from upstream's DDL; then, as `migrate up` would, uk_user_order and the
+    daemon's own tables and index."""
+    for statement in mysql_create_statements():
+        statement = statement.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+        await conn.exec_driver_sql(statement.replace("%", "%%"))  # the driver formats with %
+    if with_unique_key and not await index_exists(conn, power_consume.name, UNIQUE_KEY):
+        await add_unique_key(conn)
+    if own:
+        await create_own_schema(conn)
+
+
+async def drop_close_id_columns(conn: AsyncConnection) -> None:
+    """The installs whose add_missing_order_fields.sql never ran lack the closing ids."""
+    for column in CLOSE_ID_COLUMNS:
+        await conn.execute(text(f"ALTER TABLE {trading_order.name} DROP COLUMN {column}"))
