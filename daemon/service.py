@@ -33,9 +33,10 @@ from daemon.config import Config
 from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval
 from daemon.runtime import Core, open_core, open_history_sync
-from reconcile.consumer import STATUS_CLOSED, Source, positive
+from reconcile.consumer import Source
 from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
+from reconcile.orders import eligible_sql
 from reconcile.schema import stream_cursor, trading_order
 from reconcile.sweep import sweep
 
@@ -218,8 +219,7 @@ class Service:
         async def read(conn: AsyncConnection) -> tuple[int, list[tuple[str, datetime]]]:
             backlog = (await conn.execute(
                 select(func.count()).select_from(trading_order).where(
-                    o.power_consumed == 0, o.status == STATUS_CLOSED, o.close_time >= since,
-                    positive(core.db, o.realized_profit))
+                    *eligible_sql(core.db.is_mysql), o.close_time >= since)
             )).scalar_one()  # fmt: skip
             lag = await conn.execute(
                 select(c.platform, func.min(c.complete_until)).group_by(c.platform)

@@ -28,13 +28,14 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Float, Select, and_, cast, or_, select, tuple_
+from sqlalchemy import Select, and_, or_, select, tuple_
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
 from reconcile.errors import DatabaseError, DuplicateKey, OrderNotFound
+from reconcile.orders import eligible_sql, ineligibility
 from reconcile.pricing import Charge, Discount, PowerRules, compute_charge
 from reconcile.schema import (
     power_consume,
@@ -47,9 +48,7 @@ from reconcile.schema import (
 
 log = structlog.get_logger("reconcile.consumer")
 
-STATUS_OPEN, STATUS_CLOSED, STATUS_CANCELLED = 1, 2, 3
 PAGE = 500  # orders per transaction when charging known orders in bulk
-_STATUS_NAMES = {STATUS_OPEN: "open", STATUS_CANCELLED: "cancelled"}
 
 
 class _MissingWallets(Exception):
@@ -85,8 +84,8 @@ class _Order:
     user_id: int
     robot_id: int
     order_sn: str
-    status: int
-    realized_profit: Decimal
+    status: int | None
+    realized_profit: Decimal | None
     power_consumed: int
     power_amount: Decimal
     close_time: datetime | None
@@ -136,13 +135,6 @@ _ORDER_COLUMNS = (
     trading_order.c.power_amount,
     trading_order.c.close_time,
 )
-
-
-def positive(db: Database, column: Any) -> ColumnElement[bool]:
-    """``column > 0`` for a DECIMAL column (SQLite keeps decimals as text)."""
-    if db.is_mysql:
-        return column > 0  # type: ignore[no-any-return]
-    return cast(column, Float) > 0
 
 
 async def load_power_rules(
@@ -274,11 +266,7 @@ class PowerConsumer:
         """
         after_time, after_id = after
         o = trading_order.c
-        eligible = (
-            o.power_consumed == 0,
-            o.status == STATUS_CLOSED,
-            positive(self.db, o.realized_profit),
-        )
+        eligible = eligible_sql(self.db.is_mysql)
         # 1. find the page with a plain read: scanning locks nothing, so it cannot make a
         #    concurrent worker (or hotgo) skip or wait for rows that are not ours
         scan = (
@@ -384,7 +372,9 @@ class PowerConsumer:
         flag: set[int] = set()  # orders to mark power_consumed = 1 from their consume row
         for order in eligible:
             charge = compute_charge(
-                order.realized_profit, self.rules, discounts.get(order.user_id, Discount())
+                order.realized_profit or Decimal(0),
+                self.rules,
+                discounts.get(order.user_id, Discount()),
             )
             found = existing.get((order.user_id, order.id))
             if found is not None:
@@ -565,11 +555,7 @@ class PowerConsumer:
 
 
 def _ineligibility(order: _Order) -> str | None:
-    if order.status != STATUS_CLOSED:
-        return f"order is {_STATUS_NAMES.get(order.status, f'in status {order.status}')}"
-    if order.realized_profit <= 0:
-        return f"not profitable (realized_profit {order.realized_profit})"
-    return None
+    return ineligibility(order.status, order.realized_profit, order.close_time)
 
 
 async def _fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[_Order]:

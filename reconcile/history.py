@@ -8,21 +8,18 @@ seen at that instant. A cycle fetches from the cursor minus ``overlap`` to now (
 one whose cursor is older than ``lookback``, from now − lookback); the cursor advances only
 after every record of the window is committed.
 
-Each closed position is upserted in its own transaction, by the first rule that applies:
-
-1. a local order of the stream's robots whose ``exchange_order_id`` is the record key: it is
-   this position; fill only missing fields;
-2. a closed order of those robots, same symbol and direction, closed within ``match_tolerance``
-   of the record: the engine already recorded it; fill only missing fields, insert nothing;
-3. an open order (status 1) of those robots, same symbol and direction, opened before the
-   record closed: close it (status 2, close_price, realized_profit, close_time, hold_duration,
-   close_reason ``exchange_sync``, exchange_order_id if empty);
-4. otherwise insert a closed order whose ``order_sn`` is derived from (platform, account,
-   record key), so two instances or two cycles converge on one row through ``uk_order_sn``.
+A window is upserted a page of records at a time, in a constant number of statements per page:
+one plain read of the page's bindings and candidate orders (no locking reads: on upstream's
+indexes the locking reads of range conditions deadlocked concurrent streams), a decision in
+memory by the matching rules (:mod:`reconcile.matching`), and one write transaction - inserted
+orders, closed orders (``UPDATE … WHERE status = 1``: an order the engine closed meanwhile makes
+the page start again from its read), filled-in fields and the bindings, whose unique keys decide
+races between instances. A page that fails as a whole is retried in halves, down to one record;
+the cursor moves only after the whole window is committed.
 
 A charged order's realized_profit is never rewritten: a different figure from the exchange is
-logged as ``profit mismatch``. Orders closed (3) or inserted (4) with a profit go straight to the
-consumer with source ``history``. A robot owned by another user than its account is refused.
+logged as ``profit mismatch``. Orders closed or inserted here with a profit go to the consumer in
+pages with source ``history``. A robot owned by another user than its account is refused.
 """
 
 from __future__ import annotations
@@ -36,26 +33,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import or_, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.accounts import ApiAccount, load_account
-from reconcile.consumer import STATUS_CLOSED, STATUS_OPEN, Outcome, PowerConsumer, Source
+from reconcile.consumer import Outcome, PowerConsumer, Source
+from reconcile.contract import LiveSchema, inspect_live
 from reconcile.db import Database
-from reconcile.errors import DuplicateKey, ReconcileError
+from reconcile.errors import DatabaseError, DuplicateKey, ReconcileError
+from reconcile.matching import Decision, Kind, Rule, Tolerances
 from reconcile.records import ClosedPosition, ClosedPositionSource
-from reconcile.schema import stream_cursor, trading_api_config, trading_order, trading_robot
+from reconcile.schema import stream_cursor, trading_api_config, trading_robot
+from reconcile.upsert import Conflict, PageWriter, StreamRef, order_sn_for
 
 log = structlog.get_logger("reconcile.history")
 
-PROFIT_QUANTUM = Decimal("0.0001")  # hg_trading_order.realized_profit is DECIMAL(15,4)
-PRICE_QUANTUM = Decimal("0.0001")
-CLOSE_REASON = "exchange_sync"
+PAGE_ATTEMPTS = 3  # reads and decisions of one page before it is split
 
 
 class SourceProvider(Protocol):
@@ -80,6 +77,8 @@ class SyncSettings:
     min_interval: timedelta = timedelta(0)
     #: platforms with a source; None: every platform (a replay source serves them all)
     platforms: frozenset[str] | None = None
+    #: records upserted per transaction
+    page_size: int = 200
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,6 @@ class Robot:
     user_id: int
     symbol: str
     leverage: int
-    margin: Decimal
 
 
 @dataclass(frozen=True)
@@ -103,6 +101,16 @@ class Stream:
     def robot_ids(self) -> list[int]:
         return [r.id for r in self.robots]
 
+    def ref(self) -> StreamRef:
+        robot = self.robots[0]  # an inserted order is filed under the stream's first robot
+        return StreamRef(
+            self.platform,
+            self.account_id,
+            self.symbol,
+            tuple(self.robot_ids),
+            (robot.tenant_id, robot.user_id, robot.id, robot.leverage),
+        )
+
 
 @dataclass
 class SyncSummary:
@@ -112,6 +120,9 @@ class SyncSummary:
     inserted: int = 0
     closed: int = 0
     matched: int = 0
+    parts: int = 0
+    ambiguous: int = 0
+    not_closable: int = 0
     charged: int = 0
     skipped_duplicate: int = 0
     failed_streams: int = 0
@@ -125,6 +136,21 @@ class SyncSummary:
     def figures(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def count(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if d.rule is Rule.INSERT:
+                self.inserted += 1
+            elif d.rule is Rule.OPEN:
+                self.closed += 1
+            elif d.rule is Rule.NOT_CLOSABLE:
+                self.not_closable += 1
+            elif d.kind is Kind.PART:
+                self.parts += 1
+            elif d.kind is Kind.AMBIGUOUS:
+                self.ambiguous += 1
+            else:
+                self.matched += 1
+
 
 class HistorySync:
     def __init__(
@@ -133,11 +159,14 @@ class HistorySync:
         consumer: PowerConsumer,
         provider: SourceProvider,
         settings: SyncSettings,
+        *,
+        schema: LiveSchema | None = None,
     ) -> None:
         self.db = db
         self.consumer = consumer
         self.provider = provider
         self.settings = settings
+        self.schema = schema
 
     async def run_cycle(self, stop: asyncio.Event | None = None) -> SyncSummary:
         """One pass over every stream. A failing stream never stops the others; ``stop`` ends
@@ -172,7 +201,6 @@ class HistorySync:
                 r.user_id,
                 r.symbol,
                 r.leverage,
-                r.margin,
                 a.id.label("account_id"),
                 a.user_id.label("account_user_id"),
                 a.platform,
@@ -208,7 +236,7 @@ class HistorySync:
             if self.settings.platforms is not None and platform not in self.settings.platforms:
                 unconfigured.add(platform)
                 continue
-            robot = Robot(row.id, row.tenant_id, row.user_id, row.symbol, row.leverage, row.margin)
+            robot = Robot(row.id, row.tenant_id, row.user_id, row.symbol, row.leverage)
             grouped[(platform, row.account_id, row.symbol)].append(robot)
         if unconfigured:
             log.warning("robots on unconfigured platforms skipped", platforms=sorted(unconfigured))
@@ -285,26 +313,19 @@ class HistorySync:
         seen_at_cursor = cursor[1] if cursor is not None else frozenset()
         records = await source.fetch_closed(stream.symbol, since, now)
         summary.records += len(records)
+        todo = [
+            r
+            for r in records
+            if not (
+                cursor is not None and r.close_time == cursor[0] and r.record_key in seen_at_cursor
+            )
+        ]
         to_charge: list[int] = []
-        known = await self._known(stream, [r.record_key for r in records])
-        for record in records:
-            if (
-                cursor is not None
-                and record.close_time == cursor[0]
-                and record.record_key in seen_at_cursor
-            ):
-                continue
-            row = known.get(record.record_key)
-            if row is not None and not _missing_values(
-                row, record, self.db.to_db_time(record.close_time)
-            ):
-                # rule 1 with nothing to fill: no transaction (re-read overlaps, quiet cycles)
-                _check_profit(row, record, self._profit(record, basis))
-                summary.matched += 1
-                continue
-            order_id = await self._reconcile(stream, record, basis, summary)
-            if order_id is not None:
-                to_charge.append(order_id)
+        schema = await self._schema()
+        size = self.settings.page_size
+        for start in range(0, len(todo), size):
+            page = todo[start : start + size]
+            to_charge.extend(await self._upsert_page(stream, page, basis, schema, summary))
         # charged in pages once the window's orders are recorded (the sweep is the backstop)
         for result in await self.consumer.charge_many(to_charge, Source.HISTORY):
             if result.outcome is Outcome.CHARGED:
@@ -315,6 +336,54 @@ class HistorySync:
         complete_until = now if newest is None or newest < now else newest
         keys = sorted(r.record_key for r in records if r.close_time == complete_until)
         await self._write_cursor(stream, complete_until, keys)
+
+    async def _schema(self) -> LiveSchema:
+        if self.schema is None:  # introspected once, at the first cycle
+            self.schema = await self.db.transaction(inspect_live, what="inspect the schema")
+        return self.schema
+
+    # -- one page of records ------------------------------------------------------------------
+
+    async def _upsert_page(
+        self,
+        stream: Stream,
+        page: list[ClosedPosition],
+        basis: str,
+        schema: LiveSchema,
+        summary: SyncSummary,
+    ) -> list[int]:
+        """Upsert a page; the ids of orders to charge. A page that keeps failing is split in
+        halves down to single records; a single record that keeps failing fails the stream."""
+        tolerances = Tolerances(self.settings.match_tolerance)
+        writer = PageWriter(self.db, stream.ref(), basis, schema, tolerances)
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            try:
+                result = await writer.run(page)
+            except (DuplicateKey, Conflict) as exc:
+                # another writer (an instance, the engine) changed what the page read: read again
+                log.info(
+                    "history page conflict",
+                    account_id=stream.account_id,
+                    symbol=stream.symbol,
+                    records=len(page),
+                    attempt=attempt,
+                    detail=str(exc)[:200],
+                )
+                continue
+            except ReconcileError:
+                if len(page) == 1:
+                    raise
+                break
+            summary.count(result.decisions)
+            return result.to_charge
+        if len(page) == 1:
+            raise DatabaseError(
+                f"record {page[0].record_key} of account {stream.account_id}: still conflicting "
+                f"after {PAGE_ATTEMPTS} attempts"
+            )
+        half = len(page) // 2
+        first = await self._upsert_page(stream, page[:half], basis, schema, summary)
+        return first + await self._upsert_page(stream, page[half:], basis, schema, summary)
 
     async def _read_cursor(
         self, stream: Stream
@@ -368,223 +437,6 @@ class HistorySync:
                 )
 
         await self.db.transaction(write, what="advance stream cursor")
-
-    # -- one record ---------------------------------------------------------------------------
-
-    async def _reconcile(
-        self, stream: Stream, record: ClosedPosition, basis: str, summary: SyncSummary
-    ) -> int | None:
-        """Upsert one record; the order id when it is to be charged (closed or inserted here,
-        profitable)."""
-        profit = self._profit(record, basis)
-        for attempt in (1, 2):
-            try:
-                outcome, order_id = await self.db.transaction(
-                    lambda conn: self._upsert(conn, stream, record, profit),
-                    what="upsert closed position",
-                    account_id=stream.account_id,
-                    record_key=record.record_key,
-                )
-                break
-            except DuplicateKey:  # another instance inserted the same record: rule 1 now
-                if attempt == 2:
-                    raise
-        if outcome == "inserted":
-            summary.inserted += 1
-        elif outcome == "closed":
-            summary.closed += 1
-        else:
-            summary.matched += 1
-        return order_id if outcome in ("inserted", "closed") and profit > 0 else None
-
-    @staticmethod
-    def _profit(record: ClosedPosition, basis: str) -> Decimal:
-        chosen = record.net_profit if basis == "net" else record.gross_pnl
-        return chosen.quantize(PROFIT_QUANTUM, rounding=ROUND_HALF_UP)
-
-    async def _upsert(
-        self, conn: AsyncConnection, stream: Stream, record: ClosedPosition, profit: Decimal
-    ) -> tuple[str, int]:
-        o = trading_order.c
-        mine = o.robot_id.in_(stream.robot_ids)
-        cols = _ORDER_COLUMNS
-        close_time = self.db.to_db_time(record.close_time)
-        same = (mine, o.symbol == stream.symbol, o.direction == record.direction)
-
-        # 1. this record's own order
-        row = (
-            await conn.execute(
-                select(*cols)
-                .where(mine, o.exchange_order_id == record.record_key)
-                .order_by(o.id)
-                .limit(1)
-                .with_for_update()
-            )
-        ).first()
-        if row is not None:
-            await self._fill_missing(conn, row, record, profit, close_time)
-            return "matched", row.id
-        # 2. the engine recorded it already (within the tolerance): the closest such order
-        tolerance = self.settings.match_tolerance
-        candidates = await conn.execute(
-            select(*cols)
-            .where(
-                *same,
-                o.status == STATUS_CLOSED,
-                o.close_time >= close_time - tolerance,
-                o.close_time <= close_time + tolerance,
-                or_(o.exchange_order_id.is_(None), o.exchange_order_id == ""),
-            )
-            .order_by(o.id)
-            .with_for_update()
-        )
-        row = min(candidates, key=lambda c: abs(c.close_time - close_time), default=None)
-        if row is not None:
-            await self._fill_missing(conn, row, record, profit, close_time)
-            return "matched", row.id
-        # 3. an open order this record closes
-        row = (
-            await conn.execute(
-                select(*cols)
-                .where(*same, o.status == STATUS_OPEN, o.open_time <= close_time)
-                .order_by(o.open_time, o.id)
-                .limit(1)
-                .with_for_update()
-            )
-        ).first()
-        if row is not None:
-            await conn.execute(
-                trading_order.update()
-                .where(o.id == row.id, o.status == STATUS_OPEN)
-                .values(
-                    status=STATUS_CLOSED,
-                    close_price=record.close_price.quantize(PRICE_QUANTUM, ROUND_HALF_UP),
-                    realized_profit=profit,
-                    close_time=close_time,
-                    hold_duration=max(0, int((close_time - row.open_time).total_seconds())),
-                    close_reason=CLOSE_REASON,
-                    exchange_order_id=row.exchange_order_id or record.record_key,
-                    updated_at=self.db.now(),
-                )
-            )
-            return "closed", row.id
-        # 4. a position the local table never saw
-        robot = stream.robots[0]
-        open_time = self.db.to_db_time(record.open_time) if record.open_time else close_time
-        now = self.db.now()
-        result = await conn.execute(
-            trading_order.insert().values(
-                tenant_id=robot.tenant_id,
-                user_id=robot.user_id,
-                robot_id=robot.id,
-                order_sn=order_sn_for(stream.platform, stream.account_id, record.record_key),
-                exchange_order_id=record.record_key,
-                symbol=stream.symbol,
-                direction=record.direction,
-                open_price=(record.open_price or Decimal(0)).quantize(PRICE_QUANTUM, ROUND_HALF_UP),
-                close_price=record.close_price.quantize(PRICE_QUANTUM, ROUND_HALF_UP),
-                quantity=record.size.quantize(Decimal("0.00000001"), ROUND_HALF_UP),
-                leverage=robot.leverage,
-                margin=robot.margin,
-                realized_profit=profit,
-                open_time=open_time,
-                close_time=close_time,
-                hold_duration=max(0, int((close_time - open_time).total_seconds())),
-                status=STATUS_CLOSED,
-                close_reason=CLOSE_REASON,
-                power_consumed=0,
-                power_amount=Decimal(0),
-                remark=f"synchronized from {stream.platform} (account {stream.account_id})",
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        return "inserted", int(result.inserted_primary_key[0])  # type: ignore[index]
-
-    async def _fill_missing(
-        self,
-        conn: AsyncConnection,
-        row: Any,
-        record: ClosedPosition,
-        profit: Decimal,
-        close_time: datetime,
-    ) -> None:
-        """Rules 1 and 2: fill only what is missing; never rewrite a figure."""
-        values = _missing_values(row, record, close_time)
-        _check_profit(row, record, profit)
-        if values:
-            values["updated_at"] = self.db.now()
-            await conn.execute(
-                trading_order.update().where(trading_order.c.id == row.id).values(**values)
-            )
-
-    async def _known(self, stream: Stream, keys: list[str]) -> dict[str, Any]:
-        """Orders of the stream's robots already bound to these record keys (a plain read)."""
-        if not keys:
-            return {}
-        o = trading_order.c
-
-        async def read(conn: AsyncConnection) -> dict[str, Any]:
-            found: dict[str, Any] = {}
-            for start in range(0, len(keys), 1000):
-                rows = await conn.execute(
-                    select(*_ORDER_COLUMNS).where(
-                        o.robot_id.in_(stream.robot_ids),
-                        o.exchange_order_id.in_(keys[start : start + 1000]),
-                    )
-                )
-                found.update({r.exchange_order_id: r for r in rows})
-            return found
-
-        return await self.db.transaction(read, what="read known records")
-
-
-_ORDER_COLUMNS = (
-    trading_order.c.id,
-    trading_order.c.robot_id,
-    trading_order.c.status,
-    trading_order.c.exchange_order_id,
-    trading_order.c.close_price,
-    trading_order.c.close_time,
-    trading_order.c.open_time,
-    trading_order.c.hold_duration,
-    trading_order.c.realized_profit,
-    trading_order.c.power_consumed,
-)
-
-
-def _missing_values(row: Any, record: ClosedPosition, close_time: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if not row.exchange_order_id:
-        values["exchange_order_id"] = record.record_key
-    if row.close_price is None:
-        values["close_price"] = record.close_price.quantize(PRICE_QUANTUM, ROUND_HALF_UP)
-    if row.close_time is None:
-        values["close_time"] = close_time
-    if not row.hold_duration and row.open_time is not None:
-        hold = int(((row.close_time or close_time) - row.open_time).total_seconds())
-        if hold > 0:
-            values["hold_duration"] = hold
-    return values
-
-
-def _check_profit(row: Any, record: ClosedPosition, profit: Decimal) -> None:
-    if row.status == STATUS_CLOSED and row.realized_profit != profit:
-        log.warning(
-            "profit mismatch",
-            order_id=row.id,
-            robot_id=row.robot_id,
-            record_key=record.record_key,
-            local=row.realized_profit,
-            exchange=profit,
-            charged=bool(row.power_consumed),
-        )
-
-
-def order_sn_for(platform: str, account_id: int, record_key: str) -> str:
-    """A deterministic order_sn (42 chars) for a position synthesized from an exchange record."""
-    digest = hashlib.sha256(f"{platform}:{account_id}:{record_key}".encode()).hexdigest()
-    return f"SX{digest[:40]}"
 
 
 def _err(exc: BaseException) -> str:

@@ -38,6 +38,9 @@ class ClosedPosition:
     close_time: datetime
     record_key: str
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: the exchange's own ids of the orders in this record (binance/bybit orderId, ...): matched
+    #: against a local order's close_order_id / exchange_order_id
+    exchange_order_ids: tuple[str, ...] = ()
 
 
 class ClosedPositionSource(Protocol):

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from reconcile.consumer import PowerConsumer, Source
 from reconcile.db import Database
 from reconcile.history import order_sn_for
-from reconcile.schema import power_consume, stream_cursor, trading_order
+from reconcile.schema import binding, power_consume, stream_cursor, trading_order
 from tests.conftest import open_database
 from tests.history_kit import (
     NOW,
@@ -33,6 +33,15 @@ async def orders(db: Database) -> list[Any]:
         return list(await conn.execute(select(trading_order).order_by(trading_order.c.id)))
 
     return await db.transaction(read, what="read orders")
+
+
+async def bindings(db: Database) -> dict[str, tuple[int, str, str]]:
+    async def read(conn: AsyncConnection) -> dict[str, tuple[int, str, str]]:
+        b = binding.c
+        rows = await conn.execute(select(b.record_key, b.order_id, b.kind, b.rule))
+        return {r.record_key: (r.order_id, r.kind, r.rule) for r in rows}
+
+    return await db.transaction(read, what="read bindings")
 
 
 async def consumes(db: Database) -> list[Any]:
@@ -65,17 +74,19 @@ async def test_an_unknown_position_is_inserted_and_charged(
     assert (summary.streams, summary.records, summary.inserted, summary.charged) == (1, 2, 2, 1)
     won, lost = await orders(any_db)
     assert won.order_sn == order_sn_for("binance", 10, "B-1") and len(won.order_sn) <= 64
+    # margin is NOT NULL in upstream: open price × size ÷ leverage = 60000 × 0.01 ÷ 10
     assert (won.user_id, won.robot_id, won.tenant_id, won.leverage, won.margin) == (
         7,
         100,
         3,
         10,
-        Decimal("50"),
+        Decimal("60"),
     )
+    # exchange_order_id means the opening order's id: never a record key of ours
     assert (won.status, won.realized_profit, won.exchange_order_id, won.close_reason) == (
         2,
         Decimal("12.5"),
-        "B-1",
+        None,
         "exchange_sync",
     )
     assert won.power_consumed == 1 and won.power_amount == Decimal("1.25")
@@ -125,9 +136,12 @@ async def test_engine_recorded_position_is_matched_within_tolerance(
 
     assert (summary.matched, summary.inserted) == (1, 1)
     rows = {o.id: o for o in await orders(mysql_db)}
-    assert rows[engine].exchange_order_id == "B-7"
-    assert rows[late].exchange_order_id is None
     assert len(rows) == 3
+    assert await bindings(mysql_db) == {
+        "B-7": (engine, "order", "close_time"),
+        "B-8": (max(rows), "order", "insert"),
+    }
+    assert late in rows and rows[late].power_consumed == 0  # not this record's: left alone
     assert len(await consumes(mysql_db)) == 2  # the engine's charge and the new order's
 
 
@@ -139,6 +153,7 @@ async def test_open_order_is_closed_and_charged(mysql_db: Database, tmp_path: Pa
         user_id=7,
         robot_id=100,
         symbol="BTCUSDT",
+        exchange_order_id="8389765521937251",
         status=1,
         open_time=mysql_db.to_db_time(opened),
         close_time=None,
@@ -161,7 +176,7 @@ async def test_open_order_is_closed_and_charged(mysql_db: Database, tmp_path: Pa
         2,
         Decimal("8.8"),
         "exchange_sync",
-        "B-9",
+        "8389765521937251",  # the engine's opening order id stays
     )
     assert order.close_price == Decimal("61250") and order.hold_duration == 3600
     assert (order.power_consumed, order.power_amount) == (1, Decimal("0.88"))

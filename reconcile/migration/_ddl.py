@@ -38,7 +38,10 @@ from reconcile.schema import (
     SWEEP_INDEX,
     SWEEP_INDEX_COLUMNS,
     UNIQUE_KEY,
+    binding,
     create_own_schema,
+    trading_api_config,
+    trading_robot,
 )
 
 log = structlog.get_logger("reconcile.migration")
@@ -271,14 +274,43 @@ async def add_unique_key(
     return AddKeyResult(dry_run=False, steps=tuple(done), seconds=seconds)
 
 
+# The first release linked a record to an order through hg_trading_order itself: orders it
+# inserted carry order_sn = "SX" + sha256(platform:account:record key)[:40] with the record key
+# in exchange_order_id, and orders it closed carry close_reason 'exchange_sync' with the record
+# key in exchange_order_id where that was empty. Their bindings are back-filled, so an upgrade
+# inserts and charges nothing twice. (Engine orders whose empty exchange_order_id it filled with
+# a record key cannot be told apart here: the matching rules compare record keys with
+# exchange_order_id for them - reconcile.matching, rule b.)
+BACKFILL_BINDINGS = f"""
+INSERT INTO {binding.name}
+    (platform, account_id, record_key, order_id, primary_order_id, kind, rule, created_at)
+SELECT LOWER(TRIM(a.platform)), a.id, o.exchange_order_id, o.id, o.id, 'order', 'backfill', NOW()
+FROM {ORDERS} o
+JOIN {trading_robot.name} r ON r.id = o.robot_id
+JOIN {trading_api_config.name} a ON a.id = r.api_config_id
+WHERE o.exchange_order_id <> ''
+  AND (o.order_sn = CONCAT('SX', LEFT(SHA2(CONCAT(LOWER(TRIM(a.platform)), ':', a.id, ':',
+                                                o.exchange_order_id), 256), 40))
+       OR o.close_reason = 'exchange_sync')
+ON DUPLICATE KEY UPDATE {binding.name}.id = {binding.name}.id
+"""  # noqa: S608 - table names only
+
+
 async def _own_tables(db: Database, sql: str) -> DdlStep:
-    async def create(conn: AsyncConnection) -> None:
+    async def create(conn: AsyncConnection) -> int:
         await create_own_schema(conn)
+        return int((await conn.execute(text(BACKFILL_BINDINGS))).rowcount)
 
     started = time.monotonic()
-    await db.transaction(create, what="migrate create own tables")
+    backfilled = await db.transaction(create, what="migrate create own tables")
     seconds = time.monotonic() - started
-    log.info("migrate step", step="own tables", status="done", seconds=round(seconds, 3))
+    log.info(
+        "migrate step",
+        step="own tables",
+        status="done",
+        seconds=round(seconds, 3),
+        bindings_backfilled=backfilled,
+    )
     return DdlStep("own tables", sql, seconds=seconds, done=True)
 
 

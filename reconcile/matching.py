@@ -1,0 +1,220 @@
+"""Which local order an exchange record is: the matching rules, in the order the evidence is strong.
+
+Upstream's engine writes the **opening** order's exchange id to ``exchange_order_id`` (or a
+``POS-…`` placeholder for positions it back-filled) and the **closing** order's id to
+``close_order_id`` where that column exists; its ``order_sn`` is ``TO`` + time + random. So an
+engine-recorded close almost never carries an id equal to an exchange history record's. The link
+between a record and an order is therefore the daemon's own: ``toogo_reconcile_binding``
+(platform, account, record key) → order, written in the transaction that writes the order.
+
+For each record of a stream (robots sharing an account and a symbol), in close-time order:
+
+a. **binding** - the record is bound already: it is that order (fill only what is missing).
+b. **order id** - one of the record's own exchange order ids (binance/bybit ``orderId``; okx and
+   bitget ids where the payload has them), or its record key, equals ``close_order_id`` or
+   ``exchange_order_id`` of an order of the stream's robots: the exchange itself says so. (The
+   record key covers orders the first release inserted or filled, which it keyed by record key.)
+c. **close time** - a closed order of those robots, same symbol and direction, not yet bound to
+   another record, with a real close time within ``match_tolerance`` of the record's, *whatever
+   its exchange_order_id*: the engine recorded this close. Nearest close time wins, then nearest
+   quantity, then the lowest id.
+d. **part** - a closed order of those robots, same symbol and direction, whose lifetime (open to
+   close, ± the tolerance) spans the record's close time and whose quantity is larger than the
+   record's size: the exchange closed the position in parts (bybit reports one record per
+   closing order) that the engine recorded as one order. The record is bound as a *part*: no
+   order, no charge. (Should the engine count quantity in other units than the adapter - say
+   contracts - a record may wrongly look like a part: the error is then a missed order, never a
+   second charge. Open orders are not parts: a record closes them, rule e.)
+e. **open** - an open order (status 1) of those robots, same symbol and direction, opened before
+   the record closed: the record closes it. Pending (0) and failed (4) orders are never closed.
+f. **insert** - otherwise a closed order is inserted, with an ``order_sn`` derived from
+   (platform, account, record key) so that two instances converge on one row.
+
+Two records never bind one order as its close (``uk_binding_order``); a record that would have
+bound an order already bound to another record, and is not a part of it, is **ambiguous**: logged
+and bound as such, never inserted. An order with a placeholder close time (before 2010) is never
+matched on its close time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+from reconcile.orders import Status, real_close_time
+from reconcile.records import ClosedPosition
+
+
+class Rule(StrEnum):
+    BINDING = "binding"
+    ORDER_ID = "order_id"
+    CLOSE_TIME = "close_time"
+    PART = "part"
+    OPEN = "open"
+    INSERT = "insert"
+    AMBIGUOUS = "ambiguous"
+    NOT_CLOSABLE = "not_closable"
+
+
+class Kind(StrEnum):
+    """What a binding says of its record."""
+
+    ORDER = "order"  # the record is this order's close
+    PART = "part"  # the record is a partial close of this order
+    AMBIGUOUS = "ambiguous"  # the record would have matched an order bound to another record
+
+
+@dataclass
+class Candidate:
+    """A local order of the stream's robots, as read (a plain read) before deciding."""
+
+    id: int
+    robot_id: int
+    status: int | None
+    symbol: str
+    direction: str
+    exchange_order_id: str | None
+    close_order_id: str | None
+    quantity: Decimal
+    open_time: datetime
+    close_time: datetime | None
+    close_price: Decimal | None
+    hold_duration: int | None
+    realized_profit: Decimal | None
+    power_consumed: int
+    bound: bool  # has a kind-'order' binding
+
+
+@dataclass(frozen=True)
+class Decision:
+    record: ClosedPosition
+    rule: Rule
+    order: Candidate | None = None  # None: insert
+    kind: Kind | None = None  # the binding to write (None: none, e.g. rule a or not closable)
+
+    @property
+    def closes(self) -> bool:
+        return self.rule is Rule.OPEN
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    match: timedelta
+    #: a record smaller than this fraction of an order's quantity is a part of it
+    part_below: Decimal = Decimal("0.999999")
+
+
+def decide(
+    records: Sequence[ClosedPosition],
+    close_times: Sequence[datetime],
+    candidates: Iterable[Candidate],
+    bound: dict[str, int],
+    symbol: str,
+    tolerances: Tolerances,
+) -> list[Decision]:
+    """Decide every record of a page in memory (the candidates are updated as records bind).
+
+    ``close_times[i]`` is ``records[i].close_time`` as the database holds it (naive, in
+    ``database.timezone``); ``bound`` maps record keys already bound to their order ids.
+    """
+    orders = {c.id: c for c in candidates}
+    by_id: dict[str, list[Candidate]] = {}
+    for c in orders.values():
+        for ref in (c.close_order_id, c.exchange_order_id):
+            if ref:
+                by_id.setdefault(ref, []).append(c)
+    decisions: list[Decision] = []
+    for record, close_time in zip(records, close_times, strict=True):
+        decision = _decide_one(record, close_time, orders, by_id, bound, symbol, tolerances)
+        decisions.append(decision)
+        if decision.order is not None and decision.kind is Kind.ORDER:
+            decision.order.bound = True
+            if decision.closes:
+                decision.order.status = int(Status.CLOSED)
+                decision.order.close_time = close_time
+    return decisions
+
+
+def _decide_one(
+    record: ClosedPosition,
+    close_time: datetime,
+    orders: dict[int, Candidate],
+    by_id: dict[str, list[Candidate]],
+    bound: dict[str, int],
+    symbol: str,
+    tol: Tolerances,
+) -> Decision:
+    # a. the daemon bound this record before
+    if record.record_key in bound:
+        return Decision(record, Rule.BINDING, orders.get(bound[record.record_key]))
+    # b. the exchange's own order ids
+    refs = [*record.exchange_order_ids, record.record_key]
+    by_ref = sorted(
+        {c.id: c for ref in refs for c in by_id.get(ref, ())}.values(),
+        key=lambda c: (c.close_order_id not in refs, c.id),
+    )
+    if by_ref:
+        order = by_ref[0]
+        if order.bound:
+            return _part_or_ambiguous(record, order, tol)
+        if order.status == Status.CLOSED:
+            return Decision(record, Rule.ORDER_ID, order, Kind.ORDER)
+        if order.status == Status.OPEN:
+            return Decision(record, Rule.OPEN, order, Kind.ORDER)
+        return Decision(record, Rule.NOT_CLOSABLE, order)  # pending, cancelled, failed
+    same = [c for c in orders.values() if c.symbol == symbol and c.direction == record.direction]
+    # c. the engine recorded this close: nearest close time, then nearest quantity, lowest id
+    window = [
+        c
+        for c in same
+        if c.status == Status.CLOSED
+        and real_close_time(c.close_time)
+        and abs(c.close_time - close_time) <= tol.match  # type: ignore[operator]
+    ]
+    free = [c for c in window if not c.bound]
+    if free:
+        best = min(free, key=lambda c: _nearness(c, record, close_time))
+        return Decision(record, Rule.CLOSE_TIME, best, Kind.ORDER)
+    # d. a part of a position the engine recorded as one order
+    spanning = [
+        c
+        for c in same
+        if c.status == Status.CLOSED
+        and real_close_time(c.close_time)
+        and c.open_time - tol.match <= close_time <= c.close_time + tol.match  # type: ignore[operator]
+        and record.size < c.quantity * tol.part_below
+    ]
+    if spanning:
+        best = min(spanning, key=lambda c: _nearness(c, record, close_time))
+        return Decision(record, Rule.PART, best, Kind.PART)
+    if window:  # only orders bound to other records, and not a part of any: say so
+        best = min(window, key=lambda c: _nearness(c, record, close_time))
+        return Decision(record, Rule.AMBIGUOUS, best, Kind.AMBIGUOUS)
+    # e. an open order this record closes
+    opened = [
+        c for c in same if c.status == Status.OPEN and not c.bound and c.open_time <= close_time
+    ]
+    if opened:
+        best = min(opened, key=lambda c: (c.open_time, c.id))
+        return Decision(record, Rule.OPEN, best, Kind.ORDER)
+    # f. a position the local table never saw
+    return Decision(record, Rule.INSERT, None, Kind.ORDER)
+
+
+def _part_or_ambiguous(record: ClosedPosition, order: Candidate, tol: Tolerances) -> Decision:
+    if record.size < order.quantity * tol.part_below:
+        return Decision(record, Rule.PART, order, Kind.PART)
+    return Decision(record, Rule.AMBIGUOUS, order, Kind.AMBIGUOUS)
+
+
+def _nearness(
+    c: Candidate, record: ClosedPosition, close_time: datetime
+) -> tuple[float, Decimal, int]:
+    gap = abs((c.close_time or close_time) - close_time).total_seconds()
+    return gap, abs(c.quantity - record.size), c.id
+
+
+__all__ = ["Candidate", "Decision", "Kind", "Rule", "Tolerances", "decide"]

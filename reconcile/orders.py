@@ -1,0 +1,82 @@
+"""An order's rules: hotgo's statuses, what makes an order chargeable, and the engine's oddities.
+
+Facts read from upstream's engine (DESIGN.md): status 0 pending, 1 open, 2 closed, 3 cancelled,
+4 failed; ``close_time`` sometimes holds a placeholder date in 2006 that is not a close time;
+``realized_profit`` is NULL-able. An order is **eligible** for a charge when it is closed, has a
+real close time and a positive realized profit. The predicate exists once, here, as SQL
+(:func:`eligible_sql`) and as Python (:func:`ineligibility`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import IntEnum
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, cast
+
+from reconcile.schema import trading_order
+
+
+class Status(IntEnum):
+    PENDING = 0
+    OPEN = 1
+    CLOSED = 2
+    CANCELLED = 3
+    FAILED = 4
+
+
+STATUS_OPEN, STATUS_CLOSED, STATUS_CANCELLED = Status.OPEN, Status.CLOSED, Status.CANCELLED
+
+#: a close_time before this is the engine's placeholder (it writes dates in 2006), not a close
+REAL_CLOSE_TIMES_FROM = datetime(2010, 1, 1)
+
+
+def real_close_time(value: datetime | None) -> bool:
+    return value is not None and value.replace(tzinfo=None) >= REAL_CLOSE_TIMES_FROM
+
+
+def positive(is_mysql: bool, column: Any) -> ColumnElement[bool]:
+    """``column > 0`` for a DECIMAL column (SQLite keeps decimals as text)."""
+    if is_mysql:
+        return column > 0  # type: ignore[no-any-return]
+    return cast(column, Float) > 0
+
+
+def eligible_sql(is_mysql: bool) -> tuple[ColumnElement[bool], ...]:
+    """Closed, a real close time, profitable, not yet consumed (the sweep's WHERE)."""
+    o = trading_order.c
+    return (
+        o.power_consumed == 0,
+        o.status == int(Status.CLOSED),
+        positive(is_mysql, o.realized_profit),
+        o.close_time >= REAL_CLOSE_TIMES_FROM,
+    )
+
+
+def ineligibility(
+    status: int | None, realized_profit: Decimal | None, close_time: Any
+) -> str | None:
+    """Why an order cannot be charged, or None when it can (the same rule as eligible_sql)."""
+    if status != Status.CLOSED:
+        name = Status(status).name.lower() if status in set(Status) else f"in status {status}"
+        return f"order is {name}"
+    if realized_profit is None or realized_profit <= 0:
+        return f"not profitable (realized_profit {realized_profit})"
+    if not real_close_time(close_time):
+        return f"close_time {close_time} is not a real close time (engine placeholder)"
+    return None
+
+
+__all__ = [
+    "REAL_CLOSE_TIMES_FROM",
+    "STATUS_CANCELLED",
+    "STATUS_CLOSED",
+    "STATUS_OPEN",
+    "Status",
+    "eligible_sql",
+    "ineligibility",
+    "positive",
+    "real_close_time",
+]
