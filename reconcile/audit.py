@@ -5,9 +5,14 @@
 3. per user, the consume rows add up to what the ledger took:
    Σ consume_power = −Σ change_amount over power_consume, refund and refund-reversal rows;
 4. each user's power ledger is a chain: change = after − before on every row, every row starts
-   where the previous one ended, and the last one ends at the wallet's balance;
-5. no eligible order (closed, profitable, unconsumed) waits longer than one compensation
-   interval - the backlog.
+   where the previous one ended;
+5. every wallet's power is its ledger's last after_amount (hotgo's Go wallet writer reads without
+   a lock and writes an absolute balance: a daemon debit between its read and write is lost, and
+   this is where it shows) - every such wallet is listed with both figures;
+6. no eligible order (closed, profitable, unconsumed) waits longer than one compensation
+   interval - the backlog;
+7. no closed profitable unconsumed order has the engine's placeholder close time (2006): those
+   are never charged, so they are listed.
 
 Each check reports a count and a few examples. Sums run in SQL on MySQL (exact DECIMAL); on
 SQLite, which holds decimals as text, they are added up in Python.
@@ -24,8 +29,8 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import STATUS_CLOSED, positive
 from reconcile.db import Database
+from reconcile.orders import REAL_CLOSE_TIMES_FROM, STATUS_CLOSED, eligible_sql, positive
 from reconcile.schema import power_consume, trading_order, wallet, wallet_log
 
 EXAMPLES = 10
@@ -55,13 +60,16 @@ class AuditReport:
 
 async def audit(db: Database, *, backlog_after: timedelta) -> AuditReport:
     async def run(conn: AsyncConnection) -> AuditReport:
+        chains, balances, last = await _chains(conn)
         return AuditReport(
             [
                 await _duplicates(conn),
                 await _flags(conn),
                 await _sums(conn, db.is_mysql),
-                await _chains(conn),
+                chains,
+                await _wallets(balances, last),
                 await _backlog(conn, db, backlog_after),
+                await _placeholder_close_times(conn, db),
             ]
         )
 
@@ -150,16 +158,18 @@ async def _sums(conn: AsyncConnection, exact_sql: bool) -> Check:
     return check
 
 
-async def _chains(conn: AsyncConnection) -> Check:
+async def _chains(
+    conn: AsyncConnection,
+) -> tuple[Check, dict[int, Decimal], dict[int, tuple[int, Decimal, Any]]]:
     check = Check("ledger_chain", "each user's power ledger is an unbroken before/after chain")
     w = wallet_log.c
     balances = dict((await conn.execute(select(wallet.c.user_id, wallet.c.power))).all())
     rows = await conn.execute(
-        select(w.id, w.user_id, w.change_amount, w.before_amount, w.after_amount)
+        select(w.id, w.user_id, w.change_amount, w.before_amount, w.after_amount, w.created_at)
         .where(w.account_type == "power")
         .order_by(w.user_id, w.id)
     )
-    last: dict[int, tuple[int, Decimal]] = {}
+    last: dict[int, tuple[int, Decimal, Any]] = {}
 
     def violation(**example: Any) -> None:
         check.violations += 1
@@ -178,16 +188,53 @@ async def _chains(conn: AsyncConnection) -> Check:
                 previous_after=previous[1],
                 before=row.before_amount,
             )
-        last[row.user_id] = (row.id, row.after_amount)
-    for uid, (log_id, after) in last.items():
+        last[row.user_id] = (row.id, row.after_amount, row.created_at)
+    return check, balances, last
+
+
+async def _wallets(
+    balances: dict[int, Decimal], last: dict[int, tuple[int, Decimal, Any]]
+) -> Check:
+    """A wallet whose balance is not its ledger's last after_amount: what a lost update by a
+    read-then-write writer (hotgo's Go ChangeBalance) looks like. Every such wallet is listed."""
+    check = Check("wallet_vs_ledger", "each wallet's power equals its ledger's last after_amount")
+    for uid, (log_id, after, at) in sorted(last.items()):
         if uid in balances and balances[uid] != after:
-            violation(
-                user_id=uid,
-                wallet_log_id=log_id,
-                problem="wallet differs from last after",
-                last_after=after,
-                wallet_power=balances[uid],
+            check.violations += 1
+            check.examples.append(
+                {
+                    "user_id": uid,
+                    "wallet_power": balances[uid],
+                    "last_after": after,
+                    "last_wallet_log_id": log_id,
+                    "last_ledger_at": at,
+                }
             )
+    return check
+
+
+async def _placeholder_close_times(conn: AsyncConnection, db: Database) -> Check:
+    """Closed profitable unconsumed orders whose close_time is the engine's placeholder (2006):
+    they are never charged on it, so someone must look at them."""
+    check = Check(
+        "placeholder_close_time",
+        f"no closed profitable unconsumed order has a close_time before {REAL_CLOSE_TIMES_FROM:%Y}",
+    )
+    o = trading_order.c
+    stmt = (
+        select(o.id.label("order_id"), o.user_id, o.robot_id, o.close_time, o.realized_profit)
+        .where(
+            o.power_consumed == 0,
+            o.status == STATUS_CLOSED,
+            positive(db.is_mysql, o.realized_profit),
+            or_(o.close_time < REAL_CLOSE_TIMES_FROM, o.close_time.is_(None)),
+        )
+        .order_by(o.id)
+    )
+    check.violations = (
+        await conn.execute(select(func.count()).select_from(stmt.subquery()))
+    ).scalar_one()
+    check.examples = [dict(r._mapping) for r in await conn.execute(stmt.limit(EXAMPLES))]
     return check
 
 
@@ -197,12 +244,7 @@ async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -
     cutoff = db.to_db_time(datetime.now(UTC) - older_than)
     waiting = (
         select(o.id.label("order_id"), o.user_id, o.close_time, o.realized_profit)
-        .where(
-            o.power_consumed == 0,
-            o.status == STATUS_CLOSED,
-            o.close_time < cutoff,
-            positive(db, o.realized_profit),
-        )
+        .where(*eligible_sql(db.is_mysql), o.close_time < cutoff)
         .order_by(o.close_time)
     )
     check.violations = (
