@@ -251,35 +251,44 @@ class HistorySync:
     async def _sync_account(
         self, account_id: int, streams: list[Stream], summary: SyncSummary
     ) -> None:
-        async with self._account_lock(account_id) as held:
-            if not held:
-                summary.skipped_streams += len(streams)
-                log.info("account busy elsewhere", account_id=account_id, streams=len(streams))
-                return
-            try:
+        """One account's streams; any failure (the lock, the account, a stream) is counted and
+        logged here, never raised: one account never stops the others."""
+        pending = list(streams)
+        try:
+            async with self._account_lock(account_id) as held:
+                if not held:
+                    summary.skipped_streams += len(streams)
+                    pending.clear()
+                    log.info("account busy elsewhere", account_id=account_id, streams=len(streams))
+                    return
                 account = await load_account(self.db, account_id)
                 source = self.provider.source_for(account)
                 basis = self.provider.profit_basis(account)
-            except ReconcileError as exc:
-                summary.failed_streams += len(streams)
-                log.error(
-                    "stream failed", account_id=account_id, error=_err(exc), will_retry="next cycle"
-                )
-                return
-            for stream in streams:
-                try:
-                    await self._sync_stream(stream, source, basis, summary)
-                except ReconcileError as exc:
-                    summary.failed_streams += 1
-                    log.error(
-                        "stream failed",
-                        platform=stream.platform,
-                        account_id=account_id,
-                        symbol=stream.symbol,
-                        robots=stream.robot_ids,
-                        error=_err(exc),
-                        will_retry="next cycle",
-                    )
+                while pending:
+                    stream = pending[0]
+                    try:
+                        await self._sync_stream(stream, source, basis, summary)
+                    except ReconcileError as exc:
+                        summary.failed_streams += 1
+                        log.error(
+                            "stream failed",
+                            platform=stream.platform,
+                            account_id=account_id,
+                            symbol=stream.symbol,
+                            robots=stream.robot_ids,
+                            error=_err(exc),
+                            will_retry="next cycle",
+                        )
+                    pending.pop(0)
+        except ReconcileError as exc:  # the lock, the account, or releasing the lock
+            summary.failed_streams += len(pending)
+            log.error(
+                "account failed",
+                account_id=account_id,
+                streams=len(pending),
+                error=_err(exc),
+                will_retry="next cycle",
+            )
 
     @asynccontextmanager
     async def _account_lock(self, account_id: int) -> AsyncIterator[bool]:
