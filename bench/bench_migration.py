@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from reconcile.consumer import PowerConsumer, Source  # noqa: E402
 from reconcile.db import Database, DatabaseSettings  # noqa: E402
 from reconcile.pricing import PowerRules  # noqa: E402
-from reconcile.schema import create_hotgo_schema  # noqa: E402
+from tests.upstream import create_upstream_schema  # noqa: E402
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 
@@ -58,7 +58,7 @@ async def seed(url: str, name: str, rows: int, users: int, fresh: int) -> dict[s
     async with Database(DatabaseSettings(url=url)) as db:
 
         async def create(conn: Any) -> None:
-            await create_hotgo_schema(conn, with_unique_key=False)
+            await create_upstream_schema(conn, with_unique_key=False, own=False)
 
         await db.transaction(create, what="create legacy schema")
     # charged orders U, 1% of them (id % 100 = 0) charged 1 + (1 + id % 3) times: U * 1.02 rows
@@ -71,10 +71,11 @@ async def seed(url: str, name: str, rows: int, users: int, fresh: int) -> dict[s
             SELECT seq, 1000 + seq % 97, 5, 500, NOW(), NOW() FROM seq_1_to_{users}""")
         for first, count, consumed in ((1, charged, 1), (charged + 1, fresh, 0)):
             cur.execute(f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
-                direction, open_price, close_price, quantity, realized_profit, open_time,
-                close_time, status, power_consumed, power_amount, created_at, updated_at)
+                direction, open_price, close_price, quantity, leverage, margin, realized_profit,
+                open_time, close_time, status, power_consumed, power_amount, created_at,
+                updated_at)
                 SELECT 1 + seq % {users}, 1000 + seq % {users}, CONCAT('BM-', seq), 'BTCUSDT',
-                'long', 100, 101, 0.01, 1 + (seq % 997) / 100, NOW() - INTERVAL 2 DAY,
+                'long', 100, 101, 0.01, 10, 0.1, 1 + (seq % 997) / 100, NOW() - INTERVAL 2 DAY,
                 NOW() - INTERVAL 1 DAY, 2, {consumed},
                 IF({consumed}, ROUND((1 + (seq % 997) / 100) * 0.1, 8), 0), NOW(), NOW()
                 FROM seq_{first}_to_{first + count - 1}""")

@@ -26,15 +26,15 @@ import pymysql
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 
+# hotgo's tables from upstream's own DDL (../shared/upstream-schema), plus what `migrate up` adds
 SCHEMA_SNIPPET = """
 import asyncio, sys
 from reconcile.db import Database, DatabaseSettings
-from reconcile.schema import create_hotgo_schema, create_own_schema
+from tests.upstream import create_upstream_schema
 async def main(url):
     async with Database(DatabaseSettings(url=url)) as db:
         async def create(conn):
-            await create_hotgo_schema(conn, with_unique_key=True)
-            await create_own_schema(conn)
+            await create_upstream_schema(conn, with_unique_key=True)
         await db.transaction(create, what="create schema")
 asyncio.run(main(sys.argv[1]))
 """
@@ -54,14 +54,16 @@ def seed(name: str, orders: int, users: int) -> None:
         cur.execute(f"""INSERT INTO hg_toogo_wallet (user_id, power, gift_power,
             total_power_consume, created_at, updated_at)
             SELECT seq, 1000 + (seq % 97), 5, 0, NOW(), NOW() FROM seq_1_to_{users}""")
-        cur.execute(f"""INSERT INTO hg_toogo_user (member_id, vip_level, power_discount)
-            SELECT seq, 2 + seq % 4, (seq * 37) % 5000 / 100 FROM seq_1_to_{users}
+        cur.execute(f"""INSERT INTO hg_toogo_user (member_id, vip_level, power_discount,
+            invite_code)
+            SELECT seq, 2 + seq % 4, (seq * 37) % 5000 / 100, CONCAT('B', seq)
+            FROM seq_1_to_{users}
             WHERE seq % 5 = 0""")
         cur.execute(f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
-            direction, open_price, close_price, quantity, realized_profit, open_time, close_time,
-            status, power_consumed, power_amount, created_at, updated_at)
-            SELECT 1 + seq % {users}, 1000 + seq % {users}, CONCAT('BENCH', seq), 'BTCUSDT',
-                'long', 100, 101, 0.01, 1 + (seq * 7919) % 500000 / 10000,
+            direction, open_price, close_price, quantity, leverage, margin, realized_profit,
+            open_time, close_time, status, power_consumed, power_amount, created_at, updated_at)
+            SELECT 1 + seq % {users}, 1000 + seq % {users}, CONCAT('TO', seq), 'BTCUSDT',
+                'long', 100, 101, 0.01, 10, 0.1, 1 + (seq * 7919) % 500000 / 10000,
                 NOW() - INTERVAL (seq % 500000 + 3600) SECOND,
                 NOW() - INTERVAL (seq % 500000) SECOND, 2, 0, 0, NOW(), NOW()
             FROM seq_1_to_{orders}""")
