@@ -1,0 +1,176 @@
+"""Time to charge: how long a closed profitable order waits for its charge under `run`.
+
+    .venv/bin/python bench/time_to_charge.py [--rate 50] [--seconds 120] [--users 200]
+
+An "engine" commits closed profitable orders at a steady rate into a fresh database (upstream's
+DDL, ../shared/upstream-schema) while `toogo-reconcile run` runs with the shipped schedule
+(config.yaml's `schedule:` section, unchanged; only database.url differs and no exchange is
+polled). For every order: engine COMMIT (taken when the COMMIT returns) to the daemon's charge
+COMMIT (the `power consumed` audit line is written after its COMMIT, so its timestamp is an upper
+bound). Prints p50 / p99 / max, missed orders and the machine's load; verifies exactly-once.
+Needs the local MariaDB (127.0.0.1:3306, root, no password; env TOOGO_BENCH_MYSQL overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pymysql
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reconcile.db import Database, DatabaseSettings  # noqa: E402
+from tests.upstream import create_upstream_schema  # noqa: E402
+
+SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
+
+
+def admin(db: str | None = None) -> pymysql.connections.Connection:
+    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database=db)
+
+
+async def create(url: str) -> None:
+    async with Database(DatabaseSettings(url=url)) as db:
+
+        async def ddl(conn: object) -> None:
+            await create_upstream_schema(conn, with_unique_key=True)  # type: ignore[arg-type]
+
+        await db.transaction(ddl, what="create schema")
+
+
+def config_for(url: str, path: Path) -> Path:
+    shipped = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    shipped["database"]["url"] = url
+    shipped["exchanges"] = {}  # no exchange polled: what is measured is the charge path
+    shipped["logging"] = {"format": "json", "level": "info"}
+    path.write_text(yaml.safe_dump(shipped), encoding="utf-8")
+    return path
+
+
+def engine(name: str, rate: float, seconds: float, users: int, committed: dict[str, float]) -> None:
+    """Commit one closed profitable order every 1/rate s, as hotgo's engine would."""
+    conn = admin(name)
+    interval = 1 / rate
+    started = time.monotonic()
+    n = 0
+    with conn.cursor() as cur:
+        while time.monotonic() - started < seconds:
+            n += 1
+            sn = f"TO{datetime.now(UTC):%Y%m%d%H%M%S}{n:06d}"
+            cur.execute(
+                "INSERT INTO hg_trading_order (user_id, robot_id, order_sn, exchange_order_id,"
+                " symbol, direction, open_price, close_price, quantity, leverage, margin,"
+                " realized_profit, open_time, close_time, status, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, 'BTCUSDT', 'long', 60000, 61000, 0.01, 10, 60, %s,"
+                " UTC_TIMESTAMP() - INTERVAL 1 HOUR, UTC_TIMESTAMP(), 2, UTC_TIMESTAMP(),"
+                " UTC_TIMESTAMP())",
+                (1 + n % users, 100 + n % users, sn, str(10**17 + n), f"{1 + n % 97}.5"),
+            )
+            conn.commit()
+            committed[sn] = time.time()
+            time.sleep(max(0.0, started + n * interval - time.monotonic()))
+    conn.close()
+
+
+def reader(stream: object, charged: dict[str, float], lines: list[int]) -> None:
+    for raw in stream:  # type: ignore[attr-defined]
+        lines[0] += 1
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if event.get("event") == "power consumed":
+            at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+            charged.setdefault(event["order_sn"], at)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=50.0, help="orders per second")
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--users", type=int, default=200)
+    args = parser.parse_args()
+    name = f"trc_ttc_{uuid.uuid4().hex[:8]}"
+    conn = admin()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    conn.close()
+    url = f"{SERVER}/{name}"
+    try:
+        asyncio.run(create(url))
+        conn = admin(name)
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO hg_toogo_wallet (user_id, power) SELECT seq, 1000 FROM "
+                f"seq_1_to_{args.users}"
+            )
+        conn.commit()
+        conn.close()
+        cfg = config_for(url, Path(tempfile.mkdtemp()) / "config.yaml")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "--config", str(cfg), "run"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "TZ": "UTC"},
+        )  # fmt: skip
+        charged: dict[str, float] = {}
+        lines = [0]
+        threading.Thread(target=reader, args=(run.stdout, charged, lines), daemon=True).start()
+        time.sleep(3)  # let it start
+        committed: dict[str, float] = {}
+        load_before = os.getloadavg()[0]
+        engine(name, args.rate, args.seconds, args.users, committed)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(committed) <= set(charged):
+            time.sleep(0.5)
+        load_after = os.getloadavg()[0]
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+        waits = [charged[sn] - t for sn, t in committed.items() if sn in charged]
+        missed = len(committed) - len(waits)
+        conn = admin(name)
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM hg_toogo_power_consume")
+            rows, distinct = cur.fetchone()
+        conn.close()
+        print(f"engine: {len(committed)} closed profitable orders at {args.rate:g}/s for "
+              f"{args.seconds:g} s; schedule as shipped (config.yaml)")  # fmt: skip
+        p50, p99 = percentile(waits, 0.5), percentile(waits, 0.99)
+        print(f"time to charge: p50 {p50:.2f} s  p99 {p99:.2f} s  max {max(waits):.2f} s  "
+              f"missed {missed}")  # fmt: skip
+        print(f"consume rows {rows} for {distinct} orders (exactly once: {rows == distinct})")
+        print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after; "
+              f"{lines[0]} log lines")  # fmt: skip
+        print(
+            "reproduce: .venv/bin/python bench/time_to_charge.py "
+            f"--rate {args.rate:g} --seconds {args.seconds:g} --users {args.users}"
+        )
+        if missed or rows != distinct:
+            sys.exit(1)
+    finally:
+        conn = admin()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()
