@@ -73,6 +73,7 @@ class Candidate:
 
     id: int
     robot_id: int
+    order_sn: str
     status: int | None
     symbol: str
     direction: str
@@ -114,21 +115,27 @@ def decide(
     bound: dict[str, int],
     symbol: str,
     tolerances: Tolerances,
+    own_sns: dict[str, str] | None = None,
 ) -> list[Decision]:
     """Decide every record of a page in memory (the candidates are updated as records bind).
 
     ``close_times[i]`` is ``records[i].close_time`` as the database holds it (naive, in
-    ``database.timezone``); ``bound`` maps record keys already bound to their order ids.
+    ``database.timezone``); ``bound`` maps record keys already bound to their order ids;
+    ``own_sns`` maps record keys to the order_sn an order inserted for them has (rule f): such
+    an order found unbound (a crash of the first release between its order and anything else)
+    is that record's, by rule b.
     """
     orders = {c.id: c for c in candidates}
+    own_sns = own_sns or {}
     by_id: dict[str, list[Candidate]] = {}
     for c in orders.values():
-        for ref in (c.close_order_id, c.exchange_order_id):
+        for ref in (c.close_order_id, c.exchange_order_id, c.order_sn):
             if ref:
                 by_id.setdefault(ref, []).append(c)
     decisions: list[Decision] = []
     for record, close_time in zip(records, close_times, strict=True):
-        decision = _decide_one(record, close_time, orders, by_id, bound, symbol, tolerances)
+        sn = own_sns.get(record.record_key)
+        decision = _decide_one(record, close_time, orders, by_id, bound, symbol, tolerances, sn)
         decisions.append(decision)
         if decision.order is not None and decision.kind is Kind.ORDER:
             decision.order.bound = True
@@ -146,12 +153,13 @@ def _decide_one(
     bound: dict[str, int],
     symbol: str,
     tol: Tolerances,
+    own_sn: str | None,
 ) -> Decision:
     # a. the daemon bound this record before
     if record.record_key in bound:
         return Decision(record, Rule.BINDING, orders.get(bound[record.record_key]))
-    # b. the exchange's own order ids
-    refs = [*record.exchange_order_ids, record.record_key]
+    # b. the exchange's own order ids (and the order_sn of an order inserted for this record)
+    refs = [*record.exchange_order_ids, record.record_key, *((own_sn,) if own_sn else ())]
     by_ref = sorted(
         {c.id: c for ref in refs for c in by_id.get(ref, ())}.values(),
         key=lambda c: (c.close_order_id not in refs, c.id),

@@ -102,7 +102,13 @@ class PageWriter:
             symbol=self.stream.symbol,
         )
         decisions = decide(
-            page, close_times, candidates, bound, self.stream.symbol, self.tolerances
+            page,
+            close_times,
+            candidates,
+            bound,
+            self.stream.symbol,
+            self.tolerances,
+            {r.record_key: self._order_sn(r) for r in page},
         )
         plan = [(d, t) for d, t in zip(decisions, close_times, strict=True) if self._writes(d, t)]
         if not plan:
@@ -144,11 +150,11 @@ class PageWriter:
         refs = sorted({ref for r in page for ref in (*r.exchange_order_ids, r.record_key)})
         tol = self.tolerances.match
         lo, hi = min(close_times) - tol, max(close_times) + tol
-        by_ref = [o.exchange_order_id.in_(refs)]
+        by_ref = [o.exchange_order_id.in_(refs), o.order_sn.in_([self._order_sn(r) for r in page])]
         if self.close_ids:
             by_ref.append(o.close_order_id.in_(refs))
         columns = [
-            o.id, o.robot_id, o.status, o.symbol, o.direction, o.exchange_order_id,
+            o.id, o.robot_id, o.order_sn, o.status, o.symbol, o.direction, o.exchange_order_id,
             o.close_order_id if self.close_ids else o.exchange_order_id.label("none"),
             o.quantity, o.open_time, o.close_time, o.close_price, o.hold_duration,
             o.realized_profit, o.power_consumed,
@@ -183,10 +189,10 @@ class PageWriter:
             }
         candidates = [
             Candidate(
-                id=r[0], robot_id=r[1], status=r[2], symbol=r[3], direction=r[4],
-                exchange_order_id=r[5], close_order_id=r[6] if self.close_ids else None,
-                quantity=r[7], open_time=r[8], close_time=r[9], close_price=r[10],
-                hold_duration=r[11], realized_profit=r[12], power_consumed=r[13],
+                id=r[0], robot_id=r[1], order_sn=r[2], status=r[3], symbol=r[4], direction=r[5],
+                exchange_order_id=r[6], close_order_id=r[7] if self.close_ids else None,
+                quantity=r[8], open_time=r[9], close_time=r[10], close_price=r[11],
+                hold_duration=r[12], realized_profit=r[13], power_consumed=r[14],
                 bound=r[0] in taken,
             )
             for r in rows
@@ -305,9 +311,7 @@ class PageWriter:
             "tenant_id": tenant_id,
             "user_id": user_id,
             "robot_id": robot_id,
-            "order_sn": order_sn_for(
-                self.stream.platform, self.stream.account_id, record.record_key
-            ),
+            "order_sn": self._order_sn(record),
             "exchange_order_id": None,
             "symbol": self.stream.symbol,
             "direction": record.direction,
@@ -333,6 +337,9 @@ class PageWriter:
         if self.close_ids:
             row["close_order_id"] = self._own_close_id(record)
         return row
+
+    def _order_sn(self, record: ClosedPosition) -> str:
+        return order_sn_for(self.stream.platform, self.stream.account_id, record.record_key)
 
     def _own_close_id(self, record: ClosedPosition) -> str | None:
         if not self.close_ids or len(record.exchange_order_ids) != 1:

@@ -327,3 +327,24 @@ async def test_a_failing_account_lock_fails_that_account_only(
     [failed] = [e for e in logs if e["event"] == "account failed"]
     assert failed["account_id"] == 11 and failed["will_retry"] == "next cycle"
     assert [e for e in logs if e["event"] == "history sync summary"]
+
+
+async def test_an_order_inserted_for_a_record_but_never_bound_is_that_records(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    """An order carrying the order_sn derived from a record (rule f) with no binding - the
+    first release's orders, or one a crash left - is that record's order, not a duplicate key
+    that would fail the stream forever."""
+    await one_robot(mysql_db)
+    closed = NOW - timedelta(hours=2)
+    mine = await insert_order(
+        mysql_db, user_id=7, robot_id=100, order_sn=order_sn_for("binance", 10, "B-1"),
+        exchange_order_id="something else", close_time=mysql_db.to_db_time(closed),
+        close_price=Decimal("61250"), hold_duration=3600,
+        open_time=mysql_db.to_db_time(closed - timedelta(hours=1)),
+    )  # fmt: skip
+    replay = write_replay(tmp_path / "r.jsonl", [position(10, "B-1", closed=closed)])
+    async with history_sync(mysql_db, replay) as sync:
+        summary = await sync.run_cycle()
+    assert (summary.failed_streams, summary.inserted, summary.matched) == (0, 0, 1)
+    assert await bindings(mysql_db) == {"B-1": (mine, "order", "order_id")}
