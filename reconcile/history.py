@@ -44,6 +44,7 @@ from sqlalchemy import or_, select, text
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import quarantine
 from reconcile.accounts import ApiAccount, load_account
 from reconcile.consumer import STATUS_CLOSED, STATUS_OPEN, Outcome, PowerConsumer, Source
 from reconcile.db import Database
@@ -283,7 +284,9 @@ class HistorySync:
         floor = now - self.settings.lookback
         since = floor if cursor is None or cursor[0] < floor else cursor[0] - self.settings.overlap
         seen_at_cursor = cursor[1] if cursor is not None else frozenset()
-        records = await source.fetch_closed(stream.symbol, since, now)
+        window = await source.fetch_closed(stream.symbol, since, now)
+        records = window.records
+        await quarantine.store(self.db, window.unusable)  # kept, never blocking the stream
         summary.records += len(records)
         to_charge: list[int] = []
         known = await self._known(stream, [r.record_key for r in records])
