@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from exchange_adapters.registry import ExchangeRegistry
 from reconcile import quarantine
 from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
+from reconcile.errors import BadExchangeResponse
 from reconcile.history import HistorySync, SyncSettings
 from reconcile.records import UnusableRecord
 from reconcile.schema import OWN_TABLES, power_consume, stream_cursor, trading_order
@@ -194,3 +196,42 @@ async def test_retry_after_the_exchange_fixed_the_record_processes_it_exactly_on
         assert code == 0 and out == ""
     assert await count(mysql_db, trading_order) == 3
     assert await count(mysql_db, power_consume) == 3
+
+
+def test_a_stored_payload_renormalizes_without_network() -> None:
+    """What --retry does after an upgrade: the stored raw record and market context are enough."""
+    from exchange_adapters.registry import normalize_stored
+
+    raw = {"symbol": "BTCUSDT", "holdSide": "long", "openAvgPrice": "37272.1",
+           "closeAvgPrice": "37271.4", "closeTotalPos": "0.001", "pnl": "-0.0007",
+           "netProfit": "-0.0454261", "totalFunding": "0", "openFee": "-0.02236326",
+           "closeFee": "-0.02236284", "utime": "1700720700400",
+           "ctime": "1700720651684"}  # fmt: skip
+    context = {"symbol": "BTC/USDT:USDT", "id": "BTCUSDT", "settle": "USDT", "settle_id": "USDT",
+               "contract_size": "1"}  # fmt: skip
+    record = normalize_stored("bitget", 10, raw, context)
+    assert record.record_key == "BTCUSDT:long:1700720651684:1700720700400"
+    assert record.net_profit == Decimal("-0.0454261") and record.account_id == 10
+    with pytest.raises(BadExchangeResponse, match="openFee"):
+        normalize_stored("bitget", 10, dict(raw, openFee=""), context)
+
+
+async def test_retry_leaves_a_still_unusable_record_unresolved(
+    mysql_db: Database, mysql_url: str, tmp_path: Path
+) -> None:
+    async with FAKES["bitget"]() as fake:
+        await wire_account(mysql_db, fake)
+        broken = await seed_page_with_a_bad_record(fake)
+        broken["openFee"] = ""
+        async with sync_for(mysql_db, fake) as sync:
+            assert (await sync.run_cycle()).charged == 2
+        cfg = write_config(tmp_path / "c.yaml", mysql_url, exchanges={
+            "bitget": {"timeout": "2s", "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"}}
+        })  # fmt: skip
+        code, out, err = await run_cli(cfg, "exchange", "quarantine", "--retry", "--json")
+        assert code == 1, err
+        (line,) = out.splitlines()
+        assert json.loads(line)["outcome"] == "unresolved: still unusable"
+        assert fake.count("closed") >= 2  # the sync's read and the retry's re-read
+    assert await quarantine.unresolved_count(mysql_db) == 1
+    assert await count(mysql_db, power_consume) == 2
