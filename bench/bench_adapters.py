@@ -26,7 +26,6 @@ from decimal import Decimal
 from typing import Any
 
 from exchange_adapters.base import CcxtAdapter
-from exchange_adapters.binance import BinanceAdapter
 from exchange_adapters.clients import ExchangeClient, MarketCache, MarketInfo
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.registry import ADAPTERS, ExchangeRegistry
@@ -60,7 +59,7 @@ async def _cycle(
 
     async def one(source: ClosedPositionSource, symbol: str) -> int:
         async with gate:
-            return len(await source.fetch_closed(symbol, T0 - window, T0))
+            return len((await source.fetch_closed(symbol, T0 - window, T0)).records)
 
     started = time.perf_counter()
     counts = await asyncio.gather(*(one(s, sym) for s, sym in streams))
@@ -119,11 +118,8 @@ def bench_normalize(records: int) -> dict[str, float]:
             r for i in range(records) for r in closed_record(platform, close_ms=T0_MS - i * 1000)
         ]
         started = time.perf_counter()
-        if isinstance(adapter, BinanceAdapter):
-            fills = {str(r["id"]): r for r in raws}
-            positions = adapter._group(market, fills.values())
-        else:
-            positions = [adapter._normalize(market, r) for r in raws]  # type: ignore[attr-defined]
+        context = adapter.context(market)
+        positions = [adapter.normalize(context, r) for r in adapter.records_of(market, raws)]
         elapsed = time.perf_counter() - started
         assert len(positions) == records
         results[platform] = round(records / elapsed)
@@ -153,7 +149,8 @@ async def bench_paging(records: int) -> dict[str, dict[str, float]]:
                 await source.fetch_closed("BTCUSDT", T0 - timedelta(minutes=1), T0)  # markets
                 fake.reset_counts()
                 started = time.perf_counter()
-                positions = await source.fetch_closed("BTCUSDT", T0 - timedelta(days=7), T0)
+                window = await source.fetch_closed("BTCUSDT", T0 - timedelta(days=7), T0)
+                positions = window.records
                 elapsed = time.perf_counter() - started
             assert len(positions) == records, (platform, len(positions))
             results[platform] = {"requests": fake.count("closed"), "seconds": round(elapsed, 3),

@@ -76,7 +76,7 @@ from reconcile.consumer import PowerConsumer
 from reconcile.db import Database, DatabaseSettings
 from reconcile.history import HistorySync, SyncSettings, SyncSummary, order_sn_for
 from reconcile.pricing import PowerRules
-from reconcile.records import ClosedPosition, ClosedPositionSource
+from reconcile.records import ClosedPositionSource, ClosedWindow
 from reconcile.schema import (
     create_hotgo_schema,
     create_own_schema,
@@ -166,17 +166,15 @@ class TimedSource:
         self.platform = inner.platform
         self.account_id = inner.account_id
 
-    async def fetch_closed(
-        self, symbol: str, since: datetime, until: datetime
-    ) -> list[ClosedPosition]:
+    async def fetch_closed(self, symbol: str, since: datetime, until: datetime) -> ClosedWindow:
         started = time.perf_counter()
         try:
-            records = await self.inner.fetch_closed(symbol, since, until)
+            window = await self.inner.fetch_closed(symbol, since, until)
         finally:
             self.stats.calls += 1
             self.stats.seconds += time.perf_counter() - started
-        self.stats.records += len(records)
-        return records
+        self.stats.records += len(window.records)
+        return window
 
     async def close(self) -> None:
         await self.inner.close()

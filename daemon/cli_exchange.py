@@ -1,6 +1,7 @@
 """``toogo-reconcile exchange closed``: what does the exchange say closed on this account?
+``toogo-reconcile exchange quarantine``: the exchange records that could not be normalized.
 
-Read-only towards the database (it reads the account row) and towards the exchange.
+``closed`` is read-only towards the database (it reads the account row) and the exchange.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from daemon.cli_common import DURATION, EXIT_OK, EXIT_USAGE, fail, load, run
+from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, load, run
+from daemon.runtime import open_core, open_history_sync
+from reconcile import quarantine as quarantined
 from reconcile.accounts import AccountNotFound, load_account
 from reconcile.db import Database
+from reconcile.errors import ReconcileError
+from reconcile.history import HistorySync
+from reconcile.records import ClosedPosition
 
 
 @click.group()
@@ -50,7 +56,11 @@ def closed(
     config = load(ctx, logs_to_stderr=True)
 
     from exchange_adapters.errors import UnknownSymbol  # ccxt: imported only when needed
-    from exchange_adapters.registry import closed_positions_for_account, position_to_json
+    from exchange_adapters.registry import (
+        closed_positions_for_account,
+        position_to_json,
+        unusable_to_json,
+    )
 
     async def job() -> int:
         async with Database(config.database.settings()) as db:
@@ -59,11 +69,12 @@ def closed(
             except AccountNotFound as exc:
                 fail(str(exc), EXIT_USAGE)
         try:
-            positions = await closed_positions_for_account(
+            window = await closed_positions_for_account(
                 account, config.exchanges.adapter_options(), symbol, datetime.now(UTC) - since
             )
         except UnknownSymbol as exc:
             fail(str(exc), EXIT_USAGE)
+        positions = window.records
         for p in positions:
             if as_json:
                 click.echo(json.dumps(position_to_json(p)))
@@ -73,8 +84,106 @@ def closed(
                     f" open {p.open_price} close {p.close_price} gross {p.gross_pnl}"
                     f" fee {p.fee} funding {p.funding} net {p.net_profit} key {p.record_key}"
                 )
+        for u in window.unusable:
+            if as_json:
+                click.echo(json.dumps(unusable_to_json(u)), err=True)
+            else:
+                click.echo(f"UNUSABLE {u.symbol} key {u.record_key}: {u.reason}", err=True)
         if not as_json:
-            click.echo(f"{len(positions)} closed position(s)", err=True)
+            click.echo(
+                f"{len(positions)} closed position(s), {len(window.unusable)} unusable", err=True
+            )
         return EXIT_OK
 
     run(job)
+
+
+@exchange.command()
+@click.option(
+    "--retry",
+    is_flag=True,
+    help="Re-process each unresolved record: re-normalize its stored payload with the current "
+    "adapters, else re-read it from the exchange; a usable one goes to the history sync.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def quarantine(ctx: click.Context, retry: bool, as_json: bool) -> None:
+    """List the exchange records that could not be normalized (and re-process them).
+
+    Without --retry: read-only, exit 0. With --retry: exit 1 if any record is still unresolved.
+    """
+    config = load(ctx, logs_to_stderr=True)
+
+    async def job() -> int:
+        async with open_core(config) as core:
+            rows = await quarantined.list_unresolved(core.db)
+            if not retry:
+                for row in rows:
+                    _print_row(row, as_json, outcome=None)
+                if not as_json:
+                    click.echo(f"{len(rows)} unresolved quarantined record(s)", err=True)
+                return EXIT_OK
+            async with open_history_sync(config, core) as history:
+                left = 0
+                for row in rows:
+                    outcome = await _retry(core.db, history, row)
+                    left += outcome != "resolved"
+                    _print_row(row, as_json, outcome=outcome)
+            if not as_json:
+                click.echo(f"{len(rows) - left} resolved, {left} still unresolved", err=True)
+            return EXIT_FAILED if left else EXIT_OK
+
+    run(job)
+
+
+def _print_row(row: quarantined.QuarantinedRecord, as_json: bool, outcome: str | None) -> None:
+    if as_json:
+        data = {
+            "id": row.id, "platform": row.platform, "account_id": row.account_id,
+            "symbol": row.symbol, "record_key": row.record_key, "reason": row.reason,
+            "close_time": row.close_time.isoformat() if row.close_time else None,
+            "first_seen": row.first_seen.isoformat(), "attempts": row.attempts, "raw": row.raw,
+        }  # fmt: skip
+        if outcome is not None:
+            data["outcome"] = outcome
+        click.echo(json.dumps(data, default=str))
+        return
+    when = f"{row.close_time:%Y-%m-%d %H:%M:%S}Z" if row.close_time else "close time unknown"
+    suffix = f" -> {outcome}" if outcome else ""
+    click.echo(
+        f"#{row.id} {row.platform} account {row.account_id} {row.symbol} key {row.record_key}"
+        f" ({when}, seen {row.attempts}x): {row.reason}{suffix}"
+    )
+
+
+async def _retry(db: Database, history: HistorySync, row: quarantined.QuarantinedRecord) -> str:
+    """One record: usable now (stored payload with today's code, else the exchange's current
+    answer for its close time) -> the history sync's per-record path -> resolved."""
+    from exchange_adapters.registry import normalize_stored
+
+    position: ClosedPosition | None = None
+    how = "renormalized"
+    try:
+        position = normalize_stored(row.platform, row.account_id, row.raw, row.context)
+    except ReconcileError:
+        position = None
+    if position is None and row.close_time is not None:
+        how = "refetched"
+        try:
+            account = await load_account(db, row.account_id)
+            source = history.provider.source_for(account)
+            window = await source.fetch_closed(
+                row.symbol, row.close_time - timedelta(minutes=1),
+                row.close_time + timedelta(minutes=1),
+            )  # fmt: skip
+        except (ReconcileError, AccountNotFound) as exc:
+            return f"unresolved: {exc}"
+        position = next((p for p in window.records if p.record_key == row.record_key), None)
+    if position is None:
+        return "unresolved: still unusable"
+    reconcile = getattr(history, "reconcile_records", None)
+    if reconcile is None:
+        return "unresolved: this history sync has no per-record path (reconcile_records)"
+    await reconcile((row.platform, row.account_id, row.symbol), [position])
+    await quarantined.mark_resolved(db, [row.id], how)
+    return "resolved"

@@ -38,6 +38,7 @@ from exchange_adapters.options import CCXT_PLATFORMS, REPLAY
 from exchange_adapters.registry import ExchangeRegistry
 from exchange_adapters.replay import read_file, replay_files
 from exchange_adapters.symbols import to_unified
+from reconcile import quarantine
 from reconcile.accounts import STATUS_NORMAL, ApiAccount
 from reconcile.contract import future_order_times, inspect_live
 from reconcile.credentials import (
@@ -109,6 +110,7 @@ class Doctor:
                 try:
                     tables = await self._schema(db)
                     await self._time_zone(db)
+                    await self._quarantine(db)
                     if tables:
                         accounts = await self._accounts(db)
                     else:
@@ -189,6 +191,20 @@ class Doctor:
         else:
             self.emit(Mark.FAIL, "schema", "; ".join(problems))
         return {trading_api_config.name, trading_robot.name} <= tables
+
+    async def _quarantine(self, db: Database) -> None:
+        if quarantine.quarantine.name not in await db.transaction(table_names, what="tables"):
+            return  # before `migrate up`: the schema line says so
+        waiting = await quarantine.unresolved_count(db)
+        if waiting:
+            self.emit(
+                Mark.WARN,
+                "quarantine",
+                f"{waiting} unusable exchange record(s) wait: `toogo-reconcile exchange "
+                "quarantine` lists them, `--retry` re-processes them",
+            )
+        else:
+            self.emit(Mark.OK, "quarantine", "no unusable exchange record waits")
 
     # -- time ------------------------------------------------------------------------------------
 

@@ -40,6 +40,11 @@ class Metrics:
             "toogo_backlog_orders", "Eligible orders not yet charged (look-back window)",
             registry=r,
         )  # fmt: skip
+        self.quarantined = Gauge(
+            "toogo_quarantined_records",
+            "Unusable exchange records waiting in quarantine (exchange quarantine --retry)",
+            registry=r,
+        )
         self.cursor_lag = Gauge(
             "toogo_cursor_lag_seconds", "Age of the oldest stream cursor", ["platform"], registry=r
         )

@@ -33,6 +33,7 @@ from daemon.config import Config
 from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval
 from daemon.runtime import Core, open_core, open_history_sync
+from reconcile import quarantine
 from reconcile.consumer import Source
 from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
@@ -228,10 +229,12 @@ class Service:
 
         try:
             backlog, lags = await core.db.transaction(read, what="refresh metrics")
+            quarantined = await quarantine.unresolved_count(core.db)
         except ReconcileError as exc:
             log.warning("metrics refresh failed", error=type(exc).__name__)
             return
         self.metrics.backlog.set(backlog)
+        self.metrics.quarantined.set(quarantined)
         now = datetime.now(UTC)
         for platform, oldest in lags:
             self.metrics.cursor_lag.labels(platform).set(

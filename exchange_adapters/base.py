@@ -3,15 +3,20 @@
 Each exchange module overrides only what differs: how one window is paged through
 (:meth:`CcxtAdapter._collect`), how the exchange's envelope is checked, and how one raw record
 becomes a :class:`~reconcile.records.ClosedPosition`. Records are parsed from the raw strings the
-exchange sent (``Decimal(str)``), never from ccxt's float fields; anything missing or malformed is
-a :class:`~reconcile.errors.BadExchangeResponse`, never a silently skipped record.
+exchange sent (``Decimal(str)``), never from ccxt's float fields. A page that is not the
+exchange's answer is a :class:`~reconcile.errors.BadExchangeResponse` (the whole fetch fails and
+the stream's cursor holds); one record of a good page with a missing, empty, non-numeric or
+non-positive required field is :class:`RecordUnusable` and comes back as an
+:class:`~reconcile.records.UnusableRecord`, never read as zero and never silently skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
@@ -22,7 +27,12 @@ from exchange_adapters.clients import ExchangeClient, MarketInfo, PlatformSpec
 from exchange_adapters.errors import UnknownSymbol, sanitize
 from exchange_adapters.symbols import to_unified
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import ClosedPosition
+from reconcile.records import (
+    BASIS_FEES_AND_FUNDING,
+    ClosedPosition,
+    ClosedWindow,
+    UnusableRecord,
+)
 
 log = structlog.get_logger("exchange_adapters")
 
@@ -33,7 +43,12 @@ _PLACES = Decimal("1e-12")
 # --- strict field parsing -----------------------------------------------------------------------
 
 
-_NOT_SCALAR = (dict, list, bool)
+class RecordUnusable(BadExchangeResponse):
+    """One record of a well-formed page cannot be normalized. Raised while normalizing (after
+    the request and its retries), turned into an :class:`~reconcile.records.UnusableRecord`."""
+
+
+_NOT_SCALAR = (dict, list, bool, float)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -43,9 +58,10 @@ def field_text(record: Mapping[str, Any], key: str, where: str) -> str:
         text = value.strip()
         if text:
             return text
-    elif value is not None and not isinstance(value, _NOT_SCALAR):
+        raise RecordUnusable(f"{where}: {key!r} is empty")
+    if value is not None and not isinstance(value, _NOT_SCALAR):
         return str(value)
-    raise BadExchangeResponse(f"{where}: record lacks {key!r}")
+    raise RecordUnusable(f"{where}: record lacks {key!r}")
 
 
 def field_decimal(record: Mapping[str, Any], key: str, where: str) -> Decimal:
@@ -53,24 +69,61 @@ def field_decimal(record: Mapping[str, Any], key: str, where: str) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise BadExchangeResponse(f"{where}: {key!r} is not a number: {text[:40]!r}") from None
+        raise RecordUnusable(f"{where}: {key!r} is not a number: {text[:40]!r}") from None
     if not value.is_finite():
-        raise BadExchangeResponse(f"{where}: {key!r} is not a finite number")
+        raise RecordUnusable(f"{where}: {key!r} is not a finite number")
     return value
 
 
+def positive_decimal(record: Mapping[str, Any], key: str, where: str) -> Decimal:
+    """A size or price: a number above zero (zero or negative makes the record unusable)."""
+    value = field_decimal(record, key, where)
+    if value <= 0:
+        raise RecordUnusable(f"{where}: {key!r} is {text_of(value)}, not a positive number")
+    return value
+
+
+def text_of(value: Decimal) -> str:
+    return format(value, "f")
+
+
 def optional_decimal(record: Mapping[str, Any], key: str, where: str) -> Decimal | None:
+    """An optional component: absent or empty is None (the caller decides what that means);
+    present but not a number makes the record unusable."""
     value = record.get(key)
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
     return field_decimal(record, key, where)
 
 
+def first_key(record: Mapping[str, Any], keys: tuple[str, ...]) -> str:
+    """The first of ``keys`` (spellings of one field) present and non-empty, else the first."""
+    for key in keys:
+        value = record.get(key)
+        if value is not None and not (isinstance(value, str) and not value.strip()):
+            return key
+    return keys[0]
+
+
 def field_ms(record: Mapping[str, Any], key: str, where: str) -> int:
     value = field_decimal(record, key, where)
-    if value <= 0 or value != value.to_integral_value():
-        raise BadExchangeResponse(f"{where}: {key!r} is not a time in milliseconds")
+    if value <= 0 or value != value.to_integral_value() or value >= 10**14:
+        raise RecordUnusable(f"{where}: {key!r} is not a time in milliseconds")
     return int(value)
+
+
+def canonical_key(raw: Any) -> str:
+    """A stable identity for a record that has no usable id: sha256 of its canonical JSON."""
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def lenient_ms(record: Mapping[str, Any], key: str) -> int | None:
+    """A time in ms if it parses, else None (for paging and for unusable records)."""
+    try:
+        return field_ms(record, key, "")
+    except RecordUnusable:
+        return None
 
 
 def ms_to_datetime(ms: int | Decimal) -> datetime:
@@ -122,11 +175,155 @@ def finish(
     return sorted(by_key.values(), key=lambda p: (p.close_time, p.record_key))
 
 
+def finish_window(
+    positions: Iterable[ClosedPosition],
+    unusable: Iterable[UnusableRecord],
+    since: datetime,
+    until: datetime,
+) -> ClosedWindow:
+    """``finish`` for the usable records; the unusable ones in the window (or of unknown close
+    time) de-duplicated by key, minus any key a usable record of the window has."""
+    records = finish(positions, since, until)
+    usable_keys = {p.record_key for p in records}
+    bad: dict[str, UnusableRecord] = {}
+    for record in unusable:
+        if record.close_time is not None and not since <= record.close_time < until:
+            continue
+        if record.record_key not in usable_keys:
+            bad[record.record_key] = record
+    return ClosedWindow(
+        records=tuple(records),
+        unusable=tuple(sorted(bad.values(), key=lambda r: r.record_key)),
+    )
+
+
+# --- normalizing one record (pure: no network, usable by `exchange quarantine --retry`) --------
+
+#: the largest difference between the exchange's net and our sum of its components we accept
+#: silently; a larger one is logged as ``profit components disagree``
+TOLERANCE = Decimal("1e-8")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a record comes from: what normalizing it needs besides the record itself."""
+
+    platform: str
+    account_id: int
+    market: MarketInfo
+
+    def where(self, what: str) -> str:
+        return f"{self.platform} account {self.account_id}: {what}"
+
+    def market_context(self) -> dict[str, str]:
+        m = self.market
+        return {"symbol": m.symbol, "id": m.id, "settle": m.settle, "settle_id": m.settle_id,
+                "contract_size": text_of(m.contract_size)}  # fmt: skip
+
+    def position(
+        self,
+        *,
+        direction: str,
+        size: Decimal,
+        open_price: Decimal | None,
+        close_price: Decimal,
+        gross: Decimal,
+        fee: Decimal,
+        funding: Decimal,
+        net: Decimal | None,
+        open_time: datetime | None,
+        close_time: datetime,
+        record_key: str,
+        raw: dict[str, Any],
+        profit_basis: str = BASIS_FEES_AND_FUNDING,
+        funding_known: bool = True,
+        exchange_order_ids: tuple[str, ...] = (),
+    ) -> ClosedPosition:
+        """The normalized record. ``net`` is the exchange's own net figure where it states one:
+        that figure is the net, and the sum of the components is only a cross-check."""
+        if direction not in ("long", "short"):
+            raise RecordUnusable(
+                f"{self.where('normalize')}: direction {direction!r} is neither long nor short"
+            )
+        components = gross + fee + funding
+        if net is None:
+            net = components
+        elif abs(net - components) > TOLERANCE:
+            log.warning(
+                "profit components disagree",
+                platform=self.platform,
+                account_id=self.account_id,
+                symbol=self.market.symbol,
+                record_key=record_key,
+                exchange_net=text_of(net),
+                components_sum=text_of(components),
+                gross=text_of(gross),
+                fee=text_of(fee),
+                funding=text_of(funding),
+            )
+        return ClosedPosition(
+            platform=self.platform,
+            account_id=self.account_id,
+            symbol=self.market.symbol,
+            direction="long" if direction == "long" else "short",
+            size=size,
+            open_price=open_price,
+            close_price=close_price,
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=net,
+            open_time=open_time,
+            close_time=close_time,
+            record_key=record_key,
+            raw=raw,
+            profit_basis=profit_basis,
+            funding_known=funding_known,
+            exchange_order_ids=exchange_order_ids,
+        )
+
+    def unusable(
+        self, raw: dict[str, Any], record_key: str, reason: str, close_time: datetime | None
+    ) -> UnusableRecord:
+        return UnusableRecord(
+            platform=self.platform,
+            account_id=self.account_id,
+            symbol=self.market.symbol,
+            record_key=record_key,
+            reason=reason,
+            raw=raw,
+            close_time=close_time,
+            context=self.market_context(),
+        )
+
+
+def market_from_context(context: Mapping[str, str]) -> MarketInfo:
+    """The MarketInfo an UnusableRecord's ``context`` describes (no network)."""
+    try:
+        return MarketInfo(
+            symbol=context["symbol"],
+            id=context["id"],
+            settle=context.get("settle", ""),
+            settle_id=context.get("settle_id", ""),
+            contract_size=Decimal(context["contract_size"]),
+            info={},
+        )
+    except (KeyError, InvalidOperation) as exc:
+        raise ValueError(f"stored market context is incomplete: {exc}") from None
+
+
 # --- the adapter --------------------------------------------------------------------------------
 
 
 class CcxtAdapter(ABC):
-    """A :class:`~reconcile.records.ClosedPositionSource` backed by one account's ccxt client."""
+    """A :class:`~reconcile.records.ClosedPositionSource` backed by one account's ccxt client.
+
+    A subclass pages through one window (:meth:`_collect`, returning the raw records of
+    well-formed pages: a page that is not the exchange's answer raises, inside the request's
+    retries) and says how one raw record becomes a ClosedPosition (:meth:`normalize`, pure) and
+    what its identity is (:meth:`identity`, never fails). Normalizing runs once per record,
+    after the requests, never inside the retry loop.
+    """
 
     spec: ClassVar[PlatformSpec]
     #: the exchange's maximum number of records per request
@@ -147,13 +344,14 @@ class CcxtAdapter(ABC):
     def where(self, what: str) -> str:
         return f"{self.platform} account {self.account_id}: {what}"
 
-    async def fetch_closed(
-        self, symbol: str, since: datetime, until: datetime
-    ) -> list[ClosedPosition]:
+    def context(self, market: MarketInfo) -> Context:
+        return Context(self.platform, self.account_id, market)
+
+    async def fetch_closed(self, symbol: str, since: datetime, until: datetime) -> ClosedWindow:
         if since.tzinfo is None or until.tzinfo is None:
             raise ValueError("fetch_closed needs aware datetimes")
         if since >= until:
-            return []
+            return ClosedWindow()
         unified = to_unified(symbol)
         self.client.cooldowns.check(unified)
         try:
@@ -170,59 +368,57 @@ class CcxtAdapter(ABC):
                 cooldown_s=self.client.options.cooldown,
             )
             raise
-        positions = await self._collect(market, to_ms(since), to_ms(until))
-        return finish(positions, since, until)
+        raws = await self._collect(market, to_ms(since), to_ms(until))
+        context = self.context(market)
+        positions: list[ClosedPosition] = []
+        unusable: list[UnusableRecord] = []
+        for raw in self.records_of(market, raws):
+            try:
+                positions.append(self.normalize(context, raw))
+            except RecordUnusable as exc:
+                bad = context.unusable(
+                    raw, self.identity(context, raw), str(exc), self.close_time_of(raw)
+                )
+                log.warning(
+                    "exchange record unusable",
+                    platform=self.platform,
+                    account_id=self.account_id,
+                    symbol=market.symbol,
+                    record_key=bad.record_key,
+                    reason=bad.reason,
+                )
+                unusable.append(bad)
+        return finish_window(positions, unusable, since, until)
 
     @abstractmethod
     async def _collect(
         self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[ClosedPosition]:
-        """Every closed position of ``market`` closing in [since_ms, until_ms), in any order,
-        possibly with duplicates (``finish`` de-duplicates by record key)."""
+    ) -> list[dict[str, Any]]:
+        """Every raw record of ``market`` closing in [since_ms, until_ms), in any order,
+        possibly with duplicates (de-duplicated by record key afterwards)."""
 
-    def _position(
-        self,
-        market: MarketInfo,
-        *,
-        direction: str,
-        size: Decimal,
-        open_price: Decimal | None,
-        close_price: Decimal,
-        gross: Decimal,
-        fee: Decimal,
-        funding: Decimal,
-        open_time: datetime | None,
-        close_time: datetime,
-        record_key: str,
-        raw: dict[str, Any],
-    ) -> ClosedPosition:
-        if direction not in ("long", "short"):
-            raise BadExchangeResponse(
-                f"{self.where('normalize')}: direction {direction!r} is neither long nor short"
-            )
-        return ClosedPosition(
-            platform=self.platform,
-            account_id=self.account_id,
-            symbol=market.symbol,
-            direction="long" if direction == "long" else "short",
-            size=size,
-            open_price=open_price,
-            close_price=close_price,
-            gross_pnl=gross,
-            fee=fee,
-            funding=funding,
-            net_profit=gross + fee + funding,
-            open_time=open_time,
-            close_time=close_time,
-            record_key=record_key,
-            raw=raw,
-        )
+    def records_of(self, market: MarketInfo, raws: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The raw records that each make one closed position (binance groups fills)."""
+        return raws
+
+    @staticmethod
+    @abstractmethod
+    def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
+        """One raw record as a ClosedPosition; RecordUnusable if it cannot be one."""
+
+    @staticmethod
+    @abstractmethod
+    def identity(context: Context, raw: dict[str, Any]) -> str:
+        """The record's stable key, also for a record that cannot be normalized."""
+
+    @staticmethod
+    @abstractmethod
+    def close_time_of(raw: dict[str, Any]) -> datetime | None:
+        """The close time if it can be read, else None."""
 
     def _page_guard(self, pages: int, what: str) -> None:
         if pages >= MAX_PAGES_PER_WINDOW:
-            raise BadExchangeResponse(
-                f"{self.where(what)}: paging did not end after {pages} pages"
-            )
+            raise BadExchangeResponse(f"{self.where(what)}: paging did not end after {pages} pages")
 
     async def close(self) -> None:
         await self.client.close()

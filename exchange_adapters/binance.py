@@ -4,37 +4,45 @@ ccxt ``binanceusdm``, implicit method ``fapiPrivateGetUserTrades`` (the call ccx
 ``fetch_my_trades`` makes for a linear market; cost 5). Parameters: symbol, startTime, endTime
 (inclusive, at most 7 days apart), limit ≤ 1000; fills come oldest first.
 
-A closing fill has a non-zero ``realizedPnl`` (gross); the closing fills of one ``orderId`` make
-one closed position, keyed by that orderId. Size is the sum of ``qty`` (base asset; the contract
-size of USDⓈ-M markets is 1), the close price their volume-weighted price. The payload has no
-entry price: it is derived as ``close − gross/size`` for a long, ``close + gross/size`` for a
-short. ``commission`` is a cost whatever its sign; only commissions in the settle asset are
-counted (BNB-paid fees stay in ``raw``). Funding is not in fills: ``funding = 0``. Direction:
-``positionSide`` LONG/SHORT in hedge mode; in one-way mode (BOTH) a closing SELL closes a long.
+A fill closes (part of) a position when it realizes PnL (``realizedPnl`` ≠ 0), or, in hedge
+mode, when it trades against its position side (SELL on LONG, BUY on SHORT) - such a close can
+carry ``realizedPnl`` "0". The closing fills of one ``orderId`` make one closed position, keyed
+by that orderId (also its ``exchange_order_ids``). Size is the sum of ``qty`` (base asset; the
+contract size of USDⓈ-M markets is 1), the close price their volume-weighted price, gross the sum
+of ``realizedPnl``. The payload has no entry price: it is derived as ``close − gross/size`` for
+a long, ``close + gross/size`` for a short. ``commission`` is a cost whatever its sign; only
+commissions in the settle asset are counted (BNB-paid fees stay in ``raw``). Funding is not in
+fills: ``funding = 0`` with ``funding_known`` False, basis ``fees``. Direction: ``positionSide``
+LONG/SHORT in hedge mode; in one-way mode (BOTH) a closing SELL closes a long.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import timedelta
-from decimal import Decimal
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import structlog
 
 from exchange_adapters.base import (
     CcxtAdapter,
+    Context,
+    RecordUnusable,
+    canonical_key,
     describe_body,
     div,
     field_decimal,
     field_ms,
     field_text,
+    lenient_ms,
     ms_to_datetime,
+    positive_decimal,
     windows,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import ClosedPosition
+from reconcile.records import BASIS_FEES_ONLY, ClosedPosition
 
 log = structlog.get_logger("exchange_adapters")
 
@@ -56,20 +64,37 @@ SPEC = PlatformSpec(
 
 
 def validate_fills(raw: Any, where: str) -> list[dict[str, Any]]:
-    """userTrades answers a JSON array of fill objects (errors are ``{"code","msg"}``); every
-    field the grouping reads must be there and parse."""
+    """userTrades answers a JSON array of fill objects (errors are ``{"code","msg"}``). The
+    fills themselves are checked when they are normalized, not here."""
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise BadExchangeResponse(
             f"{where}: answer is not binance's JSON array of fills: {describe_body(raw)}"
         )
-    for fill in raw:
-        field_text(fill, "id", where)
-        field_text(fill, "orderId", where)
-        field_text(fill, "side", where)
-        field_ms(fill, "time", where)
-        for key in ("price", "qty", "realizedPnl", "commission"):
-            field_decimal(fill, key, where)
     return raw
+
+
+def _text(fill: Mapping[str, Any], key: str) -> str:
+    value = fill.get(key)
+    return "" if value is None or isinstance(value, dict | list) else str(value).strip().upper()
+
+
+def is_closing(fill: Mapping[str, Any]) -> bool:
+    """Closing: realizes PnL, or trades against its hedge-mode side. A fill whose realizedPnl
+    cannot be read counts as closing, so that its order is examined (and quarantined)."""
+    side, position_side = _text(fill, "side"), _text(fill, "positionSide")
+    if (position_side, side) in (("LONG", "SELL"), ("SHORT", "BUY")):
+        return True
+    try:
+        return Decimal(str(fill.get("realizedPnl")).strip()) != 0
+    except InvalidOperation:
+        return True
+
+
+def _fill_id(fill: Mapping[str, Any]) -> str:
+    value = fill.get("id")
+    if isinstance(value, int | str) and str(value).strip():
+        return str(value)
+    return canonical_key(fill)
 
 
 class BinanceAdapter(CcxtAdapter):
@@ -79,7 +104,7 @@ class BinanceAdapter(CcxtAdapter):
 
     async def _collect(
         self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[ClosedPosition]:
+    ) -> list[dict[str, Any]]:
         fills: dict[str, dict[str, Any]] = {}
         limit = self.page_size
         for start, end in windows(since_ms, until_ms, self.max_window):
@@ -99,11 +124,10 @@ class BinanceAdapter(CcxtAdapter):
                     symbol=market.symbol,
                 )
                 pages += 1
-                where = self.where("userTrades")
                 newest = cursor
                 for fill in page:
-                    fills[field_text(fill, "id", where)] = fill
-                    newest = max(newest, field_ms(fill, "time", where))
+                    fills[_fill_id(fill)] = fill
+                    newest = max(newest, lenient_ms(fill, "time") or cursor)
                 if len(page) < limit:
                     break
                 self._page_guard(pages, "userTrades")
@@ -118,57 +142,88 @@ class BinanceAdapter(CcxtAdapter):
                         time_ms=cursor,
                     )
                     cursor += 1
-        return self._group(market, fills.values())
+        return list(fills.values())
 
-    def _group(self, market: MarketInfo, fills: Iterable[dict[str, Any]]) -> list[ClosedPosition]:
-        where = self.where("userTrades")
+    def records_of(self, market: MarketInfo, raws: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One record per order: ``{"orderId": ..., "fills": [closing fills]}``."""
         orders: dict[str, list[dict[str, Any]]] = {}
-        for fill in fills:
-            if field_decimal(fill, "realizedPnl", where) != 0:
-                orders.setdefault(field_text(fill, "orderId", where), []).append(fill)
-        return [self._position_of(market, order_id, rows) for order_id, rows in orders.items()]
+        for fill in raws:
+            if is_closing(fill):
+                order = fill.get("orderId")
+                key = str(order) if order not in (None, "") else canonical_key(fill)
+                orders.setdefault(key, []).append(fill)
+        return [{"orderId": key, "fills": rows} for key, rows in orders.items()]
 
-    def _position_of(
-        self, market: MarketInfo, order_id: str, rows: list[dict[str, Any]]
-    ) -> ClosedPosition:
-        where = self.where(f"userTrades order {order_id}")
-        rows.sort(key=lambda f: (field_ms(f, "time", where), field_text(f, "id", where)))
-        qty = sum((field_decimal(f, "qty", where) for f in rows), Decimal(0))
-        if qty <= 0:
-            raise BadExchangeResponse(f"{where}: closing fills have no quantity")
-        notional = sum(
-            (field_decimal(f, "price", where) * field_decimal(f, "qty", where) for f in rows),
-            Decimal(0),
-        )
-        gross = sum((field_decimal(f, "realizedPnl", where) for f in rows), Decimal(0))
-        fee = Decimal(0)
-        for f in rows:
-            commission = field_decimal(f, "commission", where)
-            if str(f.get("commissionAsset", market.settle)).upper() == market.settle.upper():
-                fee -= abs(commission)
-        side = field_text(rows[0], "side", where).upper()
-        position_side = str(rows[0].get("positionSide") or "BOTH").upper()
-        if position_side in ("LONG", "SHORT"):
-            direction = position_side.lower()
-        elif side in ("SELL", "BUY"):
-            direction = "long" if side == "SELL" else "short"
-        else:
-            raise BadExchangeResponse(f"{where}: unknown side {side!r}")
-        size = qty * market.contract_size
-        close_price = div(notional, qty)
-        per_unit = div(gross, size)
-        open_price = close_price - per_unit if direction == "long" else close_price + per_unit
-        return self._position(
-            market,
-            direction=direction,
-            size=size,
-            open_price=open_price,
-            close_price=close_price,
-            gross=gross,
-            fee=fee,
-            funding=Decimal(0),
-            open_time=None,
-            close_time=ms_to_datetime(field_ms(rows[-1], "time", where)),
-            record_key=order_id,
-            raw={"orderId": order_id, "fills": rows},
-        )
+    @staticmethod
+    def identity(context: Context, raw: dict[str, Any]) -> str:
+        return str(raw.get("orderId") or canonical_key(raw))
+
+    @staticmethod
+    def close_time_of(raw: dict[str, Any]) -> datetime | None:
+        times = [lenient_ms(f, "time") for f in raw.get("fills") or [] if isinstance(f, dict)]
+        known = [t for t in times if t is not None]
+        return ms_to_datetime(max(known)) if known else None
+
+    @staticmethod
+    def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
+        return normalize(context, raw)
+
+
+def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
+    """One order's closing fills (``{"orderId", "fills"}``) as a ClosedPosition."""
+    market = context.market
+    order_id = str(raw.get("orderId") or "")
+    where = context.where(f"userTrades order {order_id}")
+    rows = raw.get("fills")
+    if not order_id or order_id.startswith("sha256:"):
+        raise RecordUnusable(f"{where}: fill lacks 'orderId'")
+    if not isinstance(rows, list) or not rows or not all(isinstance(f, dict) for f in rows):
+        raise RecordUnusable(f"{where}: no fills")
+    for f in rows:
+        if str(f.get("symbol", market.id)) != market.id:
+            raise RecordUnusable(f"{where}: fill of {f.get('symbol')!r}")
+    rows = sorted(rows, key=lambda f: (field_ms(f, "time", where), field_text(f, "id", where)))
+    qty = sum((positive_decimal(f, "qty", where) for f in rows), Decimal(0))
+    notional = sum(
+        (positive_decimal(f, "price", where) * field_decimal(f, "qty", where) for f in rows),
+        Decimal(0),
+    )
+    gross = sum((field_decimal(f, "realizedPnl", where) for f in rows), Decimal(0))
+    fee = Decimal(0)
+    for f in rows:
+        commission = field_decimal(f, "commission", where)
+        asset = f.get("commissionAsset")
+        if asset is None or str(asset).upper() == market.settle.upper():
+            fee -= abs(commission)
+    sides = {field_text(f, "side", where).upper() for f in rows}
+    position_sides = {str(f.get("positionSide") or "BOTH").upper() for f in rows}
+    if len(sides) != 1 or len(position_sides) != 1:
+        raise RecordUnusable(f"{where}: fills of one order disagree on side")
+    side, position_side = sides.pop(), position_sides.pop()
+    if position_side in ("LONG", "SHORT"):
+        direction = position_side.lower()
+    elif position_side == "BOTH" and side in ("SELL", "BUY"):
+        direction = "long" if side == "SELL" else "short"
+    else:
+        raise RecordUnusable(f"{where}: unknown side {side!r} / positionSide {position_side!r}")
+    size = qty * market.contract_size
+    close_price = div(notional, qty)
+    per_unit = div(gross, size)
+    open_price = close_price - per_unit if direction == "long" else close_price + per_unit
+    return context.position(
+        direction=direction,
+        size=size,
+        open_price=open_price,
+        close_price=close_price,
+        gross=gross,
+        fee=fee,
+        funding=Decimal(0),
+        net=None,
+        open_time=None,
+        close_time=ms_to_datetime(field_ms(rows[-1], "time", where)),
+        record_key=order_id,
+        raw={"orderId": order_id, "fills": rows},
+        profit_basis=BASIS_FEES_ONLY,
+        funding_known=False,
+        exchange_order_ids=(order_id,),
+    )

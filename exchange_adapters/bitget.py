@@ -8,32 +8,42 @@ previous answer's ``endId``.
 
 Fields (strings): ``holdSide`` long/short, ``openAvgPrice`` / ``closeAvgPrice``,
 ``closeTotalPos`` (base coin; contract size 1), ``pnl`` gross, ``openFee`` + ``closeFee`` fee,
-``totalFunding`` funding, ``netProfit`` their sum (net); ``ctime`` open, ``utime`` close. The
-record key is ``positionId``.
+``totalFunding`` funding; ``netProfit`` is the exchange's net (= pnl + openFee + closeFee +
+totalFunding): where present it is the net, the sum a cross-check. Times are ``ctime`` /
+``utime`` (ccxt's recorded samples) or ``cTime`` / ``uTime`` (the docs example): both are read.
+The record key is ``positionId`` when present - neither of ccxt's samples nor the docs example
+has it - else ``symbol:holdSide:open ms:close ms``. The payload has no order id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from exchange_adapters.base import (
     CcxtAdapter,
+    Context,
+    RecordUnusable,
+    canonical_key,
     describe_body,
     field_decimal,
     field_ms,
-    field_text,
+    first_key,
+    lenient_ms,
     ms_to_datetime,
     optional_decimal,
+    positive_decimal,
     windows,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import ClosedPosition
+from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
 
 _PRODUCT_TYPES = {"USDT": "USDT-FUTURES", "USDC": "USDC-FUTURES"}
+_OPEN_TIME = ("ctime", "cTime")
+_CLOSE_TIME = ("utime", "uTime")
 
 
 def _contract_size(info: Mapping[str, Any]) -> Decimal:
@@ -76,15 +86,10 @@ class BitgetAdapter(CcxtAdapter):
 
     async def _collect(
         self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[ClosedPosition]:
+    ) -> list[dict[str, Any]]:
         limit = self.page_size
         product_type = _PRODUCT_TYPES.get(market.settle.upper(), "USDT-FUTURES")
-        positions: list[ClosedPosition] = []
-
-        def parse(raw: Any, where: str) -> tuple[list[ClosedPosition], str | None]:
-            rows, end_id = validate_envelope(raw, where)
-            return [self._normalize(market, record) for record in rows], end_id
-
+        records: list[dict[str, Any]] = []
         for start, end in windows(since_ms, until_ms, self.max_window):
             cursor: str | None = None
             pages = 0
@@ -101,12 +106,12 @@ class BitgetAdapter(CcxtAdapter):
                 page, end_id = await self.client.request(
                     "privateMixGetV2MixPositionHistoryPosition",
                     params,
-                    parse,
+                    validate_envelope,
                     what="history-position",
                     symbol=market.symbol,
                 )
                 pages += 1
-                positions.extend(page)
+                records.extend(page)
                 if len(page) < limit or end_id is None:
                     break
                 if end_id == cursor:
@@ -115,27 +120,50 @@ class BitgetAdapter(CcxtAdapter):
                     )
                 self._page_guard(pages, "history-position")
                 cursor = end_id
-        return positions
+        return records
 
-    def _normalize(self, market: MarketInfo, record: dict[str, Any]) -> ClosedPosition:
-        where = self.where("history-position")
-        if record.get("symbol") not in (None, market.id):
-            raise BadExchangeResponse(f"{where}: record of {record.get('symbol')!r}")
-        direction = str(record.get("holdSide") or record.get("posSide") or "").lower()
-        fee = (optional_decimal(record, "openFee", where) or Decimal(0)) + (
-            optional_decimal(record, "closeFee", where) or Decimal(0)
-        )
-        return self._position(
-            market,
-            direction=direction,
-            size=field_decimal(record, "closeTotalPos", where) * market.contract_size,
-            open_price=optional_decimal(record, "openAvgPrice", where),
-            close_price=field_decimal(record, "closeAvgPrice", where),
-            gross=field_decimal(record, "pnl", where),
-            fee=fee,
-            funding=optional_decimal(record, "totalFunding", where) or Decimal(0),
-            open_time=ms_to_datetime(field_ms(record, "ctime", where)),
-            close_time=ms_to_datetime(field_ms(record, "utime", where)),
-            record_key=field_text(record, "positionId", where),
-            raw=record,
-        )
+    @staticmethod
+    def identity(context: Context, raw: dict[str, Any]) -> str:
+        position_id = raw.get("positionId")
+        if isinstance(position_id, str | int) and str(position_id).strip():
+            return str(position_id).strip()
+        parts = [
+            str(raw.get("symbol") or context.market.id),
+            str(raw.get("holdSide") or raw.get("posSide") or "").lower(),
+            str(raw.get(first_key(raw, _OPEN_TIME)) or ""),
+            str(raw.get(first_key(raw, _CLOSE_TIME)) or ""),
+        ]
+        return ":".join(parts) if all(parts) else canonical_key(raw)
+
+    @staticmethod
+    def close_time_of(raw: dict[str, Any]) -> datetime | None:
+        ms = lenient_ms(raw, first_key(raw, _CLOSE_TIME))
+        return None if ms is None else ms_to_datetime(ms)
+
+    @staticmethod
+    def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
+        return normalize(context, raw)
+
+
+def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
+    market = context.market
+    where = context.where("history-position")
+    if record.get("symbol") not in (None, market.id):
+        raise RecordUnusable(f"{where}: record of {record.get('symbol')!r}")
+    direction = str(record.get("holdSide") or record.get("posSide") or "").lower()
+    fee = field_decimal(record, "openFee", where) + field_decimal(record, "closeFee", where)
+    return context.position(
+        direction=direction,
+        size=positive_decimal(record, "closeTotalPos", where) * market.contract_size,
+        open_price=positive_decimal(record, "openAvgPrice", where),
+        close_price=positive_decimal(record, "closeAvgPrice", where),
+        gross=field_decimal(record, "pnl", where),
+        fee=fee,
+        funding=field_decimal(record, "totalFunding", where),
+        net=optional_decimal(record, "netProfit", where),
+        open_time=ms_to_datetime(field_ms(record, first_key(record, _OPEN_TIME), where)),
+        close_time=ms_to_datetime(field_ms(record, first_key(record, _CLOSE_TIME), where)),
+        record_key=BitgetAdapter.identity(context, record),
+        raw=record,
+        profit_basis=BASIS_FEES_AND_FUNDING,
+    )

@@ -6,34 +6,41 @@ ccxt ``bybit``, implicit method ``privateGetV5PositionClosedPnl`` (the call ccxt
 ``cursor`` = the previous ``nextPageCursor`` until it is empty.
 
 Fields (strings): ``side`` is the *closing* order's side, inverted - ``Sell`` closes a long;
-``closedSize`` base coin (contract size 1); ``avgEntryPrice`` / ``avgExitPrice``;
-``closedPnl`` is net of the open and close fees (``openFee``/``closeFee``, positive = paid) and
-excludes funding, so gross = closedPnl + openFee + closeFee. Records without the fee fields
-derive gross from the prices ((exit − entry) × size for a long) and fee as closedPnl − gross.
-``createdTime`` is the close event; the open time is unknown. The record key is the closing
-``orderId``.
+``closedSize`` base coin (contract size 1); ``avgEntryPrice`` / ``avgExitPrice`` (rounded
+averages: prices only); gross is exact from ``cumExitValue − cumEntryValue`` (a long; the
+reverse for a short). ``closedPnl`` is the exchange's net of the open and close fees, funding
+excluded: it is the net. The fee is ``−(openFee + closeFee)`` (positive = paid) where the record
+has them - then ``gross + fee`` against closedPnl is a cross-check - else ``closedPnl − gross``.
+Funding is not in the endpoint: ``funding_known`` False, basis ``fees``. ``createdTime`` is the
+close event; the open time is unknown. One record per closing order: the record key is that
+``orderId`` (also its ``exchange_order_ids``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from exchange_adapters.base import (
     CcxtAdapter,
+    Context,
+    RecordUnusable,
+    canonical_key,
     describe_body,
     field_decimal,
     field_ms,
     field_text,
+    lenient_ms,
     ms_to_datetime,
     optional_decimal,
+    positive_decimal,
     windows,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import ClosedPosition
+from reconcile.records import BASIS_FEES_ONLY, ClosedPosition
 
 
 def _contract_size(info: Mapping[str, Any]) -> Decimal:
@@ -59,9 +66,7 @@ def validate_envelope(raw: Any, where: str) -> tuple[list[dict[str, Any]], str |
             if isinstance(rows, list) and all(isinstance(item, dict) for item in rows):
                 cursor = result.get("nextPageCursor")
                 return rows, (str(cursor) if cursor not in (None, "") else None)
-    raise BadExchangeResponse(
-        f"{where}: answer is not bybit's JSON envelope: {describe_body(raw)}"
-    )
+    raise BadExchangeResponse(f"{where}: answer is not bybit's JSON envelope: {describe_body(raw)}")
 
 
 class BybitAdapter(CcxtAdapter):
@@ -71,14 +76,9 @@ class BybitAdapter(CcxtAdapter):
 
     async def _collect(
         self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[ClosedPosition]:
+    ) -> list[dict[str, Any]]:
         limit = self.page_size
-        positions: list[ClosedPosition] = []
-
-        def parse(raw: Any, where: str) -> tuple[list[ClosedPosition], str | None]:
-            rows, cursor = validate_envelope(raw, where)
-            return [self._normalize(market, record) for record in rows], cursor
-
+        records: list[dict[str, Any]] = []
         for start, end in windows(since_ms, until_ms, self.max_window):
             cursor: str | None = None
             pages = 0
@@ -95,12 +95,12 @@ class BybitAdapter(CcxtAdapter):
                 page, next_cursor = await self.client.request(
                     "privateGetV5PositionClosedPnl",
                     params,
-                    parse,
+                    validate_envelope,
                     what="closed-pnl",
                     symbol=market.symbol,
                 )
                 pages += 1
-                positions.extend(page)
+                records.extend(page)
                 if not page or next_cursor is None:
                     break
                 if next_cursor == cursor:
@@ -109,40 +109,59 @@ class BybitAdapter(CcxtAdapter):
                     )
                 self._page_guard(pages, "closed-pnl")
                 cursor = next_cursor
-        return positions
+        return records
 
-    def _normalize(self, market: MarketInfo, record: dict[str, Any]) -> ClosedPosition:
-        where = self.where("closed-pnl")
-        if record.get("symbol") not in (None, market.id):
-            raise BadExchangeResponse(f"{where}: record of {record.get('symbol')!r}")
-        side = field_text(record, "side", where)
-        if side not in ("Buy", "Sell"):
-            raise BadExchangeResponse(f"{where}: unknown side {side!r}")
-        direction = "long" if side == "Sell" else "short"  # the closing order's side
-        size = field_decimal(record, "closedSize", where) * market.contract_size
-        entry = field_decimal(record, "avgEntryPrice", where)
-        exit_ = field_decimal(record, "avgExitPrice", where)
-        closed_pnl = field_decimal(record, "closedPnl", where)
-        open_fee = optional_decimal(record, "openFee", where)
-        close_fee = optional_decimal(record, "closeFee", where)
-        if open_fee is not None and close_fee is not None:
-            fee = -(open_fee + close_fee)
-            gross = closed_pnl - fee
-        else:
-            move = exit_ - entry if direction == "long" else entry - exit_
-            gross = move * size
-            fee = closed_pnl - gross
-        return self._position(
-            market,
-            direction=direction,
-            size=size,
-            open_price=entry,
-            close_price=exit_,
-            gross=gross,
-            fee=fee,
-            funding=Decimal(0),
-            open_time=None,
-            close_time=ms_to_datetime(field_ms(record, "createdTime", where)),
-            record_key=field_text(record, "orderId", where),
-            raw=record,
-        )
+    @staticmethod
+    def identity(context: Context, raw: dict[str, Any]) -> str:
+        order_id = raw.get("orderId")
+        if isinstance(order_id, str) and order_id.strip():
+            return order_id.strip()
+        return canonical_key(raw)
+
+    @staticmethod
+    def close_time_of(raw: dict[str, Any]) -> datetime | None:
+        ms = lenient_ms(raw, "createdTime")
+        return None if ms is None else ms_to_datetime(ms)
+
+    @staticmethod
+    def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
+        return normalize(context, raw)
+
+
+def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
+    market = context.market
+    where = context.where("closed-pnl")
+    if record.get("symbol") not in (None, market.id):
+        raise RecordUnusable(f"{where}: record of {record.get('symbol')!r}")
+    side = field_text(record, "side", where)
+    if side not in ("Buy", "Sell"):
+        raise RecordUnusable(f"{where}: unknown side {side!r}")
+    direction = "long" if side == "Sell" else "short"  # the closing order's side
+    order_id = field_text(record, "orderId", where)
+    size = positive_decimal(record, "closedSize", where) * market.contract_size
+    entry_value = positive_decimal(record, "cumEntryValue", where)
+    exit_value = positive_decimal(record, "cumExitValue", where)
+    gross = exit_value - entry_value if direction == "long" else entry_value - exit_value
+    closed_pnl = field_decimal(record, "closedPnl", where)
+    open_fee = optional_decimal(record, "openFee", where)
+    close_fee = optional_decimal(record, "closeFee", where)
+    if (open_fee is None) != (close_fee is None):
+        raise RecordUnusable(f"{where}: only one of 'openFee' / 'closeFee' is given")
+    fee = closed_pnl - gross if open_fee is None or close_fee is None else -(open_fee + close_fee)
+    return context.position(
+        direction=direction,
+        size=size,
+        open_price=positive_decimal(record, "avgEntryPrice", where),
+        close_price=positive_decimal(record, "avgExitPrice", where),
+        gross=gross,
+        fee=fee,
+        funding=Decimal(0),
+        net=closed_pnl,
+        open_time=None,
+        close_time=ms_to_datetime(field_ms(record, "createdTime", where)),
+        record_key=order_id,
+        raw=record,
+        profit_basis=BASIS_FEES_ONLY,
+        funding_known=False,
+        exchange_order_ids=(order_id,),
+    )

@@ -8,8 +8,11 @@ window server-side; the answer is a bare JSON array, newest first; the next page
 Fields: ``side`` long/short; ccxt's unified prices are None - for a long the open price is
 ``long_price`` and the close price ``short_price``, reversed for a short; ``accum_size``
 contracts × ``quanto_multiplier`` = size; ``pnl_pnl`` gross, ``pnl_fee`` fee, ``pnl_fund``
-funding, ``pnl`` their sum (net); ``first_open_time`` and ``time`` in seconds. There is no id:
-the record key is ``contract:side:first_open_time:time``.
+funding. ``pnl`` is the exchange's net (= pnl_pnl + pnl_fee + pnl_fund): it is the net, the sum
+a cross-check. ``pnl_pnl`` may be an empty string: gross is then pnl − pnl_fee − pnl_fund (never
+pnl itself, which is already net); an empty ``pnl_fee`` or ``pnl_fund`` makes the record unusable.
+``first_open_time`` and ``time`` in seconds. There is no id (and no order id): the record key is
+``contract:side:first_open_time:time``.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from exchange_adapters.base import (
     CcxtAdapter,
+    Context,
+    RecordUnusable,
+    canonical_key,
     describe_body,
     field_decimal,
     field_text,
     optional_decimal,
+    positive_decimal,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import ClosedPosition
+from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -63,11 +70,25 @@ def validate_list(raw: Any, where: str) -> list[dict[str, Any]]:
     return raw
 
 
+def _time_text(record: Mapping[str, Any], key: str) -> str | None:
+    """Gate's times are JSON numbers of seconds (documented as possibly fractional)."""
+    value = record.get(key)
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as this number: a time, not money
+    text = str(value).strip()
+    return text or None
+
+
 def _seconds(record: Mapping[str, Any], key: str, where: str) -> tuple[str, datetime]:
-    value = field_decimal(record, key, where)
-    if value <= 0:
-        raise BadExchangeResponse(f"{where}: {key!r} is not a time in seconds")
-    text = field_text(record, key, where)
+    text = _time_text(record, key)
+    try:
+        value = Decimal(text) if text is not None else None
+    except InvalidOperation:
+        value = None
+    if text is None or value is None or not value.is_finite() or not 0 < value < 10**11:
+        raise RecordUnusable(f"{where}: {key!r} is not a time in seconds")
     return text, _EPOCH + timedelta(microseconds=int(value * 1_000_000))
 
 
@@ -77,14 +98,10 @@ class GateAdapter(CcxtAdapter):
 
     async def _collect(
         self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[ClosedPosition]:
+    ) -> list[dict[str, Any]]:
         limit = self.page_size
         offset, pages = 0, 0
-        positions: list[ClosedPosition] = []
-
-        def parse(raw: Any, where: str) -> list[ClosedPosition]:
-            return [self._normalize(market, record) for record in validate_list(raw, where)]
-
+        records: list[dict[str, Any]] = []
         while True:
             params = {
                 "settle": market.settle_id.lower(),
@@ -97,44 +114,72 @@ class GateAdapter(CcxtAdapter):
             page = await self.client.request(
                 "privateFuturesGetSettlePositionClose",
                 params,
-                parse,
+                validate_list,
                 what="position_close",
                 symbol=market.symbol,
             )
             pages += 1
-            positions.extend(page)
+            records.extend(page)
             if len(page) < limit:
-                return positions
+                return records
             self._page_guard(pages, "position_close")
             offset += len(page)
 
-    def _normalize(self, market: MarketInfo, record: dict[str, Any]) -> ClosedPosition:
-        where = self.where("position_close")
-        contract = field_text(record, "contract", where)
-        if contract != market.id:
-            raise BadExchangeResponse(f"{where}: record of {contract!r}")
-        side = field_text(record, "side", where).lower()
-        long_price = field_decimal(record, "long_price", where)
-        short_price = field_decimal(record, "short_price", where)
-        opened, close_price = (long_price, short_price) if side == "long" else (
-            short_price, long_price
-        )
-        gross = optional_decimal(record, "pnl_pnl", where)
-        if gross is None:  # records older than gate's pnl breakdown: pnl is all we have
-            gross = field_decimal(record, "pnl", where)
-        open_text, open_time = _seconds(record, "first_open_time", where)
-        close_text, close_time = _seconds(record, "time", where)
-        return self._position(
-            market,
-            direction=side,
-            size=field_decimal(record, "accum_size", where).copy_abs() * market.contract_size,
-            open_price=opened,
-            close_price=close_price,
-            gross=gross,
-            fee=optional_decimal(record, "pnl_fee", where) or Decimal(0),
-            funding=optional_decimal(record, "pnl_fund", where) or Decimal(0),
-            open_time=open_time,
-            close_time=close_time,
-            record_key=f"{contract}:{side}:{open_text}:{close_text}",
-            raw=record,
-        )
+    @staticmethod
+    def identity(context: Context, raw: dict[str, Any]) -> str:
+        parts = [
+            str(raw.get("contract") or ""),
+            str(raw.get("side") or "").lower(),
+            _time_text(raw, "first_open_time") or "",
+            _time_text(raw, "time") or "",
+        ]
+        return ":".join(parts) if all(parts) else canonical_key(raw)
+
+    @staticmethod
+    def close_time_of(raw: dict[str, Any]) -> datetime | None:
+        try:
+            return _seconds(raw, "time", "")[1]
+        except RecordUnusable:
+            return None
+
+    @staticmethod
+    def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
+        return normalize(context, raw)
+
+
+def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
+    market = context.market
+    where = context.where("position_close")
+    contract = field_text(record, "contract", where)
+    if contract != market.id:
+        raise RecordUnusable(f"{where}: record of {contract!r}")
+    side = field_text(record, "side", where).lower()
+    long_price = positive_decimal(record, "long_price", where)
+    short_price = positive_decimal(record, "short_price", where)
+    opened, close_price = (long_price, short_price) if side == "long" else (short_price, long_price)
+    contracts = field_decimal(record, "accum_size", where).copy_abs()
+    if contracts == 0:
+        raise RecordUnusable(f"{where}: 'accum_size' is 0, not a closed size")
+    net = field_decimal(record, "pnl", where)
+    fee = field_decimal(record, "pnl_fee", where)
+    funding = field_decimal(record, "pnl_fund", where)
+    gross = optional_decimal(record, "pnl_pnl", where)
+    if gross is None:  # pnl is already net: take the costs out, never add them again
+        gross = net - fee - funding
+    _, open_time = _seconds(record, "first_open_time", where)
+    _, close_time = _seconds(record, "time", where)
+    return context.position(
+        direction=side,
+        size=contracts * market.contract_size,
+        open_price=opened,
+        close_price=close_price,
+        gross=gross,
+        fee=fee,
+        funding=funding,
+        net=net,
+        open_time=open_time,
+        close_time=close_time,
+        record_key=GateAdapter.identity(context, record),
+        raw=record,
+        profit_basis=BASIS_FEES_AND_FUNDING,
+    )

@@ -9,30 +9,39 @@ de-duplicated).
 
 Fields (strings): ``direction`` long/short (``posSide`` is ``net`` in one-way mode, so ccxt's
 unified side is useless there), ``closeTotalPos`` contracts × ``ctVal`` = size, ``openAvgPx`` /
-``closeAvgPx``, ``pnl`` gross, ``fee`` (+ ``liqPenalty``) fee, ``fundingFee`` funding -
-``realizedPnl`` is their sum (net). ``cTime`` is the open time, ``uTime`` the close time.
-``posId`` is reused after a full close, so the record key is ``posId:cTime``.
+``closeAvgPx``, ``pnl`` (+ ``settledPnl``, cross-margin FUTURES only) gross, ``fee``
+(+ ``liqPenalty``) fee, ``fundingFee`` funding. ``realizedPnl`` is the exchange's net
+(= pnl + fee + fundingFee + liqPenalty + settledPnl): it is the net, the sum a cross-check.
+``cTime`` is the open time, ``uTime`` the close time. ``posId`` is reused after a full close,
+so the record key is ``posId:cTime``; the payload has no order id. A record with ``type`` 1
+(close partially) is cumulative: a later close of the same position comes back under the same
+key with larger figures (see docs/exchanges.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from exchange_adapters.base import (
     CcxtAdapter,
+    Context,
+    RecordUnusable,
+    canonical_key,
     describe_body,
     field_decimal,
     field_ms,
     field_text,
+    lenient_ms,
     ms_to_datetime,
     optional_decimal,
-    to_ms,
+    positive_decimal,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import ClosedPosition
+from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
 
 
 def _contract_size(info: Mapping[str, Any]) -> Decimal:
@@ -72,14 +81,10 @@ class OkxAdapter(CcxtAdapter):
 
     async def _collect(
         self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[ClosedPosition]:
+    ) -> list[dict[str, Any]]:
         limit = self.page_size
         after, pages = until_ms, 0
-        positions: list[ClosedPosition] = []
-
-        def parse(raw: Any, where: str) -> list[ClosedPosition]:
-            return [self._normalize(market, record) for record in validate_envelope(raw, where)]
-
+        records: list[dict[str, Any]] = []
         while True:
             params = {
                 "instType": "SWAP",
@@ -91,40 +96,68 @@ class OkxAdapter(CcxtAdapter):
             page = await self.client.request(
                 "privateGetAccountPositionsHistory",
                 params,
-                parse,
+                validate_envelope,
                 what="positions-history",
                 symbol=market.symbol,
             )
             pages += 1
-            positions.extend(page)
+            records.extend(page)
             if len(page) < limit:
-                return positions
+                return records
             self._page_guard(pages, "positions-history")
-            oldest = min(to_ms(position.close_time) for position in page)
+            times = [t for t in (lenient_ms(r, "uTime") for r in page) if t is not None]
+            if not times:
+                raise BadExchangeResponse(
+                    f"{self.where('positions-history')}: a full page without a readable uTime"
+                )
+            oldest = min(times)
             after = oldest + 1 if oldest + 1 < after else oldest
 
-    def _normalize(self, market: MarketInfo, record: dict[str, Any]) -> ClosedPosition:
-        where = self.where("positions-history")
-        if record.get("instId") not in (None, market.id):
-            raise BadExchangeResponse(f"{where}: record of {record.get('instId')!r}")
-        direction = str(record.get("direction") or "").lower()
-        if direction not in ("long", "short"):
-            direction = str(record.get("posSide") or "").lower()
-        fee = field_decimal(record, "fee", where) + (
-            optional_decimal(record, "liqPenalty", where) or Decimal(0)
-        )
-        open_ms = field_ms(record, "cTime", where)
-        return self._position(
-            market,
-            direction=direction,
-            size=field_decimal(record, "closeTotalPos", where) * market.contract_size,
-            open_price=optional_decimal(record, "openAvgPx", where),
-            close_price=field_decimal(record, "closeAvgPx", where),
-            gross=field_decimal(record, "pnl", where),
-            fee=fee,
-            funding=optional_decimal(record, "fundingFee", where) or Decimal(0),
-            open_time=ms_to_datetime(open_ms),
-            close_time=ms_to_datetime(field_ms(record, "uTime", where)),
-            record_key=f"{field_text(record, 'posId', where)}:{open_ms}",
-            raw=record,
-        )
+    @staticmethod
+    def identity(context: Context, raw: dict[str, Any]) -> str:
+        pos_id, c_time = raw.get("posId"), raw.get("cTime")
+        if pos_id not in (None, "") and c_time not in (None, ""):
+            return f"{pos_id}:{c_time}"
+        return canonical_key(raw)
+
+    @staticmethod
+    def close_time_of(raw: dict[str, Any]) -> datetime | None:
+        ms = lenient_ms(raw, "uTime")
+        return None if ms is None else ms_to_datetime(ms)
+
+    @staticmethod
+    def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
+        return normalize(context, raw)
+
+
+def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
+    market = context.market
+    where = context.where("positions-history")
+    if record.get("instId") not in (None, market.id):
+        raise RecordUnusable(f"{where}: record of {record.get('instId')!r}")
+    direction = str(record.get("direction") or "").lower()
+    if direction not in ("long", "short"):
+        direction = str(record.get("posSide") or "").lower()
+    open_ms = field_ms(record, "cTime", where)
+    field_text(record, "posId", where)
+    gross = field_decimal(record, "pnl", where) + (
+        optional_decimal(record, "settledPnl", where) or Decimal(0)
+    )
+    fee = field_decimal(record, "fee", where) + (
+        optional_decimal(record, "liqPenalty", where) or Decimal(0)
+    )
+    return context.position(
+        direction=direction,
+        size=positive_decimal(record, "closeTotalPos", where) * market.contract_size,
+        open_price=positive_decimal(record, "openAvgPx", where),
+        close_price=positive_decimal(record, "closeAvgPx", where),
+        gross=gross,
+        fee=fee,
+        funding=field_decimal(record, "fundingFee", where),
+        net=field_decimal(record, "realizedPnl", where),
+        open_time=ms_to_datetime(open_ms),
+        close_time=ms_to_datetime(field_ms(record, "uTime", where)),
+        record_key=OkxAdapter.identity(context, record),
+        raw=record,
+        profit_basis=BASIS_FEES_AND_FUNDING,
+    )

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import structlog
 
-from exchange_adapters.base import CcxtAdapter
+from exchange_adapters.base import CcxtAdapter, Context, RecordUnusable, market_from_context
 from exchange_adapters.binance import BinanceAdapter
 from exchange_adapters.bitget import BitgetAdapter
 from exchange_adapters.bybit import BybitAdapter
@@ -31,7 +31,12 @@ from exchange_adapters.replay import ReplaySource, ReplayStore
 from reconcile.accounts import ApiAccount
 from reconcile.db import Secret
 from reconcile.errors import ConfigError
-from reconcile.records import ClosedPosition, ClosedPositionSource
+from reconcile.records import (
+    ClosedPosition,
+    ClosedPositionSource,
+    ClosedWindow,
+    UnusableRecord,
+)
 
 log = structlog.get_logger("exchange_adapters")
 
@@ -170,9 +175,10 @@ async def closed_positions_for_account(
     symbol: str,
     since: datetime,
     until: datetime | None = None,
-) -> list[ClosedPosition]:
+) -> ClosedWindow:
     """One-shot (the CLI's ``exchange closed``): the account's closed positions of ``symbol``
-    with since <= close_time < until (default now), sorted by close time."""
+    with since <= close_time < until (default now), sorted by close time, and the unusable
+    records of that window."""
     async with ExchangeRegistry(platforms) as registry:
         source = registry.source_for(account)
         return await source.fetch_closed(symbol, since, until or datetime.now(UTC))
@@ -207,7 +213,41 @@ def position_to_json(position: ClosedPosition, *, include_raw: bool = False) -> 
         "open_time": position.open_time,
         "close_time": position.close_time,
         "record_key": position.record_key,
+        "profit_basis": position.profit_basis,
+        "funding_known": position.funding_known,
+        "exchange_order_ids": list(position.exchange_order_ids),
     }
     if include_raw:
         data["raw"] = position.raw
     return {key: _json_value(value) for key, value in data.items()}
+
+
+def unusable_to_json(record: UnusableRecord) -> dict[str, Any]:
+    """An unusable record as a JSON-ready dict (``"unusable": true`` tells it from a position)."""
+    data: dict[str, Any] = {
+        "unusable": True,
+        "platform": record.platform,
+        "account_id": record.account_id,
+        "symbol": record.symbol,
+        "record_key": record.record_key,
+        "reason": record.reason,
+        "close_time": record.close_time,
+        "raw": record.raw,
+    }
+    return {key: _json_value(value) for key, value in data.items()}
+
+
+def normalize_stored(
+    platform: str, account_id: int, raw: dict[str, Any], context: Mapping[str, str]
+) -> ClosedPosition:
+    """Re-normalize a stored raw record with the current adapter code, without network
+    (``exchange quarantine --retry``). Raises RecordUnusable (a BadExchangeResponse) if it
+    still cannot be normalized, ConfigError for an unknown platform."""
+    adapter = ADAPTERS.get(platform)
+    if adapter is None:
+        raise ConfigError(f"no adapter for platform {platform!r}")
+    try:
+        market = market_from_context(context)
+    except ValueError as exc:
+        raise RecordUnusable(str(exc)) from None
+    return adapter.normalize(Context(platform, account_id, market), raw)

@@ -8,7 +8,11 @@ line (CSV: per row after the header), with the fields of :class:`~reconcile.reco
   robot form), ``direction`` (long/short), ``record_key`` (unique per account);
 - amounts as decimal strings (JSON numbers are read exactly too): ``size``, ``open_price``
   (may be empty/null), ``close_price``, ``gross_pnl``, ``fee`` and ``funding`` (signed, negative =
-  cost; default 0), ``net_profit`` (optional; when given it must equal gross_pnl + fee + funding);
+  cost; default 0), ``net_profit`` (optional; when given it must equal gross_pnl + fee + funding,
+  unless ``profit_basis`` is given too: then it is the exchange's own net, as
+  ``exchange closed --json`` writes it);
+- optional ``profit_basis`` (``fees+funding`` default, or ``fees``), ``funding_known`` (true
+  default) and ``exchange_order_ids`` (a list of strings);
 - ``open_time`` (may be empty/null) and ``close_time``: ISO 8601 with a zone (``Z`` or ``+08:00``)
   or epoch milliseconds;
 - ``raw`` (optional): a JSON object (in CSV, JSON text).
@@ -35,12 +39,18 @@ from exchange_adapters.base import finish, ms_to_datetime
 from exchange_adapters.errors import UnknownSymbol
 from exchange_adapters.symbols import to_unified
 from reconcile.errors import ConfigError
-from reconcile.records import ClosedPosition
+from reconcile.records import (
+    BASIS_FEES_AND_FUNDING,
+    BASIS_FEES_ONLY,
+    ClosedPosition,
+    ClosedWindow,
+)
 
 SUFFIXES = (".jsonl", ".ndjson", ".csv")
 FIELDS = (
     "platform", "account_id", "symbol", "direction", "size", "open_price", "close_price",
     "gross_pnl", "fee", "funding", "net_profit", "open_time", "close_time", "record_key", "raw",
+    "profit_basis", "funding_known", "exchange_order_ids",
 )  # fmt: skip
 _REQUIRED = ("platform", "account_id", "symbol", "direction", "size", "close_price",
              "gross_pnl", "close_time", "record_key")  # fmt: skip
@@ -100,8 +110,25 @@ def parse_record(data: Mapping[str, Any]) -> ClosedPosition:
     fee = Decimal(0) if _empty(data.get("fee")) else _decimal(data["fee"], "fee")
     funding = Decimal(0) if _empty(data.get("funding")) else _decimal(data["funding"], "funding")
     net = gross + fee + funding
-    if not _empty(data.get("net_profit")) and _decimal(data["net_profit"], "net_profit") != net:
-        raise ValueError("net_profit differs from gross_pnl + fee + funding")
+    basis = data.get("profit_basis")
+    if _empty(basis):
+        basis = BASIS_FEES_AND_FUNDING
+        if not _empty(data.get("net_profit")) and _decimal(data["net_profit"], "net_profit") != net:
+            raise ValueError("net_profit differs from gross_pnl + fee + funding")
+    else:
+        basis = str(basis).strip()
+        if basis not in (BASIS_FEES_AND_FUNDING, BASIS_FEES_ONLY):
+            raise ValueError(f"profit_basis: {basis!r} is neither fees+funding nor fees")
+        if not _empty(data.get("net_profit")):
+            net = _decimal(data["net_profit"], "net_profit")
+    funding_known = data.get("funding_known", True)
+    if isinstance(funding_known, str):
+        funding_known = funding_known.strip().lower() not in ("false", "0", "no")
+    order_ids = data.get("exchange_order_ids") or ()
+    if isinstance(order_ids, str):
+        order_ids = json.loads(order_ids) if order_ids.strip().startswith("[") else [order_ids]
+    if not isinstance(order_ids, list | tuple):
+        raise ValueError("exchange_order_ids must be a list of strings")
     raw = data.get("raw")
     if isinstance(raw, str):
         raw = json.loads(raw, parse_float=Decimal) if raw.strip() else None
@@ -125,6 +152,9 @@ def parse_record(data: Mapping[str, Any]) -> ClosedPosition:
         close_time=_time(data["close_time"], "close_time"),
         record_key=str(data["record_key"]).strip(),
         raw=raw or {},
+        profit_basis=basis,
+        funding_known=bool(funding_known),
+        exchange_order_ids=tuple(str(i) for i in order_ids),
     )
 
 
@@ -210,14 +240,14 @@ class ReplaySource:
         self.account_id = account_id
         self.platform = platform
 
-    async def fetch_closed(
-        self, symbol: str, since: datetime, until: datetime
-    ) -> list[ClosedPosition]:
+    async def fetch_closed(self, symbol: str, since: datetime, until: datetime) -> ClosedWindow:
         if since.tzinfo is None or until.tzinfo is None:
             raise ValueError("fetch_closed needs aware datetimes")
         unified = to_unified(symbol)
         records = await self.store.records(self.account_id)
-        return finish((r for r in records if r.symbol == unified), since, until)
+        return ClosedWindow(
+            records=tuple(finish((r for r in records if r.symbol == unified), since, until))
+        )
 
     async def close(self) -> None:
         return None

@@ -12,7 +12,8 @@
 6. no eligible order (closed, profitable, unconsumed) waits longer than one compensation
    interval - the backlog;
 7. no closed profitable unconsumed order has the engine's placeholder close time (2006): those
-   are never charged, so they are listed.
+   are never charged, so they are listed;
+8. no unusable exchange record waits in quarantine (its close is neither recorded nor charged).
 
 Each check reports a count and a few examples. Sums run in SQL on MySQL (exact DECIMAL); on
 SQLite, which holds decimals as text, they are added up in Python.
@@ -31,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
 from reconcile.orders import REAL_CLOSE_TIMES_FROM, STATUS_CLOSED, eligible_sql, positive
-from reconcile.schema import power_consume, trading_order, wallet, wallet_log
+from reconcile.quarantine import quarantine
+from reconcile.schema import power_consume, table_names, trading_order, wallet, wallet_log
 
 EXAMPLES = 10
 LEDGER_TYPES = ("power_consume", "power_consume_refund", "power_consume_refund_reversal")
@@ -70,6 +72,7 @@ async def audit(db: Database, *, backlog_after: timedelta) -> AuditReport:
                 await _wallets(balances, last),
                 await _backlog(conn, db, backlog_after),
                 await _placeholder_close_times(conn, db),
+                await _quarantined(conn),
             ]
         )
 
@@ -210,6 +213,26 @@ async def _wallets(
                     "last_ledger_at": at,
                 }
             )
+    return check
+
+
+async def _quarantined(conn: AsyncConnection) -> Check:
+    """Exchange records that could not be normalized wait in quarantine: until they are
+    re-processed (``exchange quarantine --retry``), what they closed is neither recorded nor
+    charged."""
+    check = Check("quarantine", "no unusable exchange record waits in quarantine")
+    if quarantine.name not in await table_names(conn):  # before `migrate up`
+        return check
+    q = quarantine.c
+    waiting = (
+        select(q.platform, q.account_id, q.symbol, q.record_key, q.reason, q.first_seen)
+        .where(q.resolved_at.is_(None))
+        .order_by(q.first_seen, q.id)
+    )
+    check.violations = (
+        await conn.execute(select(func.count()).select_from(waiting.subquery()))
+    ).scalar_one()
+    check.examples = [dict(r._mapping) for r in await conn.execute(waiting.limit(EXAMPLES))]
     return check
 
 

@@ -29,9 +29,9 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -40,11 +40,18 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import quarantine
 from reconcile.accounts import ApiAccount, load_account
 from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.contract import LiveSchema, inspect_live
 from reconcile.db import Database
-from reconcile.errors import DatabaseError, DuplicateKey, ReconcileError
+from reconcile.errors import (
+    DatabaseError,
+    DuplicateKey,
+    PermanentError,
+    ReconcileError,
+    TemporaryError,
+)
 from reconcile.matching import Decision, Kind, Rule, Tolerances
 from reconcile.records import ClosedPosition, ClosedPositionSource
 from reconcile.schema import stream_cursor, trading_api_config, trading_robot
@@ -320,7 +327,10 @@ class HistorySync:
         floor = now - self.settings.lookback
         since = floor if cursor is None or cursor[0] < floor else cursor[0] - self.settings.overlap
         seen_at_cursor = cursor[1] if cursor is not None else frozenset()
-        records = await source.fetch_closed(stream.symbol, since, now)
+        window = await source.fetch_closed(stream.symbol, since, now)
+        records = window.records
+        # kept under the stream's own symbol, never blocking the stream
+        await quarantine.store(self.db, [replace(u, symbol=stream.symbol) for u in window.unusable])
         summary.records += len(records)
         todo = [
             r
@@ -336,15 +346,43 @@ class HistorySync:
             page = todo[start : start + size]
             to_charge.extend(await self._upsert_page(stream, page, basis, schema, summary))
         # charged in pages once the window's orders are recorded (the sweep is the backstop)
-        for result in await self.consumer.charge_many(to_charge, Source.HISTORY):
-            if result.outcome is Outcome.CHARGED:
-                summary.charged += 1
-            elif result.outcome is Outcome.SKIPPED_DUPLICATE:
-                summary.skipped_duplicate += 1
+        await self._charge(to_charge, summary)
         newest = max((r.close_time for r in records), default=None)
         complete_until = now if newest is None or newest < now else newest
         keys = sorted(r.record_key for r in records if r.close_time == complete_until)
         await self._write_cursor(stream, complete_until, keys)
+
+    async def reconcile_records(
+        self, key: tuple[str, int, str], records: Sequence[ClosedPosition]
+    ) -> SyncSummary:
+        """Upsert and charge records of one stream (platform, account, symbol) outside a cycle:
+        ``exchange quarantine --retry`` hands records it could normalize at last to the same
+        rules and writes as the cycle. The stream must be running; its cursor is not moved."""
+        platform, account_id, symbol = key
+        summary = SyncSummary()
+        streams = (await self._streams(summary)).get(account_id, [])
+        stream = next((s for s in streams if s.platform == platform and s.symbol == symbol), None)
+        if stream is None:
+            raise PermanentError(
+                f"no running robot on {platform} account {account_id} trades {symbol}"
+            )
+        async with self._account_lock(account_id) as held:
+            if not held:
+                raise TemporaryError(f"account {account_id} is being synced elsewhere")
+            account = await load_account(self.db, account_id)
+            basis = self.provider.profit_basis(account)
+            to_charge = await self._upsert_page(
+                stream, list(records), basis, await self._schema(), summary
+            )
+            await self._charge(to_charge, summary)
+        return summary
+
+    async def _charge(self, order_ids: list[int], summary: SyncSummary) -> None:
+        for result in await self.consumer.charge_many(order_ids, Source.HISTORY):
+            if result.outcome is Outcome.CHARGED:
+                summary.charged += 1
+            elif result.outcome is Outcome.SKIPPED_DUPLICATE:
+                summary.skipped_duplicate += 1
 
     async def _schema(self) -> LiveSchema:
         if self.schema is None:  # introspected once, at the first cycle

@@ -54,7 +54,7 @@ async def test_same_endpoint_as_ccxt_unified_call(platform: str) -> None:
         fake.records += closed_record(platform, close_ms=T0_MS - HOUR_MS)
         unified = await _unified(platform, fake)
         async with open_source(fake) as source:
-            (ours,) = await source.fetch_closed("BTCUSDT", T0 - timedelta(days=1), T0)
+            (ours,) = (await source.fetch_closed("BTCUSDT", T0 - timedelta(days=1), T0)).records
         theirs_call, our_call = fake.seen("closed")
     assert len(unified) == 1
     assert our_call.path == theirs_call.path

@@ -144,7 +144,7 @@ async def test_one_client_per_account_shared_by_robots_and_markets_loaded_once()
                 robot_eth.fetch_closed("ETH_USDT", SINCE, UNTIL),
                 other.fetch_closed("BTCUSDT", SINCE, UNTIL),
             )
-            assert [len(r) for r in results] == [1, 1, 1]
+            assert [len(r.records) for r in results] == [1, 1, 1]
             assert fake.count("markets") == 1  # once per exchange host, not per client
             assert registry.requests() == 3
 
@@ -237,11 +237,11 @@ def test_account_repr_never_shows_secrets(platform: str) -> None:
 async def test_one_shot_helper_for_the_cli() -> None:
     async with FakeBybit() as fake:
         fake.records += closed_record("bybit", close_ms=T0_MS - HOUR_MS)
-        positions = await closed_positions_for_account(
+        window = await closed_positions_for_account(
             account_for(fake), {"bybit": fast_options()}, "BTC-USDT", SINCE, UNTIL
         )
-    (position,) = positions
+    (position,) = window.records
     rendered = position_to_json(position)
     assert rendered["platform"] == "bybit" and rendered["symbol"] == "BTC/USDT:USDT"
-    assert rendered["net_profit"] == "9.8" and rendered["gross_pnl"] == "10.0"
+    assert rendered["net_profit"] == "9.8" and rendered["gross_pnl"] == "10.00"
     assert rendered["close_time"] == "2026-05-17T05:40:00Z" and rendered["open_time"] is None

@@ -31,6 +31,7 @@ from tests.fake_exchanges.harness import (
     T0,
     T0_MS,
     account_for,
+    at,
     closed_record,
     fast_options,
     open_source,
@@ -118,7 +119,7 @@ async def test_temporary_fault_then_success(platform: str, case: str) -> None:
         fake.records += closed_record(platform, close_ms=T0_MS - HOUR_MS)
         fake.fail(fault, times=ATTEMPTS - 1)
         async with open_source(fake, timeout=0.3) as source:
-            positions = await source.fetch_closed("BTC_USDT", SINCE, UNTIL)
+            positions = (await source.fetch_closed("BTC_USDT", SINCE, UNTIL)).records
         assert len(positions) == 1
         assert fake.count("closed") == ATTEMPTS
 
@@ -172,7 +173,7 @@ async def test_retry_after_is_honoured(logs: Logs) -> None:
         fake.fail(Fault.rate_limit("1"))
         async with open_source(fake) as source:
             started = time.monotonic()
-            positions = await source.fetch_closed("BTCUSDT", SINCE, UNTIL)
+            positions = (await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records
             elapsed = time.monotonic() - started
         assert len(positions) == 1 and fake.count("closed") == 2
     assert elapsed >= 1.0
@@ -197,7 +198,7 @@ async def test_slow_answer_within_the_timeout_is_fine() -> None:
         fake.records += closed_record("binance", close_ms=T0_MS - HOUR_MS)
         fake.fail(Fault.slow(0.2))
         async with open_source(fake, timeout=2.0) as source:
-            assert len(await source.fetch_closed("BTCUSDT", SINCE, UNTIL)) == 1
+            assert len((await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records) == 1
         assert fake.count("closed") == 1
 
 
@@ -205,7 +206,7 @@ async def test_markets_failures_are_retried_too() -> None:
     async with FakeBinance() as fake:
         fake.fail(Fault.http(502), endpoint="markets", times=ATTEMPTS - 1)
         async with open_source(fake) as source:
-            assert await source.fetch_closed("BTCUSDT", SINCE, UNTIL) == []
+            assert (await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records == ()
         assert fake.count("markets") == ATTEMPTS and fake.count("closed") == 1
 
 
@@ -231,7 +232,7 @@ async def test_unknown_symbols_are_permanent_and_cost_no_request(platform: str) 
             # the symbol cools down, the account does not
             with pytest.raises(UnknownSymbol, match="cool-down"):
                 await source.fetch_closed("DOGE_USDT", SINCE, UNTIL)
-            assert await source.fetch_closed("BTC_USDT", SINCE, UNTIL) == []
+            assert (await source.fetch_closed("BTC_USDT", SINCE, UNTIL)).records == ()
         assert fake.count("closed") == 1
 
 
@@ -246,20 +247,28 @@ BROKEN_FIELD = {"binance": "realizedPnl", "okx": "closeAvgPx", "gate": "side",
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-async def test_a_malformed_record_is_a_bad_answer_not_a_skipped_record(
+async def test_a_malformed_record_is_unusable_not_retried_and_not_skipped(
     platform: str, logs: Logs
 ) -> None:
+    """A record lacking a required field on a well-formed page: the page's other records are
+    served, the bad one comes back as unusable with its raw payload, and the request is not
+    retried (validation runs once, after the request)."""
     async with FAKES[platform]() as fake:
         fake.records += closed_record(platform, close_ms=T0_MS - HOUR_MS)
         (broken,) = closed_record(platform, close_ms=T0_MS - 2 * HOUR_MS)
         del broken[BROKEN_FIELD[platform]]
         fake.records.append(broken)
         async with open_source(fake) as source:
-            with pytest.raises(BadExchangeResponse, match=BROKEN_FIELD[platform]):
-                await source.fetch_closed("BTC_USDT", SINCE, UNTIL)
-        assert fake.count("closed") == ATTEMPTS
-    failures = [e for e in logs if e["event"] == "exchange request failed"]
-    assert len(failures) == ATTEMPTS and failures[-1]["will_retry"] is False
+            window = await source.fetch_closed("BTC_USDT", SINCE, UNTIL)
+        assert fake.count("closed") == 1
+    assert len(window.records) == 1
+    (bad,) = window.unusable
+    assert BROKEN_FIELD[platform] in bad.reason
+    assert (bad.raw["fills"] if platform == "binance" else [bad.raw]) == [broken]
+    assert bad.close_time == at(T0_MS - 2 * HOUR_MS)
+    assert not [e for e in logs if e["event"] == "exchange request failed"]
+    (event,) = [e for e in logs if e["event"] == "exchange record unusable"]
+    assert event["record_key"] == bad.record_key
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)

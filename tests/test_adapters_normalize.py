@@ -42,7 +42,7 @@ async def test_binance_groups_closing_fills_by_order() -> None:
                     time=T0_MS + 60_001),
         ]  # fmt: skip
         async with open_source(fake) as source:
-            long_, short = await source.fetch_closed("BTCUSDT", SINCE, UNTIL)
+            long_, short = (await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records
 
     assert long_.platform == "binance" and long_.account_id == 1
     assert long_.symbol == "BTC/USDT:USDT"
@@ -87,7 +87,9 @@ async def test_okx_direction_contract_size_and_reused_pos_id() -> None:
                         c_time=T0_MS - 5 * HOUR_MS, u_time=T0_MS + 180_000),
         ]  # fmt: skip
         async with open_source(fake) as source:
-            first, second, liquidated = await source.fetch_closed("BTC-USDT-SWAP", SINCE, UNTIL)
+            first, second, liquidated = (
+                await source.fetch_closed("BTC-USDT-SWAP", SINCE, UNTIL)
+            ).records
 
     assert first.direction == "long"
     assert first.size == D("0.03")  # 3 contracts × ctVal 0.01
@@ -117,7 +119,7 @@ async def test_gate_prices_by_side_and_composite_key() -> None:
                       first_open_time=T0_MS // 1000 - 600, time=T0_MS // 1000 + 60),
         ]  # fmt: skip
         async with open_source(fake) as source:
-            long_, short = await source.fetch_closed("BTC_USDT", SINCE, UNTIL)
+            long_, short = (await source.fetch_closed("BTC_USDT", SINCE, UNTIL)).records
 
     assert long_.direction == "long"
     assert (long_.open_price, long_.close_price) == (D("60000"), D("61000"))
@@ -145,7 +147,7 @@ async def test_bitget_fees_funding_and_position_id() -> None:
                       utime=T0_MS + 1_000),
         ]  # fmt: skip
         async with open_source(fake) as source:
-            long_, short = await source.fetch_closed("BTC/USDT", SINCE, UNTIL)
+            long_, short = (await source.fetch_closed("BTC/USDT", SINCE, UNTIL)).records
 
     assert long_.direction == "long" and long_.record_key == "1322441328637100049"
     assert long_.size == D("0.0001")
@@ -170,7 +172,7 @@ async def test_bybit_inverted_side_and_fee_derivation() -> None:
                       created=T0_MS + 30_000),
         ]  # fmt: skip
         async with open_source(fake) as source:
-            long_, short = await source.fetch_closed("BTCUSDT", SINCE, UNTIL)
+            long_, short = (await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records
 
     assert long_.direction == "long"
     assert long_.record_key == "071749f3-a9fa-427b-b5ca-27b2f52b81de"
@@ -192,7 +194,7 @@ async def test_times_are_aware_utc_and_amounts_decimal() -> None:
                                     funding_fee="-11.870404179341788", c_time=T0_MS - 1,
                                     u_time=T0_MS),  # fmt: skip
         async with open_source(fake) as source:
-            (position,) = await source.fetch_closed("BTC_USDT", SINCE, UNTIL)
+            (position,) = (await source.fetch_closed("BTC_USDT", SINCE, UNTIL)).records
     for name in ("size", "open_price", "close_price", "gross_pnl", "fee", "funding",
                  "net_profit"):  # fmt: skip
         assert type(getattr(position, name)) is Decimal, name

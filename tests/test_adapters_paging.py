@@ -56,7 +56,7 @@ async def test_pages_overlapping_out_of_order_records(platform: str) -> None:
         fake.page_overlap = 2
         fake.shuffle_pages = True
         async with open_source(fake, page_size=PAGE) as source:
-            positions = await source.fetch_closed("BTC_USDT", since, until)
+            positions = (await source.fetch_closed("BTC_USDT", since, until)).records
         calls = fake.seen("closed")
 
     keys = [p.record_key for p in positions]
@@ -84,8 +84,8 @@ async def test_empty_window_costs_one_request(platform: str) -> None:
     async with FAKES[platform]() as fake:
         fake.records += closed_record(platform, close_ms=T0_MS - 2 * DAY_MS)
         async with open_source(fake) as source:
-            positions = await source.fetch_closed("BTCUSDT", T0 - timedelta(hours=1), T0)
-        assert positions == []
+            window = await source.fetch_closed("BTCUSDT", T0 - timedelta(hours=1), T0)
+        assert window.records == () and window.unusable == ()
         assert fake.count("closed") == 1
         assert fake.count("markets") >= 1
 
@@ -108,7 +108,7 @@ async def test_seven_day_windows(platform: str) -> None:
         fake.records += closed_record(platform, close_ms=T0_MS - 29 * DAY_MS)
         fake.records += closed_record(platform, close_ms=T0_MS - 1)
         async with open_source(fake) as source:
-            positions = await source.fetch_closed("BTCUSDT", T0 - timedelta(days=30), T0)
+            positions = (await source.fetch_closed("BTCUSDT", T0 - timedelta(days=30), T0)).records
         starts = [int(c.query["startTime"]) for c in fake.seen("closed")]
     assert len(positions) == 2
     assert len(starts) == 5  # 7 + 7 + 7 + 7 + 2 days
@@ -121,7 +121,7 @@ async def test_binance_page_cursor_advances_by_time() -> None:
         for i in range(10):
             fake.records += closed_record("binance", close_ms=T0_MS - (10 - i) * HOUR_MS)
         async with open_source(fake, page_size=4) as source:
-            positions = await source.fetch_closed("BTCUSDT", T0 - timedelta(days=1), T0)
+            positions = (await source.fetch_closed("BTCUSDT", T0 - timedelta(days=1), T0)).records
         starts = [int(c.query["startTime"]) for c in fake.seen("closed")]
     assert len(positions) == 10
     # each next page starts at the newest fill time of the previous one (inclusive, de-duplicated)
@@ -133,12 +133,13 @@ async def test_okx_pages_backwards_on_update_time() -> None:
         for i in range(5):
             fake.records += closed_record("okx", close_ms=T0_MS - (i + 1) * HOUR_MS)
         async with open_source(fake, page_size=2) as source:
-            positions = await source.fetch_closed("BTCUSDT", T0 - timedelta(days=1), T0)
+            positions = (await source.fetch_closed("BTCUSDT", T0 - timedelta(days=1), T0)).records
         calls = fake.seen("closed")
     assert len(positions) == 5
     # the next page starts just above the oldest uTime seen, so positions closing in that same
     # millisecond but cut off by the page come again (de-duplicated) instead of being skipped
     assert [c.query["after"] for c in calls] == [
-        str(T0_MS), *(str(T0_MS - h * HOUR_MS + 1) for h in (2, 3, 4, 5))
+        str(T0_MS),
+        *(str(T0_MS - h * HOUR_MS + 1) for h in (2, 3, 4, 5)),
     ]
     assert {c.query["before"] for c in calls} == {str(T0_MS - DAY_MS - 1)}

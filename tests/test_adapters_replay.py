@@ -66,7 +66,8 @@ def _write_csv(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 async def _fetch(path: Path, account_id: int = 7, symbol: str = "BTC_USDT") -> list[ClosedPosition]:
-    return await ReplaySource(ReplayStore(path), account_id).fetch_closed(symbol, SINCE, UNTIL)
+    window = await ReplaySource(ReplayStore(path), account_id).fetch_closed(symbol, SINCE, UNTIL)
+    return list(window.records)
 
 
 async def test_jsonl_records_filtered_sorted_and_exact(tmp_path: Path) -> None:
@@ -117,10 +118,10 @@ async def test_csv_and_directories(tmp_path: Path) -> None:
 async def test_files_are_reread_when_they_change(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "r.jsonl", [_record(record_key="one")])
     source = ReplaySource(ReplayStore(path), 7)
-    assert len(await source.fetch_closed("BTCUSDT", SINCE, UNTIL)) == 1
+    assert len((await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records) == 1
     _write_jsonl(path, [_record(record_key="one"), _record(record_key="two")])
     os.utime(path, ns=(1, 1))
-    assert len(await source.fetch_closed("BTCUSDT", SINCE, UNTIL)) == 2
+    assert len((await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records) == 2
 
 
 @pytest.mark.parametrize(
@@ -158,9 +159,9 @@ async def test_registry_serves_accounts_of_disabled_platforms_from_replay(tmp_pa
         source = registry.source_for(account)
         assert isinstance(source, ReplaySource) and source.platform == "binance"
         assert registry.options_for(account) is platforms["replay"]
-        assert len(await source.fetch_closed("BTCUSDT", SINCE, UNTIL)) == 2
+        assert len((await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records) == 2
     positions = await closed_positions_for_account(account, platforms, "BTC-USDT", SINCE, UNTIL)
-    assert [p.record_key for p in positions] == ["order-1", "order-2"]
+    assert [p.record_key for p in positions.records] == ["order-1", "order-2"]
 
 
 async def test_json_output_round_trips_through_replay(tmp_path: Path) -> None:

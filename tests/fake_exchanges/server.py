@@ -139,6 +139,10 @@ class FakeExchange(ABC):
         self.shuffle_pages = False
         self._random = random.Random(seed)
         self._faults: dict[str, deque[_Pending]] = {}
+        #: bodies served byte for byte, in order, to the next requests of ``closed`` (fixtures)
+        self.canned: deque[bytes] = deque()
+        #: the canned bodies served so far
+        self.served: list[bytes] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._runner: web.AppRunner | None = None
@@ -185,6 +189,11 @@ class FakeExchange(ABC):
     def fail(self, fault: Fault, *, endpoint: str = "closed", times: int = 1) -> None:
         """Serve ``fault`` for the next ``times`` requests of ``endpoint`` (``*``: any)."""
         self._faults.setdefault(endpoint, deque()).append(_Pending(fault, times))
+
+    def serve_body(self, body: bytes) -> None:
+        """Answer the next request of ``closed`` with exactly ``body`` (after authentication);
+        later requests get the fake's own answer again."""
+        self.canned.append(body)
 
     def count(self, endpoint: str = "closed") -> int:
         return sum(1 for seen in self.requests if endpoint in ("*", seen.endpoint))
@@ -278,11 +287,16 @@ class FakeExchange(ABC):
             refused = self.authenticate(request)
             if refused is not None:
                 return refused
+        if route.endpoint == "closed" and self.canned:
+            body = self.canned.popleft()
+            self.served.append(body)
+            return web.Response(body=body, content_type="application/json")
         return await route.handler(request)
 
     async def _drop(self, fault: Fault, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
-                                                           "Content-Length": "4096"})
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "application/json", "Content-Length": "4096"}
+        )
         if fault.kind == "truncated":
             await response.prepare(request)
             await response.write(b'{"code":"0","data":[{"posId":"1",')
