@@ -78,8 +78,6 @@ from reconcile.history import HistorySync, SyncSettings, SyncSummary, order_sn_f
 from reconcile.pricing import PowerRules
 from reconcile.records import ClosedPositionSource, ClosedWindow
 from reconcile.schema import (
-    create_hotgo_schema,
-    create_own_schema,
     toogo_user,
     trading_api_config,
     trading_robot,
@@ -87,6 +85,7 @@ from reconcile.schema import (
 )
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import DAY_MS, closed_record, record_key_of
+from tests.upstream import create_upstream_schema
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 PLATFORMS = ("binance", "okx", "gate", "bitget", "bybit")
@@ -269,7 +268,7 @@ class Scenario:
             rows.append({"id": i + 1, "tenant_id": 3, "user_id": self.user_of(account_id),
                          "api_config_id": account_id, "robot_name": f"bench robot {i + 1}",
                          "exchange": self.platform_of(account_id), "symbol": symbol,
-                         "leverage": 10, "margin": Decimal("50"), "status": 2})  # fmt: skip
+                         "leverage": 10, "status": 2})  # fmt: skip
         return rows
 
     def fill(self, books: dict[int, Book], now_ms: int) -> None:
@@ -309,8 +308,8 @@ def admin(name: str | None = None) -> pymysql.connections.Connection:
 async def seed(db: Database, scenario: Scenario, books: dict[int, Book],
                fakes: dict[str, FakeExchange]) -> None:  # fmt: skip
     async def create(conn: AsyncConnection) -> None:
-        await create_hotgo_schema(conn, with_unique_key=True)
-        await create_own_schema(conn)
+        # hotgo's tables from upstream's own DDL, plus what `migrate up` adds
+        await create_upstream_schema(conn, with_unique_key=True)
 
     await db.transaction(create, what="create schema")
     accounts = []
@@ -332,7 +331,8 @@ async def seed(db: Database, scenario: Scenario, books: dict[int, Book],
              "total_power_consume": Decimal(0), "created_at": now, "updated_at": now}
             for u in users])  # fmt: skip
         await conn.execute(toogo_user.insert(), [  # every 4th user has a VIP discount
-            {"member_id": u, "vip_level": 3, "power_discount": Decimal("12.50")}
+            {"member_id": u, "vip_level": 3, "power_discount": Decimal("12.50"),
+             "invite_code": f"B{u}"}
             for u in users if u % 4 == 0])  # fmt: skip
 
     await db.transaction(insert, what="seed accounts and robots")
@@ -344,9 +344,11 @@ def verify(name: str, scenario: Scenario, log_path: Path) -> dict[str, int]:
     expected = scenario.expected
     winners = sum(expected.values())
     with conn.cursor() as cur:
-        cur.execute("""SELECT r.api_config_id, o.exchange_order_id, o.order_sn, o.realized_profit,
+        cur.execute("""SELECT r.api_config_id, b.record_key, o.order_sn, o.realized_profit,
                 o.power_consumed, o.power_amount, o.status
-            FROM hg_trading_order o JOIN hg_trading_robot r ON r.id = o.robot_id""")
+            FROM hg_trading_order o JOIN hg_trading_robot r ON r.id = o.robot_id
+            JOIN toogo_reconcile_binding b ON b.primary_order_id = o.id
+                AND b.account_id = r.api_config_id""")
         orders = cur.fetchall()
         keys = [(int(acct), str(key)) for acct, key, *_ in orders]
         assert len(orders) == len(expected), (len(orders), len(expected))
