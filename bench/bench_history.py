@@ -495,7 +495,8 @@ def describe(label: str, c: Cycle) -> list[str]:
     lines = [
         f"{label} cycle: {wall:.2f} s wall (summary.elapsed {s.elapsed:.2f} s), "
         f"streams {s.streams}, records {s.records}",
-        f"  inserted {s.inserted}, closed {s.closed}, matched {s.matched}, charged {s.charged}, "
+        f"  inserted {s.inserted}, closed {s.closed}, matched {s.matched}, parts {s.parts}, "
+        f"ambiguous {s.ambiguous}, charged {s.charged}, "
         f"skipped_duplicate {s.skipped_duplicate}, failed_streams {s.failed_streams}, "
         f"skipped_streams {s.skipped_streams}",
         f"  requests: {closed} closed-position requests = {closed / max(s.streams, 1):.2f} per "

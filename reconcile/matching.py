@@ -17,7 +17,8 @@ b. **order id** - one of the record's own exchange order ids (binance/bybit ``or
 c. **close time** - a closed order of those robots, same symbol and direction, not yet bound to
    another record, with a real close time within ``match_tolerance`` of the record's, *whatever
    its exchange_order_id*: the engine recorded this close. Nearest close time wins, then nearest
-   quantity, then the lowest id.
+   quantity, then the lowest id. Orders the daemon inserted itself (rule f, ``SX…`` order_sn)
+   are other exchange records, not the engine's evidence: rules c and d ignore them.
 d. **part** - a closed order of those robots, same symbol and direction, whose lifetime (open to
    close, ± the tolerance) spans the record's close time and whose quantity is larger than the
    record's size: the exchange closed the position in parts (bybit reports one record per
@@ -87,6 +88,9 @@ class Candidate:
     realized_profit: Decimal | None
     power_consumed: int
     bound: bool  # has a kind-'order' binding
+    #: inserted by the daemon for another exchange record (rule f): a record of its own, so
+    #: never the engine's evidence for rules c and d
+    own: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,12 @@ def _decide_one(
         if order.status == Status.OPEN:
             return Decision(record, Rule.OPEN, order, Kind.ORDER)
         return Decision(record, Rule.NOT_CLOSABLE, order)  # pending, cancelled, failed
-    same = [c for c in orders.values() if c.symbol == symbol and c.direction == record.direction]
+    # the engine's orders: an order the daemon inserted for another record is that record's
+    same = [
+        c
+        for c in orders.values()
+        if c.symbol == symbol and c.direction == record.direction and not c.own
+    ]
     # c. the engine recorded this close: nearest close time, then nearest quantity, lowest id
     window = [
         c

@@ -72,6 +72,11 @@ def order_sn_for(platform: str, account_id: int, record_key: str) -> str:
     return f"SX{digest[:40]}"
 
 
+def is_own_order_sn(order_sn: str) -> bool:
+    """Whether an order_sn is one :func:`order_sn_for` makes (the engine's start TO, SUB, ...)."""
+    return len(order_sn) == 42 and order_sn.startswith("SX")
+
+
 @dataclass
 class PageResult:
     decisions: list[Decision]
@@ -193,7 +198,7 @@ class PageWriter:
                 exchange_order_id=r[6], close_order_id=r[7] if self.close_ids else None,
                 quantity=r[8], open_time=r[9], close_time=r[10], close_price=r[11],
                 hold_duration=r[12], realized_profit=r[13], power_consumed=r[14],
-                bound=r[0] in taken,
+                bound=r[0] in taken, own=is_own_order_sn(r[2]),
             )
             for r in rows
         ]  # fmt: skip

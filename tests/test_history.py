@@ -348,3 +348,23 @@ async def test_an_order_inserted_for_a_record_but_never_bound_is_that_records(
         summary = await sync.run_cycle()
     assert (summary.failed_streams, summary.inserted, summary.matched) == (0, 0, 1)
     assert await bindings(mysql_db) == {"B-1": (mine, "order", "order_id")}
+
+
+async def test_two_closes_a_minute_apart_are_two_orders_across_pages(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    """An order the daemon inserted for one record is that record's: a second record closing
+    60 s later (same direction, same size) is not 'ambiguous' with it, even in a later page."""
+    await one_robot(mysql_db)
+    closed = NOW - timedelta(hours=1)
+    replay = write_replay(
+        tmp_path / "r.jsonl",
+        [
+            position(10, "B-1", closed=closed),
+            position(10, "B-2", closed=closed + timedelta(seconds=60)),
+        ],
+    )
+    async with history_sync(mysql_db, replay, page_size=1) as sync:
+        summary = await sync.run_cycle()
+    assert (summary.inserted, summary.ambiguous, summary.parts) == (2, 0, 0)
+    assert len(await orders(mysql_db)) == 2
