@@ -52,6 +52,7 @@ from reconcile.credentials import (
 )
 from reconcile.db import Database, RetryPolicy, Secret
 from reconcile.errors import ConfigError, ReconcileError
+from reconcile.schema import quarantine as schema_quarantine
 from reconcile.schema import table_names, trading_api_config, trading_order, trading_robot
 
 #: the most the database's clock (read in database.timezone) may differ from ours
@@ -193,7 +194,7 @@ class Doctor:
         return {trading_api_config.name, trading_robot.name} <= tables
 
     async def _quarantine(self, db: Database) -> None:
-        if quarantine.quarantine.name not in await db.transaction(table_names, what="tables"):
+        if schema_quarantine.name not in await db.transaction(table_names, what="tables"):
             return  # before `migrate up`: the schema line says so
         waiting = await quarantine.unresolved_count(db)
         if waiting:

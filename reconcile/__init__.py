@@ -2,5 +2,3 @@
 
 Imports nothing from ``daemon`` or ``exchange_adapters`` and nothing from ccxt.
 """
-
-from reconcile import quarantine as _quarantine  # noqa: F401 - registers its own table

@@ -32,8 +32,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
 from reconcile.orders import REAL_CLOSE_TIMES_FROM, STATUS_CLOSED, eligible_sql, positive
-from reconcile.quarantine import quarantine
-from reconcile.schema import power_consume, table_names, trading_order, wallet, wallet_log
+from reconcile.schema import (
+    power_consume,
+    quarantine,
+    table_names,
+    trading_order,
+    wallet,
+    wallet_log,
+)
 
 EXAMPLES = 10
 LEDGER_TYPES = ("power_consume", "power_consume_refund", "power_consume_refund_reversal")

@@ -8,10 +8,9 @@ quarantine --retry`` re-processes it (after an upgrade of the adapters, or after
 corrected it) and :func:`mark_resolved` records how. ``audit`` fails while any is unresolved
 (:func:`unresolved_count`); ``doctor`` and the metrics show the same count.
 
-The table ``toogo_reconcile_quarantine`` is one of the daemon's own tables: it is defined on
-``reconcile.schema.own_metadata`` and registered in ``OWN_TABLES`` when this module is imported
-(``reconcile/__init__.py`` imports it), so ``create_own_schema`` / ``migrate up`` create it and
-the schema check asks for it.
+The table ``toogo_reconcile_quarantine`` is one of the daemon's own tables (reconcile/schema.py,
+``OWN_TABLES``): ``create_own_schema`` / ``migrate up`` create it and the schema check asks for
+it.
 """
 
 from __future__ import annotations
@@ -23,15 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     func,
     select,
     update,
@@ -39,33 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import schema
 from reconcile.db import Database
 from reconcile.records import UnusableRecord
-
-quarantine = Table(
-    "toogo_reconcile_quarantine",
-    schema.own_metadata,
-    Column("id", schema.ID, primary_key=True, autoincrement=True),
-    Column("platform", String(20), nullable=False),
-    Column("account_id", BigInteger, nullable=False),
-    Column("symbol", String(40), nullable=False),
-    Column("record_key", String(128), nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("raw_json", Text(16_000_000), nullable=False),  # MEDIUMTEXT on MySQL
-    Column("context_json", Text, nullable=False),
-    Column("close_time", DateTime, nullable=True),  # UTC
-    Column("first_seen", DateTime, nullable=False),  # UTC
-    Column("last_seen", DateTime, nullable=False),  # UTC
-    Column("attempts", Integer, nullable=False, server_default="1"),
-    Column("resolved_at", DateTime, nullable=True),  # UTC
-    Column("resolution", String(64), nullable=True),
-    UniqueConstraint("platform", "account_id", "record_key", name="uk_quarantine_record"),
-    Index("idx_quarantine_unresolved", "resolved_at", "platform", "account_id"),
-)
-
-if quarantine not in schema.OWN_TABLES:  # import-time registration (see the module docstring)
-    schema.OWN_TABLES = (*schema.OWN_TABLES, quarantine)  # type: ignore[assignment]
+from reconcile.schema import quarantine
 
 
 @dataclass(frozen=True)

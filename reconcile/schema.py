@@ -281,6 +281,27 @@ binding = Table(
     Index("idx_binding_order", "order_id"),
 )
 
+quarantine = Table(
+    "toogo_reconcile_quarantine",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("platform", String(20), nullable=False),
+    Column("account_id", BigInteger, nullable=False),
+    Column("symbol", String(40), nullable=False),
+    Column("record_key", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("raw_json", Text(16_000_000), nullable=False),  # MEDIUMTEXT on MySQL
+    Column("context_json", Text, nullable=False),
+    Column("close_time", DateTime, nullable=True),  # UTC
+    Column("first_seen", DateTime, nullable=False),  # UTC
+    Column("last_seen", DateTime, nullable=False),  # UTC
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("resolved_at", DateTime, nullable=True),  # UTC
+    Column("resolution", String(64), nullable=True),
+    UniqueConstraint("platform", "account_id", "record_key", name="uk_quarantine_record"),
+    Index("idx_quarantine_unresolved", "resolved_at", "platform", "account_id"),
+)
+
 refund = Table(
     # One row per duplicate consume row that `migrate dedupe --refund` deleted and credited back.
     # uk_refund_consume makes a second refund of the same deleted row impossible; a refund that
@@ -324,7 +345,7 @@ migration_backup = Table(
     Index("idx_backup_kind", "kind", "id"),
 )
 
-OWN_TABLES = (stream_cursor, binding, refund)
+OWN_TABLES = (stream_cursor, binding, quarantine, refund)
 
 
 # The sweep's candidate index (PERFORMANCE.md): InnoDB appends the primary key, so entries are

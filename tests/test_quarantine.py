@@ -24,6 +24,7 @@ from reconcile.errors import BadExchangeResponse
 from reconcile.history import HistorySync, SyncSettings
 from reconcile.records import UnusableRecord
 from reconcile.schema import OWN_TABLES, power_consume, stream_cursor, trading_order
+from reconcile.schema import quarantine as quarantine_table
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import closed_record, fast_options
 from tests.history_kit import RULES, add_account, add_robot
@@ -50,7 +51,7 @@ def unusable(key: str = "k1", reason: str = "'openFee' is empty") -> UnusableRec
 
 
 def test_the_table_is_one_of_the_daemons_own() -> None:
-    assert quarantine.quarantine in OWN_TABLES
+    assert quarantine_table in OWN_TABLES
 
 
 async def test_store_is_an_idempotent_upsert(any_db: Database) -> None:
