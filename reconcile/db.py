@@ -4,6 +4,9 @@ Every statement the core runs goes through ``Database.transaction``: one functio
 transaction, re-run as a whole (bounded, jittered, logged) when the database says the outcome
 can be resolved by trying again - deadlock, lock-wait timeout, lost connection (including during
 COMMIT, whose outcome is unknown: the unique keys make re-running safe). Nothing else is retried.
+
+Before each attempt the transaction awaits ``reconcile.pacing`` (log back-pressure; the database's
+availability when a monitor watches it): waiting happens between transactions, never inside one.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from reconcile import pacing
 from reconcile.errors import (
     ConfigError,
     ConnectionLost,
@@ -184,6 +188,8 @@ class Database:
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._session_engine: AsyncEngine | None = None
         self._connect_args: dict[str, Any] = {}
+        # set by a monitor (the daemon's health loop): transactions then wait out an outage
+        self.availability: pacing.Availability | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -249,6 +255,7 @@ class Database:
     async def session_connection(self) -> AsyncIterator[AsyncConnection]:
         """A connection of its own, outside the pool, for session state held a while (GET_LOCK):
         holding a pooled one while also running transactions could starve the pool."""
+        await self._ready()
         if self._session_engine is None:
             self._session_engine = create_async_engine(
                 self._url, poolclass=NullPool, connect_args=self._connect_args
@@ -309,8 +316,24 @@ class Database:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(fn, what)
+                return await self._gated(fn, what)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ready(self) -> None:
+        await pacing.between_transactions()
+        if self.availability is not None:
+            await self.availability.wait_up()
+
+    async def _gated(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
+        """One attempt, after waiting for what ``pacing`` says; an attempt that met a database
+        outage (the monitor confirms it) is run again once the database is back, uncounted."""
+        while True:
+            await self._ready()
+            try:
+                return await self._once(fn, what)
+            except ConnectionLost:
+                if self.availability is None or not await self.availability.outage():
+                    raise
 
     async def _once(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
         # Shielded: cancelling the caller (shutdown) lets a transaction in flight finish - commit
