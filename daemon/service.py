@@ -15,10 +15,12 @@ cycles' summary, led by the reason while the database is unavailable; STOPPING=1
 A database outage (checked every ``PROBE_EVERY``, and at once when a transaction loses its
 connection) is one ``database down`` line, /healthz 503 and no WATCHDOG=1 within
 ``PROBE_EVERY + PROBE_TIMEOUT``; the jobs wait for the database between transactions
-(``reconcile.pacing``) instead of failing and starting over every interval; ``database back``
-when it answers again, and the jobs carry on. SIGTERM/SIGINT stop taking new work, let the jobs in
-flight finish their current transaction (bounded by ``shutdown_timeout``), then close the
-scheduler, the exchange clients and the pool; exit 0. SIGHUP is not supported (logged): restart.
+(``reconcile.pacing``) instead of failing and starting over every interval, and the scheduler
+starts no new run; ``database back`` when it answers again, and the jobs carry on.
+
+SIGTERM/SIGINT stop taking new work, let the jobs in flight finish their current transaction
+(bounded by ``shutdown_timeout``), then close the scheduler, the exchange clients and the pool;
+exit 0. SIGHUP is not supported (logged): restart.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Service:
         self._failed = False
         self._outage: str | None = None  # why the database is unavailable, while it is
         self._down_at = 0.0
+        self._scheduler: AsyncIOScheduler | None = None
 
     # -- the two ways to run --------------------------------------------------------------------
 
@@ -113,6 +116,7 @@ class Service:
                     next_run_time=datetime.now(UTC),
                 )  # fmt: skip
             scheduler.start()
+            self._scheduler = scheduler
             self.notifier.send(READY="1", STATUS="running")
             log.info(
                 "daemon started",
@@ -241,20 +245,29 @@ class Service:
                 await asyncio.gather(refresh, return_exceptions=True)
 
     def _database_changed(self, healthy: bool, detail: str) -> None:
+        """One line per change. While the database is down the scheduler is paused: a job in
+        flight waits between its transactions, and no new run starts only to wait too (nor
+        logs "skipped: maximum number of running instances reached" every interval). Runs
+        missed meanwhile are coalesced into one when it resumes."""
+        scheduler = None if self.stop.is_set() else self._scheduler
         if healthy:
             self._outage = None
+            if scheduler is not None:
+                scheduler.resume()
             log.info(
                 "database back",
                 down_for=round(time.monotonic() - self._down_at, 3),
                 action="jobs resume where they waited",
             )
         else:
+            if scheduler is not None:
+                scheduler.pause()
             self._down_at = time.monotonic()
             self._outage = f"{detail} (since {datetime.now(UTC):%H:%M:%S} UTC)"
             log.error(
                 "database down",
                 detail=detail,
-                action="jobs wait for the database; /healthz 503; watchdog withheld",
+                action="jobs wait for it, scheduler paused; /healthz 503; watchdog withheld",
             )
         self._send_status()
 
