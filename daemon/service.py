@@ -52,8 +52,9 @@ log = structlog.get_logger("daemon.service")
 
 Job = Callable[[], Awaitable[tuple[bool, str]]]
 HEALTH_EVERY = 30.0  # seconds between backlog / cursor-lag refreshes
-PROBE_EVERY = 0.5  # seconds between database checks: an outage shows within PROBE_EVERY + timeout
+PROBE_EVERY = 0.25  # seconds between database checks: an outage shows within PROBE_EVERY + timeout
 PROBE_TIMEOUT = 1.0  # a database that does not answer a ping within this is unavailable
+ATTEMPT_TIMEOUT = 60.0  # at least this long for one transaction attempt (see _attempt_timeout)
 
 
 class Service:
@@ -75,6 +76,7 @@ class Service:
         """One history sync of every stream plus one compensation sweep; 1 if anything failed."""
         async with AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(self.config))
+            core.db.attempt_timeout = self._attempt_timeout()
             history = await stack.enter_async_context(open_history_sync(self.config, core))
             await self._job("history_sync", self._history(history))
             await self._job("compensation_sweep", self._sweep(core, "compensation_sweep"))
@@ -88,6 +90,7 @@ class Service:
         schedule = self.config.schedule
         async with AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(self.config))
+            core.db.attempt_timeout = self._attempt_timeout()
             history = await stack.enter_async_context(
                 open_history_sync(self.config, core, min_interval=schedule.history_sync * 0.9)
             )
@@ -138,6 +141,11 @@ class Service:
         log.info("daemon stopped")
         self.notifier.close()
         return 0
+
+    def _attempt_timeout(self) -> float:
+        """How long one transaction attempt may take before its connection is closed: a server
+        that hangs must not hold a job forever. Generous: several lock waits fit in it."""
+        return max(ATTEMPT_TIMEOUT, 3 * self.config.database.lock_wait_timeout.total_seconds())
 
     # -- jobs -------------------------------------------------------------------------------------
 

@@ -190,6 +190,8 @@ class Database:
         self._connect_args: dict[str, Any] = {}
         # set by a monitor (the daemon's health loop): transactions then wait out an outage
         self.availability: pacing.Availability | None = None
+        # seconds an attempt may take before its connection is closed (MySQL; None: no bound)
+        self.attempt_timeout: float | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -346,8 +348,36 @@ class Database:
 
     async def _attempt(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
         with map_db_errors(what):
-            async with self.engine.connect() as conn, conn.begin():
-                return await fn(conn)
+            if self.attempt_timeout is None or not self.is_mysql:
+                async with self.engine.connect() as conn, conn.begin():
+                    return await fn(conn)
+            return await self._bounded_attempt(fn, what, self.attempt_timeout)
+
+    async def _bounded_attempt(
+        self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, limit: float
+    ) -> T:
+        """A server that stops answering (hung, not dead) must not hold a transaction forever:
+        past ``limit`` its socket is closed, the read in flight fails as a lost connection
+        (2013) and the attempt is resolved like any other lost connection."""
+        conn = self.engine.connect()
+        try:
+            async with asyncio.timeout(limit):  # the checkout: a ping or a handshake
+                await conn.start()
+            driver = (await conn.get_raw_connection()).driver_connection
+            cut = asyncio.get_running_loop().call_later(limit, _cut, driver, what, limit)
+            try:
+                async with conn.begin():
+                    return await fn(conn)
+            finally:
+                cut.cancel()
+        finally:
+            if conn.sync_connection is not None:
+                await conn.close()
+
+
+def _cut(driver: Any, what: str, limit: float) -> None:
+    log.warning("db transaction timed out", what=what, limit=limit, action="connection closed")
+    driver.close()
 
 
 def _settled(task: asyncio.Future[Any]) -> None:

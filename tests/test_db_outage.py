@@ -1,7 +1,8 @@
-"""The database server crashes (SIGKILL) in the middle of a sweep under ``run`` and comes back
-(issue 14): run stays up, says it is unhealthy within 2 s (/healthz 503, no WATCHDOG=1, STATUS=
-says why) with one line per change of state, the jobs wait instead of failing every interval,
-and once the server answers again every eligible order is charged exactly once."""
+"""The database server crashes (SIGKILL) or hangs (SIGSTOP) in the middle of a sweep under
+``run`` and comes back (issue 14): run stays up, says it is unhealthy within 2 s (/healthz 503,
+no WATCHDOG=1, STATUS= says why) with one line per change of state, the jobs wait instead of
+failing every interval, and once the server answers again every eligible order is charged
+exactly once. A hung server cannot hold a transaction forever either (``attempt_timeout``)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
+from reconcile.db import Database, DatabaseSettings, RetryPolicy
+from reconcile.errors import ConnectionLost
 from tests.conftest import open_database
 from tests.private_mariadb import PrivateMariaDB, free_port, install_template
 from tests.procs import start_cli, write_config
@@ -106,9 +110,12 @@ async def wait_for(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_server_killed_mid_sweep_and_restarted(
-    server: PrivateMariaDB, private_db: tuple[Database, str], tmp_path: Path
+@pytest.mark.parametrize("mode", ["kill", "hang"])
+async def test_server_lost_mid_sweep_and_back(
+    server: PrivateMariaDB, private_db: tuple[Database, str], tmp_path: Path, mode: str
 ) -> None:
+    """``kill``: SIGKILL, restart after OUTAGE. ``hang``: SIGSTOP, SIGCONT after OUTAGE - the
+    connections stay open and nothing answers; the 1 s ping timeout finds it."""
     db, url = private_db
     seeded = await seed_backlog(db, orders=12000, users=300, seed=31)
     eligible = await eligible_ids(db)
@@ -143,10 +150,16 @@ async def test_server_killed_mid_sweep_and_restarted(
         await wait_for(charging, 60, "the sweep to charge")
         await wait_for(lambda: _true(bool(watch.health) and watch.health[-1][1] == 200), 10, "200")
         killed_at = time.monotonic()
-        server.kill()  # mid-sweep: pages in flight lose their connection
+        if mode == "kill":
+            server.kill()  # mid-sweep: pages in flight lose their connection
+        else:
+            server.pause()  # mid-sweep: pages in flight wait for an answer
         await asyncio.sleep(OUTAGE)
         down_seen = watch.first(503, killed_at)
-        server.start()
+        if mode == "kill":
+            server.start()
+        else:
+            server.resume()
         restarted_at = time.monotonic()
 
         async def healthy_again() -> bool:
@@ -206,3 +219,38 @@ async def test_server_killed_mid_sweep_and_restarted(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_hung_server_cannot_hold_a_transaction_forever(
+    server: PrivateMariaDB, private_db: tuple[Database, str], logs: list[dict[str, Any]]
+) -> None:
+    """SIGSTOP in the middle of a transaction: nothing answers, the connection stays open.
+    With ``attempt_timeout`` the socket is closed past the limit and the attempt fails as a
+    lost connection; the retries are bounded the same way; once the server answers again the
+    same Database works."""
+    _, url = private_db
+    db = Database(DatabaseSettings(url=url, retry=RetryPolicy(attempts=2, initial=0.01)))
+    await db.open()
+    db.attempt_timeout = 2.0
+    paused: list[bool] = []
+
+    async def work(conn: AsyncConnection) -> int:
+        await conn.execute(text("SELECT 1"))
+        if not paused:
+            server.pause()
+            paused.append(True)
+        return int((await conn.execute(text("SELECT COUNT(*) FROM hg_trading_order"))).scalar_one())
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            await db.transaction(work, what="read while the server hangs")
+        bounded = time.monotonic() - started
+        server.resume()
+        assert await db.transaction(work, what="read after the hang") == 0
+    finally:
+        server.resume()
+        await db.close()
+    print(f"gave up after {bounded:.2f} s (2 attempts, 2 s limit)")
+    assert bounded < 15, "the attempts are bounded by attempt_timeout"
+    assert [e for e in logs if e["event"] == "db transaction timed out"]
