@@ -13,6 +13,8 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from reconcile.db import Database, DatabaseSettings, RetryPolicy
 from reconcile.errors import ConnectionLost
 from tests.conftest import open_database
+from tests.history_kit import NOW, add_account, add_robot, position, write_replay
 from tests.private_mariadb import PrivateMariaDB, free_port, install_template
 from tests.procs import start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
@@ -254,3 +257,144 @@ async def test_a_hung_server_cannot_hold_a_transaction_forever(
     print(f"gave up after {bounded:.2f} s (2 attempts, 2 s limit)")
     assert bounded < 15, "the attempts are bounded by attempt_timeout"
     assert [e for e in logs if e["event"] == "db transaction timed out"]
+
+
+async def test_server_killed_mid_history_sync_holding_account_locks(
+    server: PrivateMariaDB, private_db: tuple[Database, str], tmp_path: Path
+) -> None:
+    """SIGKILL while the history sync upserts and charges a stream's records (each account's
+    GET_LOCK held on its own connection), restart after OUTAGE: every record gets exactly one
+    order, every profitable one is charged exactly once, and no cursor is ahead of the orders
+    committed."""
+    db, url = private_db
+    accounts = range(60, 66)
+    records: list[dict[str, Any]] = []
+    for account in accounts:
+        await add_account(db, account, user_id=700 + account)
+        await add_robot(db, account * 10, user_id=700 + account, account_id=account)
+        for n in range(700):
+            closed = NOW - timedelta(minutes=5 + n * 7, seconds=account)
+            net = str(Decimal(1 + n % 9) * (1 if n % 5 else -1))
+            records.append(position(account, f"R{account}-{n}", closed=closed, net=net))
+    replay = write_replay(tmp_path / "replay.jsonl", records)
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        url,
+        power=POWER,
+        metrics={"listen": listen},
+        exchanges={"replay": {"path": str(replay)}},
+        sync={"concurrency": 3},
+        schedule={"history_sync": "15s", "realtime_sweep": "1h", "compensation_sweep": "1h"},
+    )
+    proc = await start_cli(cfg, "run")
+    assert proc.stdout is not None and proc.stderr is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    watch = Watch(f"http://{listen}/healthz", sock)
+    tasks = [
+        asyncio.create_task(watch.poll_health()),
+        asyncio.create_task(watch.read_log(proc.stdout)),
+    ]
+    profitable = sum(1 for r in records if Decimal(r["net_profit"]) > 0)
+    per_account = {a: sum(1 for r in records if r["account_id"] == a) for a in accounts}
+    cursors = CursorCheck(db, per_account)
+    tasks.append(asyncio.create_task(cursors.run()))
+    stderr = asyncio.create_task(proc.stderr.read())
+    try:
+
+        async def upserting() -> bool:
+            assert proc.returncode is None
+            return (
+                any(b'"history"' in line for _, line in watch.lines)
+                or await _order_count(db) > len(records) // 10
+            )
+
+        await wait_for(upserting, 60, "the history sync to write orders")
+        killed_at = time.monotonic()
+        server.kill()
+        await asyncio.sleep(OUTAGE)
+        down_seen = watch.first(503, killed_at)
+        server.start()
+        restarted_at = time.monotonic()
+
+        async def all_recorded() -> bool:
+            return await _order_count(db) >= len(records) and await consume_count(db) >= profitable
+
+        await wait_for(all_recorded, 120, "every record's order, every profitable one charged")
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 60)
+        await asyncio.sleep(0.2)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sock.close()
+        (tmp_path / "run.log").write_bytes(b"".join(line for _, line in watch.lines))
+    err = await stderr
+    assert proc.returncode == 0, err.decode()
+    assert down_seen is not None and down_seen - killed_at <= 2.0
+    assert watch.first(200, restarted_at) is not None
+    events = watch.events()
+    names = [e["event"] for e in events]
+    print({k: names.count(k) for k in set(names) if k != "power consumed"})
+    assert 1 <= names.count("database down") <= 2
+    assert names.count("stream failed") == 0
+    # Known gap (reconcile/history.py, not this change): an account lock's connection died with
+    # the server, so its RELEASE_LOCK fails; the cycle ends as `job failed` while its other
+    # accounts carry on unawaited, and the next cycle finds them "busy elsewhere". A later
+    # cycle records the rest; the invariants below hold throughout.
+    failed = [e for e in events if e["event"] == "job failed"]
+    assert len(failed) <= 1 and all("session connection" in e["error"] for e in failed), failed
+    # every record has exactly one order; every profitable one charged exactly once
+    async with db.engine.connect() as conn:
+        orders = (
+            await conn.execute(
+                text("SELECT COUNT(*), COUNT(DISTINCT order_sn) FROM hg_trading_order")
+            )
+        ).one()
+    assert tuple(orders) == (len(records), len(records))
+    ledger = await assert_ledger_consistent(db, {})
+    assert ledger["consumes"] == profitable
+    # a stream's cursor (complete until now) was never written before all its orders were
+    assert cursors.checks > 0 and not cursors.ahead, cursors.ahead
+    assert cursors.seen == set(accounts)
+
+
+class CursorCheck:
+    """Polls, whenever the server answers: a stream with a cursor must have all its orders."""
+
+    def __init__(self, db: Database, per_account: dict[int, int]) -> None:
+        self.db = db
+        self.per_account = per_account
+        self.checks = 0
+        self.seen: set[int] = set()
+        self.ahead: list[tuple[int, int, int]] = []
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with self.db.engine.connect() as conn, conn.begin():
+                    await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+                    cursors = {a for (a,) in await conn.execute(
+                        text("SELECT account_id FROM toogo_reconcile_cursor")
+                    )}  # fmt: skip
+                    counts = dict((await conn.execute(text(
+                        "SELECT r.api_config_id, COUNT(*) FROM hg_trading_order o"
+                        " JOIN hg_trading_robot r ON r.id = o.robot_id GROUP BY r.api_config_id"
+                    ))).all())  # fmt: skip
+                self.checks += 1
+                self.seen |= cursors
+                for account in cursors:
+                    if counts.get(account, 0) < self.per_account[account]:
+                        self.ahead.append((account, counts.get(account, 0), self.checks))
+            except Exception:  # noqa: S110 - the server is down: nothing to check
+                pass
+            await asyncio.sleep(0.2)
+
+
+async def _order_count(db: Database) -> int:
+    async with db.engine.connect() as conn:
+        return int((await conn.execute(text("SELECT COUNT(*) FROM hg_trading_order"))).scalar_one())
