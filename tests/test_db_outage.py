@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -32,7 +33,8 @@ from tests.procs import start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
 from tests.test_service import POWER, consume_count
 
-OUTAGE = 8.0  # seconds the server stays down (the 20 s, shortened for the suite)
+# seconds the server stays down: the 20 s, shortened for the suite (TOOGO_TEST_OUTAGE=20)
+OUTAGE = float(os.environ.get("TOOGO_TEST_OUTAGE", "8"))
 
 
 @pytest.fixture(scope="module")
