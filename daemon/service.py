@@ -135,6 +135,10 @@ class Service:
             # rather end its sweep between two pages, as the stop event asks it to
             scheduler.pause()
             await self._drain()
+            if self._outage is not None:  # in-flight transactions would wait for no answer
+                abandoned = core.db.abandon_in_flight()
+                if abandoned:
+                    log.warning("transactions abandoned at shutdown", transactions=abandoned)
             scheduler.shutdown(wait=False)
             health.cancel()
             await asyncio.gather(health, return_exceptions=True)

@@ -192,6 +192,7 @@ class Database:
         self.availability: pacing.Availability | None = None
         # seconds an attempt may take before its connection is closed (MySQL; None: no bound)
         self.attempt_timeout: float | None = None
+        self._drivers: set[Any] = set()  # driver connections of bounded attempts in flight
 
     @property
     def engine(self) -> AsyncEngine:
@@ -240,6 +241,17 @@ class Database:
         session_engine, self._session_engine = self._session_engine, None
         if session_engine is not None:
             await session_engine.dispose()
+
+    def abandon_in_flight(self) -> int:
+        """At shutdown while the server hangs: close the connections of the bounded attempts
+        in flight and cancel the rest, instead of waiting out ``drain_timeout`` for answers
+        that will not come. Nothing commits half: the server rolls back what it never saw
+        committed, and the unique keys make the next run's retry safe either way."""
+        for driver in list(self._drivers):
+            driver.close()
+        for task in list(self._in_flight):
+            task.cancel()
+        return len(self._in_flight)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -365,11 +377,13 @@ class Database:
                 await conn.start()
             driver = (await conn.get_raw_connection()).driver_connection
             cut = asyncio.get_running_loop().call_later(limit, _cut, driver, what, limit)
+            self._drivers.add(driver)
             try:
                 async with conn.begin():
                     return await fn(conn)
             finally:
                 cut.cancel()
+                self._drivers.discard(driver)
         finally:
             if conn.sync_connection is not None:
                 await conn.close()
