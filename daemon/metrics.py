@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from structlog.typing import EventDict, WrappedLogger
 
+from daemon.logs import queued
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -48,6 +50,10 @@ class Metrics:
         self.cursor_lag = Gauge(
             "toogo_cursor_lag_seconds", "Age of the oldest stream cursor", ["platform"], registry=r
         )
+        self.log_queue = Gauge(
+            "toogo_log_queued_lines", "Log lines waiting for a slow reader (stdout, journald)",
+            registry=r,
+        )  # fmt: skip
         self.healthy = True
         self.health_detail = "starting"
 
@@ -80,6 +86,7 @@ class Metrics:
         return runner
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        self.log_queue.set(queued())
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -10,9 +10,17 @@ failing job is logged and tried again at its next run without touching the other
 
 systemd: READY=1 once the database answers and the scheduler runs; WATCHDOG=1 every half
 ``WATCHDOG_USEC`` only while the event loop turns and the database answers; STATUS= with the last
-cycles' summary; STOPPING=1 on shutdown. SIGTERM/SIGINT stop taking new work, let the jobs in
-flight finish their current transaction (bounded by ``shutdown_timeout``), then close the
-scheduler, the exchange clients and the pool; exit 0. SIGHUP is not supported (logged): restart.
+cycles' summary, led by the reason while the database is unavailable; STOPPING=1 on shutdown.
+
+A database outage (checked every ``PROBE_EVERY``, and at once when a transaction loses its
+connection) is one ``database down`` line, /healthz 503 and no WATCHDOG=1 within
+``PROBE_EVERY + PROBE_TIMEOUT``; the jobs wait for the database between transactions
+(``reconcile.pacing``) instead of failing and starting over every interval, and the scheduler
+starts no new run; ``database back`` when it answers again, and the jobs carry on.
+
+SIGTERM/SIGINT stop taking new work, let the jobs in flight finish their current transaction
+(bounded by ``shutdown_timeout``), then close the scheduler, the exchange clients and the pool;
+exit 0. SIGHUP is not supported (logged): restart.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from reconcile.consumer import Source
 from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
 from reconcile.orders import eligible_sql
+from reconcile.pacing import Availability
 from reconcile.schema import stream_cursor, trading_order
 from reconcile.sweep import sweep
 
@@ -45,6 +54,9 @@ log = structlog.get_logger("daemon.service")
 
 Job = Callable[[], Awaitable[tuple[bool, str]]]
 HEALTH_EVERY = 30.0  # seconds between backlog / cursor-lag refreshes
+PROBE_EVERY = 0.25  # seconds between database checks: an outage shows within PROBE_EVERY + timeout
+PROBE_TIMEOUT = 1.0  # a database that does not answer a ping within this is unavailable
+ATTEMPT_TIMEOUT = 60.0  # at least this long for one transaction attempt (see _attempt_timeout)
 
 
 class Service:
@@ -56,6 +68,9 @@ class Service:
         self._running: set[asyncio.Task[object]] = set()
         self._status: dict[str, str] = {}
         self._failed = False
+        self._outage: str | None = None  # why the database is unavailable, while it is
+        self._down_at = 0.0
+        self._scheduler: AsyncIOScheduler | None = None
 
     # -- the two ways to run --------------------------------------------------------------------
 
@@ -63,6 +78,7 @@ class Service:
         """One history sync of every stream plus one compensation sweep; 1 if anything failed."""
         async with AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(self.config))
+            core.db.attempt_timeout = self._attempt_timeout()
             history = await stack.enter_async_context(open_history_sync(self.config, core))
             await self._job("history_sync", self._history(history))
             await self._job("compensation_sweep", self._sweep(core, "compensation_sweep"))
@@ -76,6 +92,7 @@ class Service:
         schedule = self.config.schedule
         async with AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(self.config))
+            core.db.attempt_timeout = self._attempt_timeout()
             history = await stack.enter_async_context(
                 open_history_sync(self.config, core, min_interval=schedule.history_sync * 0.9)
             )
@@ -104,6 +121,7 @@ class Service:
                     next_run_time=datetime.now(UTC),
                 )  # fmt: skip
             scheduler.start()
+            self._scheduler = scheduler
             self.notifier.send(READY="1", STATUS="running")
             log.info(
                 "daemon started",
@@ -119,12 +137,21 @@ class Service:
             # rather end its sweep between two pages, as the stop event asks it to
             scheduler.pause()
             await self._drain()
+            if self._outage is not None:  # in-flight transactions would wait for no answer
+                abandoned = core.db.abandon_in_flight()
+                if abandoned:
+                    log.warning("transactions abandoned at shutdown", transactions=abandoned)
             scheduler.shutdown(wait=False)
             health.cancel()
             await asyncio.gather(health, return_exceptions=True)
         log.info("daemon stopped")
         self.notifier.close()
         return 0
+
+    def _attempt_timeout(self) -> float:
+        """How long one transaction attempt may take before its connection is closed: a server
+        that hangs must not hold a job forever. Generous: several lock waits fit in it."""
+        return max(ATTEMPT_TIMEOUT, 3 * self.config.database.lock_wait_timeout.total_seconds())
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -162,7 +189,11 @@ class Service:
         if self.metrics is not None:
             self.metrics.job_done(name, time.monotonic() - started, ok)
         self._status[name] = status
-        self.notifier.send(STATUS="; ".join(f"{k}: {v}" for k, v in sorted(self._status.items())))
+        self._send_status()
+
+    def _send_status(self) -> None:
+        jobs = "; ".join(f"{k}: {v}" for k, v in sorted(self._status.items()))
+        self.notifier.send(STATUS=f"{self._outage}; {jobs}" if self._outage else jobs or "running")
 
     def _history(self, history: HistorySync) -> Job:
         async def work() -> tuple[bool, str]:
@@ -191,25 +222,68 @@ class Service:
     # -- health, watchdog, shutdown ---------------------------------------------------------------
 
     async def _health(self, core: Core) -> None:
-        """WATCHDOG=1 only while the loop turns and the database answers; metrics refresh."""
+        """Check the database every PROBE_EVERY (sooner when a transaction lost its
+        connection) and drive ``core.db.availability``, so jobs wait out an outage instead of
+        failing; WATCHDOG=1 only while the loop turns and the database answers; one line per
+        change of state; metrics refresh in the background."""
+        availability = Availability()
+        core.db.availability = availability
         interval = watchdog_interval()
-        beat = min(interval or HEALTH_EVERY, HEALTH_EVERY)
-        next_refresh = 0.0
-        while True:
-            try:
-                await asyncio.wait_for(core.db.ping(), timeout=max(beat, 1.0))
-                healthy, detail = True, "ok"
-            except (ReconcileError, TimeoutError) as exc:
-                healthy, detail = False, f"database: {type(exc).__name__}"
-                log.warning("health check failed", detail=detail, watchdog="withheld")
-            if healthy and interval is not None:
-                self.notifier.send(WATCHDOG="1")
-            if self.metrics is not None:
-                self.metrics.healthy, self.metrics.health_detail = healthy, detail
-                if healthy and time.monotonic() >= next_refresh:
-                    next_refresh = time.monotonic() + HEALTH_EVERY
-                    await self._refresh_gauges(core)
-            await asyncio.sleep(beat)
+        every = min(interval or PROBE_EVERY, PROBE_EVERY)
+        next_beat = next_refresh = 0.0
+        refresh: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(core.db.ping(), timeout=PROBE_TIMEOUT)
+                    healthy, detail = True, "ok"
+                except (ReconcileError, TimeoutError) as exc:
+                    reason = str(exc) if isinstance(exc, ReconcileError) else "no answer"
+                    healthy, detail = False, f"database unavailable: {type(exc).__name__}: {reason}"
+                if availability.report(healthy, detail):
+                    self._database_changed(healthy, detail)
+                now = time.monotonic()
+                if healthy and interval is not None and now >= next_beat:
+                    self.notifier.send(WATCHDOG="1")
+                    next_beat = now + interval
+                if self.metrics is not None:
+                    self.metrics.healthy, self.metrics.health_detail = healthy, detail
+                    if healthy and now >= next_refresh and (refresh is None or refresh.done()):
+                        next_refresh = now + HEALTH_EVERY
+                        refresh = asyncio.create_task(self._refresh_gauges(core))
+                await availability.woken(every)
+        finally:
+            core.db.availability = None
+            if refresh is not None:
+                refresh.cancel()
+                await asyncio.gather(refresh, return_exceptions=True)
+
+    def _database_changed(self, healthy: bool, detail: str) -> None:
+        """One line per change. While the database is down the scheduler is paused: a job in
+        flight waits between its transactions, and no new run starts only to wait too (nor
+        logs "skipped: maximum number of running instances reached" every interval). Runs
+        missed meanwhile are coalesced into one when it resumes."""
+        scheduler = None if self.stop.is_set() else self._scheduler
+        if healthy:
+            self._outage = None
+            if scheduler is not None:
+                scheduler.resume()
+            log.info(
+                "database back",
+                down_for=round(time.monotonic() - self._down_at, 3),
+                action="jobs resume where they waited",
+            )
+        else:
+            if scheduler is not None:
+                scheduler.pause()
+            self._down_at = time.monotonic()
+            self._outage = f"{detail} (since {datetime.now(UTC):%H:%M:%S} UTC)"
+            log.error(
+                "database down",
+                detail=detail,
+                action="jobs wait for it, scheduler paused; /healthz 503; watchdog withheld",
+            )
+        self._send_status()
 
     async def _refresh_gauges(self, core: Core) -> None:
         if self.metrics is None:

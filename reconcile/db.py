@@ -4,6 +4,9 @@ Every statement the core runs goes through ``Database.transaction``: one functio
 transaction, re-run as a whole (bounded, jittered, logged) when the database says the outcome
 can be resolved by trying again - deadlock, lock-wait timeout, lost connection (including during
 COMMIT, whose outcome is unknown: the unique keys make re-running safe). Nothing else is retried.
+
+Before each attempt the transaction awaits ``reconcile.pacing`` (log back-pressure; the database's
+availability when a monitor watches it): waiting happens between transactions, never inside one.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from reconcile import pacing
 from reconcile.errors import (
     ConfigError,
     ConnectionLost,
@@ -184,6 +188,11 @@ class Database:
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._session_engine: AsyncEngine | None = None
         self._connect_args: dict[str, Any] = {}
+        # set by a monitor (the daemon's health loop): transactions then wait out an outage
+        self.availability: pacing.Availability | None = None
+        # seconds an attempt may take before its connection is closed (MySQL; None: no bound)
+        self.attempt_timeout: float | None = None
+        self._drivers: set[Any] = set()  # driver connections of bounded attempts in flight
 
     @property
     def engine(self) -> AsyncEngine:
@@ -233,6 +242,17 @@ class Database:
         if session_engine is not None:
             await session_engine.dispose()
 
+    def abandon_in_flight(self) -> int:
+        """At shutdown while the server hangs: close the connections of the bounded attempts
+        in flight and cancel the rest, instead of waiting out ``drain_timeout`` for answers
+        that will not come. Nothing commits half: the server rolls back what it never saw
+        committed, and the unique keys make the next run's retry safe either way."""
+        for driver in list(self._drivers):
+            driver.close()
+        for task in list(self._in_flight):
+            task.cancel()
+        return len(self._in_flight)
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
@@ -249,6 +269,7 @@ class Database:
     async def session_connection(self) -> AsyncIterator[AsyncConnection]:
         """A connection of its own, outside the pool, for session state held a while (GET_LOCK):
         holding a pooled one while also running transactions could starve the pool."""
+        await self._ready()
         if self._session_engine is None:
             self._session_engine = create_async_engine(
                 self._url, poolclass=NullPool, connect_args=self._connect_args
@@ -309,8 +330,24 @@ class Database:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(fn, what)
+                return await self._gated(fn, what)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ready(self) -> None:
+        await pacing.between_transactions()
+        if self.availability is not None:
+            await self.availability.wait_up()
+
+    async def _gated(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
+        """One attempt, after waiting for what ``pacing`` says; an attempt that met a database
+        outage (the monitor confirms it) is run again once the database is back, uncounted."""
+        while True:
+            await self._ready()
+            try:
+                return await self._once(fn, what)
+            except ConnectionLost:
+                if self.availability is None or not await self.availability.outage():
+                    raise
 
     async def _once(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
         # Shielded: cancelling the caller (shutdown) lets a transaction in flight finish - commit
@@ -323,8 +360,38 @@ class Database:
 
     async def _attempt(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
         with map_db_errors(what):
-            async with self.engine.connect() as conn, conn.begin():
-                return await fn(conn)
+            if self.attempt_timeout is None or not self.is_mysql:
+                async with self.engine.connect() as conn, conn.begin():
+                    return await fn(conn)
+            return await self._bounded_attempt(fn, what, self.attempt_timeout)
+
+    async def _bounded_attempt(
+        self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, limit: float
+    ) -> T:
+        """A server that stops answering (hung, not dead) must not hold a transaction forever:
+        past ``limit`` its socket is closed, the read in flight fails as a lost connection
+        (2013) and the attempt is resolved like any other lost connection."""
+        conn = self.engine.connect()
+        try:
+            async with asyncio.timeout(limit):  # the checkout: a ping or a handshake
+                await conn.start()
+            driver = (await conn.get_raw_connection()).driver_connection
+            cut = asyncio.get_running_loop().call_later(limit, _cut, driver, what, limit)
+            self._drivers.add(driver)
+            try:
+                async with conn.begin():
+                    return await fn(conn)
+            finally:
+                cut.cancel()
+                self._drivers.discard(driver)
+        finally:
+            if conn.sync_connection is not None:
+                await conn.close()
+
+
+def _cut(driver: Any, what: str, limit: float) -> None:
+    log.warning("db transaction timed out", what=what, limit=limit, action="connection closed")
+    driver.close()
 
 
 def _settled(task: asyncio.Future[Any]) -> None:

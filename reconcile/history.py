@@ -44,8 +44,9 @@ from reconcile import quarantine
 from reconcile.accounts import ApiAccount, load_account
 from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.contract import LiveSchema, inspect_live
-from reconcile.db import Database
+from reconcile.db import Database, map_db_errors
 from reconcile.errors import (
+    ConnectionLost,
     DatabaseError,
     DuplicateKey,
     PermanentError,
@@ -312,7 +313,12 @@ class HistorySync:
                 yield got == 1
             finally:
                 if got == 1:
-                    await conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+                    try:
+                        with map_db_errors("release the account lock"):
+                            await conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+                    except ConnectionLost:
+                        # the server ends a lost session's locks itself: nothing is held
+                        log.info("account lock gone with its connection", account_id=account_id)
 
     # -- one stream ---------------------------------------------------------------------------
 

@@ -96,7 +96,9 @@ async def test_sweep_killed_at_random_moments(
             assert proc.returncode is None
         await asyncio.sleep(rnd.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
-        await proc.communicate()  # drain the pipes: wait() alone hangs on a full buffer
+        # communicate, not wait: wait() also waits for EOF on stdout, which a read transport
+        # paused on a full buffer (nobody reading) never sees
+        await proc.communicate()
         assert proc.returncode == -signal.SIGKILL
         progress.append(await consume_count(mysql_db))
         await assert_ledger_consistent(mysql_db, seeded.initial_power)

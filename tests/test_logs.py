@@ -1,0 +1,72 @@
+"""The log writer in a process of its own (it owns the process's stdout and logging set-up):
+third-party loggers and unhandled exceptions as JSON events, and a queue that overflows its hard
+limit says how many lines it dropped instead of dropping them silently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+from typing import Any
+
+from tests.procs import cli_env
+
+
+async def run_script(source: str, *, read_after: float = 0.0) -> tuple[int, list[Any], str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(source),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    await asyncio.sleep(read_after)  # nobody reads stdout meanwhile
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, [json.loads(line) for line in out.decode().splitlines()], err.decode()
+
+
+async def test_foreign_loggers_warnings_and_crashes_are_json_events() -> None:
+    code, events, err = await run_script(
+        """
+        import logging, warnings
+        from daemon.logs import configure_logging
+        configure_logging("json", "info")
+        logging.getLogger("apscheduler.scheduler").warning("job %s skipped", "x")
+        logging.getLogger("aiomysql").info("chatter below WARNING is not shown")
+        warnings.warn("something is deprecated", UserWarning, stacklevel=1)
+        raise RuntimeError("boom")
+        """
+    )
+    assert code == 1 and err == ""
+    by_event = {e["event"]: e for e in events}
+    assert by_event["job x skipped"]["logger"] == "apscheduler.scheduler"
+    assert by_event["job x skipped"]["level"] == "warning"
+    [warned] = [e for e in events if e.get("logger") == "py.warnings"]
+    assert "something is deprecated" in warned["event"]
+    crash = by_event["unhandled exception"]
+    assert crash["level"] == "critical" and "RuntimeError: boom" in crash["exception"]
+    assert not [e for e in events if "chatter" in e["event"]]
+
+
+async def test_past_the_hard_limit_lines_are_counted_and_reported() -> None:
+    code, events, err = await run_script(
+        """
+        import structlog
+        from daemon import logs
+        logs.HARD_LIMIT = 100
+        logs.configure_logging("json", "info")
+        log = structlog.get_logger("t")
+        for n in range(1000):
+            log.info("line", n=n, pad="x" * 1000)
+        """,
+        read_after=1.0,
+    )
+    assert code == 0, err
+    lines = [e["n"] for e in events if e["event"] == "line"]
+    dropped = [e for e in events if e["event"] == "log lines dropped"]  # one per write, if any
+    assert lines == sorted(lines) and lines[0] == 0
+    assert len(lines) + sum(e["lines"] for e in dropped) == 1000
+    assert dropped and all(e["lines"] > 0 and e["level"] == "error" for e in dropped)
