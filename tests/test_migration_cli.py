@@ -49,7 +49,7 @@ def stderr_events(err: str) -> list[dict[str, object]]:
 
 async def test_check_json_prints_exactly_one_object_with_the_exact_figures(setup: Setup) -> None:
     code, out, err = await run_cli(setup.config, "migrate", "check", "--json")
-    assert code == 0, err
+    assert code == 1, err  # the daemon would refuse this schema: uk_user_order, own tables
     doc = json.loads(out)  # the whole of stdout is one JSON object: logs went to stderr
     assert isinstance(doc, dict) and out.count("\n") == 1
     legacy = setup.legacy
@@ -78,7 +78,8 @@ async def test_check_json_prints_exactly_one_object_with_the_exact_figures(setup
     assert any(e.get("event") == "migrate check" for e in stderr_events(err))
 
     code, out, _ = await run_cli(setup.config, "migrate", "check")
-    assert code == 0
+    assert code == 1
+    assert "✗ hg_toogo_power_consume unique key uk_user_order missing" in out
     assert f"{len(legacy.groups())} groups, {len(legacy.extra_ids())} extra rows" in out
     assert "uk_user_order".ljust(20) in out or "MISSING" in out
 
@@ -207,3 +208,11 @@ async def test_rollback_of_an_unknown_backup_exits_1(setup: Setup) -> None:
     assert code == 1 and "no dedupe backup #99" in err
     code, out, _ = await run_cli(setup.config, "migrate", "rollback", "--backup-id", "1")
     assert code == 0 and "backup #1" in out
+
+
+async def test_check_exits_0_once_up_has_run(setup: Setup) -> None:
+    assert (await run_cli(setup.config, "migrate", "up", "--refund", "--yes"))[0] == 0
+    code, out, err = await run_cli(setup.config, "migrate", "check", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["schema_problems"] == [] and doc["ready"] is True

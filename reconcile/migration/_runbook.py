@@ -55,7 +55,9 @@ class CheckReport:
     refunds: RefundTotals
     last_backup: BackupInfo | None
     pending_ddl: tuple[str, ...]
-    #: what the daemon needs that `migrate up` cannot add (reconcile.contract)
+    #: what the daemon needs and the live schema lacks (reconcile.contract), each with its remedy
+    problems: tuple[str, ...] = ()
+    #: those of ``problems`` that `migrate up` cannot mend
     by_hand: tuple[str, ...] = ()
 
     @property
@@ -84,6 +86,7 @@ class CheckReport:
             },
             "last_backup": self.last_backup.to_dict() if self.last_backup else None,
             "pending_ddl": list(self.pending_ddl),
+            "schema_problems": list(self.problems),
             "schema_problems_by_hand": list(self.by_hand),
             "ready": self.ready,
         }
@@ -119,7 +122,8 @@ async def check(db: Database) -> CheckReport:
             if not state.unique_key_problem
             else (UNIQUE_KEY,)
         )
-        return CheckReport(dups, state, totals, last, pending, (await inspect_live(conn)).by_hand)
+        live = await inspect_live(conn)
+        return CheckReport(dups, state, totals, last, pending, live.problems, live.by_hand)
 
     started = time.monotonic()
     report = await db.transaction(read, what="migrate check")
