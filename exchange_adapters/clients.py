@@ -219,8 +219,9 @@ class ExchangeClient:
     ) -> T:
         where = self._where(what)
         async with self._semaphore:
-            with capturing() as capture, map_ccxt_errors(
-                where, capture=capture, temporary_codes=self.spec.temporary_codes
+            with (
+                capturing() as capture,
+                map_ccxt_errors(where, capture=capture, temporary_codes=self.spec.temporary_codes),
             ):
                 if exchange is self._exchange:
                     self.requests += 1  # the account's own calls (markets are shared)

@@ -118,7 +118,13 @@ def install_response_hook(exchange: Any) -> None:
             capture.headers = dict(response_headers or {})
             capture.body = (response_body or "")[:4096]
         return original(
-            code, reason, url, method, response_headers, response_body, request_headers,
+            code,
+            reason,
+            url,
+            method,
+            response_headers,
+            response_body,
+            request_headers,
             request_body,
         )
 
@@ -203,6 +209,4 @@ def map_ccxt_errors(
     try:
         yield
     except ccxt.BaseError as exc:
-        raise translate(
-            exc, where=where, capture=capture, temporary_codes=temporary_codes
-        ) from exc
+        raise translate(exc, where=where, capture=capture, temporary_codes=temporary_codes) from exc

@@ -135,8 +135,11 @@ class FakeBinance(FakeExchange):
         return {"code": int(code), "msg": messages.get(code, "error")}
 
     def rate_limit_body(self) -> dict[str, Any]:
-        return {"code": -1003, "msg": "Too many requests; current limit is 2400 requests per "
-                "minute. Please use the websocket for live updates to avoid polling the API."}
+        return {
+            "code": -1003,
+            "msg": "Too many requests; current limit is 2400 requests per "
+            "minute. Please use the websocket for live updates to avoid polling the API.",
+        }
 
     def not_envelope_body(self) -> Any:
         return {"status": "ok", "trades": "see /fapi/v2/userTrades"}

@@ -67,8 +67,11 @@ def closed_record(platform: str, *, close_ms: int, symbol: str = "BTC", key: str
     """
     n = next(_seq)
     key = key or f"{n}"
-    entry, exit_ = ("60000", str(60000 + int(profit) * 100)) if long else (
-        str(60000 + int(profit) * 100), "60000")
+    entry, exit_ = (
+        ("60000", str(60000 + int(profit) * 100))
+        if long
+        else (str(60000 + int(profit) * 100), "60000")
+    )
     if platform == "binance":
         side = "SELL" if long else "BUY"
         return [binance.fill(order_id=int(key) if key.isdigit() else n, side=side, price=exit_,
