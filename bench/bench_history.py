@@ -25,7 +25,9 @@ local server 127.0.0.1:3306 root, no password; env TOOGO_BENCH_MYSQL overrides):
    and once more (the quiet cycle), and prints both cycles' figures;
 5. verifies: one local order per exchange record (right account, ``order_sn``), one consume row
    and one ledger row per profitable order and none for a losing one, wallets debited exactly,
-   one ``power consumed`` audit line per charge.
+   one ``power consumed`` audit line per charge;
+6. writes the same rows again with a handful of multi-row statements (the set-based reference,
+   ``set_based_reference``), verifies them the same way and prints both rates.
 
 The fakes serve one host per platform (as production has), and tell accounts apart by the API
 key each request carries: each account sees only its own records, and markets are fetched once
@@ -383,6 +385,90 @@ def verify(name: str, scenario: Scenario, log_path: Path) -> dict[str, int]:
             "audit_lines": audit}  # fmt: skip
 
 
+# -- the set-based reference ----------------------------------------------------------------------
+
+ORDER_COLUMNS = ("tenant_id", "user_id", "robot_id", "order_sn", "exchange_order_id", "symbol",
+                 "direction", "open_price", "close_price", "close_order_id", "quantity",
+                 "leverage", "margin", "realized_profit", "open_time", "close_time",
+                 "hold_duration", "status", "close_reason", "remark", "created_at",
+                 "updated_at")  # fmt: skip
+
+
+def set_based_reference(name: str, expected: int) -> float:
+    """The rows the cold cycle wrote, written again by a handful of multi-row statements.
+
+    Untimed: the cycle's orders and bindings are read back into the client, and the tables are
+    returned to their state before the cycle (orders, bindings, consume and ledger rows gone,
+    wallets at their start). Timed, in one transaction: multi-row INSERTs of the orders (1,000
+    rows a statement, as the client sends them), one INSERT ... SELECT of the bindings, and
+    the four set-based charging statements of bench/drain.py (same formula and rounding)."""
+    conn = admin(name)
+    cols = ", ".join(ORDER_COLUMNS)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {cols} FROM hg_trading_order ORDER BY id")
+        orders = cur.fetchall()
+        cur.execute("SELECT b.platform, b.account_id, b.record_key, o.order_sn, b.kind, b.rule"
+                    " FROM toogo_reconcile_binding b JOIN hg_trading_order o"
+                    " ON o.id = b.order_id")  # fmt: skip
+        bindings = cur.fetchall()
+        assert len(orders) == len(bindings) == expected
+        cur.execute("CREATE TEMPORARY TABLE ref_binding (platform VARCHAR(20), account_id BIGINT,"
+                    " record_key VARCHAR(128), order_sn VARCHAR(64) PRIMARY KEY, kind VARCHAR(10),"
+                    " rule VARCHAR(20))")  # fmt: skip
+        cur.executemany("INSERT INTO ref_binding VALUES (%s, %s, %s, %s, %s, %s)", bindings)
+        for table in ("toogo_reconcile_binding", "hg_toogo_wallet_log", "hg_toogo_power_consume",
+                      "hg_trading_order"):  # fmt: skip
+            cur.execute(f"DELETE FROM {table}")
+        cur.execute("UPDATE hg_toogo_wallet SET power = %s, total_power_consume = 0",
+                    (START_POWER,))  # fmt: skip
+    marks = "(" + ", ".join(["%s"] * len(ORDER_COLUMNS)) + ")"
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        for start in range(0, len(orders), 1000):
+            chunk = orders[start : start + 1000]
+            cur.execute(
+                f"INSERT INTO hg_trading_order ({cols}) VALUES " + ", ".join([marks] * len(chunk)),
+                [v for row in chunk for v in row],
+            )
+        cur.execute("""INSERT INTO toogo_reconcile_binding (platform, account_id, record_key,
+            order_id, primary_order_id, kind, rule, created_at)
+            SELECT r.platform, r.account_id, r.record_key, o.id, o.id, r.kind, r.rule, NOW()
+            FROM ref_binding r JOIN hg_trading_order o ON o.order_sn = r.order_sn""")
+        cur.execute("""INSERT INTO hg_toogo_power_consume (user_id, robot_id, order_id, order_sn,
+            profit_amount, consume_rate, consume_power, from_power, vip_level, discount_rate,
+            original_power, created_at)
+            SELECT o.user_id, o.robot_id, o.id, o.order_sn, o.realized_profit, 0.10,
+              GREATEST(ROUND(o.realized_profit * 0.10 * (1 - LEAST(GREATEST(
+                COALESCE(u.power_discount, 0), 0), 100) / 100), 8), 0.01),
+              GREATEST(ROUND(o.realized_profit * 0.10 * (1 - LEAST(GREATEST(
+                COALESCE(u.power_discount, 0), 0), 100) / 100), 8), 0.01),
+              COALESCE(u.vip_level, 1), COALESCE(u.power_discount, 0),
+              ROUND(o.realized_profit * 0.10, 8), NOW()
+            FROM hg_trading_order o LEFT JOIN hg_toogo_user u ON u.member_id = o.user_id
+            WHERE o.power_consumed = 0 AND o.status = 2 AND o.realized_profit > 0""")
+        cur.execute("""INSERT INTO hg_toogo_wallet_log (user_id, account_type, change_type,
+            change_amount, before_amount, after_amount, related_id, related_type, order_sn,
+            created_at)
+            SELECT c.user_id, 'power', 'power_consume', -c.consume_power,
+              w.power - (SUM(c.consume_power) OVER (PARTITION BY c.user_id ORDER BY c.id)
+                         - c.consume_power),
+              w.power - SUM(c.consume_power) OVER (PARTITION BY c.user_id ORDER BY c.id),
+              c.order_id, 'trading_order', c.order_sn, NOW()
+            FROM hg_toogo_power_consume c JOIN hg_toogo_wallet w ON w.user_id = c.user_id
+            ORDER BY c.user_id, c.id""")
+        cur.execute("""UPDATE hg_toogo_wallet w JOIN (SELECT user_id, SUM(consume_power) AS s
+            FROM hg_toogo_power_consume GROUP BY user_id) d ON d.user_id = w.user_id
+            SET w.power = w.power - d.s, w.total_power_consume = w.total_power_consume + d.s""")
+        cur.execute("""UPDATE hg_trading_order o JOIN hg_toogo_power_consume c
+            ON c.user_id = o.user_id AND c.order_id = o.id
+            SET o.power_consumed = 1, o.power_amount = c.consume_power""")
+        cur.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -576,6 +662,13 @@ async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> No
             print("verified: " + ", ".join(f"{k} {v}" for k, v in figures.items())
                   + " - one local order per record, one consume row, ledger row and audit line"
                   " per profitable order, none for losing ones, wallets exact")  # fmt: skip
+            ref_seconds = set_based_reference(name, len(scenario.expected))
+            verify(name, scenario, log_path)
+            rows = len(scenario.expected)
+            print(f"set-based reference: the same {rows} orders, their bindings, consume rows, "
+                  f"ledger rows and wallets in {ref_seconds:.2f} s = {rows / ref_seconds:.0f} "
+                  f"rows/s; the cold cycle reached {rows / cold.elapsed / (rows / ref_seconds):.2f}"
+                  " of it (verified the same way)")  # fmt: skip
             if sql is not None:
                 print("cold cycle SQL (client-side wall time per statement kind):")
                 for line in sql.report(cold.records):
