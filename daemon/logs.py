@@ -308,9 +308,22 @@ def configure_logging(
         def factory(*_: Any) -> _QueueLogger:
             return queue_logger
 
+    # Counters among the extra processors (daemon.metrics) must see every event they count,
+    # whatever logging.level says: the bound logger lets INFO through to them, and the level
+    # is applied after them.
+    threshold = _LEVELS[level]
+    floor = min(threshold, logging.INFO) if extra else threshold
+    chain: list[Any] = (
+        [*shared, _drop_below(threshold), renderer]
+        if floor < threshold
+        else [
+            *shared,
+            renderer,
+        ]
+    )
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        processors=chain,
+        wrapper_class=structlog.make_filtering_bound_logger(floor),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
@@ -320,6 +333,20 @@ def configure_logging(
         if not console:
             sys.excepthook = _log_unhandled
             threading.excepthook = _log_unhandled_thread
+
+
+_METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                  "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+                  "critical": logging.CRITICAL, "fatal": logging.CRITICAL}  # fmt: skip
+
+
+def _drop_below(threshold: int) -> Any:
+    def drop(_: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        if _METHOD_LEVELS.get(method, logging.INFO) < threshold:
+            raise structlog.DropEvent
+        return event
+
+    return drop
 
 
 def _route_stdlib(writer: _Writer, shared: list[Any], renderer: Any, level: str) -> None:
