@@ -181,9 +181,10 @@ async def _retry(db: Database, history: HistorySync, row: quarantined.Quarantine
         position = next((p for p in window.records if p.record_key == row.record_key), None)
     if position is None:
         return "unresolved: still unusable"
-    reconcile = getattr(history, "reconcile_records", None)
-    if reconcile is None:
-        return "unresolved: this history sync has no per-record path (reconcile_records)"
-    await reconcile((row.platform, row.account_id, row.symbol), [position])
+    reconcile = history.reconcile_records
+    try:
+        await reconcile((row.platform, row.account_id, row.symbol), [position])
+    except ReconcileError as exc:  # e.g. the account is being synced elsewhere: next time
+        return f"unresolved: {exc}"
     await quarantined.mark_resolved(db, [row.id], how)
     return "resolved"
