@@ -69,6 +69,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bench.drain import charge_set_based
 from daemon.logs import configure_logging
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.provider import RegistryProvider
@@ -435,34 +436,7 @@ def set_based_reference(name: str, expected: int) -> float:
             order_id, primary_order_id, kind, rule, created_at)
             SELECT r.platform, r.account_id, r.record_key, o.id, o.id, r.kind, r.rule, NOW()
             FROM ref_binding r JOIN hg_trading_order o ON o.order_sn = r.order_sn""")
-        cur.execute("""INSERT INTO hg_toogo_power_consume (user_id, robot_id, order_id, order_sn,
-            profit_amount, consume_rate, consume_power, from_power, vip_level, discount_rate,
-            original_power, created_at)
-            SELECT o.user_id, o.robot_id, o.id, o.order_sn, o.realized_profit, 0.10,
-              GREATEST(ROUND(o.realized_profit * 0.10 * (1 - LEAST(GREATEST(
-                COALESCE(u.power_discount, 0), 0), 100) / 100), 8), 0.01),
-              GREATEST(ROUND(o.realized_profit * 0.10 * (1 - LEAST(GREATEST(
-                COALESCE(u.power_discount, 0), 0), 100) / 100), 8), 0.01),
-              COALESCE(u.vip_level, 1), COALESCE(u.power_discount, 0),
-              ROUND(o.realized_profit * 0.10, 8), NOW()
-            FROM hg_trading_order o LEFT JOIN hg_toogo_user u ON u.member_id = o.user_id
-            WHERE o.power_consumed = 0 AND o.status = 2 AND o.realized_profit > 0""")
-        cur.execute("""INSERT INTO hg_toogo_wallet_log (user_id, account_type, change_type,
-            change_amount, before_amount, after_amount, related_id, related_type, order_sn,
-            created_at)
-            SELECT c.user_id, 'power', 'power_consume', -c.consume_power,
-              w.power - (SUM(c.consume_power) OVER (PARTITION BY c.user_id ORDER BY c.id)
-                         - c.consume_power),
-              w.power - SUM(c.consume_power) OVER (PARTITION BY c.user_id ORDER BY c.id),
-              c.order_id, 'trading_order', c.order_sn, NOW()
-            FROM hg_toogo_power_consume c JOIN hg_toogo_wallet w ON w.user_id = c.user_id
-            ORDER BY c.user_id, c.id""")
-        cur.execute("""UPDATE hg_toogo_wallet w JOIN (SELECT user_id, SUM(consume_power) AS s
-            FROM hg_toogo_power_consume GROUP BY user_id) d ON d.user_id = w.user_id
-            SET w.power = w.power - d.s, w.total_power_consume = w.total_power_consume + d.s""")
-        cur.execute("""UPDATE hg_trading_order o JOIN hg_toogo_power_consume c
-            ON c.user_id = o.user_id AND c.order_id = o.id
-            SET o.power_consumed = 1, o.power_amount = c.consume_power""")
+        charge_set_based(cur)  # bench/drain.py's four set-based statements
         cur.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
