@@ -14,8 +14,8 @@ indexes the locking reads of range conditions deadlocked concurrent streams), a 
 memory by the matching rules (:mod:`reconcile.matching`), and one write transaction - inserted
 orders, closed orders (``UPDATE … WHERE status = 1``: an order the engine closed meanwhile makes
 the page start again from its read), filled-in fields and the bindings, whose unique keys decide
-races between instances. A page that fails as a whole is retried in halves, down to one record;
-the cursor moves only after the whole window is committed.
+races between instances. A page refused as a whole is retried in halves, down to one record; a
+temporary failure fails the stream. The cursor moves only after the whole window is committed.
 
 A charged order's realized_profit is never rewritten: a different figure from the exchange is
 logged as ``profit mismatch``. Orders closed or inserted here with a profit go to the consumer in
@@ -332,19 +332,14 @@ class HistorySync:
             return
         floor = now - self.settings.lookback
         since = floor if cursor is None or cursor[0] < floor else cursor[0] - self.settings.overlap
-        seen_at_cursor = cursor[1] if cursor is not None else frozenset()
         window = await source.fetch_closed(stream.symbol, since, now)
         records = window.records
         # kept under the stream's own symbol, never blocking the stream
         await quarantine.store(self.db, [replace(u, symbol=stream.symbol) for u in window.unusable])
         summary.records += len(records)
-        todo = [
-            r
-            for r in records
-            if not (
-                cursor is not None and r.close_time == cursor[0] and r.record_key in seen_at_cursor
-            )
-        ]
+        # the records at the cursor's instant that the last cycle committed are done
+        done = {(cursor[0], key) for key in cursor[1]} if cursor is not None else set()
+        todo = [r for r in records if (r.close_time, r.record_key) not in done]
         to_charge: list[int] = []
         schema = await self._schema()
         size = self.settings.page_size
@@ -405,8 +400,10 @@ class HistorySync:
         schema: LiveSchema,
         summary: SyncSummary,
     ) -> list[int]:
-        """Upsert a page; the ids of orders to charge. A page that keeps failing is split in
-        halves down to single records; a single record that keeps failing fails the stream."""
+        """Upsert a page; the ids of orders to charge. A page that keeps conflicting or that
+        the database refuses (a permanent error) is split in halves down to single records. A
+        temporary failure, already retried whole by the database layer, fails the stream at
+        once: the cursor holds and the next cycle reads the window again."""
         tolerances = Tolerances(self.settings.match_tolerance)
         writer = PageWriter(self.db, stream.ref(), basis, schema, tolerances)
         for attempt in range(1, PAGE_ATTEMPTS + 1):
@@ -423,6 +420,8 @@ class HistorySync:
                     detail=str(exc)[:200],
                 )
                 continue
+            except TemporaryError:
+                raise
             except ReconcileError:
                 if len(page) == 1:
                     raise

@@ -119,7 +119,7 @@ def decide(
     bound: dict[str, int],
     symbol: str,
     tolerances: Tolerances,
-    own_sns: dict[str, str] | None = None,
+    own_sns: dict[str, str],
 ) -> list[Decision]:
     """Decide every record of a page in memory (the candidates are updated as records bind).
 
@@ -130,7 +130,6 @@ def decide(
     is that record's, by rule b.
     """
     orders = {c.id: c for c in candidates}
-    own_sns = own_sns or {}
     by_id: dict[str, list[Candidate]] = {}
     for c in orders.values():
         for ref in (c.close_order_id, c.exchange_order_id, c.order_sn):
