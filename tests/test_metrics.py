@@ -88,7 +88,9 @@ async def test_metrics_count_what_happened_at_logging_level_error(
         proc.terminate()
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert sample(text, "toogo_charges_total", source="sweep") == eligible, text
-    assert sample(text, "toogo_skipped_duplicates_total", source="sweep") == 1
+    # at least the one planted; sweeps one second apart can overlap and both meet it before
+    # the first one's repair commits (each skips it: still one consume row, checked below)
+    assert (sample(text, "toogo_skipped_duplicates_total", source="sweep") or 0) >= 1
     assert sample(text, "toogo_backlog_orders") == 0
     assert sample(text, "toogo_quarantined_records") == 0
     last = sample(text, "toogo_last_success_timestamp_seconds", job="compensation_sweep")
