@@ -294,7 +294,7 @@ class Service:
         async def read(conn: AsyncConnection) -> tuple[int, list[tuple[str, datetime]]]:
             backlog = (await conn.execute(
                 select(func.count()).select_from(trading_order).where(
-                    *eligible_sql(core.db.is_mysql), o.close_time >= since)
+                    *eligible_sql(core.db.dialect), o.close_time >= since)
             )).scalar_one()  # fmt: skip
             lag = await conn.execute(
                 select(c.platform, func.min(c.complete_until)).group_by(c.platform)

@@ -31,7 +31,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
-from reconcile.orders import REAL_CLOSE_TIMES_FROM, STATUS_CLOSED, eligible_sql, positive
+from reconcile.orders import REAL_CLOSE_TIMES_FROM, STATUS_CLOSED, eligible_sql
 from reconcile.schema import (
     power_consume,
     quarantine,
@@ -73,7 +73,7 @@ async def audit(db: Database, *, backlog_after: timedelta) -> AuditReport:
             [
                 await _duplicates(conn),
                 await _flags(conn),
-                await _sums(conn, db.is_mysql),
+                await _sums(conn, not db.dialect.text_decimals),
                 chains,
                 await _wallets(balances, last),
                 await _backlog(conn, db, backlog_after),
@@ -255,7 +255,7 @@ async def _placeholder_close_times(conn: AsyncConnection, db: Database) -> Check
         .where(
             o.power_consumed == 0,
             o.status == STATUS_CLOSED,
-            positive(db.is_mysql, o.realized_profit),
+            db.dialect.positive(o.realized_profit),
             or_(o.close_time < REAL_CLOSE_TIMES_FROM, o.close_time.is_(None)),
         )
         .order_by(o.id)
@@ -273,7 +273,7 @@ async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -
     cutoff = db.to_db_time(datetime.now(UTC) - older_than)
     waiting = (
         select(o.id.label("order_id"), o.user_id, o.close_time, o.realized_profit)
-        .where(*eligible_sql(db.is_mysql), o.close_time < cutoff)
+        .where(*eligible_sql(db.dialect), o.close_time < cutoff)
         .order_by(o.close_time)
     )
     check.violations = (

@@ -131,6 +131,37 @@ class BulkWriter:
         )
         await self._conn.exec_driver_sql(sql, tuple(params))
 
+    async def add(
+        self,
+        table: Table,
+        key: str,
+        deltas: Mapping[int, Any],
+        signs: Mapping[str, int],
+        current: Mapping[str, Mapping[int, Any]],
+        constants: Mapping[str, Any],
+    ) -> None:
+        """Add ``sign * deltas[k]`` to each column of ``signs`` in the row keyed ``k``.
+
+        MySQL: atomic ``col = col + x`` arithmetic in one UPDATE ... JOIN. SQLite keeps decimals
+        as text, so SQL arithmetic would be float: the new figures are computed here from
+        ``current`` (the values read under the write lock ``BEGIN IMMEDIATE`` took) instead.
+        """
+        if not self._text_decimals:
+            ops = {1: "+", -1: "-"}
+            await self.update_join_values(
+                table,
+                key,
+                deltas,
+                {col: f"t.{self._quote(col)} {ops[sign]} d.v" for col, sign in signs.items()},
+                constants,
+            )
+            return
+        cases = {
+            col: ("{}", {k: current[col][k] + sign * d for k, d in deltas.items()})
+            for col, sign in signs.items()
+        }
+        await self.update_cases(table, key, cases, constants)
+
 
 def _same(value: Any) -> Any:
     return value

@@ -7,19 +7,23 @@ One transaction per unit of work (one order, or one page of the sweep):
    power_amount are repaired from it if needed and ``skip duplicate`` is logged - never a second
    debit, even when the amount it holds differs from today's (``conflict=true``);
 3. otherwise the consume row is INSERTed (plain INSERT: ``uk_user_order`` decides a race with a
-   writer that does not lock the order), the wallet row is created if missing and locked in
-   user-id order, debited with ``power = power - x``, a ledger row with before/after is written,
-   and the order gets ``power_consumed = 1, power_amount = x``;
+   writer that does not lock the order; the transaction is then run again and takes step 2),
+   the debit goes through ``reconcile.ledger`` (wallets locked in user-id order, one ledger row
+   per charge with before/after), and the order gets ``power_consumed = 1, power_amount = x``;
 4. commit. The ``power consumed`` events are logged only after the commit succeeded.
 
 A crash before commit leaves nothing; after commit everything is there. A lost connection during
 COMMIT is resolved by re-running the same unit: step 2 then finds the row if the commit landed.
 A negative power balance is allowed (hotgo's rule: a charge is never refused).
+
+Retries are the database layer's (``Database.transaction``: temporary failures, missing wallet
+rows, the duplicate key above). What is decided here is only this: a page the database refuses
+for a permanent reason is charged again order by order, so one bad order never blocks the rest;
+an order that still fails is reported in the result's ``failed``, for the next sweep.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,32 +33,19 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Select, and_, or_, select, tuple_
-from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import ledger
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
-from reconcile.errors import DatabaseError, DuplicateKey, OrderNotFound
+from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
 from reconcile.orders import eligible_sql, ineligibility
 from reconcile.pricing import Charge, Discount, PowerRules, compute_charge
-from reconcile.schema import (
-    power_consume,
-    toogo_config,
-    toogo_user,
-    trading_order,
-    wallet,
-    wallet_log,
-)
+from reconcile.schema import power_consume, toogo_config, toogo_user, trading_order
 
 log = structlog.get_logger("reconcile.consumer")
 
 PAGE = 500  # orders per transaction when charging known orders in bulk
-
-
-class _MissingWallets(Exception):
-    def __init__(self, user_ids: list[int]) -> None:
-        super().__init__(f"{len(user_ids)} users without a wallet row")
-        self.user_ids = user_ids
 
 
 class Source(StrEnum):
@@ -76,6 +67,23 @@ class ChargeResult:
     consume_power: Decimal | None = None
     reason: str | None = None
     conflict: bool = False
+
+
+@dataclass
+class Batch:
+    """What charging some orders gave: a result per order found, and the orders that could not
+    be charged (order id -> error; each logged as ``charge failed``, left for the next sweep)."""
+
+    results: list[ChargeResult] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Page(Batch):
+    """A sweep page: also the page's candidates' (close_time, id) keys in keyset order, read
+    before any write - the next page starts after the last; none means the sweep is done."""
+
+    keys: list[tuple[datetime, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -114,14 +122,6 @@ _CONSUME_COLUMNS = (
     "vip_level",
     "discount_rate",
     "original_power",
-)
-_LEDGER_COLUMNS = (
-    "user_id",
-    "change_amount",
-    "before_amount",
-    "after_amount",
-    "related_id",
-    "order_sn",
 )
 
 _ORDER_COLUMNS = (
@@ -196,28 +196,17 @@ class PowerConsumer:
                 raise OrderNotFound(order_id)
             return await self._settle(conn, rows, source)
 
-        # A DuplicateKey means a writer that does not lock the order inserted the consume row
-        # between our check and our INSERT: the transaction is rolled back and the next attempt
-        # finds the row and takes the "already charged" path.
-        for attempt in (1, 2, 3):
-            try:
-                settlement = await self._transaction(
-                    unit, what="charge order", order_id=order_id, source=str(source)
-                )
-            except DuplicateKey:
-                if attempt == 3:
-                    raise
-                log.info("consume row appeared concurrently", order_id=order_id, retry=True)
-                continue
-            settlement.log()
-            return settlement.results[0]
-        raise AssertionError("unreachable")  # pragma: no cover
+        settlement = await self._transaction(
+            unit, what="charge order", order_id=order_id, source=str(source)
+        )
+        settlement.log()
+        return settlement.results[0]
 
-    async def charge_many(self, order_ids: Sequence[int], source: Source) -> list[ChargeResult]:
+    async def charge_many(self, order_ids: Sequence[int], source: Source) -> Batch:
         """Charge several known orders, a page per transaction (the history sync's new and
-        closed orders). Waits for row locks like ``charge``; a page that fails as a whole is
-        charged order by order. Orders that do not exist are left out of the results."""
-        results: list[ChargeResult] = []
+        closed orders, the sweep's revisits). Waits for row locks like ``charge``. Orders that
+        do not exist are left out of the results."""
+        out = Batch()
         ids = sorted(set(order_ids))
         for start in range(0, len(ids), PAGE):
             chunk = ids[start : start + PAGE]
@@ -231,18 +220,8 @@ class PowerConsumer:
             async def unit(conn: AsyncConnection, stmt: Select[Any] = stmt) -> _Settlement:
                 return await self._settle(conn, await _fetch_orders(conn, stmt), source)
 
-            try:
-                settlement = await self._transaction(unit, what="charge orders", source=str(source))
-            except DatabaseError:  # incl. DuplicateKey: a writer that does not lock orders
-                for order_id in chunk:
-                    try:
-                        results.append(await self.charge(order_id, source))
-                    except OrderNotFound:
-                        continue
-                continue
-            settlement.log()
-            results.extend(settlement.results)
-        return results
+            await self._page_or_each(unit, chunk, source, out, what="charge orders")
+        return out
 
     # -- a page of the sweep ------------------------------------------------------------------
 
@@ -252,27 +231,21 @@ class PowerConsumer:
         after: tuple[datetime, int],
         limit: int,
         source: Source,
-        seen: list[tuple[datetime, int]],
         partition: tuple[int, int] = (0, 1),
-    ) -> list[ChargeResult]:
+    ) -> Page:
         """Lock and charge the next page of candidates after the keyset position ``after``.
 
         ``partition=(k, n)`` takes only orders with ``user_id % n == k``: concurrent workers of
         one sweep then never wait for each other's wallet locks.
-
-        ``seen`` is filled with the page's (close_time, id) keys, in order, before any write, so
-        the caller can advance its keyset and, if the page fails as a whole, charge them one by
-        one. An empty ``seen`` means the sweep is done.
         """
         after_time, after_id = after
         o = trading_order.c
-        eligible = eligible_sql(self.db.is_mysql)
         # 1. find the page with a plain read: scanning locks nothing, so it cannot make a
         #    concurrent worker (or hotgo) skip or wait for rows that are not ours
         scan = (
             select(o.id, o.close_time)
             .where(
-                *eligible,
+                *eligible_sql(self.db.dialect),
                 # the keyset in this form gives a range on idx_reconcile_sweep (close_time, id);
                 # "close_time >= t AND (close_time > t OR id > i)" made the optimizer scan
                 # every unconsumed row from the start of (0, 2) on each page
@@ -285,10 +258,11 @@ class PowerConsumer:
             .order_by(o.close_time, o.id)
             .limit(limit)
         )
+        page = Page()
 
         async def unit(conn: AsyncConnection) -> _Settlement:
-            seen[:] = [(r.close_time, r.id) for r in await conn.execute(scan)]
-            if not seen:
+            page.keys = [(r.close_time, r.id) for r in await conn.execute(scan)]
+            if not page.keys:
                 return _Settlement()
             # 2. lock those rows by primary key alone and re-check them under the lock (in
             #    _settle); rows another transaction holds are skipped (the realtime path or
@@ -297,15 +271,55 @@ class PowerConsumer:
             #    momentarily locking other workers' rows, which SKIP LOCKED then passes over.
             lock = (
                 select(*_ORDER_COLUMNS)
-                .where(o.id.in_([oid for _, oid in seen]))
+                .where(o.id.in_([oid for _, oid in page.keys]))
                 .order_by(o.id)
                 .with_for_update(skip_locked=self.db.skip_locked)
             )
             return await self._settle(conn, await _fetch_orders(conn, lock), source)
 
-        settlement = await self._transaction(unit, what="charge sweep page", source=str(source))
+        await self._page_or_each(unit, page, source, page, what="charge sweep page")
+        return page
+
+    async def _page_or_each(
+        self,
+        unit: Callable[[AsyncConnection], Awaitable[_Settlement]],
+        ids: Sequence[int] | Page,
+        source: Source,
+        out: Batch,
+        *,
+        what: str,
+    ) -> None:
+        """Run a page's unit; if the database refuses it for a permanent reason, charge the
+        page's orders one by one (a temporary failure, retried whole already, propagates)."""
+        try:
+            settlement = await self._transaction(unit, what=what, source=str(source))
+        except PermanentError as exc:
+            order_ids = [oid for _, oid in ids.keys] if isinstance(ids, Page) else list(ids)
+            if not order_ids:  # the page could not even be read
+                raise
+            log.warning(
+                "page failed; charging its orders one by one",
+                orders=len(order_ids),
+                source=str(source),
+                error=_err(exc),
+            )
+            for order_id in order_ids:
+                try:
+                    out.results.append(await self.charge(order_id, source))
+                except OrderNotFound:
+                    continue
+                except ReconcileError as one:
+                    out.failed[order_id] = _err(one)
+                    log.error(
+                        "charge failed",
+                        order_id=order_id,
+                        source=str(source),
+                        error=_err(one),
+                        will_retry="next sweep",
+                    )
+            return
         settlement.log()
-        return settlement.results
+        out.results.extend(settlement.results)
 
     async def unconsumed(self, order_ids: list[int]) -> list[int]:
         """Those of ``order_ids`` still at power_consumed = 0 (a plain read, no locks)."""
@@ -320,34 +334,11 @@ class PowerConsumer:
     async def _transaction(
         self, unit: Callable[[AsyncConnection], Awaitable[_Settlement]], **how: Any
     ) -> _Settlement:
-        """Run a charging unit; users without a wallet row get one (all zero) in a short
-        transaction of its own first, and the unit runs again. Creating wallets inside the
-        charging transaction, between locks taken in user-id order, let two chargers deadlock
-        on the new rows' gap locks."""
-        for _ in range(3):
-            try:
-                return await self.db.transaction(unit, **how)
-            except _MissingWallets as missing:
-                await self._create_wallets(missing.user_ids)
-        return await self.db.transaction(unit, **how)
-
-    async def _create_wallets(self, user_ids: list[int]) -> None:
-        now = self.db.now()
-        rows = [
-            {"user_id": u, "power": Decimal(0), "gift_power": Decimal(0),
-             "total_power_consume": Decimal(0), "created_at": now, "updated_at": now}
-            for u in user_ids
-        ]  # fmt: skip
-
-        async def create(conn: AsyncConnection) -> None:
-            if self.db.is_mysql:
-                ins = mysql.insert(wallet)
-                # a no-op on conflict: a concurrent creator won; no money column is touched
-                await conn.execute(ins.on_duplicate_key_update(user_id=ins.inserted.user_id), rows)
-            else:
-                await conn.execute(sqlite.insert(wallet).on_conflict_do_nothing(), rows)
-
-        await self.db.transaction(create, what="create wallets", users=len(user_ids))
+        # retry_duplicate: a writer that does not lock the order inserted its consume row
+        # between our check and our INSERT; the next attempt finds it ("already charged")
+        return await self.db.transaction(
+            unit, retry_duplicate="consume row appeared concurrently", **how
+        )
 
     # -- the transaction body shared by both ---------------------------------------------------
 
@@ -445,8 +436,7 @@ class PowerConsumer:
         now: datetime,
         out: _Settlement,
     ) -> None:
-        bulk = BulkWriter(conn)
-        await bulk.insert(
+        await BulkWriter(conn).insert(
             power_consume,
             _CONSUME_COLUMNS,
             [
@@ -466,19 +456,16 @@ class PowerConsumer:
             ],
             {"consume_rate": self.rules.consume_rate, "created_at": now},
         )
-        per_user: dict[int, Decimal] = defaultdict(Decimal)
-        for o, c in to_charge:
-            per_user[o.user_id] += c.consume_power
-        balances = await self._lock_wallets(conn, sorted(per_user))
-        await self._apply_wallet_debits(conn, per_user, balances, now)
-
-        ledger: list[tuple[Any, ...]] = []
-        running = {uid: power for uid, (power, _total) in balances.items()}
-        for o, c in to_charge:
-            before = running[o.user_id]
-            after = before - c.consume_power
-            running[o.user_id] = after
-            ledger.append((o.user_id, -c.consume_power, before, after, o.id, o.order_sn))
+        balances = await ledger.lock(self.db, conn, [o.user_id for o, _ in to_charge])
+        posted, _ = await ledger.post(
+            conn,
+            [ledger.Entry(o.user_id, o.id, o.order_sn, -c.consume_power) for o, c in to_charge],
+            balances,
+            change_type=ledger.CONSUME,
+            now=now,
+            remark=f"power consume ({source})",
+        )
+        for (o, c), p in zip(to_charge, posted, strict=True):
             out.results.append(ChargeResult(o.id, Outcome.CHARGED, consume_power=c.consume_power))
             out.events.append(
                 (
@@ -490,72 +477,20 @@ class PowerConsumer:
                         "order_sn": o.order_sn,
                         "profit": c.profit,
                         "consume_power": c.consume_power,
-                        "before": before,
-                        "after": after,
+                        "before": p.before,
+                        "after": p.after,
                         "source": str(source),
                     },
                 )
             )
-        await bulk.insert(
-            wallet_log,
-            _LEDGER_COLUMNS,
-            ledger,
-            {
-                "account_type": "power",
-                "change_type": "power_consume",
-                "related_type": "trading_order",
-                "remark": f"power consume ({source})",
-                "created_at": now,
-            },
-        )
-
-    async def _lock_wallets(
-        self, conn: AsyncConnection, user_ids: list[int]
-    ) -> dict[int, tuple[Decimal, Decimal]]:
-        """Lock the users' wallet rows in user-id order; raise _MissingWallets if any is absent."""
-        stmt = (
-            select(wallet.c.user_id, wallet.c.power, wallet.c.total_power_consume)
-            .where(wallet.c.user_id.in_(user_ids))
-            .order_by(wallet.c.user_id)
-            .with_for_update()
-        )
-        found = {r.user_id: (r.power, r.total_power_consume) for r in await conn.execute(stmt)}
-        missing = [u for u in user_ids if u not in found]
-        if missing:
-            raise _MissingWallets(missing)
-        return found
-
-    async def _apply_wallet_debits(
-        self,
-        conn: AsyncConnection,
-        per_user: dict[int, Decimal],
-        balances: dict[int, tuple[Decimal, Decimal]],
-        now: datetime,
-    ) -> None:
-        """Debit each wallet by its users' charges: ``power = power - x`` (MySQL)."""
-        if self.db.is_mysql:
-            await BulkWriter(conn).update_join_values(
-                wallet,
-                "user_id",
-                per_user,
-                {
-                    "power": "t.power - d.v",
-                    "total_power_consume": "t.total_power_consume + d.v",
-                },
-                {"updated_at": now},
-            )
-            return
-        # SQLite keeps decimals as text, so the new figures are computed here, under the write
-        # lock BEGIN IMMEDIATE took, instead of by SQL arithmetic (which would be float).
-        cases = {
-            "power": ("{}", {u: balances[u][0] - d for u, d in per_user.items()}),
-            "total_power_consume": ("{}", {u: balances[u][1] + d for u, d in per_user.items()}),
-        }
-        await BulkWriter(conn).update_cases(wallet, "user_id", cases, {"updated_at": now})
 
 
 def _ineligibility(order: _Order) -> str | None:
     return ineligibility(order.status, order.realized_profit, order.close_time)
+
+
+def _err(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[_Order]:

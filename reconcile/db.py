@@ -3,7 +3,12 @@
 Every statement the core runs goes through ``Database.transaction``: one function, one
 transaction, re-run as a whole (bounded, jittered, logged) when the database says the outcome
 can be resolved by trying again - deadlock, lock-wait timeout, lost connection (including during
-COMMIT, whose outcome is unknown: the unique keys make re-running safe). Nothing else is retried.
+COMMIT, whose outcome is unknown: the unique keys make re-running safe). Two more resolutions
+are the caller's to ask for and run here too, in the same bounded, logged loop: rows a unit needs
+that must be created first (``RowsMissing.prepare``, e.g. a wallet row), and, with
+``retry_duplicate``, a unique key refusing a row that a writer which does not lock inserted
+between our check and our INSERT (the next attempt finds the row). Nothing else retries a
+transaction.
 
 Before each attempt the transaction awaits ``reconcile.pacing`` (log back-pressure; the database's
 availability when a monitor watches it): waiting happens between transactions, never inside one.
@@ -36,6 +41,7 @@ from tenacity import (
 )
 
 from reconcile import pacing
+from reconcile.dialect import Dialect
 from reconcile.errors import (
     ConfigError,
     ConnectionLost,
@@ -44,6 +50,7 @@ from reconcile.errors import (
     Deadlock,
     DuplicateKey,
     LockWaitTimeout,
+    RowsMissing,
 )
 
 log = structlog.get_logger("reconcile.db")
@@ -176,12 +183,14 @@ class Database:
         self.tz: tzinfo = _zone(settings.timezone)
         url = settings.sqlalchemy_url()
         self.dialect_name = url.get_backend_name()
-        if self.dialect_name not in {"mysql", "mariadb", "sqlite"}:
+        try:
+            self.dialect = Dialect.for_backend(self.dialect_name)
+        except ValueError:
             raise ConfigError(
                 f"database.url: unsupported backend {self.dialect_name!r} (use mysql+aiomysql or "
                 "sqlite+aiosqlite)"
-            )
-        self.is_mysql = self.dialect_name != "sqlite"
+            ) from None
+        self.is_mysql = self.dialect.is_mysql
         self.skip_locked = False
         self._engine: AsyncEngine | None = None
         self._url = url
@@ -303,13 +312,29 @@ class Database:
         fn: Callable[[AsyncConnection], Awaitable[T]],
         *,
         what: str,
+        retry_duplicate: str | None = None,
         **log_fields: Any,
     ) -> T:
-        """Run ``fn`` in one transaction; re-run it whole on a temporary database failure."""
+        """Run ``fn`` in one transaction; re-run it whole on a temporary database failure
+        (after ``RowsMissing.prepare`` when that was the failure) and, given
+        ``retry_duplicate``, when a unique key refused a row - an expected race, logged at info
+        level under that event name instead of as a ``db retry`` warning."""
         policy = self.settings.retry
+        retryable: tuple[type[Exception], ...] = (DatabaseTemporaryError,)
+        if retry_duplicate:
+            retryable += (DuplicateKey,)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
+            if retry_duplicate and isinstance(exc, DuplicateKey):
+                log.info(
+                    retry_duplicate,
+                    what=what,
+                    attempt=state.attempt_number,
+                    retry=True,
+                    **log_fields,
+                )
+                return
             log.warning(
                 "db retry",
                 what=what,
@@ -322,7 +347,7 @@ class Database:
             )
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(DatabaseTemporaryError),
+            retry=retry_if_exception_type(retryable),
             stop=stop_after_attempt(policy.attempts),
             wait=wait_random_exponential(multiplier=policy.initial, max=policy.maximum),
             before_sleep=before_sleep,
@@ -330,7 +355,11 @@ class Database:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._gated(fn, what)
+                try:
+                    return await self._gated(fn, what)
+                except RowsMissing as missing:
+                    await missing.prepare()  # a transaction of its own; the unit runs again
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _ready(self) -> None:

@@ -10,7 +10,8 @@ Catching a parent class *is* the retry decision::
     │   └── DatabaseTemporaryError    deadlock, lock-wait timeout, lost connection
     │       ├── Deadlock                  MySQL 1213
     │       ├── LockWaitTimeout           MySQL 1205
-    │       └── ConnectionLost            MySQL 2006/2013/2003, outcome of a COMMIT unknown
+    │       ├── ConnectionLost            MySQL 2006/2013/2003, outcome of a COMMIT unknown
+    │       └── RowsMissing               a row the unit needs must first be created on its own
     ├── PermanentError            never retried
     │   ├── ExchangeRejected          authentication, permission, bad symbol, bad request
     │   ├── DatabaseError             anything else the database says
@@ -77,6 +78,15 @@ class LockWaitTimeout(DatabaseTemporaryError):
 
 class ConnectionLost(DatabaseTemporaryError):
     """The connection broke; if it broke during COMMIT the outcome is unknown."""
+
+
+class RowsMissing(DatabaseTemporaryError):
+    """A transaction found rows missing that must be created in a short transaction of their
+    own (creating them between locks taken in order lets two writers deadlock on the new rows'
+    gap locks). ``Database.transaction`` awaits :meth:`prepare` and runs the unit again."""
+
+    async def prepare(self) -> None:
+        raise NotImplementedError
 
 
 class DatabaseError(PermanentError):

@@ -36,8 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import select, text
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import quarantine
@@ -300,22 +299,23 @@ class HistorySync:
 
     @asynccontextmanager
     async def _account_lock(self, account_id: int) -> AsyncIterator[bool]:
-        if not self.db.is_mysql:  # the embedded default runs one instance
-            yield True
-            return
         # GET_LOCK names are server-wide: qualify with the database, so instances serving two
         # hotgo databases on one server do not lock each other out (names are <= 64 chars)
         schema = hashlib.sha256(str(self.db.engine.url.database).encode()).hexdigest()[:16]
         name = f"toogo-reconcile:{schema}:account:{account_id}"
+        dialect = self.db.dialect
+        if not dialect.concurrent:  # the embedded default runs one instance
+            yield True
+            return
         async with self.db.session_connection() as conn:
-            got = (await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})).scalar()
+            got = await dialect.try_lock(conn, name)
             try:
-                yield got == 1
+                yield got
             finally:
-                if got == 1:
+                if got:
                     try:
                         with map_db_errors("release the account lock"):
-                            await conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+                            await dialect.unlock(conn, name)
                     except ConnectionLost:
                         # the server ends a lost session's locks itself: nothing is held
                         log.info("account lock gone with its connection", account_id=account_id)
@@ -379,7 +379,9 @@ class HistorySync:
         return summary
 
     async def _charge(self, order_ids: list[int], summary: SyncSummary) -> None:
-        for result in await self.consumer.charge_many(order_ids, Source.HISTORY):
+        batch = await self.consumer.charge_many(order_ids, Source.HISTORY)
+        # an order the consumer could not charge is logged there and left for the sweep
+        for result in batch.results:
             if result.outcome is Outcome.CHARGED:
                 summary.charged += 1
             elif result.outcome is Outcome.SKIPPED_DUPLICATE:
@@ -476,17 +478,12 @@ class HistorySync:
         }
         changed = {k: values[k] for k in ("complete_until", "keys_at_cursor", "updated_at")}
 
+        upsert = self.db.dialect.upsert(
+            stream_cursor, key=("platform", "account_id", "symbol"), update=changed
+        )
+
         async def write(conn: AsyncConnection) -> None:
-            if self.db.is_mysql:
-                ins = mysql.insert(stream_cursor).values(**values)
-                await conn.execute(ins.on_duplicate_key_update(**changed))
-            else:
-                ins_l = sqlite.insert(stream_cursor).values(**values)
-                await conn.execute(
-                    ins_l.on_conflict_do_update(
-                        index_elements=["platform", "account_id", "symbol"], set_=changed
-                    )
-                )
+            await conn.execute(upsert, values)
 
         await self.db.transaction(write, what="advance stream cursor")
 

@@ -14,8 +14,9 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, cast
+from sqlalchemy import ColumnElement
 
+from reconcile.dialect import Dialect
 from reconcile.schema import trading_order
 
 
@@ -37,20 +38,13 @@ def real_close_time(value: datetime | None) -> bool:
     return value is not None and value.replace(tzinfo=None) >= REAL_CLOSE_TIMES_FROM
 
 
-def positive(is_mysql: bool, column: Any) -> ColumnElement[bool]:
-    """``column > 0`` for a DECIMAL column (SQLite keeps decimals as text)."""
-    if is_mysql:
-        return column > 0  # type: ignore[no-any-return]
-    return cast(column, Float) > 0
-
-
-def eligible_sql(is_mysql: bool) -> tuple[ColumnElement[bool], ...]:
+def eligible_sql(dialect: Dialect) -> tuple[ColumnElement[bool], ...]:
     """Closed, a real close time, profitable, not yet consumed (the sweep's WHERE)."""
     o = trading_order.c
     return (
         o.power_consumed == 0,
         o.status == int(Status.CLOSED),
-        positive(is_mysql, o.realized_profit),
+        dialect.positive(o.realized_profit),
         o.close_time >= REAL_CLOSE_TIMES_FROM,
     )
 
@@ -77,6 +71,5 @@ __all__ = [
     "Status",
     "eligible_sql",
     "ineligibility",
-    "positive",
     "real_close_time",
 ]

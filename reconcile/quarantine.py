@@ -26,10 +26,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
+from reconcile.dialect import PROPOSED
 from reconcile.records import UnusableRecord
 from reconcile.schema import quarantine
 
@@ -89,39 +89,24 @@ async def store(db: Database, records: Sequence[UnusableRecord]) -> int:
         for r in records
     ]
 
+    upsert = db.dialect.upsert(
+        quarantine,
+        key=("platform", "account_id", "record_key"),
+        update={
+            "reason": PROPOSED,
+            "raw_json": PROPOSED,
+            "context_json": PROPOSED,
+            "close_time": PROPOSED,
+            "last_seen": PROPOSED,
+            "attempts": quarantine.c.attempts + 1,
+            "resolved_at": None,
+            "resolution": None,
+        },
+    )
+
     async def write(conn: AsyncConnection) -> None:
         for row in rows:
-            if db.is_mysql:
-                ins = mysql.insert(quarantine).values(**row)
-                await conn.execute(
-                    ins.on_duplicate_key_update(
-                        reason=ins.inserted.reason,
-                        raw_json=ins.inserted.raw_json,
-                        context_json=ins.inserted.context_json,
-                        close_time=ins.inserted.close_time,
-                        last_seen=ins.inserted.last_seen,
-                        attempts=quarantine.c.attempts + 1,
-                        resolved_at=None,
-                        resolution=None,
-                    )
-                )
-            else:
-                ins_l = sqlite.insert(quarantine).values(**row)
-                await conn.execute(
-                    ins_l.on_conflict_do_update(
-                        index_elements=["platform", "account_id", "record_key"],
-                        set_={
-                            "reason": ins_l.excluded.reason,
-                            "raw_json": ins_l.excluded.raw_json,
-                            "context_json": ins_l.excluded.context_json,
-                            "close_time": ins_l.excluded.close_time,
-                            "last_seen": ins_l.excluded.last_seen,
-                            "attempts": quarantine.c.attempts + 1,
-                            "resolved_at": None,
-                            "resolution": None,
-                        },
-                    )
-                )
+            await conn.execute(upsert, row)
 
     await db.transaction(write, what="store quarantined records", records=len(rows))
     return len(rows)

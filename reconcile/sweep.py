@@ -7,7 +7,8 @@ over once instead of being re-scanned on every page. On MariaDB >= 10.6 / MySQL 
 locked with ``SKIP LOCKED``, so concurrent sweeps share the backlog instead of queueing.
 
 A page that fails for a reason other than a temporary database failure is charged again order by
-order, so one bad order never blocks the rest of its page.
+order by the consumer, so one bad order never blocks the rest of its page; the orders that still
+fail are counted here and left for the next sweep.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from reconcile.consumer import ChargeResult, Outcome, PowerConsumer, Source
-from reconcile.errors import ReconcileError, TemporaryError
+from reconcile.consumer import Batch, ChargeResult, Outcome, PowerConsumer, Source
+from reconcile.errors import ReconcileError
 
 log = structlog.get_logger("reconcile.sweep")
 
@@ -46,6 +47,13 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
             self.skipped_duplicate += 1
         else:
             self.not_eligible += 1
+
+    def add(self, batch: Batch) -> None:
+        for result in batch.results:
+            self.count(result)
+        fresh = set(batch.failed) - self.failed_ids  # a revisit may fail a failed order again
+        self.failed_ids |= fresh
+        self.failed += len(fresh)
 
     def merge(self, other: SweepSummary) -> None:
         self.charged += other.charged
@@ -101,38 +109,21 @@ async def sweep(
             if stop is not None and stop.is_set():
                 summary.interrupted = True
                 return
-            seen: list[tuple[datetime, int]] = []
             try:
-                results = await consumer.charge_page(
-                    after=position,
-                    limit=page_size,
-                    source=source,
-                    seen=seen,
-                    partition=part,
+                page = await consumer.charge_page(
+                    after=position, limit=page_size, source=source, partition=part
                 )
-            except TemporaryError as exc:
+            except ReconcileError as exc:  # temporary (retried whole already) or unreadable
                 summary.error = f"{type(exc).__name__}: {exc}"
                 return
-            except ReconcileError as exc:
-                if not seen:
-                    summary.error = f"{type(exc).__name__}: {exc}"
-                    return
-                log.warning(
-                    "sweep page failed; charging its orders one by one",
-                    orders=len(seen),
-                    error=str(exc),
-                )
-                results = await _one_by_one(consumer, [oid for _, oid in seen], source, summary)
-            if not seen:
+            if not page.keys:
                 return
             summary.pages += 1
-            position = seen[-1]
-            for result in results:
-                summary.count(result)
+            position = page.keys[-1]
+            summary.add(page)
             # rows another transaction held (SKIP LOCKED) are passed over; see _leftovers
-            skipped.update(
-                {oid for _, oid in seen} - {r.order_id for r in results} - summary.failed_ids
-            )
+            done = {r.order_id for r in page.results} | set(page.failed)
+            skipped.update({oid for _, oid in page.keys} - done)
             progress.maybe_log(summary, source, position)
 
     skipped: set[int] = set()
@@ -186,40 +177,17 @@ async def _leftovers(
     log.info("sweep revisits orders that were locked", orders=len(pending))
     try:
         # a page per transaction, waiting for the locks (most holders have committed by now)
-        for result in await consumer.charge_many(pending, source):
-            summary.count(result)
+        summary.add(await consumer.charge_many(pending, source))
     except ReconcileError as exc:
-        fresh = set(pending) - summary.failed_ids
-        summary.failed_ids |= fresh
-        summary.failed += len(fresh)
+        error = f"{type(exc).__name__}: {exc}"
+        summary.add(Batch(failed=dict.fromkeys(pending, error)))
         log.error(
             "charge failed",
             orders=len(pending),
             source=str(source),
-            error=f"{type(exc).__name__}: {exc}",
+            error=error,
             will_retry="next sweep",
         )
-
-
-async def _one_by_one(
-    consumer: PowerConsumer, order_ids: list[int], source: Source, summary: SweepSummary
-) -> list[ChargeResult]:
-    results: list[ChargeResult] = []
-    for order_id in order_ids:
-        try:
-            results.append(await consumer.charge(order_id, source))
-        except ReconcileError as exc:
-            if order_id not in summary.failed_ids:  # two workers may both try a bad order
-                summary.failed_ids.add(order_id)
-                summary.failed += 1
-            log.error(
-                "charge failed",
-                order_id=order_id,
-                source=str(source),
-                error=f"{type(exc).__name__}: {exc}",
-                will_retry="next sweep",
-            )
-    return results
 
 
 def _figures(summary: SweepSummary, started: float) -> dict[str, object]:

@@ -13,6 +13,7 @@ Each step is one transaction (DML) or one atomic statement (DDL), ordered so tha
 leaves the database as before that step and re-running picks up where it stopped.
 """
 
+from reconcile.ledger import REFUND, REFUND_REVERSAL
 from reconcile.migration._backup import (
     BackupInfo,
     BackupResult,
@@ -41,7 +42,6 @@ from reconcile.migration._ddl import (
 from reconcile.migration._dedupe import DedupeResult, dedupe
 from reconcile.migration._rollback import RollbackResult, rollback
 from reconcile.migration._runbook import CheckReport, RefundTotals, UpResult, check, up
-from reconcile.migration._wallet import REFUND, REFUND_REVERSAL
 
 __all__ = [
     "REFUND",

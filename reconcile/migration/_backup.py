@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import ledger
 from reconcile.db import Database, DatabaseSettings
 from reconcile.errors import DatabaseError, ReconcileError
 from reconcile.migration._common import (
@@ -39,7 +40,6 @@ from reconcile.migration._common import (
     scan_duplicates,
     schema_state,
 )
-from reconcile.migration._wallet import lock_wallets
 from reconcile.schema import migration_backup, refund
 
 log = structlog.get_logger("reconcile.migration")
@@ -253,7 +253,7 @@ async def backup(db: Database, *, dump: Path | None = None) -> BackupResult:
 
     async def fill(conn: AsyncConnection) -> tuple[BackupInfo | None, Duplicates]:
         # shared locks, in the dedupe's order: the two tables agree as of one moment
-        await lock_wallets(conn, found.user_ids, db.now(), exclusive=False)
+        await ledger.lock(db, conn, found.user_ids, exclusive=False, require=False)
         locked = await lock_duplicates(conn, found, exclusive=False)
         if not locked.groups:
             return None, locked

@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy import bindparam, case, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import ledger
 from reconcile.db import Database
 from reconcile.migration._backup import (
     BackupInfo,
@@ -53,7 +54,6 @@ from reconcile.migration._common import (
     scan_duplicates,
     schema_state,
 )
-from reconcile.migration._wallet import REFUND, LedgerEntry, lock_wallets, post_entries
 from reconcile.schema import migration_backup, power_consume, refund
 
 log = structlog.get_logger("reconcile.migration")
@@ -208,14 +208,14 @@ async def _apply(
         )
 
     now = db.now()
-    balances, _ = await lock_wallets(conn, found.user_ids, now)
+    balances = await ledger.lock(db, conn, found.user_ids, require=False)
     dups = await lock_duplicates(conn, found, exclusive=True)
     if not dups.groups:
         return _Applied(duplicates=dups)
     progress("locked", rows=dups.extra_rows, groups=len(dups.groups), wallets=len(balances))
     out = _Applied(duplicates=dups)
     refunds: list[tuple[int, Any]] = []  # (consume_id, existing refund row or None)
-    entries: list[LedgerEntry] = []
+    entries: list[ledger.Entry] = []
     if refund_overcharge:
         existing = await _refund_rows(conn, dups.extra_ids, lock=True)
         for g in dups.groups:
@@ -227,7 +227,7 @@ async def _apply(
             amount = sum((r.consume_power for r in rows), ZERO)
             ids = ", ".join(str(r.id) for r in rows)
             entries.append(
-                LedgerEntry(
+                ledger.Entry(
                     g.user_id,
                     g.order_id,
                     g.keep.order_sn,
@@ -261,13 +261,14 @@ async def _apply(
         raise RuntimeError(f"deleted {deleted} consume rows, expected {dups.extra_rows}")
     progress("backed up and deleted", backup_id=backup_id, rows=deleted)
     if entries:
-        missing = [e.user_id for e in entries if e.user_id not in balances]
+        missing = sorted({e.user_id for e in entries} - set(balances))
         if missing:  # a legacy user charged without a wallet row: credit a new (zero) one
-            created, out.wallets_created = await lock_wallets(
-                conn, missing, now, create_missing=True
-            )
-            balances.update(created)
-        ledger_ids = await post_entries(conn, entries, balances, change_type=REFUND, now=now)
+            balances.update(await ledger.create_locked(db, conn, missing))
+            out.wallets_created = len(missing)
+        entries.sort(key=lambda e: (e.user_id, e.order_id))
+        _, ledger_ids = await ledger.post(
+            conn, entries, balances, change_type=ledger.REFUND, now=now, returning=True
+        )
         await _record_refunds(conn, dups, refunds, ledger_ids, backup_id, now)
         progress("refunded", orders=len(entries), amount=out.refunded_amount)
     await conn.execute(

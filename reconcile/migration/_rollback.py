@@ -26,6 +26,7 @@ import structlog
 from sqlalchemy import case, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import ledger
 from reconcile.db import Database
 from reconcile.errors import SchemaNotReady
 from reconcile.migration._backup import BackupInfo, get_backup
@@ -39,7 +40,6 @@ from reconcile.migration._common import (
     schema_state,
 )
 from reconcile.migration._ddl import DdlOptions, DdlStep, drop_unique_key
-from reconcile.migration._wallet import REFUND_REVERSAL, LedgerEntry, lock_wallets, post_entries
 from reconcile.schema import migration_backup, refund
 
 log = structlog.get_logger("reconcile.migration")
@@ -191,7 +191,7 @@ async def _restore(
         raise SchemaNotReady(f"{CONSUME} got uk_user_order back during the rollback; re-run")
     now = db.now()
     # wallets before consume rows, as the consumer and the dedupe lock them
-    reversal = await _lock_reversal(conn, locked.id, now) if reverse_refunds else None
+    reversal = await _lock_reversal(db, conn, locked.id) if reverse_refunds else None
     restored = 0
     if locked.rolled_back_at is None:
         columns = [
@@ -234,11 +234,11 @@ async def _restore(
 @dataclass(frozen=True)
 class _Reversal:
     active: list[Any]
-    entries: list[LedgerEntry]
-    balances: dict[int, Decimal]
+    entries: list[ledger.Entry]
+    balances: dict[int, ledger.Balance]
 
 
-async def _lock_reversal(conn: AsyncConnection, backup_id: int, now: Any) -> _Reversal:
+async def _lock_reversal(db: Database, conn: AsyncConnection, backup_id: int) -> _Reversal:
     """Lock the dedupe's active refund rows, then the wallets they credited (user-id order)."""
     f = refund.c
     active = list(
@@ -253,7 +253,7 @@ async def _lock_reversal(conn: AsyncConnection, backup_id: int, now: Any) -> _Re
     for r in active:
         per_order[(r.user_id, r.order_id)].append(r)
     entries = [
-        LedgerEntry(
+        ledger.Entry(
             uid,
             oid,
             rs[0].order_sn,
@@ -263,11 +263,8 @@ async def _lock_reversal(conn: AsyncConnection, backup_id: int, now: Any) -> _Re
         )
         for (uid, oid), rs in per_order.items()
     ]
-    balances: dict[int, Decimal] = {}
-    if active:
-        balances, _ = await lock_wallets(
-            conn, sorted({r.user_id for r in active}), now, create_missing=True
-        )
+    entries.sort(key=lambda e: (e.user_id, e.order_id))
+    balances = await ledger.lock(db, conn, [r.user_id for r in active]) if active else {}
     return _Reversal(active, entries, balances)
 
 
@@ -275,8 +272,8 @@ async def _reverse(conn: AsyncConnection, rev: _Reversal, now: Any) -> tuple[int
     if not rev.active:
         return 0, 0, ZERO
     f = refund.c
-    ledger_ids = await post_entries(
-        conn, rev.entries, rev.balances, change_type=REFUND_REVERSAL, now=now
+    _, ledger_ids = await ledger.post(
+        conn, rev.entries, rev.balances, change_type=ledger.REFUND_REVERSAL, now=now, returning=True
     )
     for chunk in chunks(rev.active):
         await conn.execute(

@@ -1,0 +1,96 @@
+"""What differs between the databases, in one place, so the rules read the same on every one.
+
+The database layer owns one :class:`Dialect` (``Database.dialect``); the core asks it instead of
+branching on the backend's name. Today: MySQL/MariaDB (the production default) and SQLite (the
+embedded default, one instance, decimals kept as exact text). Adding a database means adding a
+dialect here and its error codes in ``reconcile.db``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, String, Table, and_, not_, text, type_coerce
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
+
+
+class _Proposed:
+    """Marker for :meth:`Dialect.upsert`: keep the value the INSERT proposed."""
+
+    def __repr__(self) -> str:
+        return "PROPOSED"
+
+
+PROPOSED: Final = _Proposed()
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    #: several instances may share the database: account locks, SKIP LOCKED pages, the runbook
+    concurrent: bool
+    #: DECIMAL columns hold exact decimal text (SQLite), so SQL arithmetic on them is float
+    text_decimals: bool
+
+    @classmethod
+    def for_backend(cls, backend: str) -> Dialect:
+        if backend in ("mysql", "mariadb"):
+            return cls("mysql", concurrent=True, text_decimals=False)
+        if backend == "sqlite":
+            return cls("sqlite", concurrent=False, text_decimals=True)
+        raise ValueError(backend)
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.name == "mysql"
+
+    def positive(self, column: Any) -> ColumnElement[bool]:
+        """``column > 0`` for a DECIMAL column, exactly: on SQLite the stored text is tested
+        (not negative, some non-zero digit) instead of going through a float."""
+        if not self.text_decimals:
+            return column > 0  # type: ignore[no-any-return]
+        digits = type_coerce(column, String)
+        return and_(not_(digits.like("-%")), digits.op("GLOB")("*[1-9]*"))
+
+    def upsert(
+        self,
+        table: Table,
+        *,
+        key: Sequence[str],
+        update: Mapping[str, Any] | None = None,
+    ) -> Insert:
+        """An INSERT that, when the unique key ``key`` already holds the row, updates it with
+        ``update`` (``PROPOSED``: the value the INSERT proposed) or, without ``update``, leaves
+        the existing row alone. Rows are given at execution: ``conn.execute(stmt, rows)``."""
+        if self.is_mysql:
+            ins = mysql.insert(table)
+            if not update:  # a no-op assignment: MySQL has no ON CONFLICT DO NOTHING
+                return ins.on_duplicate_key_update({key[0]: ins.inserted[key[0]]})
+            return ins.on_duplicate_key_update(
+                {k: ins.inserted[k] if v is PROPOSED else v for k, v in update.items()}
+            )
+        ins_l = sqlite.insert(table)
+        if not update:
+            return ins_l.on_conflict_do_nothing(index_elements=list(key))
+        return ins_l.on_conflict_do_update(
+            index_elements=list(key),
+            set_={k: ins_l.excluded[k] if v is PROPOSED else v for k, v in update.items()},
+        )
+
+    async def try_lock(self, conn: AsyncConnection, name: str) -> bool:
+        """Take the session-level named lock ``name`` without waiting (not concurrent: always)."""
+        if not self.concurrent:
+            return True
+        got = (await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})).scalar()
+        return bool(got == 1)
+
+    async def unlock(self, conn: AsyncConnection, name: str) -> None:
+        if self.concurrent:
+            await conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+
+
+__all__ = ["PROPOSED", "Dialect"]

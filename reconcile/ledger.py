@@ -1,0 +1,258 @@
+"""The power ledger: the only code that changes ``hg_toogo_wallet`` or writes its log.
+
+The log is ``hg_toogo_wallet_log``. Charges, refunds and their reversals all move power the
+same way, inside the caller's transaction and after the rows that justify the change are locked:
+
+1. :func:`lock` locks the users' wallet rows in user-id order - the one order everybody locks
+   them in, so two writers never deadlock on wallets. A user without a wallet row raises
+   :class:`MissingWallets`: ``Database.transaction`` then creates the rows (all zero) in a
+   short transaction of their own (:func:`open_wallets`) and runs the unit again. Creating
+   them inside the unit, between locks taken in order, let two writers deadlock on the new
+   rows' gap locks.
+2. :func:`post` writes one ledger row per :class:`Entry`, whose before/after continue from the
+   locked balance in the order given, and moves each wallet once with atomic arithmetic:
+   ``power += Σ amount``, ``total_power_consume -= Σ amount`` (a charge raises the consumed
+   total, a refund lowers it). ``gift_power`` is never touched. Money is Decimal.
+
+One exception to step 1's rule: the runbook's dedupe credits refunds to legacy users who were
+charged without a wallet row, and must leave nothing behind if it fails, so it creates those
+rows in place (:func:`create_locked`). It may: it holds the migration lock, and a charger that
+meets the same missing row only reads (its lock fails, it rolls back and creates the row in a
+transaction of its own, which waits for the dedupe), so no two writers insert into the gap.
+
+A negative balance is allowed (hotgo's rule: a charge is never refused).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconcile.bulk import BulkWriter
+from reconcile.db import Database
+from reconcile.errors import RowsMissing
+from reconcile.schema import wallet, wallet_log
+
+CONSUME = "power_consume"
+REFUND = "power_consume_refund"
+REFUND_REVERSAL = "power_consume_refund_reversal"
+
+_CHUNK = 1000  # users per locking statement
+_ZERO = Decimal(0)
+_ENTRY_COLUMNS = ("user_id", "change_amount", "before_amount", "after_amount", "related_id")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger row: ``amount`` > 0 credits the user's power, < 0 debits it."""
+
+    user_id: int
+    order_id: int
+    order_sn: str
+    amount: Decimal
+    remark: str | None = None  # None: the remark given to post()
+
+
+@dataclass(frozen=True)
+class Balance:
+    power: Decimal
+    total_power_consume: Decimal
+
+
+@dataclass(frozen=True)
+class Posted:
+    entry: Entry
+    before: Decimal
+    after: Decimal
+
+
+class MissingWallets(RowsMissing):
+    def __init__(self, db: Database, user_ids: Sequence[int]) -> None:
+        super().__init__(f"{len(user_ids)} users without a wallet row")
+        self.db = db
+        self.user_ids = list(user_ids)
+
+    async def prepare(self) -> None:
+        await open_wallets(self.db, self.user_ids)
+
+
+async def open_wallets(db: Database, user_ids: Sequence[int]) -> int:
+    """Create the missing wallet rows (all zero) in a transaction of their own; how many."""
+    wanted = sorted(set(user_ids))
+    if not wanted:
+        return 0
+    now = db.now()
+    w = wallet.c
+
+    async def create(conn: AsyncConnection) -> int:
+        have: set[int] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            have.update(
+                r[0] for r in await conn.execute(select(w.user_id).where(w.user_id.in_(chunk)))
+            )
+        rows = [
+            {"user_id": u, "power": _ZERO, "gift_power": _ZERO, "total_power_consume": _ZERO,
+             "created_at": now, "updated_at": now}
+            for u in wanted if u not in have
+        ]  # fmt: skip
+        if rows:  # a no-op where a concurrent creator won: no money column is touched
+            await conn.execute(db.dialect.upsert(wallet, key=("user_id",)), rows)
+        return len(rows)
+
+    return await db.transaction(create, what="create wallets", users=len(wanted))
+
+
+async def lock(
+    db: Database,
+    conn: AsyncConnection,
+    user_ids: Sequence[int],
+    *,
+    exclusive: bool = True,
+    require: bool = True,
+) -> dict[int, Balance]:
+    """Lock the users' wallet rows in user-id order (``exclusive=False``: shared locks).
+
+    Raises :class:`MissingWallets` if ``require`` and a user has no wallet row."""
+    w = wallet.c
+    stmt = (
+        select(w.user_id, w.power, w.total_power_consume)
+        .where(w.user_id.in_(bindparam("users", expanding=True)))
+        .order_by(w.user_id)
+        .with_for_update(read=not exclusive)
+    )
+    ordered = sorted(set(user_ids))
+    found: dict[int, Balance] = {}
+    for start in range(0, len(ordered), _CHUNK):
+        rows = await conn.execute(stmt, {"users": ordered[start : start + _CHUNK]})
+        found.update({r.user_id: Balance(r.power, r.total_power_consume) for r in rows})
+    missing = [u for u in ordered if u not in found]
+    if missing and require:
+        raise MissingWallets(db, missing)
+    return found
+
+
+async def create_locked(
+    db: Database, conn: AsyncConnection, user_ids: Sequence[int]
+) -> dict[int, Balance]:
+    """Create wallet rows (all zero) for users :func:`lock` found without one, inside the
+    caller's transaction, and lock them. Only for the runbook (see the module's docstring)."""
+    now = db.now()
+    rows = [
+        {"user_id": u, "power": _ZERO, "gift_power": _ZERO, "total_power_consume": _ZERO,
+         "created_at": now, "updated_at": now}
+        for u in sorted(set(user_ids))
+    ]  # fmt: skip
+    if rows:
+        await conn.execute(db.dialect.upsert(wallet, key=("user_id",)), rows)
+    return await lock(db, conn, user_ids)
+
+
+async def post(
+    conn: AsyncConnection,
+    entries: Sequence[Entry],
+    balances: Mapping[int, Balance],
+    *,
+    change_type: str,
+    now: datetime,
+    remark: str = "",
+    returning: bool = False,
+) -> tuple[list[Posted], dict[tuple[int, int], int]]:
+    """Write the entries' ledger rows and move the balances.
+
+    Returns the entries with their before/after, in order, and - with ``returning`` - the
+    ledger row id of each (user_id, order_id). Without it the rows go in one multi-row INSERT
+    with the constant columns written once (the charging hot path)."""
+    if not entries:
+        return [], {}
+    running = {u: b.power for u, b in balances.items()}
+    posted: list[Posted] = []
+    per_user: dict[int, Decimal] = defaultdict(Decimal)
+    for e in entries:
+        before = running[e.user_id]
+        running[e.user_id] = before + e.amount
+        posted.append(Posted(e, before, before + e.amount))
+        per_user[e.user_id] += e.amount
+    constants: dict[str, Any] = {
+        "account_type": "power",
+        "change_type": change_type,
+        "related_type": "trading_order",
+        "created_at": now,
+    }
+    ids = await (_insert_returning if returning else _insert)(conn, posted, constants, remark)
+    await BulkWriter(conn).add(
+        wallet,
+        "user_id",
+        per_user,
+        {"power": 1, "total_power_consume": -1},
+        {
+            "power": {u: b.power for u, b in balances.items()},
+            "total_power_consume": {u: b.total_power_consume for u, b in balances.items()},
+        },
+        {"updated_at": now},
+    )
+    return posted, ids
+
+
+def _row(p: Posted) -> tuple[Any, ...]:
+    return (p.entry.user_id, p.entry.amount, p.before, p.after, p.entry.order_id, p.entry.order_sn)
+
+
+async def _insert(
+    conn: AsyncConnection, posted: list[Posted], constants: dict[str, Any], remark: str
+) -> dict[tuple[int, int], int]:
+    columns = (*_ENTRY_COLUMNS, "order_sn")
+    if all(p.entry.remark is None for p in posted):
+        await BulkWriter(conn).insert(
+            wallet_log, columns, [_row(p) for p in posted], {**constants, "remark": remark[:255]}
+        )
+    else:
+        rows = [(*_row(p), (p.entry.remark or remark)[:255]) for p in posted]
+        await BulkWriter(conn).insert(wallet_log, (*columns, "remark"), rows, constants)
+    return {}
+
+
+async def _insert_returning(
+    conn: AsyncConnection, posted: list[Posted], constants: dict[str, Any], remark: str
+) -> dict[tuple[int, int], int]:
+    rows = [
+        {
+            **dict(zip((*_ENTRY_COLUMNS, "order_sn"), _row(p), strict=True)),
+            **constants,
+            "remark": (p.entry.remark or remark)[:255],
+        }
+        for p in posted
+    ]
+    w = wallet_log.c
+    ids: dict[tuple[int, int], int] = {}
+    for start in range(0, len(rows), _CHUNK):
+        result = await conn.execute(
+            wallet_log.insert().returning(
+                w.id, w.user_id, w.related_id, sort_by_parameter_order=True
+            ),
+            rows[start : start + _CHUNK],
+        )
+        ids.update({(r.user_id, r.related_id): r.id for r in result})
+    return ids
+
+
+__all__ = [
+    "CONSUME",
+    "REFUND",
+    "REFUND_REVERSAL",
+    "Balance",
+    "Entry",
+    "MissingWallets",
+    "Posted",
+    "create_locked",
+    "lock",
+    "open_wallets",
+    "post",
+]
