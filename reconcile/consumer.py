@@ -39,7 +39,7 @@ from reconcile import ledger
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
-from reconcile.orders import eligible_sql, ineligibility
+from reconcile.orders import ORDER_COLUMNS, OrderRow, eligible_sql, fetch_orders
 from reconcile.pricing import Charge, Discount, PowerRules, compute_charge
 from reconcile.schema import power_consume, toogo_config, toogo_user, trading_order
 
@@ -86,19 +86,6 @@ class Page(Batch):
     keys: list[tuple[datetime, int]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Order:
-    id: int
-    user_id: int
-    robot_id: int
-    order_sn: str
-    status: int | None
-    realized_profit: Decimal | None
-    power_consumed: int
-    power_amount: Decimal
-    close_time: datetime | None
-
-
 @dataclass
 class _Settlement:
     """What one transaction decided; its events are logged after COMMIT."""
@@ -122,18 +109,6 @@ _CONSUME_COLUMNS = (
     "vip_level",
     "discount_rate",
     "original_power",
-)
-
-_ORDER_COLUMNS = (
-    trading_order.c.id,
-    trading_order.c.user_id,
-    trading_order.c.robot_id,
-    trading_order.c.order_sn,
-    trading_order.c.status,
-    trading_order.c.realized_profit,
-    trading_order.c.power_consumed,
-    trading_order.c.power_amount,
-    trading_order.c.close_time,
 )
 
 
@@ -190,8 +165,8 @@ class PowerConsumer:
         """Charge one order, or report why not. Raises ``OrderNotFound``."""
 
         async def unit(conn: AsyncConnection) -> _Settlement:
-            stmt = select(*_ORDER_COLUMNS).where(trading_order.c.id == order_id).with_for_update()
-            rows = await _fetch_orders(conn, stmt)
+            stmt = select(*ORDER_COLUMNS).where(trading_order.c.id == order_id).with_for_update()
+            rows = await fetch_orders(conn, stmt)
             if not rows:
                 raise OrderNotFound(order_id)
             return await self._settle(conn, rows, source)
@@ -211,14 +186,14 @@ class PowerConsumer:
         for start in range(0, len(ids), PAGE):
             chunk = ids[start : start + PAGE]
             stmt = (
-                select(*_ORDER_COLUMNS)
+                select(*ORDER_COLUMNS)
                 .where(trading_order.c.id.in_(chunk))
                 .order_by(trading_order.c.id)
                 .with_for_update()
             )
 
             async def unit(conn: AsyncConnection, stmt: Select[Any] = stmt) -> _Settlement:
-                return await self._settle(conn, await _fetch_orders(conn, stmt), source)
+                return await self._settle(conn, await fetch_orders(conn, stmt), source)
 
             await self._page_or_each(unit, chunk, source, out, what="charge orders")
         return out
@@ -270,12 +245,12 @@ class PowerConsumer:
             #    columns the optimizer may lock its way along idx_power_consumed instead,
             #    momentarily locking other workers' rows, which SKIP LOCKED then passes over.
             lock = (
-                select(*_ORDER_COLUMNS)
+                select(*ORDER_COLUMNS)
                 .where(o.id.in_([oid for _, oid in page.keys]))
                 .order_by(o.id)
                 .with_for_update(skip_locked=self.db.skip_locked)
             )
-            return await self._settle(conn, await _fetch_orders(conn, lock), source)
+            return await self._settle(conn, await fetch_orders(conn, lock), source)
 
         await self._page_or_each(unit, page, source, page, what="charge sweep page")
         return page
@@ -343,13 +318,13 @@ class PowerConsumer:
     # -- the transaction body shared by both ---------------------------------------------------
 
     async def _settle(
-        self, conn: AsyncConnection, orders: Sequence[_Order], source: Source
+        self, conn: AsyncConnection, orders: Sequence[OrderRow], source: Source
     ) -> _Settlement:
         out = _Settlement()
         now = self.db.now()
-        eligible: list[_Order] = []
+        eligible: list[OrderRow] = []
         for order in orders:
-            reason = _ineligibility(order)
+            reason = order.ineligibility()
             if reason is None:
                 eligible.append(order)
             else:
@@ -359,7 +334,7 @@ class PowerConsumer:
 
         existing = await _existing_consumes(conn, eligible)
         discounts = await _discounts(conn, {o.user_id for o in eligible})
-        to_charge: list[tuple[_Order, Charge]] = []
+        to_charge: list[tuple[OrderRow, Charge]] = []
         flag: set[int] = set()  # orders to mark power_consumed = 1 from their consume row
         for order in eligible:
             charge = compute_charge(
@@ -402,7 +377,7 @@ class PowerConsumer:
 
     def _duplicate(
         self,
-        order: _Order,
+        order: OrderRow,
         found: Decimal,
         charge: Charge,
         source: Source,
@@ -431,7 +406,7 @@ class PowerConsumer:
     async def _debit(
         self,
         conn: AsyncConnection,
-        to_charge: list[tuple[_Order, Charge]],
+        to_charge: list[tuple[OrderRow, Charge]],
         source: Source,
         now: datetime,
         out: _Settlement,
@@ -485,20 +460,12 @@ class PowerConsumer:
             )
 
 
-def _ineligibility(order: _Order) -> str | None:
-    return ineligibility(order.status, order.realized_profit, order.close_time)
-
-
 def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[_Order]:
-    return [_Order(*row) for row in await conn.execute(stmt)]
-
-
 async def _existing_consumes(
-    conn: AsyncConnection, orders: Iterable[_Order]
+    conn: AsyncConnection, orders: Iterable[OrderRow]
 ) -> dict[tuple[int, int], Decimal]:
     """Consume rows already present for these (user_id, order_id) pairs; the newest wins.
 

@@ -335,6 +335,9 @@ class Database:
                     **log_fields,
                 )
                 return
+            if isinstance(exc, RowsMissing):  # a user's first charge: routine, not a warning
+                log.debug("db rows created", what=what, detail=str(exc), retry=True, **log_fields)
+                return
             log.warning(
                 "db retry",
                 what=what,

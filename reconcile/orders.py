@@ -4,17 +4,20 @@ Facts read from upstream's engine (DESIGN.md): status 0 pending, 1 open, 2 close
 4 failed; ``close_time`` sometimes holds a placeholder date in 2006 that is not a close time;
 ``realized_profit`` is NULL-able. An order is **eligible** for a charge when it is closed, has a
 real close time and a positive realized profit. The predicate exists once, here, as SQL
-(:func:`eligible_sql`) and as Python (:func:`ineligibility`).
+(:func:`eligible_sql`) and as Python (:func:`ineligibility`). :class:`OrderRow` is the typed
+row the consumer charges from.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.dialect import Dialect
 from reconcile.schema import trading_order
@@ -63,13 +66,52 @@ def ineligibility(
     return None
 
 
+@dataclass(frozen=True)
+class OrderRow:
+    """The columns of an hg_trading_order row that charging reads (``ORDER_COLUMNS``)."""
+
+    id: int
+    user_id: int
+    robot_id: int
+    order_sn: str
+    status: int | None
+    realized_profit: Decimal | None
+    power_consumed: int
+    power_amount: Decimal
+    close_time: datetime | None
+
+    def ineligibility(self) -> str | None:
+        return ineligibility(self.status, self.realized_profit, self.close_time)
+
+
+ORDER_COLUMNS = (
+    trading_order.c.id,
+    trading_order.c.user_id,
+    trading_order.c.robot_id,
+    trading_order.c.order_sn,
+    trading_order.c.status,
+    trading_order.c.realized_profit,
+    trading_order.c.power_consumed,
+    trading_order.c.power_amount,
+    trading_order.c.close_time,
+)
+
+
+async def fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[OrderRow]:
+    """``stmt`` selects ``ORDER_COLUMNS``."""
+    return [OrderRow(*row) for row in await conn.execute(stmt)]
+
+
 __all__ = [
+    "ORDER_COLUMNS",
     "REAL_CLOSE_TIMES_FROM",
     "STATUS_CANCELLED",
     "STATUS_CLOSED",
     "STATUS_OPEN",
+    "OrderRow",
     "Status",
     "eligible_sql",
+    "fetch_orders",
     "ineligibility",
     "real_close_time",
 ]
