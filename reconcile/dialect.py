@@ -1,19 +1,20 @@
 """What differs between the databases, in one place, so the rules read the same on every one.
 
 The database layer owns one :class:`Dialect` (``Database.dialect``); the core asks it instead of
-branching on the backend's name. Today: MySQL/MariaDB (the production default) and SQLite (the
-embedded default, one instance, decimals kept as exact text). Adding a database means adding a
-dialect here and its error codes in ``reconcile.db``.
+branching on the backend's name: MySQL/MariaDB (the production default), PostgreSQL (the second
+production database) and SQLite (the embedded default, one instance, decimals kept as exact
+text). Adding a database means adding a dialect here and its error codes in ``reconcile.db``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, String, Table, and_, not_, text, type_coerce
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
@@ -40,6 +41,8 @@ class Dialect:
     def for_backend(cls, backend: str) -> Dialect:
         if backend in ("mysql", "mariadb"):
             return cls("mysql", concurrent=True, text_decimals=False)
+        if backend == "postgresql":
+            return cls("postgresql", concurrent=True, text_decimals=False)
         if backend == "sqlite":
             return cls("sqlite", concurrent=False, text_decimals=True)
         raise ValueError(backend)
@@ -47,6 +50,10 @@ class Dialect:
     @property
     def is_mysql(self) -> bool:
         return self.name == "mysql"
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.name == "postgresql"
 
     def positive(self, column: Any) -> ColumnElement[bool]:
         """``column > 0`` for a DECIMAL column, exactly: on SQLite the stored text is tested
@@ -73,7 +80,7 @@ class Dialect:
             return ins.on_duplicate_key_update(
                 {k: ins.inserted[k] if v is PROPOSED else v for k, v in update.items()}
             )
-        ins_l = sqlite.insert(table)
+        ins_l = (postgresql if self.is_postgresql else sqlite).insert(table)
         if not update:
             return ins_l.on_conflict_do_nothing(index_elements=list(key))
         return ins_l.on_conflict_do_update(
@@ -85,12 +92,22 @@ class Dialect:
         """Take the session-level named lock ``name`` without waiting (not concurrent: always)."""
         if not self.concurrent:
             return True
+        if self.is_postgresql:  # session-level advisory lock, keyed by the name's hash
+            stmt = text("SELECT pg_try_advisory_lock(:k)")
+            return bool((await conn.execute(stmt, {"k": _lock_key(name)})).scalar())
         got = (await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})).scalar()
         return bool(got == 1)
 
     async def unlock(self, conn: AsyncConnection, name: str) -> None:
-        if self.concurrent:
+        if self.is_postgresql:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
+        elif self.concurrent:
             await conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for ``name`` (PostgreSQL's locks are keyed by bigint)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 __all__ = ["PROPOSED", "Dialect"]
