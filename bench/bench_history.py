@@ -72,14 +72,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bench.drain import charge_set_based
 from daemon.logs import configure_logging
 from exchange_adapters.options import AdapterOptions
-from exchange_adapters.provider import RegistryProvider
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.accounts import ApiAccount
 from reconcile.consumer import PowerConsumer
 from reconcile.db import Database, DatabaseSettings
 from reconcile.history import HistorySync, SyncSettings, SyncSummary, order_sn_for
 from reconcile.pricing import PowerRules
-from reconcile.records import ClosedPositionSource, ClosedWindow
+from reconcile.records import ApiAccount, ClosedPositionSource, ClosedWindow
 from reconcile.schema import (
     toogo_user,
     trading_api_config,
@@ -183,7 +181,7 @@ class TimedSource:
 
 
 class TimedProvider:
-    def __init__(self, inner: RegistryProvider) -> None:
+    def __init__(self, inner: ExchangeRegistry) -> None:
         self.inner = inner
         self.stats = FetchStats()
 
@@ -609,7 +607,7 @@ async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> No
                 print(f"ccxt rate limits: CHANGED to {args.rate_limit_ms} ms for every exchange")
             sql = SqlStats(db) if args.sql_stats else None
             async with ExchangeRegistry({p: options for p in PLATFORMS}) as registry:
-                provider = TimedProvider(RegistryProvider(registry))
+                provider = TimedProvider(registry)
                 sync = HistorySync(db, PowerConsumer(db, RULES), provider,
                                    SyncSettings(concurrency=args.concurrency,
                                                 platforms=frozenset(PLATFORMS)))  # fmt: skip

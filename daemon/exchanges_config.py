@@ -37,6 +37,7 @@ from exchange_adapters.options import (
     CredentialEnv,
     RetryOptions,
 )
+from reconcile.records import ProfitBasis
 
 Platform = Literal["binance", "okx", "gate", "bitget", "bybit", "replay"]
 
@@ -69,7 +70,7 @@ class ExchangeConfig(_Model):
     timeout: Duration = timedelta(seconds=10)
     retry: ExchangeRetryConfig = ExchangeRetryConfig()
     max_concurrent_requests: int = Field(4, ge=1, le=64)
-    profit_basis: Literal["net", "gross"] = "net"
+    profit_basis: ProfitBasis = ProfitBasis.NET
     cooldown: Duration = timedelta(minutes=15)
     rate_limit: Duration | None = None
     api_key_env: str | None = None

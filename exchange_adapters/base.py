@@ -28,9 +28,9 @@ from exchange_adapters.errors import UnknownSymbol, sanitize
 from exchange_adapters.symbols import to_unified
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import (
-    BASIS_FEES_AND_FUNDING,
     ClosedPosition,
     ClosedWindow,
+    NetOf,
     UnusableRecord,
 )
 
@@ -235,7 +235,7 @@ class Context:
         close_time: datetime,
         record_key: str,
         raw: dict[str, Any],
-        profit_basis: str = BASIS_FEES_AND_FUNDING,
+        profit_basis: NetOf = NetOf.FEES_AND_FUNDING,
         funding_known: bool = True,
         exchange_order_ids: tuple[str, ...] = (),
     ) -> ClosedPosition:

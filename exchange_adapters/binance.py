@@ -42,7 +42,7 @@ from exchange_adapters.base import (
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_ONLY, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 log = structlog.get_logger("exchange_adapters")
 
@@ -223,7 +223,7 @@ def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
         close_time=ms_to_datetime(field_ms(rows[-1], "time", where)),
         record_key=order_id,
         raw={"orderId": order_id, "fills": rows},
-        profit_basis=BASIS_FEES_ONLY,
+        profit_basis=NetOf.FEES,
         funding_known=False,
         exchange_order_ids=(order_id,),
     )

@@ -40,7 +40,7 @@ from exchange_adapters.base import (
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_ONLY, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 
 def _contract_size(info: Mapping[str, Any]) -> Decimal:
@@ -161,7 +161,7 @@ def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
         close_time=ms_to_datetime(field_ms(record, "createdTime", where)),
         record_key=order_id,
         raw=record,
-        profit_basis=BASIS_FEES_ONLY,
+        profit_basis=NetOf.FEES,
         funding_known=False,
         exchange_order_ids=(order_id,),
     )

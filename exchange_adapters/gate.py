@@ -36,7 +36,7 @@ from exchange_adapters.base import (
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -181,5 +181,5 @@ def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
         close_time=close_time,
         record_key=GateAdapter.identity(context, record),
         raw=record,
-        profit_basis=BASIS_FEES_AND_FUNDING,
+        profit_basis=NetOf.FEES_AND_FUNDING,
     )

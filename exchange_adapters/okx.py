@@ -41,7 +41,7 @@ from exchange_adapters.base import (
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 
 def _contract_size(info: Mapping[str, Any]) -> Decimal:
@@ -159,5 +159,5 @@ def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
         close_time=ms_to_datetime(field_ms(record, "uTime", where)),
         record_key=OkxAdapter.identity(context, record),
         raw=record,
-        profit_basis=BASIS_FEES_AND_FUNDING,
+        profit_basis=NetOf.FEES_AND_FUNDING,
     )

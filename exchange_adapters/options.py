@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from reconcile.records import ClosedPosition
-
-ProfitBasis = Literal["net", "gross"]
+from reconcile.records import ProfitBasis
 
 #: The exchanges served through ccxt, by the name ``hg_trading_api_config.platform`` uses.
 CCXT_PLATFORMS: tuple[str, ...] = ("binance", "okx", "gate", "bitget", "bybit")
@@ -53,7 +50,7 @@ class AdapterOptions:
     timeout: float = 10.0
     retry: RetryOptions = field(default_factory=RetryOptions)
     max_concurrent_requests: int = 4
-    profit_basis: ProfitBasis = "net"
+    profit_basis: ProfitBasis = ProfitBasis.NET
     cooldown: float = 900.0
     credentials_env: CredentialEnv | None = None
     #: ccxt's ``rateLimit`` (milliseconds per unit of request cost); None keeps ccxt's value.
@@ -64,8 +61,3 @@ class AdapterOptions:
     close_delay_ms: int | None = None
     #: Replay only: a JSON Lines / CSV file, or a directory of them.
     path: Path | None = None
-
-
-def profit_of(position: ClosedPosition, basis: ProfitBasis) -> Decimal:
-    """The realized profit the platform charges on: net (default) or gross of fees and funding."""
-    return position.net_profit if basis == "net" else position.gross_pnl

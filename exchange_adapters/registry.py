@@ -1,5 +1,8 @@
 """Which source serves an API account, the clients' lifecycle, and the CLI's one-shot helpers.
 
+``ExchangeRegistry`` is reconcile's :class:`~reconcile.records.SourceProvider` (the history sync
+is given the registry itself).
+
 ``ExchangeRegistry`` keeps one adapter (one ccxt client) per (platform, API account) for every
 enabled platform, and one replay store per replay path. An account whose platform is enabled
 is served by that exchange; otherwise, when ``replay`` is enabled, by the replay files (that is
@@ -28,17 +31,19 @@ from exchange_adapters.gate import GateAdapter
 from exchange_adapters.okx import OkxAdapter
 from exchange_adapters.options import REPLAY, AdapterOptions
 from exchange_adapters.replay import ReplaySource, ReplayStore
-from reconcile.accounts import ApiAccount
-from reconcile.db import Secret
 from reconcile.errors import ConfigError
 from reconcile.records import (
+    ApiAccount,
     ClosedPosition,
     ClosedPositionSource,
     ClosedWindow,
+    ProfitBasis,
+    Secret,
     UnusableRecord,
 )
 
 log = structlog.get_logger("exchange_adapters")
+
 
 ADAPTERS: dict[str, type[CcxtAdapter]] = {
     "binance": BinanceAdapter,
@@ -132,6 +137,10 @@ class ExchangeRegistry:
             f"API account {account.id}: platform {account.platform!r} is not enabled under "
             "exchanges: (and no replay source is configured)"
         )
+
+    def profit_basis(self, account: ApiAccount) -> ProfitBasis:
+        """What the platform charges ``account``'s closed positions on."""
+        return self.options_for(account).profit_basis
 
     def _replay_source(self, account: ApiAccount) -> ClosedPositionSource:
         options = self.options_for(account)
