@@ -45,7 +45,7 @@ from reconcile.records import (
 log = structlog.get_logger("exchange_adapters")
 
 
-ADAPTERS: dict[str, type[CcxtAdapter]] = {
+ADAPTERS: dict[str, type[CcxtAdapter[Any]]] = {
     "binance": BinanceAdapter,
     "okx": OkxAdapter,
     "gate": GateAdapter,
@@ -97,8 +97,8 @@ class ExchangeRegistry:
         self.platforms = dict(platforms)
         self.markets = MarketCache()
         self._environ = environ
-        self._adapters: dict[tuple[str, int], tuple[ApiAccount, CcxtAdapter]] = {}
-        self._retired: list[CcxtAdapter] = []
+        self._adapters: dict[tuple[str, int], tuple[ApiAccount, CcxtAdapter[Any]]] = {}
+        self._retired: list[CcxtAdapter[Any]] = []
         self._replay: dict[Path, ReplayStore] = {}
         self._closed = False
 
