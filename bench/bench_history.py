@@ -71,7 +71,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.drain import charge_set_based
 from daemon.logs import configure_logging
-from exchange_adapters.options import AdapterOptions
+from exchange_adapters.options import CCXT_PLATFORMS, AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
 from reconcile.consumer import PowerConsumer
 from reconcile.db import Database, DatabaseSettings
@@ -89,7 +89,7 @@ from tests.fake_exchanges.harness import DAY_MS, closed_record, record_key_of
 from tests.upstream import create_upstream_schema
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
-PLATFORMS = ("binance", "okx", "gate", "bitget", "bybit")
+PLATFORMS = CCXT_PLATFORMS
 #: (base coin for the fake's records, the robot's symbol as hotgo spells it)
 MARKETS = (("BTC", "BTC_USDT"), ("ETH", "ETHUSDT"), ("1000PEPE", "1000PEPE-USDT"))
 #: the header each exchange carries the API key in (how the fake tells accounts apart)

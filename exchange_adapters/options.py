@@ -8,15 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from reconcile.records import ProfitBasis
 
-#: The exchanges served through ccxt, by the name ``hg_trading_api_config.platform`` uses.
-CCXT_PLATFORMS: tuple[str, ...] = ("binance", "okx", "gate", "bitget", "bybit")
-REPLAY = "replay"
-PLATFORMS: tuple[str, ...] = (*CCXT_PLATFORMS, REPLAY)
+
+class Platform(StrEnum):
+    """The one list of platforms, by the name ``hg_trading_api_config.platform`` and the
+    ``exchanges:`` section use. ``registry.ADAPTERS`` must serve every ccxt platform (checked
+    when it is built); the config accepts exactly these names."""
+
+    BINANCE = "binance"
+    OKX = "okx"
+    GATE = "gate"
+    BITGET = "bitget"
+    BYBIT = "bybit"
+    REPLAY = "replay"
+
+
+REPLAY: str = Platform.REPLAY.value
+#: The exchanges served through ccxt.
+CCXT_PLATFORMS: tuple[str, ...] = tuple(p.value for p in Platform if p is not Platform.REPLAY)
+PLATFORMS: tuple[str, ...] = tuple(p.value for p in Platform)
 
 
 @dataclass(frozen=True)

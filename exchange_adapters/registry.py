@@ -29,7 +29,7 @@ from exchange_adapters.bybit import BybitAdapter
 from exchange_adapters.clients import ExchangeClient, MarketCache
 from exchange_adapters.gate import GateAdapter
 from exchange_adapters.okx import OkxAdapter
-from exchange_adapters.options import REPLAY, AdapterOptions
+from exchange_adapters.options import CCXT_PLATFORMS, PLATFORMS, REPLAY, AdapterOptions
 from exchange_adapters.replay import ReplaySource, ReplayStore
 from reconcile.errors import ConfigError
 from reconcile.records import (
@@ -45,13 +45,16 @@ from reconcile.records import (
 log = structlog.get_logger("exchange_adapters")
 
 
-ADAPTERS: dict[str, type[CcxtAdapter[Any]]] = {
-    "binance": BinanceAdapter,
-    "okx": OkxAdapter,
-    "gate": GateAdapter,
-    "bitget": BitgetAdapter,
-    "bybit": BybitAdapter,
-}
+def _by_platform(*classes: type[CcxtAdapter[Any]]) -> dict[str, type[CcxtAdapter[Any]]]:
+    """The adapter classes by their spec's platform, in ``options.Platform``'s order; exactly
+    one for every ccxt platform there (a platform without an adapter fails at import)."""
+    adapters = {cls.spec.platform: cls for cls in classes}
+    if sorted(adapters) != sorted(CCXT_PLATFORMS) or len(adapters) != len(classes):
+        raise RuntimeError(f"adapters {sorted(adapters)} do not serve {list(CCXT_PLATFORMS)}")
+    return {platform: adapters[platform] for platform in CCXT_PLATFORMS}
+
+
+ADAPTERS = _by_platform(BinanceAdapter, OkxAdapter, GateAdapter, BitgetAdapter, BybitAdapter)
 
 
 def apply_env_credentials(
@@ -91,7 +94,7 @@ class ExchangeRegistry:
         *,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        unknown = set(platforms) - {*ADAPTERS, REPLAY}
+        unknown = set(platforms) - set(PLATFORMS)
         if unknown:
             raise ConfigError(f"exchanges: unknown platform(s) {', '.join(sorted(unknown))}")
         self.platforms = dict(platforms)
