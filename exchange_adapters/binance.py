@@ -111,8 +111,12 @@ class BinanceAdapter(CcxtAdapter[int]):
         return start_ms
 
     def params(self, market: MarketInfo, start_ms: int, end_ms: int, cursor: int) -> dict[str, Any]:
-        return {"symbol": market.id, "startTime": cursor, "endTime": end_ms - 1,
-                "limit": self.page_size}  # fmt: skip
+        return {
+            "symbol": market.id,
+            "startTime": cursor,
+            "endTime": end_ms - 1,
+            "limit": self.page_size,
+        }
 
     def next_cursor(self, market: MarketInfo, cursor: int, page: Page) -> int:
         newest = max([cursor, *(lenient_ms(fill, "time") or cursor for fill in page.rows)])
