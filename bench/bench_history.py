@@ -71,15 +71,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.drain import charge_set_based
 from daemon.logs import configure_logging
-from exchange_adapters.options import AdapterOptions
-from exchange_adapters.provider import RegistryProvider
+from exchange_adapters.options import CCXT_PLATFORMS, AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.accounts import ApiAccount
 from reconcile.consumer import PowerConsumer
 from reconcile.db import Database, DatabaseSettings
 from reconcile.history import HistorySync, SyncSettings, SyncSummary, order_sn_for
 from reconcile.pricing import PowerRules
-from reconcile.records import ClosedPositionSource, ClosedWindow
+from reconcile.records import ApiAccount, ClosedPositionSource, ClosedWindow
 from reconcile.schema import (
     toogo_user,
     trading_api_config,
@@ -91,7 +89,7 @@ from tests.fake_exchanges.harness import DAY_MS, closed_record, record_key_of
 from tests.upstream import create_upstream_schema
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
-PLATFORMS = ("binance", "okx", "gate", "bitget", "bybit")
+PLATFORMS = CCXT_PLATFORMS
 #: (base coin for the fake's records, the robot's symbol as hotgo spells it)
 MARKETS = (("BTC", "BTC_USDT"), ("ETH", "ETHUSDT"), ("1000PEPE", "1000PEPE-USDT"))
 #: the header each exchange carries the API key in (how the fake tells accounts apart)
@@ -183,7 +181,7 @@ class TimedSource:
 
 
 class TimedProvider:
-    def __init__(self, inner: RegistryProvider) -> None:
+    def __init__(self, inner: ExchangeRegistry) -> None:
         self.inner = inner
         self.stats = FetchStats()
 
@@ -609,7 +607,7 @@ async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> No
                 print(f"ccxt rate limits: CHANGED to {args.rate_limit_ms} ms for every exchange")
             sql = SqlStats(db) if args.sql_stats else None
             async with ExchangeRegistry({p: options for p in PLATFORMS}) as registry:
-                provider = TimedProvider(RegistryProvider(registry))
+                provider = TimedProvider(registry)
                 sync = HistorySync(db, PowerConsumer(db, RULES), provider,
                                    SyncSettings(concurrency=args.concurrency,
                                                 platforms=frozenset(PLATFORMS)))  # fmt: skip

@@ -28,8 +28,9 @@ from pydantic import (
 from daemon.durations import Duration
 from daemon.durations import parse_duration as parse_duration  # re-exported
 from daemon.exchanges_config import ExchangesConfig
-from reconcile.db import DatabaseSettings, RetryPolicy, Secret
+from reconcile.db import DatabaseSettings, RetryPolicy
 from reconcile.errors import ConfigError
+from reconcile.records import Secret
 
 DEFAULT_CONFIG = "config.yaml"
 

@@ -50,8 +50,9 @@ from reconcile.credentials import (
     is_encrypted,
     is_upstream_default,
 )
-from reconcile.db import Database, RetryPolicy, Secret
+from reconcile.db import Database, RetryPolicy
 from reconcile.errors import ConfigError, ReconcileError
+from reconcile.records import Secret
 from reconcile.schema import quarantine as schema_quarantine
 from reconcile.schema import table_names, trading_api_config, trading_order, trading_robot
 

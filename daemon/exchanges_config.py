@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
@@ -35,10 +35,10 @@ from exchange_adapters.options import (
     REPLAY,
     AdapterOptions,
     CredentialEnv,
+    Platform,
     RetryOptions,
 )
-
-Platform = Literal["binance", "okx", "gate", "bitget", "bybit", "replay"]
+from reconcile.records import ProfitBasis
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -69,7 +69,7 @@ class ExchangeConfig(_Model):
     timeout: Duration = timedelta(seconds=10)
     retry: ExchangeRetryConfig = ExchangeRetryConfig()
     max_concurrent_requests: int = Field(4, ge=1, le=64)
-    profit_basis: Literal["net", "gross"] = "net"
+    profit_basis: ProfitBasis = ProfitBasis.NET
     cooldown: Duration = timedelta(minutes=15)
     rate_limit: Duration | None = None
     api_key_env: str | None = None
@@ -141,7 +141,7 @@ class ExchangesConfig(RootModel[dict[Platform, ExchangeConfig]]):
         return self
 
     def __iter__(self) -> Iterator[str]:  # type: ignore[override]
-        return iter(self.root)
+        return iter(self.enabled())
 
     def __contains__(self, platform: object) -> bool:
         return platform in self.root
@@ -150,8 +150,8 @@ class ExchangesConfig(RootModel[dict[Platform, ExchangeConfig]]):
         return self.root[platform]  # type: ignore[index]
 
     def enabled(self) -> tuple[str, ...]:
-        return tuple(self.root)
+        return tuple(platform.value for platform in self.root)
 
     def adapter_options(self) -> dict[str, AdapterOptions]:
         """Plain options per enabled platform, for ``exchange_adapters.ExchangeRegistry``."""
-        return {platform: config.adapter_options() for platform, config in self.root.items()}
+        return {p.value: config.adapter_options() for p, config in self.root.items()}

@@ -84,11 +84,8 @@ async def open_history_sync(
 ) -> AsyncIterator[HistorySync]:
     """The history sync with its exchange clients; the clients close on exit."""
     # imported here: ccxt costs ~1.5 s to import, and most commands never need it
-    from exchange_adapters.provider import RegistryProvider
     from exchange_adapters.registry import ExchangeRegistry
 
     settings = replace(sync_settings(config), min_interval=min_interval)
     async with ExchangeRegistry(config.exchanges.adapter_options()) as registry:
-        yield HistorySync(
-            core.db, core.consumer, RegistryProvider(registry), settings, schema=core.schema
-        )
+        yield HistorySync(core.db, core.consumer, registry, settings, schema=core.schema)

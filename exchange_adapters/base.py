@@ -1,11 +1,13 @@
-"""The base of the ccxt adapters: windowing, paging guards, strict field parsing, finishing.
+"""The base of the ccxt adapters: windowing, the one paging loop, strict field parsing, finishing.
 
-Each exchange module overrides only what differs: how one window is paged through
-(:meth:`CcxtAdapter._collect`), how the exchange's envelope is checked, and how one raw record
-becomes a :class:`~reconcile.records.ClosedPosition`. Records are parsed from the raw strings the
-exchange sent (``Decimal(str)``), never from ccxt's float fields. A page that is not the
-exchange's answer is a :class:`~reconcile.errors.BadExchangeResponse` (the whole fetch fails and
-the stream's cursor holds); one record of a good page with a missing, empty, non-numeric or
+Each exchange module overrides only what differs: the endpoint and its envelope check
+(:class:`Endpoint`), how its cursor starts, moves and ends (:meth:`CcxtAdapter.params`,
+:meth:`~CcxtAdapter.first_cursor`, :meth:`~CcxtAdapter.next_cursor`,
+:meth:`~CcxtAdapter.last_page`; the loop is :meth:`CcxtAdapter._collect`), and how one raw
+record becomes a :class:`~reconcile.records.ClosedPosition`. Records are parsed from the raw
+strings the exchange sent (``Decimal(str)``), never from ccxt's float fields. A page that is not
+the exchange's answer is a :class:`~reconcile.errors.BadExchangeResponse` (the whole fetch fails
+and the stream's cursor holds); one record of a good page with a missing, empty, non-numeric or
 non-positive required field is :class:`RecordUnusable` and comes back as an
 :class:`~reconcile.records.UnusableRecord`, never read as zero and never silently skipped.
 """
@@ -15,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 
@@ -28,9 +30,9 @@ from exchange_adapters.errors import UnknownSymbol, sanitize
 from exchange_adapters.symbols import to_unified
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import (
-    BASIS_FEES_AND_FUNDING,
     ClosedPosition,
     ClosedWindow,
+    NetOf,
     UnusableRecord,
 )
 
@@ -38,6 +40,9 @@ log = structlog.get_logger("exchange_adapters")
 
 MAX_PAGES_PER_WINDOW = 2000
 _PLACES = Decimal("1e-12")
+
+#: what an exchange pages with: an opaque token, a time, an offset
+Cursor = TypeVar("Cursor")
 
 
 # --- strict field parsing -----------------------------------------------------------------------
@@ -235,7 +240,7 @@ class Context:
         close_time: datetime,
         record_key: str,
         raw: dict[str, Any],
-        profit_basis: str = BASIS_FEES_AND_FUNDING,
+        profit_basis: NetOf = NetOf.FEES_AND_FUNDING,
         funding_known: bool = True,
         exchange_order_ids: tuple[str, ...] = (),
     ) -> ClosedPosition:
@@ -315,17 +320,39 @@ def market_from_context(context: Mapping[str, str]) -> MarketInfo:
 # --- the adapter --------------------------------------------------------------------------------
 
 
-class CcxtAdapter(ABC):
+@dataclass(frozen=True)
+class Page:
+    """One well-formed answer: its raw records, and the exchange's next-page token where the
+    envelope carries one."""
+
+    rows: list[dict[str, Any]]
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The ccxt implicit method closed positions are paged from, and its envelope check
+    (``validate(raw, where)``: the page, or :class:`~reconcile.errors.BadExchangeResponse`; it
+    runs inside the request's retries)."""
+
+    method: str
+    #: the endpoint's name in logs and errors
+    what: str
+    validate: Callable[[Any, str], Page]
+
+
+class CcxtAdapter(ABC, Generic[Cursor]):
     """A :class:`~reconcile.records.ClosedPositionSource` backed by one account's ccxt client.
 
-    A subclass pages through one window (:meth:`_collect`, returning the raw records of
-    well-formed pages: a page that is not the exchange's answer raises, inside the request's
-    retries) and says how one raw record becomes a ClosedPosition (:meth:`normalize`, pure) and
-    what its identity is (:meth:`identity`, never fails). Normalizing runs once per record,
-    after the requests, never inside the retry loop.
+    A subclass names its :attr:`endpoint` and says how its cursor pages through one window
+    (:meth:`params`, :meth:`first_cursor`, :meth:`next_cursor`, :meth:`last_page`: the loop
+    itself is :meth:`_collect`), how one raw record becomes a ClosedPosition (:meth:`normalize`,
+    pure) and what its identity is (:meth:`identity`, never fails). Normalizing runs once per
+    record, after the requests, never inside the retry loop.
     """
 
     spec: ClassVar[PlatformSpec]
+    endpoint: ClassVar[Endpoint]
     #: the exchange's maximum number of records per request
     max_page_size: ClassVar[int]
     #: the longest [start, end) the endpoint accepts in one request (None: no limit)
@@ -390,12 +417,60 @@ class CcxtAdapter(ABC):
                 unusable.append(bad)
         return finish_window(positions, unusable, since, until)
 
-    @abstractmethod
     async def _collect(
         self, market: MarketInfo, since_ms: int, until_ms: int
     ) -> list[dict[str, Any]]:
         """Every raw record of ``market`` closing in [since_ms, until_ms), in any order,
-        possibly with duplicates (de-duplicated by record key afterwards)."""
+        possibly with duplicates (de-duplicated by record key afterwards): each window of at
+        most :attr:`max_window`, oldest first, paged through until :meth:`last_page`."""
+        endpoint = self.endpoint
+        records: list[dict[str, Any]] = []
+        for start, end in windows(since_ms, until_ms, self.max_window):
+            cursor = self.first_cursor(start, end)
+            pages = 0
+            while True:
+                page = await self.client.request(
+                    endpoint.method,
+                    self.params(market, start, end, cursor),
+                    endpoint.validate,
+                    what=endpoint.what,
+                    symbol=market.symbol,
+                )
+                pages += 1
+                records.extend(page.rows)
+                if self.last_page(page):
+                    break
+                if pages >= MAX_PAGES_PER_WINDOW:
+                    raise BadExchangeResponse(
+                        f"{self.where(endpoint.what)}: paging did not end after {pages} pages"
+                    )
+                cursor = self.next_cursor(market, cursor, page)
+        return records
+
+    @abstractmethod
+    def first_cursor(self, start_ms: int, end_ms: int) -> Cursor:
+        """The cursor of the first request of the window [start_ms, end_ms)."""
+
+    @abstractmethod
+    def params(
+        self, market: MarketInfo, start_ms: int, end_ms: int, cursor: Cursor
+    ) -> dict[str, Any]:
+        """The request's parameters for ``cursor`` in the window [start_ms, end_ms)."""
+
+    def last_page(self, page: Page) -> bool:
+        """Whether the window ends with ``page`` (by default: a page shorter than the limit)."""
+        return len(page.rows) < self.page_size
+
+    @abstractmethod
+    def next_cursor(self, market: MarketInfo, cursor: Cursor, page: Page) -> Cursor:
+        """The cursor after a full ``page``; BadExchangeResponse if the exchange's does not
+        move on."""
+
+    def next_token(self, cursor: str | None, page: Page, name: str) -> str:
+        """The exchange's next-page token, which must differ from the one just sent."""
+        if page.token is None or page.token == cursor:
+            raise BadExchangeResponse(f"{self.where(self.endpoint.what)}: {name} did not advance")
+        return page.token
 
     def records_of(self, market: MarketInfo, raws: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The raw records that each make one closed position (binance groups fills)."""
@@ -415,10 +490,6 @@ class CcxtAdapter(ABC):
     @abstractmethod
     def close_time_of(raw: dict[str, Any]) -> datetime | None:
         """The close time if it can be read, else None."""
-
-    def _page_guard(self, pages: int, what: str) -> None:
-        if pages >= MAX_PAGES_PER_WINDOW:
-            raise BadExchangeResponse(f"{self.where(what)}: paging did not end after {pages} pages")
 
     async def close(self) -> None:
         await self.client.close()

@@ -28,6 +28,8 @@ import structlog
 from exchange_adapters.base import (
     CcxtAdapter,
     Context,
+    Endpoint,
+    Page,
     RecordUnusable,
     canonical_key,
     describe_body,
@@ -38,11 +40,10 @@ from exchange_adapters.base import (
     lenient_ms,
     ms_to_datetime,
     positive_decimal,
-    windows,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_ONLY, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 log = structlog.get_logger("exchange_adapters")
 
@@ -63,14 +64,14 @@ SPEC = PlatformSpec(
 )
 
 
-def validate_fills(raw: Any, where: str) -> list[dict[str, Any]]:
+def validate_fills(raw: Any, where: str) -> Page:
     """userTrades answers a JSON array of fill objects (errors are ``{"code","msg"}``). The
     fills themselves are checked when they are normalized, not here."""
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise BadExchangeResponse(
             f"{where}: answer is not binance's JSON array of fills: {describe_body(raw)}"
         )
-    return raw
+    return Page(raw)
 
 
 def _text(fill: Mapping[str, Any], key: str) -> str:
@@ -97,57 +98,45 @@ def _fill_id(fill: Mapping[str, Any]) -> str:
     return canonical_key(fill)
 
 
-class BinanceAdapter(CcxtAdapter):
+class BinanceAdapter(CcxtAdapter[int]):
+    """Cursor: ``startTime``, moved to the newest fill's time (fills at that millisecond come
+    again and are de-duplicated by fill id)."""
+
     spec = SPEC
+    endpoint = Endpoint("fapiPrivateGetUserTrades", "userTrades", validate_fills)
     max_page_size = 1000
     max_window = timedelta(days=7)
 
-    async def _collect(
-        self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[dict[str, Any]]:
-        fills: dict[str, dict[str, Any]] = {}
-        limit = self.page_size
-        for start, end in windows(since_ms, until_ms, self.max_window):
-            cursor, pages = start, 0
-            while True:
-                params = {
-                    "symbol": market.id,
-                    "startTime": cursor,
-                    "endTime": end - 1,
-                    "limit": limit,
-                }
-                page = await self.client.request(
-                    "fapiPrivateGetUserTrades",
-                    params,
-                    validate_fills,
-                    what="userTrades",
-                    symbol=market.symbol,
-                )
-                pages += 1
-                newest = cursor
-                for fill in page:
-                    fills[_fill_id(fill)] = fill
-                    newest = max(newest, lenient_ms(fill, "time") or cursor)
-                if len(page) < limit:
-                    break
-                self._page_guard(pages, "userTrades")
-                if newest > cursor:
-                    cursor = newest  # fills at `newest` come again; de-duplicated by id
-                else:
-                    log.warning(
-                        "exchange page full of one millisecond",
-                        platform=self.platform,
-                        account_id=self.account_id,
-                        symbol=market.symbol,
-                        time_ms=cursor,
-                    )
-                    cursor += 1
-        return list(fills.values())
+    def first_cursor(self, start_ms: int, end_ms: int) -> int:
+        return start_ms
+
+    def params(self, market: MarketInfo, start_ms: int, end_ms: int, cursor: int) -> dict[str, Any]:
+        return {
+            "symbol": market.id,
+            "startTime": cursor,
+            "endTime": end_ms - 1,
+            "limit": self.page_size,
+        }
+
+    def next_cursor(self, market: MarketInfo, cursor: int, page: Page) -> int:
+        newest = max([cursor, *(lenient_ms(fill, "time") or cursor for fill in page.rows)])
+        if newest > cursor:
+            return newest
+        log.warning(
+            "exchange page full of one millisecond",
+            platform=self.platform,
+            account_id=self.account_id,
+            symbol=market.symbol,
+            time_ms=cursor,
+        )
+        return cursor + 1
 
     def records_of(self, market: MarketInfo, raws: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One record per order: ``{"orderId": ..., "fills": [closing fills]}``."""
+        """One record per order: ``{"orderId": ..., "fills": [closing fills]}`` (fills that
+        came on two pages counted once)."""
+        fills = {_fill_id(fill): fill for fill in raws}
         orders: dict[str, list[dict[str, Any]]] = {}
-        for fill in raws:
+        for fill in fills.values():
             if is_closing(fill):
                 order = fill.get("orderId")
                 key = str(order) if order not in (None, "") else canonical_key(fill)
@@ -223,7 +212,7 @@ def normalize(context: Context, raw: dict[str, Any]) -> ClosedPosition:
         close_time=ms_to_datetime(field_ms(rows[-1], "time", where)),
         record_key=order_id,
         raw={"orderId": order_id, "fills": rows},
-        profit_basis=BASIS_FEES_ONLY,
+        profit_basis=NetOf.FEES,
         funding_known=False,
         exchange_order_ids=(order_id,),
     )

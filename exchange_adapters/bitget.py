@@ -25,6 +25,8 @@ from typing import Any
 from exchange_adapters.base import (
     CcxtAdapter,
     Context,
+    Endpoint,
+    Page,
     RecordUnusable,
     canonical_key,
     describe_body,
@@ -35,11 +37,10 @@ from exchange_adapters.base import (
     ms_to_datetime,
     optional_decimal,
     positive_decimal,
-    windows,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 _PRODUCT_TYPES = {"USDT": "USDT-FUTURES", "USDC": "USDC-FUTURES"}
 _OPEN_TIME = ("ctime", "cTime")
@@ -61,7 +62,7 @@ SPEC = PlatformSpec(
 )
 
 
-def validate_envelope(raw: Any, where: str) -> tuple[list[dict[str, Any]], str | None]:
+def validate_envelope(raw: Any, where: str) -> Page:
     """``{"code": "00000", "msg": "success", "data": {"list": [...], "endId": "..."}}``.
 
     An empty window may answer ``"list": null``.
@@ -73,54 +74,42 @@ def validate_envelope(raw: Any, where: str) -> tuple[list[dict[str, Any]], str |
             rows = [] if rows is None else rows
             if isinstance(rows, list) and all(isinstance(item, dict) for item in rows):
                 end_id = data.get("endId")
-                return rows, (str(end_id) if end_id not in (None, "") else None)
+                return Page(rows, str(end_id) if end_id not in (None, "") else None)
     raise BadExchangeResponse(
         f"{where}: answer is not bitget's JSON envelope: {describe_body(raw)}"
     )
 
 
-class BitgetAdapter(CcxtAdapter):
+class BitgetAdapter(CcxtAdapter[str | None]):
+    """Cursor: the previous answer's ``endId`` (None on the first page of a window)."""
+
     spec = SPEC
+    endpoint = Endpoint(
+        "privateMixGetV2MixPositionHistoryPosition", "history-position", validate_envelope
+    )
     max_page_size = 100
     max_window = timedelta(days=90)
 
-    async def _collect(
-        self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[dict[str, Any]]:
-        limit = self.page_size
-        product_type = _PRODUCT_TYPES.get(market.settle.upper(), "USDT-FUTURES")
-        records: list[dict[str, Any]] = []
-        for start, end in windows(since_ms, until_ms, self.max_window):
-            cursor: str | None = None
-            pages = 0
-            while True:
-                params: dict[str, Any] = {
-                    "productType": product_type,
-                    "symbol": market.id,
-                    "startTime": str(start),
-                    "endTime": str(end - 1),
-                    "limit": str(limit),
-                }
-                if cursor is not None:
-                    params["idLessThan"] = cursor
-                page, end_id = await self.client.request(
-                    "privateMixGetV2MixPositionHistoryPosition",
-                    params,
-                    validate_envelope,
-                    what="history-position",
-                    symbol=market.symbol,
-                )
-                pages += 1
-                records.extend(page)
-                if len(page) < limit or end_id is None:
-                    break
-                if end_id == cursor:
-                    raise BadExchangeResponse(
-                        f"{self.where('history-position')}: endId did not advance"
-                    )
-                self._page_guard(pages, "history-position")
-                cursor = end_id
-        return records
+    def first_cursor(self, start_ms: int, end_ms: int) -> str | None:
+        return None
+
+    def params(
+        self, market: MarketInfo, start_ms: int, end_ms: int, cursor: str | None
+    ) -> dict[str, Any]:
+        params = {
+            "productType": _PRODUCT_TYPES.get(market.settle.upper(), "USDT-FUTURES"),
+            "symbol": market.id,
+            "startTime": str(start_ms),
+            "endTime": str(end_ms - 1),
+            "limit": str(self.page_size),
+        }
+        return params if cursor is None else {**params, "idLessThan": cursor}
+
+    def last_page(self, page: Page) -> bool:
+        return page.token is None or super().last_page(page)
+
+    def next_cursor(self, market: MarketInfo, cursor: str | None, page: Page) -> str:
+        return self.next_token(cursor, page, "endId")
 
     @staticmethod
     def identity(context: Context, raw: dict[str, Any]) -> str:
@@ -165,5 +154,5 @@ def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
         close_time=ms_to_datetime(field_ms(record, first_key(record, _CLOSE_TIME), where)),
         record_key=BitgetAdapter.identity(context, record),
         raw=record,
-        profit_basis=BASIS_FEES_AND_FUNDING,
+        profit_basis=NetOf.FEES_AND_FUNDING,
     )

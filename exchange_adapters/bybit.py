@@ -26,6 +26,8 @@ from typing import Any
 from exchange_adapters.base import (
     CcxtAdapter,
     Context,
+    Endpoint,
+    Page,
     RecordUnusable,
     canonical_key,
     describe_body,
@@ -36,11 +38,10 @@ from exchange_adapters.base import (
     ms_to_datetime,
     optional_decimal,
     positive_decimal,
-    windows,
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_ONLY, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 
 def _contract_size(info: Mapping[str, Any]) -> Decimal:
@@ -57,7 +58,7 @@ SPEC = PlatformSpec(
 )
 
 
-def validate_envelope(raw: Any, where: str) -> tuple[list[dict[str, Any]], str | None]:
+def validate_envelope(raw: Any, where: str) -> Page:
     """``{"retCode": 0, "retMsg": "OK", "result": {"list": [...], "nextPageCursor": ""}}``."""
     if isinstance(raw, dict) and str(raw.get("retCode")) == "0":
         result = raw.get("result")
@@ -65,51 +66,39 @@ def validate_envelope(raw: Any, where: str) -> tuple[list[dict[str, Any]], str |
             rows = result.get("list")
             if isinstance(rows, list) and all(isinstance(item, dict) for item in rows):
                 cursor = result.get("nextPageCursor")
-                return rows, (str(cursor) if cursor not in (None, "") else None)
+                return Page(rows, str(cursor) if cursor not in (None, "") else None)
     raise BadExchangeResponse(f"{where}: answer is not bybit's JSON envelope: {describe_body(raw)}")
 
 
-class BybitAdapter(CcxtAdapter):
+class BybitAdapter(CcxtAdapter[str | None]):
+    """Cursor: the previous answer's ``nextPageCursor`` (None on the first page of a window);
+    the window ends with an empty page or an empty cursor, not with a short page."""
+
     spec = SPEC
+    endpoint = Endpoint("privateGetV5PositionClosedPnl", "closed-pnl", validate_envelope)
     max_page_size = 100
     max_window = timedelta(days=7)
 
-    async def _collect(
-        self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[dict[str, Any]]:
-        limit = self.page_size
-        records: list[dict[str, Any]] = []
-        for start, end in windows(since_ms, until_ms, self.max_window):
-            cursor: str | None = None
-            pages = 0
-            while True:
-                params: dict[str, Any] = {
-                    "category": "linear",
-                    "symbol": market.id,
-                    "startTime": start,
-                    "endTime": end - 1,
-                    "limit": limit,
-                }
-                if cursor is not None:
-                    params["cursor"] = cursor
-                page, next_cursor = await self.client.request(
-                    "privateGetV5PositionClosedPnl",
-                    params,
-                    validate_envelope,
-                    what="closed-pnl",
-                    symbol=market.symbol,
-                )
-                pages += 1
-                records.extend(page)
-                if not page or next_cursor is None:
-                    break
-                if next_cursor == cursor:
-                    raise BadExchangeResponse(
-                        f"{self.where('closed-pnl')}: nextPageCursor did not advance"
-                    )
-                self._page_guard(pages, "closed-pnl")
-                cursor = next_cursor
-        return records
+    def first_cursor(self, start_ms: int, end_ms: int) -> str | None:
+        return None
+
+    def params(
+        self, market: MarketInfo, start_ms: int, end_ms: int, cursor: str | None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "category": "linear",
+            "symbol": market.id,
+            "startTime": start_ms,
+            "endTime": end_ms - 1,
+            "limit": self.page_size,
+        }
+        return params if cursor is None else {**params, "cursor": cursor}
+
+    def last_page(self, page: Page) -> bool:
+        return not page.rows or page.token is None
+
+    def next_cursor(self, market: MarketInfo, cursor: str | None, page: Page) -> str:
+        return self.next_token(cursor, page, "nextPageCursor")
 
     @staticmethod
     def identity(context: Context, raw: dict[str, Any]) -> str:
@@ -161,7 +150,7 @@ def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
         close_time=ms_to_datetime(field_ms(record, "createdTime", where)),
         record_key=order_id,
         raw=record,
-        profit_basis=BASIS_FEES_ONLY,
+        profit_basis=NetOf.FEES,
         funding_known=False,
         exchange_order_ids=(order_id,),
     )

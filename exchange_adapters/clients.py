@@ -30,8 +30,8 @@ from exchange_adapters.errors import (
 )
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.retry import Cooldowns, with_retries
-from reconcile.accounts import ApiAccount
 from reconcile.errors import BadExchangeResponse, ConfigError
+from reconcile.records import ApiAccount
 
 log = structlog.get_logger("exchange_adapters")
 

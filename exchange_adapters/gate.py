@@ -26,6 +26,8 @@ from typing import Any
 from exchange_adapters.base import (
     CcxtAdapter,
     Context,
+    Endpoint,
+    Page,
     RecordUnusable,
     canonical_key,
     describe_body,
@@ -36,7 +38,7 @@ from exchange_adapters.base import (
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -61,13 +63,13 @@ SPEC = PlatformSpec(
 )
 
 
-def validate_list(raw: Any, where: str) -> list[dict[str, Any]]:
+def validate_list(raw: Any, where: str) -> Page:
     """position_close answers a bare JSON array (errors are ``{"label","message"}``)."""
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise BadExchangeResponse(
             f"{where}: answer is not gate's JSON array of positions: {describe_body(raw)}"
         )
-    return raw
+    return Page(raw)
 
 
 def _time_text(record: Mapping[str, Any], key: str) -> str | None:
@@ -92,38 +94,28 @@ def _seconds(record: Mapping[str, Any], key: str, where: str) -> tuple[str, date
     return text, _EPOCH + timedelta(microseconds=int(value * 1_000_000))
 
 
-class GateAdapter(CcxtAdapter):
+class GateAdapter(CcxtAdapter[int]):
+    """Cursor: the offset (records shifted by new closes come twice and are de-duplicated)."""
+
     spec = SPEC
+    endpoint = Endpoint("privateFuturesGetSettlePositionClose", "position_close", validate_list)
     max_page_size = 100
 
-    async def _collect(
-        self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[dict[str, Any]]:
-        limit = self.page_size
-        offset, pages = 0, 0
-        records: list[dict[str, Any]] = []
-        while True:
-            params = {
-                "settle": market.settle_id.lower(),
-                "contract": market.id,
-                "from": since_ms // 1000,
-                "to": math.ceil(until_ms / 1000),
-                "limit": limit,
-                "offset": offset,
-            }
-            page = await self.client.request(
-                "privateFuturesGetSettlePositionClose",
-                params,
-                validate_list,
-                what="position_close",
-                symbol=market.symbol,
-            )
-            pages += 1
-            records.extend(page)
-            if len(page) < limit:
-                return records
-            self._page_guard(pages, "position_close")
-            offset += len(page)
+    def first_cursor(self, start_ms: int, end_ms: int) -> int:
+        return 0
+
+    def params(self, market: MarketInfo, start_ms: int, end_ms: int, cursor: int) -> dict[str, Any]:
+        return {
+            "settle": market.settle_id.lower(),
+            "contract": market.id,
+            "from": start_ms // 1000,
+            "to": math.ceil(end_ms / 1000),
+            "limit": self.page_size,
+            "offset": cursor,
+        }
+
+    def next_cursor(self, market: MarketInfo, cursor: int, page: Page) -> int:
+        return cursor + len(page.rows)
 
     @staticmethod
     def identity(context: Context, raw: dict[str, Any]) -> str:
@@ -181,5 +173,5 @@ def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
         close_time=close_time,
         record_key=GateAdapter.identity(context, record),
         raw=record,
-        profit_basis=BASIS_FEES_AND_FUNDING,
+        profit_basis=NetOf.FEES_AND_FUNDING,
     )

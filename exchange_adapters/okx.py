@@ -28,6 +28,8 @@ from typing import Any
 from exchange_adapters.base import (
     CcxtAdapter,
     Context,
+    Endpoint,
+    Page,
     RecordUnusable,
     canonical_key,
     describe_body,
@@ -41,7 +43,7 @@ from exchange_adapters.base import (
 )
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import BASIS_FEES_AND_FUNDING, ClosedPosition
+from reconcile.records import ClosedPosition, NetOf
 
 
 def _contract_size(info: Mapping[str, Any]) -> Decimal:
@@ -60,7 +62,7 @@ SPEC = PlatformSpec(
 )
 
 
-def validate_envelope(raw: Any, where: str) -> list[dict[str, Any]]:
+def validate_envelope(raw: Any, where: str) -> Page:
     """``{"code": "0", "msg": "", "data": [...]}``."""
     if (
         not isinstance(raw, dict)
@@ -71,47 +73,36 @@ def validate_envelope(raw: Any, where: str) -> list[dict[str, Any]]:
         raise BadExchangeResponse(
             f"{where}: answer is not okx's JSON envelope: {describe_body(raw)}"
         )
-    data: list[dict[str, Any]] = raw["data"]
-    return data
+    return Page(raw["data"])
 
 
-class OkxAdapter(CcxtAdapter):
+class OkxAdapter(CcxtAdapter[int]):
+    """Cursor: ``after`` (exclusive upper bound on uTime), from the window's end down."""
+
     spec = SPEC
+    endpoint = Endpoint("privateGetAccountPositionsHistory", "positions-history", validate_envelope)
     max_page_size = 100
 
-    async def _collect(
-        self, market: MarketInfo, since_ms: int, until_ms: int
-    ) -> list[dict[str, Any]]:
-        limit = self.page_size
-        after, pages = until_ms, 0
-        records: list[dict[str, Any]] = []
-        while True:
-            params = {
-                "instType": "SWAP",
-                "instId": market.id,
-                "after": str(after),
-                "before": str(since_ms - 1),
-                "limit": str(limit),
-            }
-            page = await self.client.request(
-                "privateGetAccountPositionsHistory",
-                params,
-                validate_envelope,
-                what="positions-history",
-                symbol=market.symbol,
+    def first_cursor(self, start_ms: int, end_ms: int) -> int:
+        return end_ms
+
+    def params(self, market: MarketInfo, start_ms: int, end_ms: int, cursor: int) -> dict[str, Any]:
+        return {
+            "instType": "SWAP",
+            "instId": market.id,
+            "after": str(cursor),
+            "before": str(start_ms - 1),
+            "limit": str(self.page_size),
+        }
+
+    def next_cursor(self, market: MarketInfo, cursor: int, page: Page) -> int:
+        times = [t for t in (lenient_ms(r, "uTime") for r in page.rows) if t is not None]
+        if not times:
+            raise BadExchangeResponse(
+                f"{self.where('positions-history')}: a full page without a readable uTime"
             )
-            pages += 1
-            records.extend(page)
-            if len(page) < limit:
-                return records
-            self._page_guard(pages, "positions-history")
-            times = [t for t in (lenient_ms(r, "uTime") for r in page) if t is not None]
-            if not times:
-                raise BadExchangeResponse(
-                    f"{self.where('positions-history')}: a full page without a readable uTime"
-                )
-            oldest = min(times)
-            after = oldest + 1 if oldest + 1 < after else oldest
+        oldest = min(times)
+        return oldest + 1 if oldest + 1 < cursor else oldest
 
     @staticmethod
     def identity(context: Context, raw: dict[str, Any]) -> str:
@@ -159,5 +150,5 @@ def normalize(context: Context, record: dict[str, Any]) -> ClosedPosition:
         close_time=ms_to_datetime(field_ms(record, "uTime", where)),
         record_key=OkxAdapter.identity(context, record),
         raw=record,
-        profit_basis=BASIS_FEES_AND_FUNDING,
+        profit_basis=NetOf.FEES_AND_FUNDING,
     )

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from reconcile.records import ClosedPosition
+from reconcile.records import ProfitBasis
 
-ProfitBasis = Literal["net", "gross"]
 
-#: The exchanges served through ccxt, by the name ``hg_trading_api_config.platform`` uses.
-CCXT_PLATFORMS: tuple[str, ...] = ("binance", "okx", "gate", "bitget", "bybit")
-REPLAY = "replay"
-PLATFORMS: tuple[str, ...] = (*CCXT_PLATFORMS, REPLAY)
+class Platform(StrEnum):
+    """The one list of platforms, by the name ``hg_trading_api_config.platform`` and the
+    ``exchanges:`` section use. ``registry.ADAPTERS`` must serve every ccxt platform (checked
+    when it is built); the config accepts exactly these names."""
+
+    BINANCE = "binance"
+    OKX = "okx"
+    GATE = "gate"
+    BITGET = "bitget"
+    BYBIT = "bybit"
+    REPLAY = "replay"
+
+
+REPLAY: str = Platform.REPLAY.value
+#: The exchanges served through ccxt.
+CCXT_PLATFORMS: tuple[str, ...] = tuple(p.value for p in Platform if p is not Platform.REPLAY)
+PLATFORMS: tuple[str, ...] = tuple(p.value for p in Platform)
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ class AdapterOptions:
     timeout: float = 10.0
     retry: RetryOptions = field(default_factory=RetryOptions)
     max_concurrent_requests: int = 4
-    profit_basis: ProfitBasis = "net"
+    profit_basis: ProfitBasis = ProfitBasis.NET
     cooldown: float = 900.0
     credentials_env: CredentialEnv | None = None
     #: ccxt's ``rateLimit`` (milliseconds per unit of request cost); None keeps ccxt's value.
@@ -64,8 +76,3 @@ class AdapterOptions:
     close_delay_ms: int | None = None
     #: Replay only: a JSON Lines / CSV file, or a directory of them.
     path: Path | None = None
-
-
-def profit_of(position: ClosedPosition, basis: ProfitBasis) -> Decimal:
-    """The realized profit the platform charges on: net (default) or gross of fees and funding."""
-    return position.net_profit if basis == "net" else position.gross_pnl

@@ -1,5 +1,8 @@
 """Which source serves an API account, the clients' lifecycle, and the CLI's one-shot helpers.
 
+``ExchangeRegistry`` is reconcile's :class:`~reconcile.records.SourceProvider` (the history sync
+is given the registry itself).
+
 ``ExchangeRegistry`` keeps one adapter (one ccxt client) per (platform, API account) for every
 enabled platform, and one replay store per replay path. An account whose platform is enabled
 is served by that exchange; otherwise, when ``replay`` is enabled, by the replay files (that is
@@ -26,27 +29,32 @@ from exchange_adapters.bybit import BybitAdapter
 from exchange_adapters.clients import ExchangeClient, MarketCache
 from exchange_adapters.gate import GateAdapter
 from exchange_adapters.okx import OkxAdapter
-from exchange_adapters.options import REPLAY, AdapterOptions
+from exchange_adapters.options import CCXT_PLATFORMS, PLATFORMS, REPLAY, AdapterOptions
 from exchange_adapters.replay import ReplaySource, ReplayStore
-from reconcile.accounts import ApiAccount
-from reconcile.db import Secret
 from reconcile.errors import ConfigError
 from reconcile.records import (
+    ApiAccount,
     ClosedPosition,
     ClosedPositionSource,
     ClosedWindow,
+    ProfitBasis,
+    Secret,
     UnusableRecord,
 )
 
 log = structlog.get_logger("exchange_adapters")
 
-ADAPTERS: dict[str, type[CcxtAdapter]] = {
-    "binance": BinanceAdapter,
-    "okx": OkxAdapter,
-    "gate": GateAdapter,
-    "bitget": BitgetAdapter,
-    "bybit": BybitAdapter,
-}
+
+def _by_platform(*classes: type[CcxtAdapter[Any]]) -> dict[str, type[CcxtAdapter[Any]]]:
+    """The adapter classes by their spec's platform, in ``options.Platform``'s order; exactly
+    one for every ccxt platform there (a platform without an adapter fails at import)."""
+    adapters = {cls.spec.platform: cls for cls in classes}
+    if sorted(adapters) != sorted(CCXT_PLATFORMS) or len(adapters) != len(classes):
+        raise RuntimeError(f"adapters {sorted(adapters)} do not serve {list(CCXT_PLATFORMS)}")
+    return {platform: adapters[platform] for platform in CCXT_PLATFORMS}
+
+
+ADAPTERS = _by_platform(BinanceAdapter, OkxAdapter, GateAdapter, BitgetAdapter, BybitAdapter)
 
 
 def apply_env_credentials(
@@ -86,14 +94,14 @@ class ExchangeRegistry:
         *,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        unknown = set(platforms) - {*ADAPTERS, REPLAY}
+        unknown = set(platforms) - set(PLATFORMS)
         if unknown:
             raise ConfigError(f"exchanges: unknown platform(s) {', '.join(sorted(unknown))}")
         self.platforms = dict(platforms)
         self.markets = MarketCache()
         self._environ = environ
-        self._adapters: dict[tuple[str, int], tuple[ApiAccount, CcxtAdapter]] = {}
-        self._retired: list[CcxtAdapter] = []
+        self._adapters: dict[tuple[str, int], tuple[ApiAccount, CcxtAdapter[Any]]] = {}
+        self._retired: list[CcxtAdapter[Any]] = []
         self._replay: dict[Path, ReplayStore] = {}
         self._closed = False
 
@@ -132,6 +140,10 @@ class ExchangeRegistry:
             f"API account {account.id}: platform {account.platform!r} is not enabled under "
             "exchanges: (and no replay source is configured)"
         )
+
+    def profit_basis(self, account: ApiAccount) -> ProfitBasis:
+        """What the platform charges ``account``'s closed positions on."""
+        return self.options_for(account).profit_basis
 
     def _replay_source(self, account: ApiAccount) -> ClosedPositionSource:
         options = self.options_for(account)

@@ -39,12 +39,7 @@ from exchange_adapters.base import finish, ms_to_datetime
 from exchange_adapters.errors import UnknownSymbol
 from exchange_adapters.symbols import to_unified
 from reconcile.errors import ConfigError
-from reconcile.records import (
-    BASIS_FEES_AND_FUNDING,
-    BASIS_FEES_ONLY,
-    ClosedPosition,
-    ClosedWindow,
-)
+from reconcile.records import ClosedPosition, ClosedWindow, NetOf
 
 SUFFIXES = (".jsonl", ".ndjson", ".csv")
 FIELDS = (
@@ -110,15 +105,18 @@ def parse_record(data: Mapping[str, Any]) -> ClosedPosition:
     fee = Decimal(0) if _empty(data.get("fee")) else _decimal(data["fee"], "fee")
     funding = Decimal(0) if _empty(data.get("funding")) else _decimal(data["funding"], "funding")
     net = gross + fee + funding
-    basis = data.get("profit_basis")
-    if _empty(basis):
-        basis = BASIS_FEES_AND_FUNDING
+    stated = data.get("profit_basis")
+    if _empty(stated):
+        basis = NetOf.FEES_AND_FUNDING
         if not _empty(data.get("net_profit")) and _decimal(data["net_profit"], "net_profit") != net:
             raise ValueError("net_profit differs from gross_pnl + fee + funding")
     else:
-        basis = str(basis).strip()
-        if basis not in (BASIS_FEES_AND_FUNDING, BASIS_FEES_ONLY):
-            raise ValueError(f"profit_basis: {basis!r} is neither fees+funding nor fees")
+        try:
+            basis = NetOf(str(stated).strip())
+        except ValueError:
+            raise ValueError(
+                f"profit_basis: {str(stated).strip()!r} is neither fees+funding nor fees"
+            ) from None
         if not _empty(data.get("net_profit")):
             net = _decimal(data["net_profit"], "net_profit")
     funding_known = data.get("funding_known", True)

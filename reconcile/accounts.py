@@ -1,19 +1,19 @@
 """Exchange API accounts (``hg_trading_api_config``) with their credentials decrypted.
 
-An :class:`ApiAccount` holds its credentials as :class:`~reconcile.db.Secret`; its ``repr`` shows
-the id, user, platform and base URL only.
+Accounts are the exchange port's :class:`~reconcile.records.ApiAccount` (credentials as
+:class:`~reconcile.records.Secret`; the ``repr`` shows the id, user, platform and base URL only):
+this module only reads them from the database.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.credentials import AesKey, aes_key_from_environment, decrypt_value, is_encrypted
-from reconcile.db import Database, Secret
+from reconcile.db import Database
 from reconcile.errors import PermanentError
+from reconcile.records import ApiAccount
 from reconcile.schema import trading_api_config
 
 STATUS_NORMAL = 1
@@ -26,34 +26,6 @@ class AccountNotFound(PermanentError):
     def __init__(self, account_id: int) -> None:
         super().__init__(f"API account {account_id} not found in hg_trading_api_config")
         self.account_id = account_id
-
-
-@dataclass(frozen=True)
-class ApiAccount:
-    """One exchange API account; shared by every robot whose ``api_config_id`` is ``id``."""
-
-    id: int
-    user_id: int
-    platform: str
-    base_url: str | None = field(default=None)
-    api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
-    secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
-    passphrase: Secret | None = field(default=None, repr=False)
-    enabled: bool = True
-
-    def with_credentials(
-        self, *, api_key: Secret, secret: Secret, passphrase: Secret | None
-    ) -> ApiAccount:
-        return ApiAccount(
-            id=self.id,
-            user_id=self.user_id,
-            platform=self.platform,
-            base_url=self.base_url,
-            api_key=api_key,
-            secret=secret,
-            passphrase=passphrase,
-            enabled=self.enabled,
-        )
 
 
 async def load_account(
@@ -107,3 +79,6 @@ async def load_account(
     if account is None:
         raise AccountNotFound(account_id)
     return account
+
+
+__all__ = ["STATUS_DISABLED", "STATUS_NORMAL", "AccountNotFound", "ApiAccount", "load_account"]

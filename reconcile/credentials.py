@@ -19,8 +19,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from reconcile.db import Secret
 from reconcile.errors import ConfigError
+from reconcile.records import Secret
 
 PREFIX = "ENC:"
 KEY_ENV = "TOOGO_AES_KEY"

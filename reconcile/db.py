@@ -52,6 +52,7 @@ from reconcile.errors import (
     LockWaitTimeout,
     RowsMissing,
 )
+from reconcile.records import Secret
 
 log = structlog.get_logger("reconcile.db")
 
@@ -63,29 +64,6 @@ _DUPLICATE_KEY = 1062
 # 2002/2003: cannot connect; 2006: server has gone away; 2013: lost connection during query;
 # 1927: connection killed (MariaDB); 4031: disconnected by the server for inactivity.
 _CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 1927, 4031})
-
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str`` or logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import quarantine
-from reconcile.accounts import ApiAccount, load_account
+from reconcile.accounts import load_account
 from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.contract import LiveSchema, inspect_live
 from reconcile.db import Database, map_db_errors
@@ -53,23 +53,13 @@ from reconcile.errors import (
     TemporaryError,
 )
 from reconcile.matching import Decision, Kind, Rule, Tolerances
-from reconcile.records import ClosedPosition, ClosedPositionSource
+from reconcile.records import ClosedPosition, ClosedPositionSource, ProfitBasis, SourceProvider
 from reconcile.schema import stream_cursor, trading_api_config, trading_robot
 from reconcile.upsert import Conflict, PageWriter, StreamRef, order_sn_for
 
 log = structlog.get_logger("reconcile.history")
 
 PAGE_ATTEMPTS = 3  # reads and decisions of one page before it is split
-
-
-class SourceProvider(Protocol):
-    """Where streams get their closed positions (``exchange_adapters.ExchangeRegistry``)."""
-
-    def source_for(self, account: ApiAccount) -> ClosedPositionSource: ...
-
-    def profit_basis(self, account: ApiAccount) -> str: ...
-
-    def requests(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -323,7 +313,7 @@ class HistorySync:
     # -- one stream ---------------------------------------------------------------------------
 
     async def _sync_stream(
-        self, stream: Stream, source: ClosedPositionSource, basis: str, summary: SyncSummary
+        self, stream: Stream, source: ClosedPositionSource, basis: ProfitBasis, summary: SyncSummary
     ) -> None:
         now = datetime.now(UTC)
         cursor, fresh = await self._read_cursor(stream)
@@ -398,7 +388,7 @@ class HistorySync:
         self,
         stream: Stream,
         page: list[ClosedPosition],
-        basis: str,
+        basis: ProfitBasis,
         schema: LiveSchema,
         summary: SyncSummary,
     ) -> list[int]:

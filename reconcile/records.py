@@ -1,4 +1,11 @@
-"""Record types that cross from an exchange adapter into the core, and the port adapters implement.
+"""The exchange port: everything that crosses between the core and an exchange adapter.
+
+Plain on purpose (the standard library only): the record types a source returns, the API
+account as an adapter sees it, :class:`Secret`, the two kinds of basis, the source protocols
+(:class:`ClosedPositionSource`, :class:`SourceProvider`) and the one profit choice
+(:func:`profit_of`). ``exchange_adapters`` imports nothing else from ``reconcile`` but this
+module and ``reconcile.errors``; ``reconcile.accounts`` loads accounts from the database as
+:class:`ApiAccount`.
 
 A closed position is a plain frozen dataclass; all amounts are ``Decimal`` and all times are
 aware UTC datetimes.
@@ -6,18 +13,79 @@ aware UTC datetimes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 Direction = Literal["long", "short"]
 
-#: ``net_profit`` is net of trading fees and funding (okx, gate, bitget; replay by default)
-BASIS_FEES_AND_FUNDING = "fees+funding"
-#: ``net_profit`` is net of trading fees only: the endpoint does not report funding, which is
-#: then unknown (``funding_known`` False; binance userTrades, bybit closed-pnl)
-BASIS_FEES_ONLY = "fees"
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ApiAccount:
+    """One exchange API account (``hg_trading_api_config``), shared by every robot whose
+    ``api_config_id`` is ``id``; its ``repr`` shows the id, user, platform and base URL only."""
+
+    id: int
+    user_id: int
+    platform: str
+    base_url: str | None = field(default=None)
+    api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    passphrase: Secret | None = field(default=None, repr=False)
+    enabled: bool = True
+
+    def with_credentials(
+        self, *, api_key: Secret, secret: Secret, passphrase: Secret | None
+    ) -> ApiAccount:
+        return replace(self, api_key=api_key, secret=secret, passphrase=passphrase)
+
+
+class NetOf(StrEnum):
+    """What a record's ``net_profit`` is net of (its ``profit_basis``; the value is stored)."""
+
+    #: trading fees and funding (okx, gate, bitget; replay by default)
+    FEES_AND_FUNDING = "fees+funding"
+    #: trading fees only: the endpoint does not report funding, which is then unknown
+    #: (``funding_known`` False; binance userTrades, bybit closed-pnl)
+    FEES = "fees"
+
+
+class ProfitBasis(StrEnum):
+    """Which figure of a closed position the platform charges on
+    (``exchanges.<platform>.profit_basis``)."""
+
+    NET = "net"
+    GROSS = "gross"
+
+
+def profit_of(position: ClosedPosition, basis: ProfitBasis) -> Decimal:
+    """The realized profit the platform charges on: net (default) or gross of fees and funding."""
+    return position.gross_pnl if basis is ProfitBasis.GROSS else position.net_profit
 
 
 @dataclass(frozen=True)
@@ -27,7 +95,7 @@ class ClosedPosition:
     ``net_profit`` is the basis the platform charges on by default: the exchange's own net figure
     where it states one (okx realizedPnl, gate pnl, bitget netProfit, bybit closedPnl), else
     ``gross_pnl + fee + funding`` (fee and funding signed, negative = cost). ``profit_basis``
-    says what the net is net of (``BASIS_FEES_AND_FUNDING`` or ``BASIS_FEES_ONLY``) and
+    says what the net is net of (:class:`NetOf`) and
     ``funding_known`` whether ``funding`` is the exchange's figure or unknown (then 0).
     ``record_key`` is stable and unique per closed position on that account.
     ``exchange_order_ids`` are the record's own exchange order ids (the closing order where the
@@ -50,7 +118,7 @@ class ClosedPosition:
     close_time: datetime
     record_key: str
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    profit_basis: str = BASIS_FEES_AND_FUNDING
+    profit_basis: NetOf = NetOf.FEES_AND_FUNDING
     funding_known: bool = True
     exchange_order_ids: tuple[str, ...] = ()
 
@@ -106,3 +174,14 @@ class ClosedPositionSource(Protocol):
     async def close(self) -> None:
         """Release the client; safe to call twice."""
         ...
+
+
+class SourceProvider(Protocol):
+    """Where the history sync's streams get their closed positions
+    (``exchange_adapters.registry.ExchangeRegistry``)."""
+
+    def source_for(self, account: ApiAccount) -> ClosedPositionSource: ...
+
+    def profit_basis(self, account: ApiAccount) -> ProfitBasis: ...
+
+    def requests(self) -> int: ...

@@ -34,7 +34,7 @@ from reconcile.db import Database
 from reconcile.errors import DatabaseError
 from reconcile.matching import Candidate, Decision, Kind, Rule, Tolerances, decide
 from reconcile.orders import Status, real_close_time
-from reconcile.records import ClosedPosition
+from reconcile.records import ClosedPosition, ProfitBasis, profit_of
 from reconcile.schema import binding, trading_order
 
 log = structlog.get_logger("reconcile.history")
@@ -61,9 +61,10 @@ class StreamRef:
     owner: tuple[int, int, int, int]
 
 
-def profit_of(record: ClosedPosition, basis: str) -> Decimal:
-    chosen = record.net_profit if basis == "net" else record.gross_pnl
-    return chosen.quantize(PROFIT_QUANTUM, rounding=ROUND_HALF_UP)
+def stored_profit(record: ClosedPosition, basis: ProfitBasis) -> Decimal:
+    """The profit the platform charges on (:func:`~reconcile.records.profit_of`), as
+    ``hg_trading_order.realized_profit`` holds it."""
+    return profit_of(record, basis).quantize(PROFIT_QUANTUM, rounding=ROUND_HALF_UP)
 
 
 def order_sn_for(platform: str, account_id: int, record_key: str) -> str:
@@ -88,7 +89,7 @@ class PageWriter:
         self,
         db: Database,
         stream: StreamRef,
-        basis: str,
+        basis: ProfitBasis,
         schema: LiveSchema,
         tolerances: Tolerances,
     ) -> None:
@@ -239,7 +240,7 @@ class PageWriter:
             if order is None:
                 continue
             order_of[d.record.record_key] = order.id
-            profit = profit_of(d.record, self.basis)
+            profit = stored_profit(d.record, self.basis)
             if d.rule is Rule.OPEN:
                 await self._close(conn, order, d.record, close_time, profit, now)
                 if profit > 0:
@@ -327,7 +328,7 @@ class PageWriter:
             "margin": (price * record.size / max(leverage, 1)).quantize(
                 PRICE_QUANTUM, ROUND_HALF_UP
             ),
-            "realized_profit": profit_of(record, self.basis),
+            "realized_profit": stored_profit(record, self.basis),
             "open_time": open_time,
             "close_time": close_time,
             "hold_duration": max(0, int((close_time - open_time).total_seconds())),
@@ -406,4 +407,4 @@ class PageWriter:
         }
 
 
-__all__ = ["Conflict", "PageResult", "PageWriter", "StreamRef", "order_sn_for", "profit_of"]
+__all__ = ["Conflict", "PageResult", "PageWriter", "StreamRef", "order_sn_for", "stored_profit"]

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.options import AdapterOptions
-from exchange_adapters.provider import RegistryProvider
 from exchange_adapters.registry import ExchangeRegistry
 from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
@@ -110,6 +109,4 @@ def write_replay(path: Path, records: list[dict[str, Any]]) -> Path:
 @asynccontextmanager
 async def history_sync(db: Database, replay: Path, **settings: Any) -> AsyncIterator[HistorySync]:
     async with ExchangeRegistry({"replay": AdapterOptions(path=replay)}) as registry:
-        yield HistorySync(
-            db, PowerConsumer(db, RULES), RegistryProvider(registry), SyncSettings(**settings)
-        )
+        yield HistorySync(db, PowerConsumer(db, RULES), registry, SyncSettings(**settings))

@@ -22,8 +22,8 @@ from exchange_adapters.registry import (
     position_to_json,
 )
 from exchange_adapters.symbols import to_unified
-from reconcile.db import Secret
 from reconcile.errors import ConfigError
+from reconcile.records import Secret
 from tests.fake_exchanges import FAKES, FakeBinance, FakeBybit, FakeOkx, Fault
 from tests.fake_exchanges.harness import (
     HOUR_MS,

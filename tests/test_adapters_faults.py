@@ -14,7 +14,6 @@ import pytest
 
 from exchange_adapters.errors import UnknownSymbol
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.db import Secret
 from reconcile.errors import (
     BadExchangeResponse,
     ExchangeRejected,
@@ -24,6 +23,7 @@ from reconcile.errors import (
     ReconcileError,
     TemporaryError,
 )
+from reconcile.records import Secret
 from tests.fake_exchanges import FAKES, FakeBinance, Fault
 from tests.fake_exchanges.harness import (
     FAST_RETRY,

@@ -16,16 +16,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from reconcile.records import (
-    BASIS_FEES_AND_FUNDING,
-    BASIS_FEES_ONLY,
-    ClosedPosition,
-    ClosedWindow,
-)
+from reconcile.records import ClosedPosition, ClosedWindow, NetOf
 from tests.fake_exchanges import FAKES
 from tests.fake_exchanges.harness import at, open_source
 from tests.fake_exchanges.server import DEFAULT_MARKETS, MarketSpec
 
+BASIS_FEES_AND_FUNDING, BASIS_FEES_ONLY = NetOf.FEES_AND_FUNDING, NetOf.FEES
 FIXTURES = Path(__file__).parent / "fixtures" / "exchanges"
 D = Decimal
 

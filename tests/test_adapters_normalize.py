@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from exchange_adapters.options import profit_of
+from reconcile.records import ProfitBasis, profit_of
 from tests.fake_exchanges import FakeBinance, FakeBitget, FakeBybit, FakeGate, FakeOkx
 from tests.fake_exchanges import binance as bn
 from tests.fake_exchanges import bitget as bg
@@ -105,7 +105,7 @@ async def test_okx_direction_contract_size_and_reused_pos_id() -> None:
     assert liquidated.direction == "short"
     assert liquidated.fee == D("-1.8") and liquidated.net_profit == D("-21.8")
     assert liquidated.net_profit == D(liquidated.raw["realizedPnl"])
-    assert profit_of(liquidated, "gross") == D("-20")
+    assert profit_of(liquidated, ProfitBasis.GROSS) == D("-20")
 
 
 async def test_gate_prices_by_side_and_composite_key() -> None:

@@ -19,9 +19,8 @@ from exchange_adapters.registry import (
     position_to_json,
 )
 from exchange_adapters.replay import FIELDS, ReplaySource, ReplayStore, read_file
-from reconcile.accounts import ApiAccount
 from reconcile.errors import ConfigError
-from reconcile.records import ClosedPosition
+from reconcile.records import ApiAccount, ClosedPosition
 
 T = datetime(2026, 5, 17, 6, 40, tzinfo=UTC)
 SINCE, UNTIL = T - timedelta(days=7), T + timedelta(days=1)

@@ -24,8 +24,9 @@ from reconcile.credentials import (
     decrypt_value,
     encrypt_value,
 )
-from reconcile.db import Database, Secret
+from reconcile.db import Database
 from reconcile.errors import ConfigError
+from reconcile.records import Secret
 from reconcile.schema import trading_api_config
 
 KEY_TEXT = "toogo-hotgo-aes-secret"  # 22 bytes: zero-padded to 32

@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange_adapters.provider import RegistryProvider
 from exchange_adapters.registry import ExchangeRegistry
 from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
@@ -68,7 +67,7 @@ async def sync_for(db: Database, fake: FakeExchange) -> AsyncIterator[HistorySyn
         yield HistorySync(
             db,
             PowerConsumer(db, RULES),
-            RegistryProvider(registry),
+            registry,
             SyncSettings(platforms=frozenset({fake.platform})),
         )
 

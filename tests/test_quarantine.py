@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange_adapters.provider import RegistryProvider
 from exchange_adapters.registry import ExchangeRegistry
 from reconcile import quarantine
 from reconcile.consumer import PowerConsumer
@@ -95,7 +94,7 @@ async def wire_account(db: Database, fake: FakeExchange) -> None:
 @asynccontextmanager
 async def sync_for(db: Database, fake: FakeExchange) -> AsyncIterator[HistorySync]:
     async with ExchangeRegistry({fake.platform: fast_options()}) as registry:
-        yield HistorySync(db, PowerConsumer(db, RULES), RegistryProvider(registry),
+        yield HistorySync(db, PowerConsumer(db, RULES), registry,
                           SyncSettings(platforms=frozenset({fake.platform})))  # fmt: skip
 
 

@@ -12,9 +12,7 @@ from typing import Any
 
 from exchange_adapters.options import AdapterOptions, RetryOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.accounts import ApiAccount
-from reconcile.db import Secret
-from reconcile.records import ClosedPositionSource
+from reconcile.records import ApiAccount, ClosedPositionSource, Secret
 from tests.fake_exchanges import binance, bitget, bybit, gate, okx
 from tests.fake_exchanges.server import FakeExchange
 
