@@ -80,12 +80,14 @@ class Dialect:
             return ins.on_duplicate_key_update(
                 {k: ins.inserted[k] if v is PROPOSED else v for k, v in update.items()}
             )
-        ins_l = (postgresql if self.is_postgresql else sqlite).insert(table)
+        ins_c: postgresql.Insert | sqlite.Insert = (
+            postgresql.insert(table) if self.is_postgresql else sqlite.insert(table)
+        )
         if not update:
-            return ins_l.on_conflict_do_nothing(index_elements=list(key))
-        return ins_l.on_conflict_do_update(
+            return ins_c.on_conflict_do_nothing(index_elements=list(key))
+        return ins_c.on_conflict_do_update(
             index_elements=list(key),
-            set_={k: ins_l.excluded[k] if v is PROPOSED else v for k, v in update.items()},
+            set_={k: ins_c.excluded[k] if v is PROPOSED else v for k, v in update.items()},
         )
 
     async def try_lock(self, conn: AsyncConnection, name: str) -> bool:
