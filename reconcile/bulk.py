@@ -2,9 +2,12 @@
 
 Charging a page of 500 orders takes four writes whatever the page size: one multi-row INSERT of
 consume rows, one UPDATE of the wallets, one multi-row INSERT of ledger rows, one UPDATE of the
-orders. The UPDATEs carry per-row values in a ``CASE key WHEN ? THEN ? ... END``. Built here
-with positional parameters because building the same statements as SQLAlchemy expressions costs
-more client CPU than the database spends executing them (see BENCHMARKS.md).
+orders. The UPDATEs join the target to a derived table of (key, value) rows (MySQL ``UPDATE ...
+JOIN (SELECT ... UNION ALL ...)``, PostgreSQL ``UPDATE ... FROM (VALUES ...)``) or, on SQLite,
+carry per-row values in a ``CASE key WHEN ? THEN ? ... END``. Built here with positional
+parameters because building the same statements as SQLAlchemy expressions costs more client CPU
+than the database spends executing them (see BENCHMARKS.md). PostgreSQL numbers its parameters
+(``$1``) and may use one several times: the constants of a multi-row INSERT are sent once.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ class BulkWriter:
         self._mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
         # SQLite keeps decimals as exact text (see reconcile.schema); MySQL takes Decimal.
         self._text_decimals = conn.dialect.name == "sqlite"
+        self._numbered = conn.dialect.name == "postgresql"
+
+    def _sql_type(self, table: Table, column: str) -> str:
+        return str(table.c[column].type.compile(dialect=self._conn.dialect))
 
     def _binder(self, table: Table, column: str) -> Callable[[Any], Any]:
         """SQLite: the column type's own bind processing (exact decimal text at the column's
@@ -58,6 +65,19 @@ class BulkWriter:
                 f"{prefix}({marks})",
                 [tuple(b(v) for b, v in zip(binders, row, strict=True)) + extra for row in rows],
             )
+            return
+        if self._numbered:  # PostgreSQL: every row's own $n; the constants' $n shared by all
+            width = len(columns)
+            const = ", ".join(f"${len(rows) * width + i + 1}" for i in range(len(constants)))
+            values = ", ".join(
+                "("
+                + ", ".join(f"${r * width + i + 1}" for i in range(width))
+                + (f", {const}" if const else "")
+                + ")"
+                for r in range(len(rows))
+            )
+            params = [v for row in rows for v in row] + list(constants.values())
+            await self._conn.exec_driver_sql(prefix + values, tuple(params))
             return
         # MySQL: one statement with every row; constants escaped once by the driver
         driver = (await self._conn.get_raw_connection()).driver_connection
@@ -118,6 +138,9 @@ class BulkWriter:
             return
         q, m = self._quote, self._mark
         keys = sorted(values)
+        if self._numbered:
+            await self._update_from_values(table, key, keys, values, assignments, constants)
+            return
         derived = " UNION ALL ".join(
             [f"SELECT {m} AS k, {m} AS v"] + [f"SELECT {m}, {m}"] * (len(keys) - 1)
         )
@@ -161,6 +184,35 @@ class BulkWriter:
             for col, sign in signs.items()
         }
         await self.update_cases(table, key, cases, constants)
+
+
+    async def _update_from_values(
+        self,
+        table: Table,
+        key: str,
+        keys: list[int],
+        values: Mapping[int, Any],
+        assignments: Mapping[str, str],
+        constants: Mapping[str, Any],
+    ) -> None:
+        """PostgreSQL: ``UPDATE table AS t SET ... FROM (VALUES ($1::bigint, $2::numeric), ...)
+        AS d(k, v) WHERE t.key = d.k``; ``d.v`` takes the type of the first assigned column."""
+        q = self._quote
+        key_type = self._sql_type(table, key)
+        value_type = self._sql_type(table, next(iter(assignments)))
+        rows = ", ".join(
+            f"(${2 * i + 1}::{key_type}, ${2 * i + 2}::{value_type})" for i in range(len(keys))
+        )
+        base = 2 * len(keys)
+        sets = [f"{q(col)} = {expr}" for col, expr in assignments.items()]
+        sets += [f"{q(col)} = ${base + i + 1}" for i, col in enumerate(constants)]
+        params: list[Any] = [x for k in keys for x in (k, values[k])]
+        params += list(constants.values())
+        sql = (
+            f"UPDATE {q(table.name)} AS t SET {', '.join(sets)} "  # noqa: S608
+            f"FROM (VALUES {rows}) AS d(k, v) WHERE t.{q(key)} = d.k"
+        )
+        await self._conn.exec_driver_sql(sql, tuple(params))
 
 
 def _same(value: Any) -> Any:

@@ -64,6 +64,13 @@ _DUPLICATE_KEY = 1062
 # 2002/2003: cannot connect; 2006: server has gone away; 2013: lost connection during query;
 # 1927: connection killed (MariaDB); 4031: disconnected by the server for inactivity.
 _CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 1927, 4031})
+# PostgreSQL SQLSTATEs: 40P01 deadlock, 40001 serialization failure, 55P03 lock not available
+# (lock_timeout), 23505 unique violation; class 08 connection exceptions, 57P01-57P03 server
+# shutting down / cannot connect now
+_PG_DEADLOCK = frozenset({"40P01", "40001"})
+_PG_LOCK_TIMEOUT = frozenset({"55P03"})
+_PG_DUPLICATE_KEY = "23505"
+_PG_CONNECTION_LOST = frozenset({"57P01", "57P02", "57P03"})
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,16 @@ def _mysql_code(exc: sa_exc.DBAPIError) -> int | None:
     return None
 
 
+def _connection_gone(exc: sa_exc.DBAPIError) -> bool:
+    """asyncpg reports a connection that broke under it as an interface error, or passes the
+    socket's own error through."""
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    if isinstance(cause, (ConnectionError, TimeoutError, OSError)):
+        return True
+    name = type(cause).__name__ if cause is not None else ""
+    return name in {"ConnectionDoesNotExistError", "InterfaceError"} and "closed" in str(cause)
+
+
 def _describe(exc: BaseException) -> str:
     """A short, secret-free description of a driver error (no SQL text, no parameters)."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
@@ -127,6 +144,16 @@ def map_db_errors(what: str) -> Iterator[None]:
     except sa_exc.DBAPIError as exc:
         code = _mysql_code(exc)
         message = f"{what}: {_describe(exc)}"
+        state = getattr(exc.orig, "sqlstate", None)
+        if isinstance(state, str):  # PostgreSQL
+            if state in _PG_DEADLOCK:
+                raise Deadlock(message) from exc
+            if state in _PG_LOCK_TIMEOUT:
+                raise LockWaitTimeout(message) from exc
+            if state == _PG_DUPLICATE_KEY:
+                raise DuplicateKey(message) from exc
+            if state in _PG_CONNECTION_LOST or state.startswith("08"):
+                raise ConnectionLost(message) from exc
         if code == _DEADLOCK:
             raise Deadlock(message) from exc
         if code == _LOCK_WAIT_TIMEOUT:
@@ -135,7 +162,7 @@ def map_db_errors(what: str) -> Iterator[None]:
             isinstance(exc, sa_exc.IntegrityError) and "UNIQUE constraint failed" in str(exc.orig)
         ):
             raise DuplicateKey(message) from exc
-        if code in _CONNECTION_LOST or exc.connection_invalidated:
+        if code in _CONNECTION_LOST or exc.connection_invalidated or _connection_gone(exc):
             raise ConnectionLost(message) from exc
         if "database is locked" in str(exc.orig):  # SQLite busy past its timeout
             raise LockWaitTimeout(message) from exc
@@ -165,8 +192,8 @@ class Database:
             self.dialect = Dialect.for_backend(self.dialect_name)
         except ValueError:
             raise ConfigError(
-                f"database.url: unsupported backend {self.dialect_name!r} (use mysql+aiomysql or "
-                "sqlite+aiosqlite)"
+                f"database.url: unsupported backend {self.dialect_name!r} (use mysql+aiomysql, "
+                "postgresql+asyncpg or sqlite+aiosqlite)"
             ) from None
         self.is_mysql = self.dialect.is_mysql
         self.skip_locked = False
@@ -202,6 +229,27 @@ class Database:
                 pool_recycle=3600,
                 connect_args=self._connect_args,
             )
+        elif self.dialect.is_postgresql:
+            self._connect_args = {
+                "timeout": 10,
+                "server_settings": {
+                    "lock_timeout": f"{int(self.settings.lock_wait_timeout)}s",
+                    # naive timestamps are hotgo's local time; TIMESTAMPTZ is read and written
+                    # as text in this zone (see _timestamptz_as_local_time)
+                    "TimeZone": self.settings.timezone,
+                    "application_name": "toogo-reconcile",
+                },
+            }
+            self._engine = create_async_engine(
+                self._url,
+                isolation_level="READ COMMITTED",
+                pool_size=self.settings.pool_size,
+                max_overflow=self.settings.pool_size,
+                pool_pre_ping=True,
+                pool_recycle=3600,
+                connect_args=self._connect_args,
+            )
+            _timestamptz_as_local_time(self._engine, self.tz)
         else:
             self._engine = create_async_engine(
                 self._url, connect_args={"timeout": self.settings.lock_wait_timeout}
@@ -215,6 +263,8 @@ class Database:
             if self.is_mysql:
                 is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
                 self.skip_locked = tuple(info) >= ((10, 6) if is_mariadb else (8, 0, 1))
+            elif self.dialect.is_postgresql:
+                self.skip_locked = True  # since 9.5
 
         await self.transaction(probe, what="connect to the database")
 
@@ -235,7 +285,7 @@ class Database:
         that will not come. Nothing commits half: the server rolls back what it never saw
         committed, and the unique keys make the next run's retry safe either way."""
         for driver in list(self._drivers):
-            driver.close()
+            _close_now(driver)
         for task in list(self._in_flight):
             task.cancel()
         return len(self._in_flight)
@@ -370,7 +420,7 @@ class Database:
 
     async def _attempt(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
         with map_db_errors(what):
-            if self.attempt_timeout is None or not self.is_mysql:
+            if self.attempt_timeout is None or not self.dialect.concurrent:
                 async with self.engine.connect() as conn, conn.begin():
                     return await fn(conn)
             return await self._bounded_attempt(fn, what, self.attempt_timeout)
@@ -401,7 +451,34 @@ class Database:
 
 def _cut(driver: Any, what: str, limit: float) -> None:
     log.warning("db transaction timed out", what=what, limit=limit, action="connection closed")
-    driver.close()
+    _close_now(driver)
+
+
+def _close_now(driver: Any) -> None:
+    """Close a driver connection's socket at once (asyncpg: ``terminate``; its ``close`` is a
+    coroutine that waits for the server)."""
+    terminate = getattr(driver, "terminate", None)
+    (terminate or driver.close)()
+
+
+def _timestamptz_as_local_time(engine: AsyncEngine, tz: tzinfo) -> None:
+    """PostgreSQL: TIMESTAMPTZ values cross as naive local times in ``database.timezone``, like
+    MySQL's DATETIME, so the core has one notion of time. asyncpg would take a naive value as
+    UTC; as text, the server reads it in the session's TimeZone (set to the same zone)."""
+
+    def encode(value: datetime) -> str:
+        return value.isoformat(sep=" ")
+
+    def decode(value: str) -> datetime:
+        return datetime.fromisoformat(value).astimezone(tz).replace(tzinfo=None)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.run_async(
+            lambda conn: conn.set_type_codec(
+                "timestamptz", encoder=encode, decoder=decode, schema="pg_catalog", format="text"
+            )
+        )
 
 
 def _settled(task: asyncio.Future[Any]) -> None:

@@ -64,6 +64,9 @@ def dec(precision: int, scale: int) -> TypeEngine[Decimal]:
     return Numeric(precision, scale, asdecimal=True).with_variant(_SqliteDecimal(scale), "sqlite")
 
 
+#: MEDIUMTEXT on MySQL (TEXT holds 64 KiB), TEXT elsewhere (PostgreSQL's has no length)
+BIG_TEXT = Text().with_variant(Text(16_000_000), "mysql", "mariadb")
+
 ID = BigInteger().with_variant(
     Integer(), "sqlite"
 )  # SQLite autoincrements INTEGER PRIMARY KEY only
@@ -290,7 +293,7 @@ quarantine = Table(
     Column("symbol", String(40), nullable=False),
     Column("record_key", String(128), nullable=False),
     Column("reason", Text, nullable=False),
-    Column("raw_json", Text(16_000_000), nullable=False),  # MEDIUMTEXT on MySQL
+    Column("raw_json", BIG_TEXT, nullable=False),
     Column("context_json", Text, nullable=False),
     Column("close_time", DateTime, nullable=True),  # UTC
     Column("first_seen", DateTime, nullable=False),  # UTC

@@ -1,17 +1,25 @@
-"""Shared fixtures: a uniquely named database on the real MariaDB per test, and SQLite.
+"""Shared fixtures: a uniquely named database per test on the real MariaDB or PostgreSQL; SQLite.
 
-On MariaDB, hotgo's tables come from upstream's own DDL (tests/upstream.py). MariaDB is the
+On both servers, hotgo's tables come from upstream's own DDL (tests/upstream.py). MariaDB is the
 shared server on 127.0.0.1:3306 (user root, empty password) unless
-TOOGO_TEST_MYSQL (a mysql+aiomysql:// URL without database) says otherwise. Without a server the
-MySQL tests are skipped - unless TOOGO_REQUIRE_MYSQL=1 (CI), which makes it a failure.
+TOOGO_TEST_MYSQL (a mysql+aiomysql:// URL without database) says otherwise; PostgreSQL the one on
+127.0.0.1:5432 (trust auth, user postgres) unless TOOGO_TEST_POSTGRES says otherwise. Without a
+server its tests are skipped - unless TOOGO_REQUIRE_MYSQL=1 / TOOGO_REQUIRE_POSTGRES=1 (CI), which
+makes it a failure.
+
+``server_db`` / ``server_url`` run a test on each server (the exactly-once, crash, concurrency
+and migration tests); ``any_db`` on each server and on SQLite.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import pymysql
 import pytest
 import structlog
@@ -19,10 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database, DatabaseSettings, RetryPolicy
 from reconcile.schema import create_hotgo_schema, create_own_schema
-from tests.upstream import create_upstream_schema
+from tests.upstream import create_upstream_pg_schema, create_upstream_schema
 
 MYSQL_BASE = os.environ.get("TOOGO_TEST_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 REQUIRE_MYSQL = os.environ.get("TOOGO_REQUIRE_MYSQL") == "1"
+PG_BASE = os.environ.get("TOOGO_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+REQUIRE_POSTGRES = os.environ.get("TOOGO_REQUIRE_POSTGRES") == "1"
+SERVERS = ("mysql", "postgresql")
 FAST_RETRY = RetryPolicy(attempts=8, initial=0.01, maximum=0.2)
 
 
@@ -64,6 +75,66 @@ def mysql_url(mysql_available: bool) -> Iterator[str]:
         admin.close()
 
 
+def pg_dsn(database: str = "postgres") -> str:
+    """``PG_BASE`` as a plain libpq DSN (for asyncpg itself, psql and pg_dump)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_BASE)
+    user = url.username or "postgres"
+    return f"postgresql://{user}@{url.host or '127.0.0.1'}:{url.port or 5432}/{database}"
+
+
+def pg_admin(*statements: str) -> None:
+    """Run statements on the PostgreSQL server's maintenance database, from sync code (in a
+    thread of its own: a fixture may be set up while an event loop runs)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(pg_dsn(), timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    try:
+        pg_admin("SELECT 1")
+    except (OSError, asyncpg.PostgresError) as exc:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required (TOOGO_REQUIRE_POSTGRES=1), not reachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    return True
+
+
+@pytest.fixture
+def pg_url(pg_available: bool) -> Iterator[str]:
+    """A fresh, uniquely named, empty PostgreSQL database; dropped afterwards."""
+    name = f"trc_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_BASE}/{name}"
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database on MariaDB, then on PostgreSQL: the same test on both servers."""
+    return str(request.getfixturevalue("mysql_url" if request.param == "mysql" else "pg_url"))
+
+
+@pytest.fixture
+async def server_db(server_url: str) -> AsyncIterator[Database]:
+    db = await open_database(server_url)
+    yield db
+    await db.close()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: object) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/toogo.db"
@@ -77,6 +148,8 @@ async def open_database(url: str, *, unique_key: bool = True, **kw: object) -> D
     async def create(conn: AsyncConnection) -> None:
         if db.is_mysql:  # upstream's own DDL: the schema a real install has
             await create_upstream_schema(conn, with_unique_key=unique_key)
+        elif db.dialect.is_postgresql:
+            await create_upstream_pg_schema(conn, with_unique_key=unique_key)
         else:  # the embedded default's own definitions
             await create_hotgo_schema(conn, with_unique_key=unique_key)
             await create_own_schema(conn)
@@ -92,13 +165,11 @@ async def mysql_db(mysql_url: str) -> AsyncIterator[Database]:
     await db.close()
 
 
-@pytest.fixture(params=["mysql", "sqlite"])
+@pytest.fixture(params=[*SERVERS, "sqlite"])
 async def any_db(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
-    """The same test on MariaDB and on the embedded SQLite default."""
-    if request.param == "mysql":
-        url = request.getfixturevalue("mysql_url")
-    else:
-        url = request.getfixturevalue("sqlite_url")
+    """The same test on MariaDB, PostgreSQL and on the embedded SQLite default."""
+    fixture = {"mysql": "mysql_url", "postgresql": "pg_url", "sqlite": "sqlite_url"}
+    url = request.getfixturevalue(fixture[request.param])
     db = await open_database(url)
     yield db
     await db.close()

@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile.contract import inspect_live
 from reconcile.db import Database
 from reconcile.schema import power_consume, toogo_user, trading_order, wallet, wallet_log
 
@@ -278,3 +279,10 @@ async def eligible_ids(db: Database) -> set[int]:
 
 def ago(db: Database, **delta: float) -> datetime:
     return db.now() - timedelta(**delta)
+
+
+async def live_columns(conn: AsyncConnection, table: Table) -> list[Any]:
+    """``table``'s declared columns that the live schema has (upstream's PostgreSQL DDL lacks
+    the optional columns of add_missing_order_fields.sql)."""
+    have = (await inspect_live(conn)).present.get(table.name)
+    return [c for c in table.columns if have is None or c.name in have]

@@ -14,14 +14,22 @@ from reconcile.db import Database
 from reconcile.errors import OrderNotFound
 from reconcile.pricing import PowerRules
 from reconcile.schema import power_consume, toogo_config, trading_order, wallet, wallet_log
-from tests.seed import assert_ledger_consistent, insert_order, set_discount, set_wallet
+from tests.seed import (
+    assert_ledger_consistent,
+    insert_order,
+    live_columns,
+    set_discount,
+    set_wallet,
+)
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 
 
 async def rows(db: Database, table: Any, **where: Any) -> list[Any]:
     async def read(conn: AsyncConnection) -> list[Any]:
-        stmt = select(table).where(*(table.c[k] == v for k, v in where.items()))
+        stmt = select(*await live_columns(conn, table)).where(
+            *(table.c[k] == v for k, v in where.items())
+        )
         return list(await conn.execute(stmt.order_by(table.c.id)))
 
     return await db.transaction(read, what="test read")

@@ -28,12 +28,13 @@ from tests.history_kit import (
     position,
     write_replay,
 )
-from tests.seed import assert_ledger_consistent, insert_order
+from tests.seed import assert_ledger_consistent, insert_order, live_columns
 
 
 async def orders(db: Database) -> list[Any]:
     async def read(conn: AsyncConnection) -> list[Any]:
-        return list(await conn.execute(select(trading_order).order_by(trading_order.c.id)))
+        columns = await live_columns(conn, trading_order)
+        return list(await conn.execute(select(*columns).order_by(trading_order.c.id)))
 
     return await db.transaction(read, what="read orders")
 

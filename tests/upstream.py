@@ -1,4 +1,4 @@
-"""Upstream Toogo's own DDL as the schema of the MySQL tests (``../shared/upstream-schema``).
+"""Upstream Toogo's own DDL as the schema of the server tests (``../shared/upstream-schema``).
 
 The tests that prove behaviour on MariaDB create hotgo's tables from
 ``hotgo_mysql_as_applied.sql`` - what a real install has (see its SOURCE.md) - never from the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,13 @@ from reconcile.schema import (
     add_unique_key,
     create_own_schema,
     index_exists,
+    metadata,
     power_consume,
+    toogo_config,
+    toogo_user,
     trading_order,
+    wallet,
+    wallet_log,
 )
 
 UPSTREAM_DIR = Path(
@@ -72,3 +78,67 @@ async def drop_close_id_columns(conn: AsyncConnection) -> None:
     """The installs whose add_missing_order_fields.sql never ran lack the closing ids."""
     for column in CLOSE_ID_COLUMNS:
         await conn.execute(text(f"ALTER TABLE {trading_order.name} DROP COLUMN {column}"))
+
+
+#: the hg_toogo_* tables, for which upstream published no PostgreSQL DDL (see pg_statements)
+TOOGO_TABLES = (power_consume, wallet, wallet_log, toogo_user, toogo_config)
+
+#: what `migrate up` adds to upstream's PostgreSQL hg_trading_order, as the operators' MySQL
+#: script add_power_consumed_field.sql does (tinyint(1) -> SMALLINT, decimal -> NUMERIC)
+PG_POWER_COLUMNS = (
+    "ALTER TABLE hg_trading_order"
+    " ADD COLUMN IF NOT EXISTS power_consumed SMALLINT NOT NULL DEFAULT 0,"
+    " ADD COLUMN IF NOT EXISTS power_amount NUMERIC(20,8) NOT NULL DEFAULT 0"
+)
+
+
+@functools.cache
+def pg_statements() -> tuple[str, ...]:
+    """The statements of upstream's PostgreSQL DDL for the trading tables, one by one."""
+    if not PG_DDL.is_file():
+        message = f"upstream's PostgreSQL DDL is missing: {PG_DDL} (shared/upstream-schema)"
+        if os.environ.get("TOOGO_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    body = "\n".join(
+        line for line in PG_DDL.read_text(encoding="utf-8").splitlines()
+        if not line.lstrip().startswith("--")
+    )  # fmt: skip
+    statements = [s.strip() for s in body.split(";")]
+    kept = tuple(s for s in statements if s and s.upper() not in ("BEGIN", "COMMIT"))
+    assert sum(s.startswith("CREATE TABLE") for s in kept) >= 6, PG_DDL
+    return kept
+
+
+async def create_upstream_pg_schema(
+    conn: AsyncConnection,
+    *,
+    with_unique_key: bool = True,
+    own: bool = True,
+    power_columns: bool = True,
+    tz_columns: bool = False,
+) -> None:
+    """hotgo on PostgreSQL: the trading tables from upstream's own PostgreSQL DDL; the
+    hg_toogo_* tables as a MySQL -> PostgreSQL transfer gives them (DECIMAL -> NUMERIC of the
+    same precision, DATETIME -> TIMESTAMP, or TIMESTAMPTZ with ``tz_columns``); then, as
+    `migrate up` would, the power columns, uk_user_order and the daemon's own tables."""
+    for statement in pg_statements():
+        await conn.exec_driver_sql(statement)
+
+    def toogo(sync_conn: object) -> None:
+        metadata.create_all(sync_conn, tables=list(TOOGO_TABLES), checkfirst=True)  # type: ignore[arg-type]
+
+    await conn.run_sync(toogo)
+    if tz_columns:
+        for table in TOOGO_TABLES:
+            for column in table.columns:
+                if column.type.python_type is datetime:
+                    await conn.exec_driver_sql(
+                        f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE TIMESTAMPTZ"
+                    )
+    if power_columns:
+        await conn.exec_driver_sql(PG_POWER_COLUMNS)
+    if with_unique_key and not await index_exists(conn, power_consume.name, UNIQUE_KEY):
+        await add_unique_key(conn)
+    if own:
+        await create_own_schema(conn)
