@@ -8,16 +8,14 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
 from reconcile.consumer import PowerConsumer, load_power_rules
-from reconcile.contract import LiveSchema, future_order_times, inspect_live
+from reconcile.contract import LiveSchema, ensure_schema, future_order_times
 from reconcile.db import Database
-from reconcile.errors import ConfigError, SchemaNotReady
+from reconcile.errors import ConfigError
 from reconcile.history import HistorySync, SyncSettings
-from reconcile.schema import create_embedded_schema
 
 log = structlog.get_logger("daemon")
 
@@ -27,23 +25,6 @@ class Core:
     db: Database
     consumer: PowerConsumer
     schema: LiveSchema
-
-
-async def ensure_schema(db: Database, *, require: bool = True) -> LiveSchema:
-    """SQLite (the embedded default) gets its schema on first use; MySQL must be migrated.
-
-    With ``require``, raises ``SchemaNotReady`` naming every missing table, column and index,
-    before any work."""
-
-    async def check(conn: AsyncConnection) -> LiveSchema:
-        if not db.is_mysql:
-            await create_embedded_schema(conn)
-        return await inspect_live(conn)
-
-    live = await db.transaction(check, what="check the schema")
-    if require and not live.ready:
-        raise SchemaNotReady("; ".join(live.problems) + " (see README, runbook)")
-    return live
 
 
 @asynccontextmanager
