@@ -199,7 +199,7 @@ async def run_demo(config: Config, url: str, out: Out) -> bool:
                 "exchanges": ExchangesConfig.model_validate({"replay": {"path": replay}}),
             }
         )
-        async with Database(demo.database.settings()) as db:
+        async with Database(demo.database_settings()) as db:
             await recreate_schema(db)
             ids = await seed(db, running_status=demo.robots.running_status, now=now)
         records = len(replay_records(now))
@@ -228,13 +228,7 @@ async def _cycle(config: Config, core: Core, ids: dict[int, int], out: Out) -> b
     async with open_history_sync(config, core) as history:
         synced = await history.run_cycle()
     out("\n== 3. Compensation sweep: charge what is still unconsumed")
-    swept = await run_sweep(
-        core.consumer,
-        lookback=config.sweep.lookback,
-        page_size=config.sweep.page_size,
-        workers=config.sweep.workers,
-        source=Source.SWEEP,
-    )
+    swept = await run_sweep(core.consumer, config.sweep.settings(), source=Source.SWEEP)
     after = await read_state(core.db)
     out("\n== 4. Result")
     _summary(start, before, after.balances, after.orders, set(ids.values()), out)

@@ -128,7 +128,7 @@ class Doctor:
     @asynccontextmanager
     async def _database(self) -> AsyncIterator[Database | None]:
         settings = dataclasses.replace(
-            self.config.database.settings(), retry=RetryPolicy(attempts=1)
+            self.config.database_settings(), retry=RetryPolicy(attempts=1)
         )
         url = target(settings.url)
         if url.is_sqlite:

@@ -30,13 +30,13 @@ class Core:
 @asynccontextmanager
 async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIterator[Core]:
     async with AsyncExitStack() as stack:
-        db = await stack.enter_async_context(Database(config.database.settings()))
+        db = await stack.enter_async_context(Database(config.database_settings()))
         schema = await ensure_schema(db, require=require_schema)
         if require_schema and db.is_mysql and config.database.timezone_check:
             wrong = await future_order_times(db)
             if wrong is not None:
                 raise ConfigError(wrong + " (or set database.timezone_check: false to override)")
-        rules = await load_power_rules(db, **config.power.rules_override())
+        rules = await load_power_rules(db, config.power.override())
         log.debug(
             "power rules",
             consume_rate=rules.consume_rate,

@@ -30,6 +30,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
@@ -44,7 +45,7 @@ from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
 from reconcile.pacing import Availability
 from reconcile.status import read_gauges
-from reconcile.sweep import sweep
+from reconcile.sweep import SweepSettings, sweep
 
 log = structlog.get_logger("daemon.service")
 
@@ -68,6 +69,11 @@ class Service:
         self._outage: str | None = None  # why the database is unavailable, while it is
         self._down_at = 0.0
         self._scheduler: AsyncIOScheduler | None = None
+        compensation = config.sweep.settings()
+        self._sweeps: dict[str, SweepSettings] = {
+            "realtime_sweep": replace(compensation, lookback=config.schedule.realtime_window),
+            "compensation_sweep": compensation,
+        }
 
     # -- the two ways to run --------------------------------------------------------------------
 
@@ -206,15 +212,13 @@ class Service:
         return work
 
     def _sweep(self, core: Core, name: str) -> Job:
-        realtime = name == "realtime_sweep"
-        lookback = self.config.schedule.realtime_window if realtime else self.config.sweep.lookback
+        settings = self._sweeps[name]
+        quiet = name == "realtime_sweep"  # every few seconds: an idle pass says so at debug
 
         async def work() -> tuple[bool, str]:
             s = await sweep(
-                core.consumer, lookback=lookback, page_size=self.config.sweep.page_size,
-                workers=self.config.sweep.workers, source=Source.SWEEP, stop=self.stop,
-                log_idle=not realtime,
-            )  # fmt: skip
+                core.consumer, settings, source=Source.SWEEP, stop=self.stop, log_idle=not quiet
+            )
             return s.ok, f"{s.charged} charged, {s.skipped_duplicate} duplicates, {s.failed} failed"
 
         return work
