@@ -4,6 +4,7 @@ configuration error."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -89,9 +90,13 @@ def sweep(
     Exit 1 if any order failed or the database gave up.
     """
     config = load(ctx)
-    lookback = lookback or config.sweep.lookback
-    page_size = page_size or config.sweep.page_size
-    workers = workers or config.sweep.workers
+    base = config.sweep.settings()
+    settings = replace(
+        base,
+        lookback=lookback or base.lookback,
+        page_size=page_size or base.page_size,
+        workers=workers or base.workers,
+    )
     processes = processes or config.sweep.processes
 
     async def job() -> int:
@@ -99,20 +104,12 @@ def sweep(
             if processes > 1 and core.db.skip_locked:
                 summary = await sweep_in_processes(
                     config,
+                    settings,
                     processes=processes,
-                    lookback=lookback,
-                    page_size=page_size,
-                    workers=workers,
                     log_format=ctx.obj.get("log_format") or config.logging.format,
                 )
             else:
-                summary = await run_sweep(
-                    core.consumer,
-                    lookback=lookback,
-                    page_size=page_size,
-                    workers=workers,
-                    source=Source.SWEEP,
-                )
+                summary = await run_sweep(core.consumer, settings, source=Source.SWEEP)
         return EXIT_OK if summary.ok else EXIT_FAILED
 
     run(job)

@@ -63,7 +63,7 @@ def closed(
     )
 
     async def job() -> int:
-        async with Database(config.database.settings()) as db:
+        async with Database(config.database_settings()) as db:
             try:
                 account = await load_account(db, account_id)
             except AccountNotFound as exc:

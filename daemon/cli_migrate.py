@@ -31,7 +31,7 @@ def _execute(ctx: click.Context, work: Callable[[Database], Awaitable[int]]) -> 
     config = load(ctx, logs_to_stderr=True)
 
     async def job() -> int:
-        async with Database(config.database.settings()) as db:
+        async with Database(config.database_settings()) as db:
             return await work(db)
 
     run(job)

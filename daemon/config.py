@@ -30,7 +30,9 @@ from daemon.durations import parse_duration as parse_duration  # re-exported
 from daemon.exchanges_config import ExchangesConfig
 from reconcile.db import DatabaseSettings, RetryPolicy
 from reconcile.errors import ConfigError
+from reconcile.pricing import PowerOverride
 from reconcile.records import Secret
+from reconcile.sweep import SweepSettings
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -83,7 +85,8 @@ class DatabaseConfig(_Model):
             raise ValueError(f"unknown time zone {name!r}") from exc
         return name
 
-    def settings(self) -> DatabaseSettings:
+    def settings(self, *, drain_timeout: timedelta) -> DatabaseSettings:
+        """``drain_timeout``: how long closing the pool waits for transactions in flight."""
         password = self.password.get_secret_value() if self.password is not None else None
         return DatabaseSettings(
             url=self.url,
@@ -91,7 +94,7 @@ class DatabaseConfig(_Model):
             timezone=self.timezone,
             lock_wait_timeout=max(1, round(self.lock_wait_timeout.total_seconds())),
             pool_size=self.pool_size,
-            drain_timeout=30.0,
+            drain_timeout=drain_timeout.total_seconds(),
             retry=RetryPolicy(
                 attempts=self.retry.attempts,
                 initial=self.retry.initial.total_seconds(),
@@ -105,12 +108,12 @@ class PowerConfig(_Model):
     min_consume: Money | None = Field(None, ge=0)
     vip_discount: bool = True
 
-    def rules_override(self) -> dict[str, Any]:
-        return {
-            "consume_rate": self.consume_rate,
-            "min_consume": self.min_consume,
-            "vip_discount": self.vip_discount,
-        }
+    def override(self) -> PowerOverride:
+        return PowerOverride(
+            consume_rate=self.consume_rate,
+            min_consume=self.min_consume,
+            vip_discount=self.vip_discount,
+        )
 
 
 class SweepConfig(_Model):
@@ -118,6 +121,9 @@ class SweepConfig(_Model):
     page_size: int = Field(500, ge=1, le=5000)
     workers: int = Field(2, ge=1, le=16)
     processes: int = Field(1, ge=1, le=16)
+
+    def settings(self) -> SweepSettings:
+        return SweepSettings(lookback=self.lookback, page_size=self.page_size, workers=self.workers)
 
 
 class RobotsConfig(_Model):
@@ -168,6 +174,10 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     shutdown_timeout: Duration = timedelta(seconds=30)
     logging: LoggingConfig = LoggingConfig()
+
+    def database_settings(self) -> DatabaseSettings:
+        """The database's settings; closing the pool waits up to ``shutdown_timeout``."""
+        return self.database.settings(drain_timeout=self.shutdown_timeout)
 
 
 def config_path(given: str | None) -> Path:

@@ -18,18 +18,13 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
-
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
 from exchange_adapters.base import CcxtAdapter
@@ -39,8 +34,8 @@ from exchange_adapters.registry import ExchangeRegistry
 from exchange_adapters.replay import read_file, replay_files
 from exchange_adapters.symbols import to_unified
 from reconcile import quarantine
-from reconcile.accounts import STATUS_NORMAL, ApiAccount
-from reconcile.contract import future_order_times, inspect_live
+from reconcile.accounts import ApiAccount
+from reconcile.contract import future_order_times
 from reconcile.credentials import (
     KEY_ENV,
     KEY_FILE,
@@ -53,8 +48,14 @@ from reconcile.credentials import (
 from reconcile.db import Database, RetryPolicy
 from reconcile.errors import ConfigError, ReconcileError
 from reconcile.records import Secret
-from reconcile.schema import quarantine as schema_quarantine
-from reconcile.schema import table_names, trading_api_config, trading_order, trading_robot
+from reconcile.status import (
+    SchemaStatus,
+    schema_status,
+    server_clock,
+    server_version,
+    stored_accounts,
+    target,
+)
 
 #: the most the database's clock (read in database.timezone) may differ from ours
 MAX_CLOCK_OFFSET = timedelta(seconds=5)
@@ -111,9 +112,9 @@ class Doctor:
             if db is not None:
                 try:
                     tables = await self._schema(db)
-                    await self._time_zone(db)
-                    await self._quarantine(db)
-                    if tables:
+                    await self._time_zone(db, tables)
+                    await self._quarantine(db, tables)
+                    if tables.has_accounts:
                         accounts = await self._accounts(db)
                     else:
                         self.emit(Mark.SKIP, "credentials", "not checked: no hotgo tables")
@@ -128,11 +129,11 @@ class Doctor:
     @asynccontextmanager
     async def _database(self) -> AsyncIterator[Database | None]:
         settings = dataclasses.replace(
-            self.config.database.settings(), retry=RetryPolicy(attempts=1)
+            self.config.database_settings(), retry=RetryPolicy(attempts=1)
         )
-        url = settings.sqlalchemy_url()
-        if url.get_backend_name() == "sqlite":
-            where = _sqlite_file(url.database)
+        url = target(settings.url)
+        if url.is_sqlite:
+            where = url.sqlite_path
             if where is not None and not where.exists():
                 self._fresh_sqlite(where)
                 yield None
@@ -140,13 +141,13 @@ class Doctor:
             name = f"sqlite {where if where is not None else ':memory:'}"
         else:
             name = (
-                f"{url.get_backend_name()} {url.host or 'localhost'}:{url.port or 3306}"
+                f"{url.backend} {url.host or 'localhost'}:{url.port or 3306}"
                 f"/{url.database or ''} as {url.username or '(no user)'}"
             )
         db = Database(settings)
         try:
             await db.open()
-            version = await db.transaction(_server_version, what="read the server version")
+            version = await server_version(db)
         except ReconcileError as exc:
             await db.close()
             self.emit(Mark.FAIL, "database", f"{name}: cannot connect: {exc}")
@@ -175,13 +176,10 @@ class Doctor:
         self._zone_only("embedded SQLite, no server clock")
         self.emit(Mark.SKIP, "credentials", "no database yet, so no API accounts")
 
-    async def _schema(self, db: Database) -> bool:
-        """The schema line; True when the account tables exist."""
-
-        async def read(conn: AsyncConnection) -> tuple[tuple[str, ...], set[str]]:
-            return (await inspect_live(conn)).problems, await table_names(conn)
-
-        problems, tables = await db.transaction(read, what="check the schema")
+    async def _schema(self, db: Database) -> SchemaStatus:
+        """The schema line; which tables exist."""
+        status = await schema_status(db)
+        problems = status.problems
         if not problems:
             self.emit(
                 Mark.OK,
@@ -192,10 +190,10 @@ class Doctor:
             self.emit(Mark.OK, "schema", "embedded SQLite: the missing parts are created on use")
         else:
             self.emit(Mark.FAIL, "schema", "; ".join(problems))
-        return {trading_api_config.name, trading_robot.name} <= tables
+        return status
 
-    async def _quarantine(self, db: Database) -> None:
-        if schema_quarantine.name not in await db.transaction(table_names, what="tables"):
+    async def _quarantine(self, db: Database, tables: SchemaStatus) -> None:
+        if not tables.has_quarantine:
             return  # before `migrate up`: the schema line says so
         waiting = await quarantine.unresolved_count(db)
         if waiting:
@@ -214,28 +212,22 @@ class Doctor:
         zone = self.config.database.timezone
         self.emit(Mark.OK, "time zone", f"database.timezone {zone} ({why})")
 
-    async def _time_zone(self, db: Database) -> None:
+    async def _time_zone(self, db: Database, tables: SchemaStatus) -> None:
         zone = self.config.database.timezone
         if not db.is_mysql:
             self._zone_only("embedded SQLite, no server clock")
             return
-
-        async def read(conn: AsyncConnection) -> Any:
-            stmt = "SELECT NOW(6), UTC_TIMESTAMP(6), @@session.time_zone, @@system_time_zone"
-            return (await conn.execute(text(stmt))).one()
-
-        tables = await db.transaction(table_names, what="list tables")
-        wrong = await future_order_times(db) if trading_order.name in tables else None
+        wrong = await future_order_times(db) if tables.has_orders else None
         if wrong is not None:
             self.emit(Mark.FAIL, "time zone", wrong)
             return
         before = time.time()
-        row = await db.transaction(read, what="read the server clock")
+        server = await server_clock(db)
         ours = datetime.fromtimestamp((before + time.time()) / 2, UTC)
-        server_now = db.from_db_time(row[0])  # NOW() read the way the daemon reads DATETIMEs
-        clock = row[1].replace(tzinfo=UTC) - ours  # UTC_TIMESTAMP(): clock skew alone
+        server_now = db.from_db_time(server.now)  # NOW() read the way the daemon reads DATETIMEs
+        clock = server.utc_now - ours  # UTC_TIMESTAMP(): clock skew alone
         offset = server_now - ours
-        server_zone = f"{row[2]}" + (f"/{row[3]}" if row[2] == "SYSTEM" else "")
+        server_zone = server.zone
         if abs(offset) <= MAX_CLOCK_OFFSET:
             self.emit(
                 Mark.OK,
@@ -262,59 +254,12 @@ class Doctor:
     # -- accounts and credentials ----------------------------------------------------------------
 
     async def _accounts(self, db: Database) -> list[_Account]:
-        a, r = trading_api_config.c, trading_robot.c
-        running = (
-            r.status == self.config.robots.running_status,
-            r.deleted_at.is_(None),
-        )
-
-        async def read(conn: AsyncConnection) -> tuple[list[Any], list[Any]]:
-            accounts = list(
-                await conn.execute(
-                    select(
-                        a.id,
-                        a.user_id,
-                        a.platform,
-                        a.base_url,
-                        a.api_key,
-                        a.secret_key,
-                        a.passphrase,
-                    )
-                    .where(a.status == STATUS_NORMAL, a.deleted_at.is_(None))
-                    .order_by(a.id)
-                )
-            )
-            robots = list(
-                await conn.execute(select(r.api_config_id, r.symbol).where(*running).order_by(r.id))
-            )
-            return accounts, robots
-
-        rows, robots = await db.transaction(read, what="read API accounts")
-        symbols: dict[int, list[str]] = defaultdict(list)
-        for robot in robots:
-            if robot.symbol not in symbols[robot.api_config_id]:
-                symbols[robot.api_config_id].append(robot.symbol)
-        found: list[_Account] = []
-        for row in rows:
-            if not self.all_accounts and row.id not in symbols:
-                continue
-            found.append(
-                _Account(
-                    account=ApiAccount(
-                        id=int(row.id),
-                        user_id=int(row.user_id),
-                        platform=str(row.platform).strip().lower(),
-                        base_url=(row.base_url or "").strip() or None,
-                    ),
-                    stored={
-                        "api_key": row.api_key or "",
-                        "secret_key": row.secret_key or "",
-                        "passphrase": row.passphrase or "",
-                    },
-                    symbols=symbols.get(row.id, []),
-                )
-            )
-        return found
+        running_status = self.config.robots.running_status
+        return [
+            _Account(account=a.account, stored=dict(a.stored), symbols=list(a.symbols))
+            for a in await stored_accounts(db, running_status=running_status)
+            if self.all_accounts or a.has_running_robots
+        ]
 
     def _credentials(self, accounts: list[_Account] | None) -> None:
         if accounts is None:
@@ -476,20 +421,6 @@ class Doctor:
 
 
 # ------------------------------------------------------------------------------------------------
-
-
-async def _server_version(conn: AsyncConnection) -> str:
-    if conn.dialect.name == "sqlite":
-        version = (await conn.execute(text("SELECT sqlite_version()"))).scalar_one()
-        return f"SQLite {version}"
-    return str((await conn.execute(text("SELECT VERSION()"))).scalar_one())
-
-
-def _sqlite_file(database: str | None) -> Path | None:
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    path = Path(database)
-    return path if path.is_absolute() else Path.cwd() / path
 
 
 def _with_secrets(acct: _Account, key: AesKey | None) -> ApiAccount:

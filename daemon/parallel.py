@@ -14,7 +14,6 @@ import asyncio
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import timedelta
 
 import structlog
 
@@ -22,7 +21,7 @@ from daemon.config import Config
 from daemon.logs import configure_logging
 from daemon.runtime import open_core
 from reconcile.consumer import Source
-from reconcile.sweep import SweepSummary, sweep
+from reconcile.sweep import SweepSettings, SweepSummary, sweep
 
 log = structlog.get_logger("daemon.parallel")
 
@@ -31,9 +30,7 @@ def _partition_sweep(
     config: Config,
     log_format: str,
     partition: tuple[int, int],
-    lookback: timedelta,
-    page_size: int,
-    workers: int,
+    settings: SweepSettings,
 ) -> SweepSummary:
     configure_logging(log_format, config.logging.level)
 
@@ -41,9 +38,7 @@ def _partition_sweep(
         async with open_core(config) as core:
             return await sweep(
                 core.consumer,
-                lookback=lookback,
-                page_size=page_size,
-                workers=workers,
+                settings,
                 partition=partition,
                 source=Source.SWEEP,
                 summary_event="sweep partition summary",
@@ -54,11 +49,9 @@ def _partition_sweep(
 
 async def sweep_in_processes(
     config: Config,
+    settings: SweepSettings,
     *,
     processes: int,
-    lookback: timedelta,
-    page_size: int,
-    workers: int,
     log_format: str,
 ) -> SweepSummary:
     started = time.monotonic()
@@ -73,9 +66,7 @@ async def sweep_in_processes(
                     config,
                     log_format,
                     (k, processes),
-                    lookback,
-                    page_size,
-                    workers,
+                    settings,
                 )
                 for k in range(processes)
             )

@@ -8,16 +8,14 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
 from reconcile.consumer import PowerConsumer, load_power_rules
-from reconcile.contract import LiveSchema, future_order_times, inspect_live
+from reconcile.contract import LiveSchema, ensure_schema, future_order_times
 from reconcile.db import Database
-from reconcile.errors import ConfigError, SchemaNotReady
+from reconcile.errors import ConfigError
 from reconcile.history import HistorySync, SyncSettings
-from reconcile.schema import create_embedded_schema
 
 log = structlog.get_logger("daemon")
 
@@ -29,33 +27,16 @@ class Core:
     schema: LiveSchema
 
 
-async def ensure_schema(db: Database, *, require: bool = True) -> LiveSchema:
-    """SQLite (the embedded default) gets its schema on first use; MySQL must be migrated.
-
-    With ``require``, raises ``SchemaNotReady`` naming every missing table, column and index,
-    before any work."""
-
-    async def check(conn: AsyncConnection) -> LiveSchema:
-        if not db.is_mysql:
-            await create_embedded_schema(conn)
-        return await inspect_live(conn)
-
-    live = await db.transaction(check, what="check the schema")
-    if require and not live.ready:
-        raise SchemaNotReady("; ".join(live.problems) + " (see README, runbook)")
-    return live
-
-
 @asynccontextmanager
 async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIterator[Core]:
     async with AsyncExitStack() as stack:
-        db = await stack.enter_async_context(Database(config.database.settings()))
+        db = await stack.enter_async_context(Database(config.database_settings()))
         schema = await ensure_schema(db, require=require_schema)
         if require_schema and db.is_mysql and config.database.timezone_check:
             wrong = await future_order_times(db)
             if wrong is not None:
                 raise ConfigError(wrong + " (or set database.timezone_check: false to override)")
-        rules = await load_power_rules(db, **config.power.rules_override())
+        rules = await load_power_rules(db, config.power.override())
         log.debug(
             "power rules",
             consume_rate=rules.consume_rate,

@@ -30,30 +30,28 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
 from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval
 from daemon.runtime import Core, open_core, open_history_sync
-from reconcile import quarantine
 from reconcile.consumer import Source
 from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
-from reconcile.orders import eligible_sql
 from reconcile.pacing import Availability
-from reconcile.schema import stream_cursor, trading_order
-from reconcile.sweep import sweep
+from reconcile.status import read_gauges
+from reconcile.sweep import SweepSettings, sweep
 
 log = structlog.get_logger("daemon.service")
 
 Job = Callable[[], Awaitable[tuple[bool, str]]]
-HEALTH_EVERY = 30.0  # seconds between backlog / cursor-lag refreshes
+GAUGES_EVERY = 30.0  # seconds between backlog / quarantine / cursor-lag refreshes
+GAUGES_TIMEOUT = 10.0  # a refresh that takes longer is given up (the next one tries again)
 PROBE_EVERY = 0.25  # seconds between database checks: an outage shows within PROBE_EVERY + timeout
 PROBE_TIMEOUT = 1.0  # a database that does not answer a ping within this is unavailable
 ATTEMPT_TIMEOUT = 60.0  # at least this long for one transaction attempt (see _attempt_timeout)
@@ -71,6 +69,11 @@ class Service:
         self._outage: str | None = None  # why the database is unavailable, while it is
         self._down_at = 0.0
         self._scheduler: AsyncIOScheduler | None = None
+        compensation = config.sweep.settings()
+        self._sweeps: dict[str, SweepSettings] = {
+            "realtime_sweep": replace(compensation, lookback=config.schedule.realtime_window),
+            "compensation_sweep": compensation,
+        }
 
     # -- the two ways to run --------------------------------------------------------------------
 
@@ -129,7 +132,9 @@ class Service:
                 watchdog=watchdog_interval(),
                 metrics=self.config.metrics.listen,
             )
-            health = asyncio.create_task(self._health(core))
+            background = [asyncio.create_task(self._health(core))]
+            if self.metrics is not None:
+                background.append(asyncio.create_task(self._gauges(core, self.metrics)))
             await self.stop.wait()
 
             self.notifier.send(STOPPING="1", STATUS="stopping")
@@ -142,8 +147,9 @@ class Service:
                 if abandoned:
                     log.warning("transactions abandoned at shutdown", transactions=abandoned)
             scheduler.shutdown(wait=False)
-            health.cancel()
-            await asyncio.gather(health, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
         log.info("daemon stopped")
         self.notifier.close()
         return 0
@@ -206,15 +212,13 @@ class Service:
         return work
 
     def _sweep(self, core: Core, name: str) -> Job:
-        realtime = name == "realtime_sweep"
-        lookback = self.config.schedule.realtime_window if realtime else self.config.sweep.lookback
+        settings = self._sweeps[name]
+        quiet = name == "realtime_sweep"  # every few seconds: an idle pass says so at debug
 
         async def work() -> tuple[bool, str]:
             s = await sweep(
-                core.consumer, lookback=lookback, page_size=self.config.sweep.page_size,
-                workers=self.config.sweep.workers, source=Source.SWEEP, stop=self.stop,
-                log_idle=not realtime,
-            )  # fmt: skip
+                core.consumer, settings, source=Source.SWEEP, stop=self.stop, log_idle=not quiet
+            )
             return s.ok, f"{s.charged} charged, {s.skipped_duplicate} duplicates, {s.failed} failed"
 
         return work
@@ -225,13 +229,12 @@ class Service:
         """Check the database every PROBE_EVERY (sooner when a transaction lost its
         connection) and drive ``core.db.availability``, so jobs wait out an outage instead of
         failing; WATCHDOG=1 only while the loop turns and the database answers; one line per
-        change of state; metrics refresh in the background."""
+        change of state. Never waits on anything but the ping (the gauges have their own task)."""
         availability = Availability()
         core.db.availability = availability
         interval = watchdog_interval()
         every = min(interval or PROBE_EVERY, PROBE_EVERY)
-        next_beat = next_refresh = 0.0
-        refresh: asyncio.Task[None] | None = None
+        next_beat = 0.0
         try:
             while True:
                 try:
@@ -248,15 +251,9 @@ class Service:
                     next_beat = now + interval
                 if self.metrics is not None:
                     self.metrics.healthy, self.metrics.health_detail = healthy, detail
-                    if healthy and now >= next_refresh and (refresh is None or refresh.done()):
-                        next_refresh = now + HEALTH_EVERY
-                        refresh = asyncio.create_task(self._refresh_gauges(core))
                 await availability.woken(every)
         finally:
             core.db.availability = None
-            if refresh is not None:
-                refresh.cancel()
-                await asyncio.gather(refresh, return_exceptions=True)
 
     def _database_changed(self, healthy: bool, detail: str) -> None:
         """One line per change. While the database is down the scheduler is paused: a job in
@@ -285,35 +282,26 @@ class Service:
             )
         self._send_status()
 
-    async def _refresh_gauges(self, core: Core) -> None:
-        if self.metrics is None:
-            return
-        o, c = trading_order.c, stream_cursor.c
-        since = core.db.to_db_time(datetime.now(UTC) - self.config.sweep.lookback)
+    async def _gauges(self, core: Core, metrics: Metrics) -> None:
+        """Every GAUGES_EVERY while the database answers, the backlog, quarantine and cursor-lag
+        gauges; a read that takes longer than GAUGES_TIMEOUT is given up until the next time."""
+        while True:
+            if metrics.healthy:
+                await self._refresh_gauges(core, metrics)
+            await asyncio.sleep(GAUGES_EVERY)
 
-        async def read(conn: AsyncConnection) -> tuple[int, list[tuple[str, datetime]]]:
-            backlog = (await conn.execute(
-                select(func.count()).select_from(trading_order).where(
-                    *eligible_sql(core.db.dialect), o.close_time >= since)
-            )).scalar_one()  # fmt: skip
-            lag = await conn.execute(
-                select(c.platform, func.min(c.complete_until)).group_by(c.platform)
-            )
-            return int(backlog), [(p, t) for p, t in lag if t is not None]
-
+    async def _refresh_gauges(self, core: Core, metrics: Metrics) -> None:
         try:
-            backlog, lags = await core.db.transaction(read, what="refresh metrics")
-            quarantined = await quarantine.unresolved_count(core.db)
-        except ReconcileError as exc:
+            async with asyncio.timeout(GAUGES_TIMEOUT):
+                gauges = await read_gauges(core.db, lookback=self.config.sweep.lookback)
+        except (ReconcileError, TimeoutError) as exc:
             log.warning("metrics refresh failed", error=type(exc).__name__)
             return
-        self.metrics.backlog.set(backlog)
-        self.metrics.quarantined.set(quarantined)
+        metrics.backlog.set(gauges.backlog)
+        metrics.quarantined.set(gauges.quarantined)
         now = datetime.now(UTC)
-        for platform, oldest in lags:
-            self.metrics.cursor_lag.labels(platform).set(
-                (now - oldest.replace(tzinfo=UTC)).total_seconds()
-            )
+        for platform, oldest in gauges.oldest_cursor.items():
+            metrics.cursor_lag.labels(platform).set((now - oldest).total_seconds())
 
     async def _drain(self) -> None:
         """Let jobs in flight finish their transaction; past the timeout, cancel them (their

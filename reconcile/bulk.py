@@ -185,7 +185,6 @@ class BulkWriter:
         }
         await self.update_cases(table, key, cases, constants)
 
-
     async def _update_from_values(
         self,
         table: Table,

@@ -40,7 +40,7 @@ from reconcile.bulk import BulkWriter
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
 from reconcile.orders import ORDER_COLUMNS, OrderRow, eligible_sql, fetch_orders
-from reconcile.pricing import Charge, Discount, PowerRules, compute_charge
+from reconcile.pricing import Charge, Discount, PowerOverride, PowerRules, compute_charge
 from reconcile.schema import power_consume, toogo_config, toogo_user, trading_order
 
 log = structlog.get_logger("reconcile.consumer")
@@ -112,14 +112,9 @@ _CONSUME_COLUMNS = (
 )
 
 
-async def load_power_rules(
-    db: Database,
-    *,
-    consume_rate: Decimal | None,
-    min_consume: Decimal | None,
-    vip_discount: bool,
-) -> PowerRules:
+async def load_power_rules(db: Database, override: PowerOverride) -> PowerRules:
     """Configured values win; otherwise ``hg_toogo_config`` group ``power``; else 0.10 / 0.01."""
+    consume_rate, min_consume = override.consume_rate, override.min_consume
     defaults = PowerRules()
     stored: dict[str, str] = {}
     if consume_rate is None or min_consume is None:
@@ -148,7 +143,7 @@ async def load_power_rules(
     return PowerRules(
         consume_rate=pick(consume_rate, "consume_rate", defaults.consume_rate),
         min_consume=pick(min_consume, "min_consume", defaults.min_consume),
-        vip_discount=vip_discount,
+        vip_discount=override.vip_discount,
     )
 
 

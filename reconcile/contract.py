@@ -21,11 +21,13 @@ from sqlalchemy import Table, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
+from reconcile.errors import SchemaNotReady
 from reconcile.schema import (
     HOTGO_TABLES,
     OWN_TABLES,
     SWEEP_INDEX,
     UNIQUE_KEY,
+    create_embedded_schema,
     power_consume,
     trading_order,
 )
@@ -159,4 +161,28 @@ async def future_order_times(db: Database) -> str | None:
     )
 
 
-__all__ = ["OPTIONAL", "LiveSchema", "future_order_times", "inspect_live", "required_columns"]
+async def ensure_schema(db: Database, *, require: bool = True) -> LiveSchema:
+    """SQLite (the embedded default) gets its schema on first use; MySQL must be migrated.
+
+    With ``require``, raises ``SchemaNotReady`` naming every missing table, column and index,
+    before any work."""
+
+    async def check(conn: AsyncConnection) -> LiveSchema:
+        if not db.is_mysql:
+            await create_embedded_schema(conn)
+        return await inspect_live(conn)
+
+    live = await db.transaction(check, what="check the schema")
+    if require and not live.ready:
+        raise SchemaNotReady("; ".join(live.problems) + " (see README, runbook)")
+    return live
+
+
+__all__ = [
+    "OPTIONAL",
+    "LiveSchema",
+    "ensure_schema",
+    "future_order_times",
+    "inspect_live",
+    "required_columns",
+]

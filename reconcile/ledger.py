@@ -110,6 +110,20 @@ async def open_wallets(db: Database, user_ids: Sequence[int]) -> int:
     return await db.transaction(create, what="create wallets", users=len(wanted))
 
 
+async def open_with_balances(
+    conn: AsyncConnection, balances: Mapping[int, Decimal], *, gift: Decimal, now: datetime
+) -> None:
+    """Wallet rows with a starting balance and no ledger rows (the balance's history predates
+    the daemon): the demo's users. Never used on a production database."""
+    rows = [
+        {"user_id": u, "power": p, "gift_power": gift, "total_power_consume": _ZERO,
+         "created_at": now, "updated_at": now}
+        for u, p in sorted(balances.items())
+    ]  # fmt: skip
+    if rows:
+        await conn.execute(wallet.insert(), rows)
+
+
 async def lock(
     db: Database,
     conn: AsyncConnection,
@@ -254,5 +268,6 @@ __all__ = [
     "create_locked",
     "lock",
     "open_wallets",
+    "open_with_balances",
     "post",
 ]

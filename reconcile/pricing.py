@@ -30,6 +30,15 @@ class PowerRules:
 
 
 @dataclass(frozen=True)
+class PowerOverride:
+    """What the configuration fixes of the rules (``power.*``); None: ``hg_toogo_config``'s."""
+
+    consume_rate: Decimal | None = None
+    min_consume: Decimal | None = None
+    vip_discount: bool = True
+
+
+@dataclass(frozen=True)
 class Discount:
     """A user's VIP data from ``hg_toogo_user`` (absent row: level 1, no discount)."""
 

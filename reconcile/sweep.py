@@ -28,6 +28,15 @@ log = structlog.get_logger("reconcile.sweep")
 PROGRESS_EVERY = 5.0  # seconds between progress events of a long sweep
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """What a pass covers and how it goes (``sweep.*`` of the configuration)."""
+
+    lookback: timedelta = timedelta(days=7)  # close_time within this of now
+    page_size: int = 500  # orders per transaction
+    workers: int = 2  # pages in flight (MySQL with SKIP LOCKED; SQLite runs one)
+
+
 @dataclass
 class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of several processes
     charged: int = 0
@@ -76,32 +85,29 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
 
 async def sweep(
     consumer: PowerConsumer,
+    settings: SweepSettings,
     *,
-    lookback: timedelta,
-    page_size: int = 500,
-    workers: int = 2,
     partition: tuple[int, int] = (0, 1),
     source: Source = Source.SWEEP,
     stop: asyncio.Event | None = None,
     summary_event: str = "sweep summary",
     log_idle: bool = True,
 ) -> SweepSummary:
-    """One compensation pass over orders closed within ``lookback``. Logs one summary event.
+    """One compensation pass over orders closed within ``settings.lookback``. Logs one summary
+    event.
 
-    ``workers`` pages are charged concurrently on separate connections (MySQL with SKIP LOCKED
-    only; SQLite has one writer), so the database works on one page while the client prepares
-    the next. Worker k takes the users with ``user_id % workers == k``, so the workers never
-    queue behind each other's wallet locks; each keeps its own keyset position.
+    ``settings.workers`` pages are charged concurrently on separate connections (MySQL with SKIP
+    LOCKED only; SQLite has one writer), so the database works on one page while the client
+    prepares the next. Worker k takes the users with ``user_id % workers == k``, so the workers
+    never queue behind each other's wallet locks; each keeps its own keyset position.
     ``partition=(k, n)`` restricts the whole pass to ``user_id % n == k`` (one of n processes,
     see ``daemon.parallel``); its workers subdivide it further.
     """
     started = time.monotonic()
     summary = SweepSummary()
-    since = consumer.db.to_db_time(datetime.now(UTC) - lookback)
+    since = consumer.db.to_db_time(datetime.now(UTC) - settings.lookback)
     progress = _Progress(started)
-    if not consumer.db.skip_locked:
-        workers = 1
-    workers = max(1, workers)
+    workers = max(1, settings.workers) if consumer.db.skip_locked else 1
 
     async def worker(part: tuple[int, int]) -> None:
         position = (since, 0)
@@ -111,7 +117,7 @@ async def sweep(
                 return
             try:
                 page = await consumer.charge_page(
-                    after=position, limit=page_size, source=source, partition=part
+                    after=position, limit=settings.page_size, source=source, partition=part
                 )
             except ReconcileError as exc:  # temporary (retried whole already) or unreadable
                 summary.error = f"{type(exc).__name__}: {exc}"

@@ -17,7 +17,7 @@ from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
 from reconcile.pricing import PowerRules
 from reconcile.schema import power_consume, trading_order, wallet, wallet_log
-from reconcile.sweep import sweep
+from reconcile.sweep import SweepSettings, sweep
 from tests.conftest import open_database
 from tests.procs import run_cli, write_config
 from tests.seed import insert_order, seed_backlog
@@ -27,7 +27,7 @@ RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 
 async def charged_ledger(db: Database) -> None:
     await seed_backlog(db, orders=60, users=6)
-    await sweep(PowerConsumer(db, RULES), lookback=timedelta(days=7), page_size=25)
+    await sweep(PowerConsumer(db, RULES), SweepSettings(page_size=25))
 
 
 async def execute(db: Database, stmt: object) -> None:

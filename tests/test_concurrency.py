@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 import signal
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.db import Database
 from reconcile.pricing import PowerRules
 from reconcile.schema import power_consume
-from reconcile.sweep import sweep
+from reconcile.sweep import SweepSettings, sweep
 from tests.procs import run_cli, start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
 
@@ -51,7 +50,7 @@ async def test_tasks_and_processes_charge_each_order_once(
     async def sweeps() -> int:
         charged = 0
         for _ in range(3):
-            charged += (await sweep(consumer, lookback=timedelta(days=7), page_size=37)).charged
+            charged += (await sweep(consumer, SweepSettings(page_size=37))).charged
         return charged
 
     procs = [await start_cli(config, "sweep", "--page-size", str(size)) for size in (25, 50, 100)]

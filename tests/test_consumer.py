@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from reconcile.consumer import Outcome, PowerConsumer, Source, load_power_rules
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound
-from reconcile.pricing import PowerRules
+from reconcile.pricing import PowerOverride, PowerRules
 from reconcile.schema import power_consume, toogo_config, trading_order, wallet, wallet_log
 from tests.seed import (
     assert_ledger_consistent,
@@ -236,10 +236,10 @@ async def test_rules_come_from_hg_toogo_config_unless_configured(any_db: Databas
         )
 
     await any_db.transaction(write, what="seed config")
-    stored = await load_power_rules(any_db, consume_rate=None, min_consume=None, vip_discount=True)
+    stored = await load_power_rules(any_db, PowerOverride())
     assert (stored.consume_rate, stored.min_consume) == (Decimal("0.25"), Decimal("0.05"))
     mixed = await load_power_rules(
-        any_db, consume_rate=Decimal("0.2"), min_consume=None, vip_discount=False
+        any_db, PowerOverride(consume_rate=Decimal("0.2"), min_consume=None, vip_discount=False)
     )
     assert (mixed.consume_rate, mixed.min_consume, mixed.vip_discount) == (
         Decimal("0.2"),
@@ -249,5 +249,5 @@ async def test_rules_come_from_hg_toogo_config_unless_configured(any_db: Databas
 
 
 async def test_rules_default_without_stored_config(any_db: Database) -> None:
-    rules = await load_power_rules(any_db, consume_rate=None, min_consume=None, vip_discount=True)
+    rules = await load_power_rules(any_db, PowerOverride())
     assert (rules.consume_rate, rules.min_consume) == (Decimal("0.10"), Decimal("0.01"))

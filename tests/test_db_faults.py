@@ -4,7 +4,6 @@ does not lock the order: each resolved by the whole-transaction retry and the un
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy.engine import make_url
 from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.db import Database, DatabaseSettings
 from reconcile.pricing import PowerRules
-from reconcile.sweep import sweep
+from reconcile.sweep import SweepSettings, sweep
 from tests.conftest import FAST_RETRY, open_database
 from tests.seed import (
     assert_ledger_consistent,
@@ -167,7 +166,7 @@ async def test_connection_cut_during_commit_of_a_sweep_page(
     db = await proxied(mysql_url, cutter)
     try:
         cutter.arm(mode)  # type: ignore[arg-type]
-        summary = await sweep(PowerConsumer(db, RULES), lookback=timedelta(days=7), page_size=100)
+        summary = await sweep(PowerConsumer(db, RULES), SweepSettings(page_size=100))
     finally:
         await db.close()
     assert cutter.cuts == 1 and summary.ok
@@ -188,7 +187,7 @@ async def test_sweep_revisits_an_order_another_transaction_held(
             text("SELECT id FROM hg_trading_order WHERE id = :id FOR UPDATE"), {"id": held}
         )
         running = asyncio.create_task(
-            sweep(PowerConsumer(mysql_db, RULES), lookback=timedelta(days=7), page_size=40)
+            sweep(PowerConsumer(mysql_db, RULES), SweepSettings(page_size=40))
         )
         await asyncio.sleep(1.0)
         await other.rollback()  # e.g. a realtime charge that failed

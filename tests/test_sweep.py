@@ -13,7 +13,7 @@ from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
 from reconcile.pricing import PowerRules
 from reconcile.schema import power_consume, trading_order
-from reconcile.sweep import sweep
+from reconcile.sweep import SweepSettings, sweep
 from tests.seed import (
     assert_ledger_consistent,
     eligible_ids,
@@ -41,7 +41,7 @@ async def test_sweep_charges_the_backlog_in_pages(
     old = await insert_order(any_db, user_id=1, close_time=any_db.now() - timedelta(days=9))
     still_open = await insert_order(any_db, user_id=1, status=1, close_time=None)
 
-    summary = await sweep(PowerConsumer(any_db, RULES), lookback=timedelta(days=7), page_size=64)
+    summary = await sweep(PowerConsumer(any_db, RULES), SweepSettings(page_size=64))
 
     expected = await eligible_ids(any_db) - {old, still_open}
     assert await consumed_ids(any_db) == expected
@@ -52,7 +52,7 @@ async def test_sweep_charges_the_backlog_in_pages(
     assert summary_event["charged"] == len(expected) and summary_event["source"] == "sweep"
     assert len([e for e in logs if e["event"] == "power consumed"]) == len(expected)
 
-    again = await sweep(PowerConsumer(any_db, RULES), lookback=timedelta(days=7), page_size=64)
+    again = await sweep(PowerConsumer(any_db, RULES), SweepSettings(page_size=64))
     assert (again.charged, again.pages) == (0, 0)
 
 
@@ -72,7 +72,7 @@ async def test_sweep_repairs_legacy_charges_without_debiting(
     for oid in legacy:
         await legacy_charge(any_db, owners[oid], oid, Decimal("0.5"))
 
-    summary = await sweep(PowerConsumer(any_db, RULES), lookback=timedelta(days=7), page_size=20)
+    summary = await sweep(PowerConsumer(any_db, RULES), SweepSettings(page_size=20))
 
     assert summary.skipped_duplicate == 3 and summary.charged == 47
     dups = [e for e in logs if e["event"] == "skip duplicate"]
@@ -92,8 +92,8 @@ async def test_a_bad_order_does_not_block_its_page(any_db: Database) -> None:
     await set_wallet(any_db, 999, Decimal("-999999999999.5"))
     bad = await insert_order(any_db, user_id=999, realized_profit=Decimal("100"))
     consumer = PowerConsumer(any_db, RULES)
-    first = await sweep(consumer, lookback=timedelta(days=7), page_size=500)
-    second = await sweep(consumer, lookback=timedelta(days=7), page_size=500)
+    first = await sweep(consumer, SweepSettings(page_size=500))
+    second = await sweep(consumer, SweepSettings(page_size=500))
     charged = await consumed_ids(any_db)
     assert set(seeded.order_ids) <= charged
     if any_db.dialect.concurrent:  # MariaDB and PostgreSQL enforce the column's range
