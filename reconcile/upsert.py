@@ -318,7 +318,8 @@ class PageWriter:
             "user_id": user_id,
             "robot_id": robot_id,
             "order_sn": self._order_sn(record),
-            "exchange_order_id": None,
+            # exchange_order_id is left to the column's default: NULL in upstream's MySQL DDL,
+            # '' in its PostgreSQL DDL (NOT NULL there)
             "symbol": self.stream.symbol,
             "direction": record.direction,
             "open_price": (record.open_price or Decimal(0)).quantize(PRICE_QUANTUM, ROUND_HALF_UP),

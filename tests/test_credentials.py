@@ -155,7 +155,12 @@ async def test_load_account_decrypts_credentials(any_db: Database) -> None:
 async def test_load_account_plaintext_disabled_and_key_from_env(
     any_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    row = {"api_key": "k", "secret_key": "s", "passphrase": None}
+    # no passphrase: NULL in upstream's MySQL DDL, '' in its PostgreSQL DDL (NOT NULL there)
+    row = {
+        "api_key": "k",
+        "secret_key": "s",
+        "passphrase": "" if any_db.dialect.is_postgresql else None,
+    }
     plain = await _insert(any_db, user_id=1, platform="binance", base_url="", status=2, **row)
     account = await load_account(any_db, plain)
     assert account.base_url is None and account.passphrase is None and not account.enabled
