@@ -68,6 +68,8 @@ async def insert_order(db: Database, **fields: Any) -> int:
         "updated_at": now,
     }
     row.update(fields)
+    if db.dialect.is_postgresql:  # upstream's PG DDL: NOT NULL with defaults ('', 0) or NULL
+        row = {k: v for k, v in row.items() if v is not None}
 
     async def ins(conn: AsyncConnection) -> int:
         result = await conn.execute(trading_order.insert().values(**row))

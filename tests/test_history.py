@@ -106,27 +106,27 @@ async def test_an_unknown_position_is_inserted_and_charged(
 
 
 async def test_engine_recorded_position_is_matched_within_tolerance(
-    mysql_db: Database, tmp_path: Path
+    server_db: Database, tmp_path: Path
 ) -> None:
     """The double-charge trap: the engine recorded and charged the close under its own order;
     the exchange record must not become a second order."""
-    await one_robot(mysql_db)
+    await one_robot(server_db)
     closed = NOW - timedelta(hours=3)
     engine = await insert_order(
-        mysql_db,
+        server_db,
         user_id=7,
         robot_id=100,
         symbol="BTCUSDT",
-        close_time=mysql_db.to_db_time(closed + timedelta(seconds=119)),
+        close_time=server_db.to_db_time(closed + timedelta(seconds=119)),
         realized_profit=Decimal("12.5"),
     )
-    await PowerConsumer(mysql_db, RULES).charge(engine, Source.REALTIME)
+    await PowerConsumer(server_db, RULES).charge(engine, Source.REALTIME)
     late = await insert_order(
-        mysql_db,
+        server_db,
         user_id=7,
         robot_id=100,
         symbol="BTCUSDT",
-        close_time=mysql_db.to_db_time(closed + timedelta(hours=1, seconds=121)),
+        close_time=server_db.to_db_time(closed + timedelta(hours=1, seconds=121)),
         realized_profit=Decimal("2"),
     )
     replay = write_replay(
@@ -136,31 +136,31 @@ async def test_engine_recorded_position_is_matched_within_tolerance(
             position(10, "B-8", closed=closed + timedelta(hours=1), net="2"),  # 121 s away: new
         ],
     )
-    async with history_sync(mysql_db, replay) as sync:
+    async with history_sync(server_db, replay) as sync:
         summary = await sync.run_cycle()
 
     assert (summary.matched, summary.inserted) == (1, 1)
-    rows = {o.id: o for o in await orders(mysql_db)}
+    rows = {o.id: o for o in await orders(server_db)}
     assert len(rows) == 3
-    assert await bindings(mysql_db) == {
+    assert await bindings(server_db) == {
         "B-7": (engine, "order", "close_time"),
         "B-8": (max(rows), "order", "insert"),
     }
     assert late in rows and rows[late].power_consumed == 0  # not this record's: left alone
-    assert len(await consumes(mysql_db)) == 2  # the engine's charge and the new order's
+    assert len(await consumes(server_db)) == 2  # the engine's charge and the new order's
 
 
-async def test_open_order_is_closed_and_charged(mysql_db: Database, tmp_path: Path) -> None:
-    await one_robot(mysql_db)
+async def test_open_order_is_closed_and_charged(server_db: Database, tmp_path: Path) -> None:
+    await one_robot(server_db)
     opened = NOW - timedelta(hours=5)
     open_id = await insert_order(
-        mysql_db,
+        server_db,
         user_id=7,
         robot_id=100,
         symbol="BTCUSDT",
         exchange_order_id="8389765521937251",
         status=1,
-        open_time=mysql_db.to_db_time(opened),
+        open_time=server_db.to_db_time(opened),
         close_time=None,
         close_price=None,
         realized_profit=Decimal(0),
@@ -171,11 +171,11 @@ async def test_open_order_is_closed_and_charged(mysql_db: Database, tmp_path: Pa
             position(10, "B-9", closed=NOW - timedelta(hours=4), net="8.8", opened=opened),
         ],
     )
-    async with history_sync(mysql_db, replay) as sync:
+    async with history_sync(server_db, replay) as sync:
         summary = await sync.run_cycle()
 
     assert (summary.closed, summary.charged, summary.inserted) == (1, 1, 0)
-    [order] = await orders(mysql_db)
+    [order] = await orders(server_db)
     assert order.id == open_id
     assert (order.status, order.realized_profit, order.close_reason, order.exchange_order_id) == (
         2,
@@ -188,23 +188,23 @@ async def test_open_order_is_closed_and_charged(mysql_db: Database, tmp_path: Pa
 
 
 async def test_charged_profit_is_never_rewritten(
-    mysql_db: Database, tmp_path: Path, logs: list[dict[str, Any]]
+    server_db: Database, tmp_path: Path, logs: list[dict[str, Any]]
 ) -> None:
-    await one_robot(mysql_db)
+    await one_robot(server_db)
     closed = NOW - timedelta(hours=2)
     engine = await insert_order(
-        mysql_db,
+        server_db,
         user_id=7,
         robot_id=100,
         symbol="BTCUSDT",
-        close_time=mysql_db.to_db_time(closed),
+        close_time=server_db.to_db_time(closed),
         realized_profit=Decimal("10"),
     )
-    await PowerConsumer(mysql_db, RULES).charge(engine, Source.REALTIME)
+    await PowerConsumer(server_db, RULES).charge(engine, Source.REALTIME)
     replay = write_replay(tmp_path / "r.jsonl", [position(10, "B-3", closed=closed, net="11")])
-    async with history_sync(mysql_db, replay) as sync:
+    async with history_sync(server_db, replay) as sync:
         await sync.run_cycle()
-    [order] = await orders(mysql_db)
+    [order] = await orders(server_db)
     assert order.realized_profit == Decimal("10") and order.power_amount == Decimal("1")
     [mismatch] = [e for e in logs if e["event"] == "profit mismatch"]
     assert (mismatch["local"], mismatch["exchange"], mismatch["charged"]) == (
@@ -215,45 +215,45 @@ async def test_charged_profit_is_never_rewritten(
 
 
 async def test_only_running_robots_of_enabled_accounts_are_synced(
-    mysql_db: Database, tmp_path: Path, logs: list[dict[str, Any]]
+    server_db: Database, tmp_path: Path, logs: list[dict[str, Any]]
 ) -> None:
     closed = NOW - timedelta(hours=1)
-    await add_account(mysql_db, 10, user_id=7)
-    await add_robot(mysql_db, 101, user_id=7, account_id=10, status=4)  # stopped
-    await add_account(mysql_db, 11, user_id=7)
-    await add_robot(mysql_db, 102, user_id=7, account_id=11, deleted_at=mysql_db.now())
-    await add_account(mysql_db, 12, user_id=7, status=2)  # disabled account
-    await add_robot(mysql_db, 103, user_id=7, account_id=12)
-    await add_account(mysql_db, 13, user_id=7, platform="okx")  # not configured below
-    await add_robot(mysql_db, 104, user_id=7, account_id=13)
-    await add_account(mysql_db, 14, user_id=8)  # robot of user 7 on user 8's account
-    await add_robot(mysql_db, 105, user_id=7, account_id=14)
-    await add_account(mysql_db, 15, user_id=7)
-    await add_robot(mysql_db, 106, user_id=7, account_id=15, status=1)  # "not started"
+    await add_account(server_db, 10, user_id=7)
+    await add_robot(server_db, 101, user_id=7, account_id=10, status=4)  # stopped
+    await add_account(server_db, 11, user_id=7)
+    await add_robot(server_db, 102, user_id=7, account_id=11, deleted_at=server_db.now())
+    await add_account(server_db, 12, user_id=7, status=2)  # disabled account
+    await add_robot(server_db, 103, user_id=7, account_id=12)
+    await add_account(server_db, 13, user_id=7, platform="okx")  # not configured below
+    await add_robot(server_db, 104, user_id=7, account_id=13)
+    await add_account(server_db, 14, user_id=8)  # robot of user 7 on user 8's account
+    await add_robot(server_db, 105, user_id=7, account_id=14)
+    await add_account(server_db, 15, user_id=7)
+    await add_robot(server_db, 106, user_id=7, account_id=15, status=1)  # "not started"
     replay = write_replay(
         tmp_path / "r.jsonl", [position(a, f"K{a}", closed=closed) for a in range(10, 16)]
     )
-    async with history_sync(mysql_db, replay, platforms=frozenset({"binance"})) as sync:
+    async with history_sync(server_db, replay, platforms=frozenset({"binance"})) as sync:
         summary = await sync.run_cycle()
 
-    assert summary.streams == 0 and await orders(mysql_db) == []
+    assert summary.streams == 0 and await orders(server_db) == []
     [mismatch] = [e for e in logs if e["event"] == "robot account mismatch"]
     assert (mismatch["robot_id"], mismatch["account_id"]) == (105, 14)
     [warning] = [e for e in logs if e["event"] == "robots on unconfigured platforms skipped"]
     assert warning["platforms"] == ["okx"]
 
     # the plan's sample query used status = 1; the schema's "running" is 2, configurable
-    async with history_sync(mysql_db, replay, running_status=1) as sync:
+    async with history_sync(server_db, replay, running_status=1) as sync:
         assert (await sync.run_cycle()).inserted == 1
 
 
 async def test_robots_sharing_an_account_and_symbol_share_one_stream(
-    mysql_db: Database, tmp_path: Path
+    server_db: Database, tmp_path: Path
 ) -> None:
-    await add_account(mysql_db, 10, user_id=7)
-    await add_robot(mysql_db, 100, user_id=7, account_id=10)
-    await add_robot(mysql_db, 101, user_id=7, account_id=10)
-    await add_robot(mysql_db, 102, user_id=7, account_id=10, symbol="ETHUSDT")
+    await add_account(server_db, 10, user_id=7)
+    await add_robot(server_db, 100, user_id=7, account_id=10)
+    await add_robot(server_db, 101, user_id=7, account_id=10)
+    await add_robot(server_db, 102, user_id=7, account_id=10, symbol="ETHUSDT")
     replay = write_replay(
         tmp_path / "r.jsonl",
         [
@@ -261,21 +261,21 @@ async def test_robots_sharing_an_account_and_symbol_share_one_stream(
             position(10, "E-1", closed=NOW - timedelta(hours=1), symbol="ETH/USDT:USDT"),
         ],
     )
-    async with history_sync(mysql_db, replay) as sync:
+    async with history_sync(server_db, replay) as sync:
         summary = await sync.run_cycle()
     assert (summary.streams, summary.inserted) == (2, 2)
-    by_symbol = {o.symbol: o.robot_id for o in await orders(mysql_db)}
+    by_symbol = {o.symbol: o.robot_id for o in await orders(server_db)}
     assert by_symbol == {"BTCUSDT": 100, "ETHUSDT": 102}
 
     async def cursors(conn: AsyncConnection) -> list[Any]:
         return list(await conn.execute(select(stream_cursor).order_by(stream_cursor.c.symbol)))
 
-    rows = await mysql_db.transaction(cursors, what="cursors")
+    rows = await server_db.transaction(cursors, what="cursors")
     assert [(c.account_id, c.symbol) for c in rows] == [(10, "BTCUSDT"), (10, "ETHUSDT")]
 
 
-async def test_two_concurrent_cycles_converge(mysql_url: str, tmp_path: Path) -> None:
-    first, second = await open_database(mysql_url), await open_database(mysql_url)
+async def test_two_concurrent_cycles_converge(server_url: str, tmp_path: Path) -> None:
+    first, second = await open_database(server_url), await open_database(server_url)
     try:
         for account in range(10, 16):
             await add_account(first, account, user_id=account)
@@ -301,14 +301,14 @@ async def test_two_concurrent_cycles_converge(mysql_url: str, tmp_path: Path) ->
 
 
 async def test_a_failing_account_lock_fails_that_account_only(
-    mysql_db: Database, tmp_path: Path, logs: list[dict[str, Any]]
+    server_db: Database, tmp_path: Path, logs: list[dict[str, Any]]
 ) -> None:
     """GET_LOCK's connection breaking for one account (a fault injected into our own lock
     method: no real artefact makes GET_LOCK fail on cue) fails that account; the cycle syncs
     the others and logs its summary."""
     for account in (10, 11, 12):
-        await add_account(mysql_db, account, user_id=account)
-        await add_robot(mysql_db, account * 10, user_id=account, account_id=account)
+        await add_account(server_db, account, user_id=account)
+        await add_robot(server_db, account * 10, user_id=account, account_id=account)
     replay = write_replay(
         tmp_path / "r.jsonl",
         [position(a, f"K{a}", closed=NOW - timedelta(hours=1)) for a in (10, 11, 12)],
@@ -322,7 +322,7 @@ async def test_a_failing_account_lock_fails_that_account_only(
             async with super()._account_lock(account_id) as held:
                 yield held
 
-    async with history_sync(mysql_db, replay) as sync:
+    async with history_sync(server_db, replay) as sync:
         broken = LockFails(sync.db, sync.consumer, sync.provider, sync.settings)
         summary = await broken.run_cycle()
     assert (summary.streams, summary.failed_streams, summary.inserted) == (3, 1, 2)
@@ -332,32 +332,32 @@ async def test_a_failing_account_lock_fails_that_account_only(
 
 
 async def test_an_order_inserted_for_a_record_but_never_bound_is_that_records(
-    mysql_db: Database, tmp_path: Path
+    server_db: Database, tmp_path: Path
 ) -> None:
     """An order carrying the order_sn derived from a record (rule f) with no binding - the
     first release's orders, or one a crash left - is that record's order, not a duplicate key
     that would fail the stream forever."""
-    await one_robot(mysql_db)
+    await one_robot(server_db)
     closed = NOW - timedelta(hours=2)
     mine = await insert_order(
-        mysql_db, user_id=7, robot_id=100, order_sn=order_sn_for("binance", 10, "B-1"),
-        exchange_order_id="something else", close_time=mysql_db.to_db_time(closed),
+        server_db, user_id=7, robot_id=100, order_sn=order_sn_for("binance", 10, "B-1"),
+        exchange_order_id="something else", close_time=server_db.to_db_time(closed),
         close_price=Decimal("61250"), hold_duration=3600,
-        open_time=mysql_db.to_db_time(closed - timedelta(hours=1)),
+        open_time=server_db.to_db_time(closed - timedelta(hours=1)),
     )  # fmt: skip
     replay = write_replay(tmp_path / "r.jsonl", [position(10, "B-1", closed=closed)])
-    async with history_sync(mysql_db, replay) as sync:
+    async with history_sync(server_db, replay) as sync:
         summary = await sync.run_cycle()
     assert (summary.failed_streams, summary.inserted, summary.matched) == (0, 0, 1)
-    assert await bindings(mysql_db) == {"B-1": (mine, "order", "order_id")}
+    assert await bindings(server_db) == {"B-1": (mine, "order", "order_id")}
 
 
 async def test_two_closes_a_minute_apart_are_two_orders_across_pages(
-    mysql_db: Database, tmp_path: Path
+    server_db: Database, tmp_path: Path
 ) -> None:
     """An order the daemon inserted for one record is that record's: a second record closing
     60 s later (same direction, same size) is not 'ambiguous' with it, even in a later page."""
-    await one_robot(mysql_db)
+    await one_robot(server_db)
     closed = NOW - timedelta(hours=1)
     replay = write_replay(
         tmp_path / "r.jsonl",
@@ -366,7 +366,7 @@ async def test_two_closes_a_minute_apart_are_two_orders_across_pages(
             position(10, "B-2", closed=closed + timedelta(seconds=60)),
         ],
     )
-    async with history_sync(mysql_db, replay, page_size=1) as sync:
+    async with history_sync(server_db, replay, page_size=1) as sync:
         summary = await sync.run_cycle()
     assert (summary.inserted, summary.ambiguous, summary.parts) == (2, 0, 0)
-    assert len(await orders(mysql_db)) == 2
+    assert len(await orders(server_db)) == 2

@@ -103,9 +103,9 @@ async def consume_count(db: Database) -> int:
 
 
 async def test_three_daemons_share_the_work(
-    mysql_db: Database, mysql_url: str, tmp_path: Path
+    server_db: Database, server_url: str, tmp_path: Path
 ) -> None:
-    seeded = await seed_backlog(mysql_db, orders=3000, users=200, seed=9)
+    seeded = await seed_backlog(server_db, orders=3000, users=200, seed=9)
     async with FAKES["binance"]() as binance, FAKES["okx"]() as okx:
         fakes: dict[int, FakeExchange] = {}
         now_ms = int(time.time() * 1000)
@@ -113,7 +113,7 @@ async def test_three_daemons_share_the_work(
             account = 50 + i
             fakes[account] = fake
             await add_account(
-                mysql_db,
+                server_db,
                 account,
                 user_id=900 + i,
                 platform=fake.platform,
@@ -123,7 +123,7 @@ async def test_three_daemons_share_the_work(
                 passphrase=fake.passphrase,
             )
             await add_robot(
-                mysql_db, account * 10, user_id=900 + i, account_id=account, exchange=fake.platform
+                server_db, account * 10, user_id=900 + i, account_id=account, exchange=fake.platform
             )
         for fake in (binance, okx):
             for n in range(6):
@@ -133,7 +133,7 @@ async def test_three_daemons_share_the_work(
         exchange = {"timeout": "2s", "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"}}
         cfg = write_config(
             tmp_path / "c.yaml",
-            mysql_url,
+            server_url,
             power=POWER,
             exchanges={"binance": exchange, "okx": exchange},
             schedule={"history_sync": "2s", "realtime_sweep": "1s", "compensation_sweep": "3s"},
@@ -148,8 +148,8 @@ async def test_three_daemons_share_the_work(
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 await asyncio.sleep(1)
-                if time.monotonic() - started >= 7 and await consume_count(mysql_db) >= len(
-                    await eligible_ids(mysql_db)
+                if time.monotonic() - started >= 7 and await consume_count(server_db) >= len(
+                    await eligible_ids(server_db)
                 ):
                     break
             for proc in procs:
@@ -162,8 +162,8 @@ async def test_three_daemons_share_the_work(
         elapsed = time.monotonic() - started
     for proc, (_, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err.decode()
-    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
-    assert counts["consumes"] == len(await eligible_ids(mysql_db))
+    counts = await assert_ledger_consistent(server_db, seeded.initial_power)
+    assert counts["consumes"] == len(await eligible_ids(server_db))
     # 2 streams per exchange; polled at most once per history interval between the three
     cycles = elapsed / 2
     for fake in (binance, okx):
