@@ -72,14 +72,14 @@ def demo(ctx: click.Context, target: str | None, force: bool) -> None:
     exchange records relative to now, runs one history sync and one compensation sweep, then
     prints balances, orders and the audit. Exit 1 if any step or the audit failed.
     """
-    from daemon.demo import demo_url, describe, is_mysql, run_demo
+    from daemon.demo import demo_url, describe, is_server, run_demo
 
     config = load(ctx)
     try:
         url = demo_url(target, config.database.url)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    if is_mysql(url) and not force:
+    if is_server(url) and not force:
         fail(
             f"the demo database would be {describe(url)}: the demo drops and recreates hotgo's"
             " tables there - pass --force if that is what you want, or --db PATH for SQLite",

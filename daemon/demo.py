@@ -107,8 +107,12 @@ def demo_url(target: str | None, configured: str) -> str:
     if target is None:
         return configured
     if "://" in target:
-        if not target.startswith(("sqlite+aiosqlite://", "mysql+aiomysql://", "mariadb+aiomysql")):
-            raise ConfigError("--db: use a file path, sqlite+aiosqlite:// or mysql+aiomysql://")
+        schemes = ("sqlite+aiosqlite://", "mysql+aiomysql://", "mariadb+aiomysql://")
+        if not target.startswith((*schemes, "postgresql+asyncpg://")):
+            raise ConfigError(
+                "--db: use a file path, sqlite+aiosqlite://, mysql+aiomysql:// or "
+                "postgresql+asyncpg://"
+            )
         return target
     return f"sqlite+aiosqlite:///{Path(target).expanduser().absolute()}"
 
@@ -117,10 +121,11 @@ def describe(url: str) -> str:
     where = target(url)
     if where.is_sqlite:
         return f"sqlite {where.sqlite_path or ':memory:'}"
-    return f"mysql {where.host}:{where.port or 3306}/{where.database}"
+    return f"{where.backend} {where.host}:{where.port or where.default_port}/{where.database}"
 
 
-def is_mysql(url: str) -> bool:
+def is_server(url: str) -> bool:
+    """MySQL/MariaDB or PostgreSQL: a database the demo must not reset without --force."""
     return not target(url).is_sqlite
 
 
@@ -186,9 +191,9 @@ def _story(ids: dict[int, int], out: Out) -> None:
 async def run_demo(config: Config, url: str, out: Out) -> bool:
     """Seed a fresh demo database at ``url`` and run the cycle; True when all went well.
 
-    The caller has made sure ``url`` may be reset (SQLite: deleted; MySQL: allowed).
+    The caller has made sure ``url`` may be reset (SQLite: deleted; a server: allowed).
     """
-    if not is_mysql(url):
+    if not is_server(url):
         reset_sqlite(url)
     now = datetime.now(UTC).replace(microsecond=0)
     with tempfile.TemporaryDirectory(prefix="toogo-demo-") as tmp:

@@ -186,7 +186,7 @@ class Doctor:
                 "schema",
                 "ready: every column the daemon uses, uk_user_order, sweep index, own tables",
             )
-        elif not db.is_mysql:
+        elif not db.dialect.concurrent:
             self.emit(Mark.OK, "schema", "embedded SQLite: the missing parts are created on use")
         else:
             self.emit(Mark.FAIL, "schema", "; ".join(problems))
@@ -214,7 +214,7 @@ class Doctor:
 
     async def _time_zone(self, db: Database, tables: SchemaStatus) -> None:
         zone = self.config.database.timezone
-        if not db.is_mysql:
+        if not db.dialect.concurrent:
             self._zone_only("embedded SQLite, no server clock")
             return
         wrong = await future_order_times(db) if tables.has_orders else None

@@ -32,7 +32,7 @@ async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIter
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(Database(config.database_settings()))
         schema = await ensure_schema(db, require=require_schema)
-        if require_schema and db.is_mysql and config.database.timezone_check:
+        if require_schema and db.dialect.concurrent and config.database.timezone_check:
             wrong = await future_order_times(db)
             if wrong is not None:
                 raise ConfigError(wrong + " (or set database.timezone_check: false to override)")

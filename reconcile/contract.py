@@ -162,13 +162,13 @@ async def future_order_times(db: Database) -> str | None:
 
 
 async def ensure_schema(db: Database, *, require: bool = True) -> LiveSchema:
-    """SQLite (the embedded default) gets its schema on first use; MySQL must be migrated.
+    """SQLite (the embedded default) gets its schema on first use; a server must be migrated.
 
     With ``require``, raises ``SchemaNotReady`` naming every missing table, column and index,
     before any work."""
 
     async def check(conn: AsyncConnection) -> LiveSchema:
-        if not db.is_mysql:
+        if not db.dialect.concurrent:  # the embedded default; a server is migrated
             await create_embedded_schema(conn)
         return await inspect_live(conn)
 

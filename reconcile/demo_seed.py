@@ -144,10 +144,10 @@ def prices(trade: Trade) -> tuple[Decimal, Decimal, Decimal]:
 
 
 async def recreate_schema(db: Database) -> None:
-    """hotgo's and the daemon's tables, empty (on MySQL, dropped first)."""
+    """hotgo's and the daemon's tables, empty (on a server, dropped first)."""
 
     async def ddl(conn: AsyncConnection) -> None:
-        if db.is_mysql:
+        if db.dialect.concurrent:
             await conn.run_sync(own_metadata.drop_all)
             await conn.run_sync(metadata.drop_all)
         await create_hotgo_schema(conn, with_unique_key=True)

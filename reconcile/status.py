@@ -39,7 +39,7 @@ from reconcile.schema import (
 class Target:
     """Where a database URL points, for messages: never the password."""
 
-    backend: str  # "sqlite", "mysql", "mariadb"
+    backend: str  # "sqlite", "mysql", "mariadb", "postgresql"
     host: str | None = None
     port: int | None = None
     database: str | None = None
@@ -48,6 +48,10 @@ class Target:
     @property
     def is_sqlite(self) -> bool:
         return self.backend == "sqlite"
+
+    @property
+    def default_port(self) -> int:
+        return 5432 if self.backend == "postgresql" else 3306
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -155,8 +159,14 @@ class ServerClock:
 
 
 async def server_clock(db: Database) -> ServerClock:
-    """MySQL only."""
-    stmt = text("SELECT NOW(6), UTC_TIMESTAMP(6), @@session.time_zone, @@system_time_zone")
+    """MySQL and PostgreSQL (whose session zone is database.timezone: see reconcile.db)."""
+    if db.dialect.is_postgresql:
+        stmt = text(
+            "SELECT LOCALTIMESTAMP, NOW() AT TIME ZONE 'UTC', current_setting('TimeZone'),"
+            " current_setting('log_timezone')"
+        )
+    else:
+        stmt = text("SELECT NOW(6), UTC_TIMESTAMP(6), @@session.time_zone, @@system_time_zone")
 
     async def read(conn: AsyncConnection) -> Any:
         return (await conn.execute(stmt)).one()
