@@ -129,9 +129,8 @@ class Database:
     async def open(self) -> None:
         if self._engine is not None:
             return
-        if self.is_mysql:
-            init = f"SET SESSION innodb_lock_wait_timeout = {int(self.settings.lock_wait_timeout)}"
-            self._connect_args = {"init_command": init, "connect_timeout": 10, "charset": "utf8mb4"}
+        if self.dialect.concurrent:  # a server: MySQL/MariaDB or PostgreSQL
+            self._connect_args = self._server_connect_args()
             self._engine = create_async_engine(
                 self._url,
                 isolation_level="READ COMMITTED",
@@ -141,33 +140,30 @@ class Database:
                 pool_recycle=3600,
                 connect_args=self._connect_args,
             )
-        elif self.dialect.is_postgresql:
-            self._connect_args = {
-                "timeout": 10,
-                "server_settings": {
-                    "lock_timeout": f"{int(self.settings.lock_wait_timeout)}s",
-                    # naive timestamps are hotgo's local time; TIMESTAMPTZ is read and written
-                    # as text in this zone (see _timestamptz_as_local_time)
-                    "TimeZone": self.settings.timezone,
-                    "application_name": "toogo-reconcile",
-                },
-            }
-            self._engine = create_async_engine(
-                self._url,
-                isolation_level="READ COMMITTED",
-                pool_size=self.settings.pool_size,
-                max_overflow=self.settings.pool_size,
-                pool_pre_ping=True,
-                pool_recycle=3600,
-                connect_args=self._connect_args,
-            )
-            _timestamptz_as_local_time(self._engine, self.tz)
+            if self.dialect.is_postgresql:
+                _timestamptz_as_local_time(self._engine, self.tz)
         else:
             self._engine = create_async_engine(
                 self._url, connect_args={"timeout": self.settings.lock_wait_timeout}
             )
             _serialize_sqlite_writers(self._engine)
         await self._probe()
+
+    def _server_connect_args(self) -> dict[str, Any]:
+        wait = int(self.settings.lock_wait_timeout)
+        if self.is_mysql:
+            init = f"SET SESSION innodb_lock_wait_timeout = {wait}"
+            return {"init_command": init, "connect_timeout": 10, "charset": "utf8mb4"}
+        return {
+            "timeout": 10,
+            "server_settings": {
+                "lock_timeout": f"{wait}s",
+                # naive timestamps are hotgo's local time; TIMESTAMPTZ is read and written as
+                # text in this zone (see _timestamptz_as_local_time)
+                "TimeZone": self.settings.timezone,
+                "application_name": "toogo-reconcile",
+            },
+        }
 
     async def _probe(self) -> None:
         async def probe(conn: AsyncConnection) -> None:
