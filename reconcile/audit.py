@@ -31,7 +31,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
-from reconcile.orders import REAL_CLOSE_TIMES_FROM, STATUS_CLOSED, eligible_sql
+from reconcile.orders import REAL_CLOSE_TIMES_FROM, eligible_sql, unconsumed_profit_sql
 from reconcile.schema import (
     power_consume,
     quarantine,
@@ -253,9 +253,7 @@ async def _placeholder_close_times(conn: AsyncConnection, db: Database) -> Check
     stmt = (
         select(o.id.label("order_id"), o.user_id, o.robot_id, o.close_time, o.realized_profit)
         .where(
-            o.power_consumed == 0,
-            o.status == STATUS_CLOSED,
-            db.dialect.positive(o.realized_profit),
+            *unconsumed_profit_sql(db.dialect),
             or_(o.close_time < REAL_CLOSE_TIMES_FROM, o.close_time.is_(None)),
         )
         .order_by(o.id)

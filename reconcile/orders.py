@@ -41,15 +41,19 @@ def real_close_time(value: datetime | None) -> bool:
     return value is not None and value.replace(tzinfo=None) >= REAL_CLOSE_TIMES_FROM
 
 
-def eligible_sql(dialect: Dialect) -> tuple[ColumnElement[bool], ...]:
-    """Closed, a real close time, profitable, not yet consumed (the sweep's WHERE)."""
+def unconsumed_profit_sql(dialect: Dialect) -> tuple[ColumnElement[bool], ...]:
+    """Closed, profitable, not yet consumed: eligible but for the close time."""
     o = trading_order.c
     return (
         o.power_consumed == 0,
         o.status == int(Status.CLOSED),
         dialect.positive(o.realized_profit),
-        o.close_time >= REAL_CLOSE_TIMES_FROM,
     )
+
+
+def eligible_sql(dialect: Dialect) -> tuple[ColumnElement[bool], ...]:
+    """Closed, a real close time, profitable, not yet consumed (the sweep's WHERE)."""
+    return (*unconsumed_profit_sql(dialect), trading_order.c.close_time >= REAL_CLOSE_TIMES_FROM)
 
 
 def ineligibility(
@@ -114,4 +118,5 @@ __all__ = [
     "fetch_orders",
     "ineligibility",
     "real_close_time",
+    "unconsumed_profit_sql",
 ]
