@@ -238,7 +238,7 @@ class Service:
         try:
             while True:
                 try:
-                    await asyncio.wait_for(core.db.ping(), timeout=PROBE_TIMEOUT)
+                    await core.db.ping(give_up_after=PROBE_TIMEOUT)
                     healthy, detail = True, "ok"
                 except (ReconcileError, TimeoutError) as exc:
                     reason = str(exc) if isinstance(exc, ReconcileError) else "no answer"

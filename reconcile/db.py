@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -119,6 +120,9 @@ class Database:
         # seconds an attempt may take before its connection is closed (MySQL; None: no bound)
         self.attempt_timeout: float | None = None
         self._drivers: set[Any] = set()  # driver connections of bounded attempts in flight
+        self._ping_task: asyncio.Future[None] | None = None
+        # every driver connection opened, to close them at once when the server hangs
+        self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -142,6 +146,7 @@ class Database:
             )
             if self.dialect.is_postgresql:
                 _timestamptz_as_local_time(self._engine, self.tz)
+            self._track(self._engine)
         else:
             self._engine = create_async_engine(
                 self._url, connect_args={"timeout": self.settings.lock_wait_timeout}
@@ -187,13 +192,22 @@ class Database:
         if session_engine is not None:
             await session_engine.dispose()
 
+    def _track(self, engine: AsyncEngine) -> None:
+        @event.listens_for(engine.sync_engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            driver = getattr(dbapi_connection, "driver_connection", None)
+            if driver is not None:
+                self._sockets.add(driver)
+
     def abandon_in_flight(self) -> int:
-        """At shutdown while the server hangs: close the connections of the bounded attempts
-        in flight and cancel the rest, instead of waiting out ``drain_timeout`` for answers
-        that will not come. Nothing commits half: the server rolls back what it never saw
-        committed, and the unique keys make the next run's retry safe either way."""
-        for driver in list(self._drivers):
-            _close_now(driver)
+        """At shutdown while the server hangs: close every connection's socket at once and
+        cancel the transactions in flight, instead of waiting out ``drain_timeout`` for answers
+        that will not come (and a driver's graceful close, which waits for the server too).
+        Nothing commits half: the server rolls back what it never saw committed, and the
+        unique keys make the next run's retry safe either way."""
+        for driver in [*self._drivers, *self._sockets]:
+            with contextlib.suppress(Exception):
+                _close_now(driver)
         for task in list(self._in_flight):
             task.cancel()
         return len(self._in_flight)
@@ -219,12 +233,28 @@ class Database:
             self._session_engine = create_async_engine(
                 self._url, poolclass=NullPool, connect_args=self._connect_args
             )
+            self._track(self._session_engine)
         with map_db_errors("open a session connection"):
             async with self._session_engine.connect() as conn:
                 yield conn
 
-    async def ping(self) -> None:
-        """One round trip, no retries: is the database answering right now?"""
+    async def ping(self, give_up_after: float | None = None) -> None:
+        """One round trip, no retries: is the database answering right now?
+
+        Past ``give_up_after`` seconds the ping is given up at once - not cancelled and waited
+        for: a driver may wait for a hung server to acknowledge a cancellation (asyncpg does).
+        It stays in flight, alone: until it ends, later pings report the database down without
+        adding connections stuck on the same server."""
+        task = self._ping_task
+        if task is None or task.done():
+            task = self._ping_task = asyncio.ensure_future(self._ping_once())
+            task.add_done_callback(_settled)
+        done, _ = await asyncio.wait({task}, timeout=give_up_after)
+        if not done:
+            raise ConnectionLost(f"ping the database: no answer within {give_up_after} s")
+        task.result()
+
+    async def _ping_once(self) -> None:
         with map_db_errors("ping the database"):
             async with self.engine.connect() as conn:
                 await conn.exec_driver_sql("SELECT 1")

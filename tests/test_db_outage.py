@@ -1,8 +1,9 @@
-"""The database server crashes (SIGKILL) or hangs (SIGSTOP) in the middle of a sweep under
-``run`` and comes back (issue 14): run stays up, says it is unhealthy within 2 s (/healthz 503,
-no WATCHDOG=1, STATUS= says why) with one line per change of state, the jobs wait instead of
-failing every interval, and once the server answers again every eligible order is charged
-exactly once. A hung server cannot hold a transaction forever either (``attempt_timeout``)."""
+"""The database server - a private MariaDB, then a private PostgreSQL - crashes (SIGKILL) or
+hangs (SIGSTOP) in the middle of a sweep under ``run`` and comes back (issues 14, 12): run stays
+up, says it is unhealthy within 2 s (/healthz 503, no WATCHDOG=1, STATUS= says why) with one
+line per change of state, the jobs wait instead of failing every interval, and once the server
+answers again every eligible order is charged exactly once. A hung server cannot hold a
+transaction forever either (``attempt_timeout``)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database, DatabaseSettings, RetryPolicy
 from reconcile.errors import ConnectionLost
-from tests.conftest import open_database
+from tests import private_postgres
+from tests.conftest import SERVERS, open_database
 from tests.history_kit import NOW, add_account, add_robot, position, write_replay
 from tests.private_mariadb import PrivateMariaDB, free_port, install_template
+from tests.private_postgres import PrivatePostgres
 from tests.procs import start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
 from tests.test_service import POWER, consume_count
@@ -37,27 +40,50 @@ from tests.test_service import POWER, consume_count
 OUTAGE = float(os.environ.get("TOOGO_TEST_OUTAGE", "8"))
 
 
+Server = PrivateMariaDB | PrivatePostgres
+
+
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mariadb_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     datadir = tmp_path_factory.mktemp("mariadb-template") / "data"
     install_template(datadir)
     return datadir
 
 
-@pytest.fixture
-def server(template: Path, tmp_path: Path) -> Iterator[PrivateMariaDB]:
-    datadir = tmp_path / "data"
-    shutil.copytree(template, datadir)
-    srv = PrivateMariaDB(datadir)
+@pytest.fixture(scope="module")
+def postgres_template() -> Iterator[Path]:
+    root = private_postgres.work_dir()
+    try:
+        private_postgres.install_template(root / "data")
+        yield root / "data"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A private server of the test's own: MariaDB, then PostgreSQL."""
+    srv: Server
+    if request.param == "mysql":
+        datadir = tmp_path / "data"
+        shutil.copytree(request.getfixturevalue("mariadb_template"), datadir)
+        srv = PrivateMariaDB(datadir)
+        root = None
+    else:
+        root = private_postgres.work_dir()
+        private_postgres.copy_template(request.getfixturevalue("postgres_template"), root / "data")
+        srv = PrivatePostgres(root / "data")
     srv.start()
     try:
         yield srv
     finally:
         srv.terminate()
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
-async def private_db(server: PrivateMariaDB) -> AsyncIterator[tuple[Database, str]]:
+async def private_db(server: Server) -> AsyncIterator[tuple[Database, str]]:
     url = server.create_database("toogo")
     db = await open_database(url)
     yield db, url
@@ -117,7 +143,7 @@ async def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 @pytest.mark.parametrize("mode", ["kill", "hang"])
 async def test_server_lost_mid_sweep_and_back(
-    server: PrivateMariaDB, private_db: tuple[Database, str], tmp_path: Path, mode: str
+    server: Server, private_db: tuple[Database, str], tmp_path: Path, mode: str
 ) -> None:
     """``kill``: SIGKILL, restart after OUTAGE. ``hang``: SIGSTOP, SIGCONT after OUTAGE - the
     connections stay open and nothing answers; the 1 s ping timeout finds it."""
@@ -227,7 +253,7 @@ async def _true(value: bool) -> bool:
 
 
 async def test_a_hung_server_cannot_hold_a_transaction_forever(
-    server: PrivateMariaDB, private_db: tuple[Database, str], logs: list[dict[str, Any]]
+    server: Server, private_db: tuple[Database, str], logs: list[dict[str, Any]]
 ) -> None:
     """SIGSTOP in the middle of a transaction: nothing answers, the connection stays open.
     With ``attempt_timeout`` the socket is closed past the limit and the attempt fails as a
@@ -262,7 +288,7 @@ async def test_a_hung_server_cannot_hold_a_transaction_forever(
 
 
 async def test_server_killed_mid_history_sync_holding_account_locks(
-    server: PrivateMariaDB, private_db: tuple[Database, str], tmp_path: Path
+    server: Server, private_db: tuple[Database, str], tmp_path: Path
 ) -> None:
     """SIGKILL while the history sync upserts and charges a stream's records (each account's
     GET_LOCK held on its own connection), restart after OUTAGE: every record gets exactly one
@@ -411,7 +437,7 @@ async def _order_count(db: Database) -> int:
 
 @pytest.mark.parametrize("mode", ["kill", "hang"])
 async def test_sigterm_during_an_outage_is_bounded_by_shutdown_timeout(
-    server: PrivateMariaDB, private_db: tuple[Database, str], tmp_path: Path, mode: str
+    server: Server, private_db: tuple[Database, str], tmp_path: Path, mode: str
 ) -> None:
     """Jobs waiting for the database cannot finish; SIGTERM cancels them after
     ``shutdown_timeout`` (they wait between transactions) and run exits 0."""
