@@ -1,7 +1,8 @@
-"""A loopback TCP proxy in front of MariaDB that can cut a connection around a COMMIT.
+"""A loopback TCP proxy in front of MariaDB or PostgreSQL that can cut a connection around a COMMIT.
 
-It frames the client's MySQL packets (3-byte little-endian length, 1-byte sequence) and, once
-armed, reacts to the next ``COM_QUERY "COMMIT"``:
+It frames the client's packets - MySQL's (3-byte little-endian length, 1-byte sequence), or
+PostgreSQL's (untyped start-up messages, then a type byte and a 4-byte big-endian length) - and,
+once armed, reacts to the next ``COMMIT`` (MySQL ``COM_QUERY``, PostgreSQL simple query ``Q``):
 
 - ``before``: drop both sides without forwarding it - the server rolls the transaction back;
 - ``after``: forward it, wait for the server's answer, then drop both sides without passing the
@@ -18,8 +19,9 @@ COM_QUERY = 0x03
 
 
 class CommitCutter:
-    def __init__(self, upstream_port: int = 3306) -> None:
+    def __init__(self, upstream_port: int = 3306, protocol: str = "mysql") -> None:
         self.upstream_port = upstream_port
+        self.protocol = protocol
         self.mode: Literal["before", "after"] | None = None
         self.cuts = 0
         self.port = 0
@@ -54,18 +56,31 @@ class CommitCutter:
 
         async def client_to_server() -> None:
             buf = b""
+            starting = True  # PostgreSQL: untyped messages until the StartupMessage
             while data := await c_reader.read(65536):
                 buf += data
-                while len(buf) >= 4:
-                    size = int.from_bytes(buf[:3], "little")
-                    if len(buf) < 4 + size:
-                        break
-                    packet, buf = buf[: 4 + size], buf[4 + size :]
-                    payload = packet[4:]
-                    is_commit = (
-                        payload[:1] == bytes([COM_QUERY])
-                        and payload[1:].strip().upper() == b"COMMIT"
-                    )
+                while True:
+                    if self.protocol == "postgresql":
+                        framed = _pg_message(buf, starting)
+                        if framed is None:
+                            break
+                        packet, buf, starting = *framed[:2], framed[2] and starting
+                        is_commit = (
+                            packet[:1] == b"Q"
+                            and packet[5:].rstrip(b"\0; ").strip().upper() == b"COMMIT"
+                        )
+                    else:
+                        if len(buf) < 4:
+                            break
+                        size = int.from_bytes(buf[:3], "little")
+                        if len(buf) < 4 + size:
+                            break
+                        packet, buf = buf[: 4 + size], buf[4 + size :]
+                        payload = packet[4:]
+                        is_commit = (
+                            payload[:1] == bytes([COM_QUERY])
+                            and payload[1:].strip().upper() == b"COMMIT"
+                        )
                     if is_commit and self.mode is not None:
                         mode, self.mode = self.mode, None
                         self.cuts += 1
@@ -89,3 +104,25 @@ class CommitCutter:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
+
+
+_SSL_REQUEST, _GSS_REQUEST = 80877103, 80877104
+
+
+def _pg_message(buf: bytes, starting: bool) -> tuple[bytes, bytes, bool] | None:
+    """The next whole client message of ``buf``, the rest, and whether more untyped start-up
+    messages may follow (after an SSL/GSS request the StartupMessage still comes untyped)."""
+    if starting:
+        if len(buf) < 8:
+            return None
+        size = int.from_bytes(buf[:4], "big")
+        if len(buf) < size:
+            return None
+        code = int.from_bytes(buf[4:8], "big")
+        return buf[:size], buf[size:], code in (_SSL_REQUEST, _GSS_REQUEST)
+    if len(buf) < 5:
+        return None
+    size = 1 + int.from_bytes(buf[1:5], "big")
+    if len(buf) < size:
+        return None
+    return buf[:size], buf[size:], False

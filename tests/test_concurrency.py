@@ -1,4 +1,4 @@
-"""Exactly-once under concurrency and crashes, on the real MariaDB."""
+"""Exactly-once under concurrency and crashes, on the real MariaDB and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -33,14 +33,14 @@ async def consume_count(db: Database) -> int:
 
 
 async def test_tasks_and_processes_charge_each_order_once(
-    mysql_db: Database, mysql_url: str, tmp_path: Path
+    server_db: Database, server_url: str, tmp_path: Path
 ) -> None:
-    seeded = await seed_backlog(mysql_db, orders=2000, users=150, seed=11)
-    eligible = await eligible_ids(mysql_db)
+    seeded = await seed_backlog(server_db, orders=2000, users=150, seed=11)
+    eligible = await eligible_ids(server_db)
     config = write_config(
-        tmp_path / "c.yaml", mysql_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
+        tmp_path / "c.yaml", server_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
     )
-    consumer = PowerConsumer(mysql_db, RULES)
+    consumer = PowerConsumer(server_db, RULES)
 
     async def single_charges(seed: int) -> list[Outcome]:
         ids = list(seeded.order_ids)
@@ -73,17 +73,17 @@ async def test_tasks_and_processes_charge_each_order_once(
         o.count(Outcome.CHARGED) + o.count(Outcome.SKIPPED_DUPLICATE) == len(eligible)
         for o in outcomes
     )
-    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    counts = await assert_ledger_consistent(server_db, seeded.initial_power)
     assert counts["consumes"] == counts["ledger"] == len(eligible)
 
 
 async def test_sweep_killed_at_random_moments(
-    mysql_db: Database, mysql_url: str, tmp_path: Path
+    server_db: Database, server_url: str, tmp_path: Path
 ) -> None:
-    seeded = await seed_backlog(mysql_db, orders=12000, users=400, seed=5)
-    eligible = await eligible_ids(mysql_db)
+    seeded = await seed_backlog(server_db, orders=12000, users=400, seed=5)
+    eligible = await eligible_ids(server_db)
     config = write_config(
-        tmp_path / "c.yaml", mysql_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
+        tmp_path / "c.yaml", server_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
     )
     rnd = random.Random(1234)
     progress = []
@@ -99,31 +99,31 @@ async def test_sweep_killed_at_random_moments(
         # paused on a full buffer (nobody reading) never sees
         await proc.communicate()
         assert proc.returncode == -signal.SIGKILL
-        progress.append(await consume_count(mysql_db))
-        await assert_ledger_consistent(mysql_db, seeded.initial_power)
+        progress.append(await consume_count(server_db))
+        await assert_ledger_consistent(server_db, seeded.initial_power)
     assert progress == sorted(progress) and 0 < progress[-1] < len(eligible), progress
 
     code, _out, err = await run_cli(config, "sweep")
     assert code == 0, err
-    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    counts = await assert_ledger_consistent(server_db, seeded.initial_power)
     assert counts["consumes"] == len(eligible)
 
 
 async def test_sweep_split_across_processes(
-    mysql_db: Database, mysql_url: str, tmp_path: Path
+    server_db: Database, server_url: str, tmp_path: Path
 ) -> None:
-    seeded = await seed_backlog(mysql_db, orders=3000, users=300, seed=21)
+    seeded = await seed_backlog(server_db, orders=3000, users=300, seed=21)
     config = write_config(
-        tmp_path / "c.yaml", mysql_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
+        tmp_path / "c.yaml", server_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
     )
     code, out, err = await run_cli(config, "sweep", "--processes", "3", "--page-size", "100")
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     parts = [e for e in events if e["event"] == "sweep partition summary"]
     [total] = [e for e in events if e["event"] == "sweep summary"]
-    eligible = len(await eligible_ids(mysql_db))
+    eligible = len(await eligible_ids(server_db))
     assert len(parts) == 3 and all(p["charged"] > 0 for p in parts)
     assert total["charged"] == sum(p["charged"] for p in parts) == eligible
     assert total["processes"] == 3
-    counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
+    counts = await assert_ledger_consistent(server_db, seeded.initial_power)
     assert counts["consumes"] == eligible
