@@ -1,17 +1,23 @@
 """Drain a backlog of profitable closed orders with `toogo-reconcile sweep`, next to a reference
 drain done with four set-based SQL statements (the database's practical limit for this work).
 
-    .venv/bin/python bench/drain.py [--orders 100000] [--users 10000] [--small 10000] [--runs 1]
+    .venv/bin/python bench/drain.py [--db URL] [--orders 100000] [--users 10000] [--small 10000]
+                                    [--runs 1] [--page-size 500]
 
-Needs the local MariaDB (127.0.0.1:3306, root, no password; env TOOGO_BENCH_MYSQL overrides).
-Each run seeds a fresh database with the sequence engine, drains it, verifies the ledger
-(one consume row per eligible order, per-user sums and wallets exact) and drops it.
+``--db`` is the server, without a database name: ``mysql+aiomysql://root@127.0.0.1:3306`` (the
+default; env TOOGO_BENCH_MYSQL overrides it) or ``postgresql://postgres@127.0.0.1:5432``
+(``postgresql+asyncpg://`` is accepted too). Each run creates a fresh, uniquely named database
+with hotgo's tables from upstream's own DDL for that server (MySQL's or PostgreSQL's, as the
+tests do: tests/upstream.py), seeds it in SQL on the server, drains it, verifies the ledger (one
+consume row per eligible order, per-user sums and wallets exact, before/after chains) and drops
+it. The reference is written in that server's own SQL and measured in the same run.
 Prints orders/s for both and the sweep process's peak RSS at the small and the full size.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -19,135 +25,41 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 import pymysql
+from sqlalchemy.engine import URL, make_url
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/drain.py` puts bench/, not the root, on the path
+    sys.path.insert(0, str(ROOT))
+
+from reconcile.db import Database, DatabaseSettings  # noqa: E402
+from tests.upstream import create_upstream_pg_schema, create_upstream_schema  # noqa: E402
+
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
+LOOKBACK_DAYS = 7  # the shipped sweep.lookback: the reference charges the same window
 
-# hotgo's tables from upstream's own DDL (../shared/upstream-schema), plus what `migrate up` adds
-SCHEMA_SNIPPET = """
-import asyncio, sys
-from reconcile.db import Database, DatabaseSettings
-from tests.upstream import create_upstream_schema
-async def main(url):
-    async with Database(DatabaseSettings(url=url)) as db:
-        async def create(conn):
-            await create_upstream_schema(conn, with_unique_key=True)
-        await db.transaction(create, what="create schema")
-asyncio.run(main(sys.argv[1]))
-"""
+T = TypeVar("T")
 
 
-def admin(db: str | None = None) -> pymysql.connections.Connection:
-    return pymysql.connect(
-        host="127.0.0.1", port=3306, user="root", password="", database=db, autocommit=True
-    )
+def load() -> str:
+    """The 1/5/15-minute load averages, for the figures' record."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def seed(name: str, orders: int, users: int) -> None:
-    url = f"{SERVER}/{name}"
-    subprocess.run([sys.executable, "-c", SCHEMA_SNIPPET, url], check=True, cwd=ROOT)
-    conn = admin(name)
-    with conn.cursor() as cur:
-        cur.execute(f"""INSERT INTO hg_toogo_wallet (user_id, power, gift_power,
-            total_power_consume, created_at, updated_at)
-            SELECT seq, 1000 + (seq % 97), 5, 0, NOW(), NOW() FROM seq_1_to_{users}""")
-        cur.execute(f"""INSERT INTO hg_toogo_user (member_id, vip_level, power_discount,
-            invite_code)
-            SELECT seq, 2 + seq % 4, (seq * 37) % 5000 / 100, CONCAT('B', seq)
-            FROM seq_1_to_{users}
-            WHERE seq % 5 = 0""")
-        cur.execute(f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
-            direction, open_price, close_price, quantity, leverage, margin, realized_profit,
-            open_time, close_time, status, power_consumed, power_amount, created_at, updated_at)
-            SELECT 1 + seq % {users}, 1000 + seq % {users}, CONCAT('TO', seq), 'BTCUSDT',
-                'long', 100, 101, 0.01, 10, 0.1, 1 + (seq * 7919) % 500000 / 10000,
-                NOW() - INTERVAL (seq % 500000 + 3600) SECOND,
-                NOW() - INTERVAL (seq % 500000) SECOND, 2, 0, 0, NOW(), NOW()
-            FROM seq_1_to_{orders}""")
-        cur.execute("ANALYZE TABLE hg_trading_order")
-    conn.close()
-
-
-def verify(name: str, orders: int) -> None:
-    conn = admin(name)
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT user_id, order_id), SUM(consume_power)"
-            " FROM hg_toogo_power_consume"
-        )
-        n, distinct, total = cur.fetchone()
-        assert n == distinct == orders, (n, distinct, orders)
-        cur.execute("SELECT COUNT(*), -SUM(change_amount) FROM hg_toogo_wallet_log")
-        ledger, logged = cur.fetchone()
-        assert ledger == orders and logged == total, (ledger, logged, total)
-        cur.execute(
-            "SELECT SUM(1000 + (user_id % 97) - power), SUM(total_power_consume)"
-            " FROM hg_toogo_wallet"
-        )
-        debited, consumed = cur.fetchone()
-        assert debited == consumed == total, (debited, consumed, total)
-        cur.execute(
-            "SELECT COUNT(*) FROM hg_trading_order o JOIN hg_toogo_power_consume c"
-            " ON c.user_id = o.user_id AND c.order_id = o.id"
-            " WHERE o.power_consumed = 1 AND o.power_amount = c.consume_power"
-        )
-        assert cur.fetchone()[0] == orders
-        # before/after chains: each user's rows, in id order, continue one another
-        cur.execute("""SELECT COUNT(*) FROM (SELECT before_amount, LAG(after_amount) OVER
-            (PARTITION BY user_id ORDER BY id) AS prev FROM hg_toogo_wallet_log) t
-            WHERE prev IS NOT NULL AND prev <> before_amount""")
-        assert cur.fetchone()[0] == 0
-    conn.close()
-
-
-def run_sweep(name: str, page_size: int) -> tuple[float, int, dict[str, object]]:
-    """Drain with the real command in a child process; return (seconds, peak RSS KiB, summary)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "bench.yaml"
-        cfg.write_text(
-            json.dumps(
-                {
-                    "database": {"url": f"{SERVER}/{name}"},
-                    "power": {"consume_rate": "0.10", "min_consume": "0.01"},
-                    "sweep": {
-                        "page_size": page_size,
-                        "workers": int(os.environ.get("BENCH_WORKERS", "2")),
-                        "processes": int(os.environ.get("BENCH_PROCESSES", "1")),
-                    },
-                    "logging": {"format": "json"},
-                }
-            )
-        )
-        log_path = Path(tmp) / "sweep.log"
-        with log_path.open("wb") as log:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TOOGO_")}
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "--config", str(cfg), "sweep"],
-                stdout=log,
-                stderr=subprocess.PIPE,
-                cwd=ROOT,
-                env=env,
-            )
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise SystemExit(f"sweep failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-        summary = next(
-            json.loads(line)
-            for line in log_path.read_text().splitlines()
-            if '"sweep summary"' in line
-        )
-        return float(summary["elapsed"]), usage.ru_maxrss, summary
+# -- MariaDB / MySQL ----------------------------------------------------------------------------
 
 
 def charge_set_based(cur: Any, where: str = "") -> None:
-    """The four set-based charging statements (same formula and rounding as the consumer):
-    consume rows, ledger rows with their before/after by window functions, wallets, order
-    flags. ``where`` narrows the orders (an SQL condition on ``o``, e.g. the look-back)."""
+    """The four set-based charging statements in MySQL (same formula and rounding as the
+    consumer): consume rows, ledger rows with their before/after by window functions, wallets,
+    order flags. ``where`` narrows the orders (an SQL condition on ``o``, e.g. the look-back).
+    Also used by bench_history's reference."""
     cur.execute(f"""INSERT INTO hg_toogo_power_consume (user_id, robot_id, order_id, order_sn,
         profit_amount, consume_rate, consume_power, from_power, vip_level, discount_rate,
         original_power, created_at)
@@ -179,75 +91,383 @@ def charge_set_based(cur: Any, where: str = "") -> None:
         SET o.power_consumed = 1, o.power_amount = c.consume_power""")
 
 
-def run_reference(name: str) -> float:
-    """Four set-based statements, one transaction, same formula and rounding."""
-    conn = admin(name)
-    started = time.perf_counter()
-    with conn.cursor() as cur:
-        cur.execute("BEGIN")
-        charge_set_based(cur, "o.close_time >= NOW() - INTERVAL 7 DAY")
-        cur.execute("COMMIT")
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return elapsed
+class MySQLServer:
+    """The MariaDB/MySQL side: pymysql for the bench's own SQL, upstream's MySQL DDL."""
+
+    label = "MariaDB"
+
+    def __init__(self, url: URL) -> None:
+        self.url = url.set(drivername="mysql+aiomysql", database=None)
+
+    def admin(self, db: str | None = None) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host=self.url.host or "127.0.0.1",
+            port=self.url.port or 3306,
+            user=self.url.username or "root",
+            password=self.url.password or "",
+            database=db,
+            autocommit=True,
+        )
+
+    def daemon_url(self, name: str) -> str:
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def create(self, name: str) -> None:
+        with self.admin().cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}`")
+
+    def drop(self, name: str) -> None:
+        with self.admin().cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    async def create_schema(self, conn: Any) -> None:
+        await create_upstream_schema(conn, with_unique_key=True)
+
+    def seed(self, name: str, orders: int, users: int) -> None:
+        conn = self.admin(name)
+        with conn.cursor() as cur:
+            cur.execute(f"""INSERT INTO hg_toogo_wallet (user_id, power, gift_power,
+                total_power_consume, created_at, updated_at)
+                SELECT seq, 1000 + (seq % 97), 5, 0, NOW(), NOW() FROM seq_1_to_{users}""")
+            cur.execute(f"""INSERT INTO hg_toogo_user (member_id, vip_level, power_discount,
+                invite_code)
+                SELECT seq, 2 + seq % 4, (seq * 37) % 5000 / 100, CONCAT('B', seq)
+                FROM seq_1_to_{users}
+                WHERE seq % 5 = 0""")
+            cur.execute(f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
+                direction, open_price, close_price, quantity, leverage, margin, realized_profit,
+                open_time, close_time, status, power_consumed, power_amount, created_at,
+                updated_at)
+                SELECT 1 + seq % {users}, 1000 + seq % {users}, CONCAT('TO', seq), 'BTCUSDT',
+                    'long', 100, 101, 0.01, 10, 0.1, 1 + (seq * 7919) % 500000 / 10000,
+                    NOW() - INTERVAL (seq % 500000 + 3600) SECOND,
+                    NOW() - INTERVAL (seq % 500000) SECOND, 2, 0, 0, NOW(), NOW()
+                FROM seq_1_to_{orders}""")
+            cur.execute("ANALYZE TABLE hg_trading_order")
+        conn.close()
+
+    def verify(self, name: str, orders: int) -> Any:
+        conn = self.admin(name)
+        with conn.cursor() as cur:
+            results = []
+            for query in VERIFY_QUERIES:
+                cur.execute(query.format(pair="user_id, order_id"))
+                results.append(cur.fetchone())
+        conn.close()
+        return check(results, orders)
+
+    def reference(self, name: str) -> float:
+        """Four set-based statements, one transaction, same formula and rounding."""
+        conn = self.admin(name)
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            charge_set_based(cur, f"o.close_time >= NOW() - INTERVAL {LOOKBACK_DAYS} DAY")
+            cur.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        conn.close()
+        return elapsed
 
 
-def fresh(orders: int, users: int) -> str:
-    name = f"trc_bench_{uuid.uuid4().hex[:8]}"
-    with admin().cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-    seed(name, orders, users)
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def pg_charge_statements(where: str = "") -> tuple[str, ...]:
+    """The same four set-based charging statements in PostgreSQL: INSERT ... SELECT of the
+    consume rows, INSERT ... SELECT of the ledger with the before/after chain by window
+    functions, UPDATE ... FROM of the wallets (per-user sums) and of the orders. ROUND on
+    NUMERIC rounds half away from zero: ROUND_HALF_UP for these positive amounts; the divisions
+    are NUMERIC (exact for these scales), not integer."""
+    return (
+        f"""INSERT INTO hg_toogo_power_consume (user_id, robot_id, order_id, order_sn,
+        profit_amount, consume_rate, consume_power, from_power, vip_level, discount_rate,
+        original_power, created_at)
+        SELECT o.user_id, o.robot_id, o.id, o.order_sn, o.realized_profit, 0.10,
+          GREATEST(ROUND(o.realized_profit * 0.10 * (1 - LEAST(GREATEST(
+            COALESCE(u.power_discount, 0), 0), 100) / 100.0), 8), 0.01),
+          GREATEST(ROUND(o.realized_profit * 0.10 * (1 - LEAST(GREATEST(
+            COALESCE(u.power_discount, 0), 0), 100) / 100.0), 8), 0.01),
+          COALESCE(u.vip_level, 1), COALESCE(u.power_discount, 0),
+          ROUND(o.realized_profit * 0.10, 8), LOCALTIMESTAMP
+        FROM hg_trading_order o LEFT JOIN hg_toogo_user u ON u.member_id = o.user_id
+        WHERE o.power_consumed = 0 AND o.status = 2 AND o.realized_profit > 0
+          {f"AND {where}" if where else ""}""",
+        """INSERT INTO hg_toogo_wallet_log (user_id, account_type, change_type,
+        change_amount, before_amount, after_amount, related_id, related_type, order_sn,
+        created_at)
+        SELECT c.user_id, 'power', 'power_consume', -c.consume_power,
+          w.power - (SUM(c.consume_power) OVER (PARTITION BY c.user_id ORDER BY c.id)
+                     - c.consume_power),
+          w.power - SUM(c.consume_power) OVER (PARTITION BY c.user_id ORDER BY c.id),
+          c.order_id, 'trading_order', c.order_sn, LOCALTIMESTAMP
+        FROM hg_toogo_power_consume c JOIN hg_toogo_wallet w ON w.user_id = c.user_id
+        ORDER BY c.user_id, c.id""",
+        """UPDATE hg_toogo_wallet w
+        SET power = w.power - d.s, total_power_consume = w.total_power_consume + d.s
+        FROM (SELECT user_id, SUM(consume_power) AS s FROM hg_toogo_power_consume
+              GROUP BY user_id) d
+        WHERE d.user_id = w.user_id""",
+        """UPDATE hg_trading_order o SET power_consumed = 1, power_amount = c.consume_power
+        FROM hg_toogo_power_consume c
+        WHERE c.user_id = o.user_id AND c.order_id = o.id""",
+    )
+
+
+class PostgresServer:
+    """The PostgreSQL side: asyncpg for the bench's own SQL, upstream's PostgreSQL DDL."""
+
+    label = "PostgreSQL"
+
+    def __init__(self, url: URL) -> None:
+        self.url = url.set(drivername="postgresql+asyncpg", database=None)
+
+    def dsn(self, db: str = "postgres") -> str:
+        return self.url.set(drivername="postgresql", database=db).render_as_string(
+            hide_password=False
+        )
+
+    def daemon_url(self, name: str) -> str:
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def run(self, db: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async def go() -> T:
+            conn = await asyncpg.connect(self.dsn(db), timeout=10)
+            try:
+                return await work(conn)
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    def execute(self, db: str, *statements: str) -> None:
+        async def work(conn: asyncpg.Connection) -> None:
+            for statement in statements:
+                await conn.execute(statement)
+
+        self.run(db, work)
+
+    def create(self, name: str) -> None:
+        self.execute("postgres", f'CREATE DATABASE "{name}"')
+
+    def drop(self, name: str) -> None:
+        self.execute("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def create_schema(self, conn: Any) -> None:
+        await create_upstream_pg_schema(conn, with_unique_key=True)
+
+    def seed(self, name: str, orders: int, users: int) -> None:
+        """The same rows as the MySQL seed: generate_series for the sequence engine, NUMERIC
+        divisions where MySQL's `/` gives decimals, intervals from make_interval. VACUUM
+        ANALYZE afterwards (MySQL's path runs ANALYZE TABLE): fresh statistics, and no
+        autovacuum of the just-loaded table landing in the middle of the measurement."""
+        self.execute(
+            name,
+            f"""INSERT INTO hg_toogo_wallet (user_id, power, gift_power, total_power_consume,
+                created_at, updated_at)
+                SELECT g, 1000 + (g % 97), 5, 0, LOCALTIMESTAMP, LOCALTIMESTAMP
+                FROM generate_series(1, {users}) g""",
+            f"""INSERT INTO hg_toogo_user (member_id, vip_level, power_discount, invite_code)
+                SELECT g, 2 + g % 4, (g * 37) % 5000 / 100.0, 'B' || g
+                FROM generate_series(1, {users}) g
+                WHERE g % 5 = 0""",
+            f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
+                direction, open_price, close_price, quantity, leverage, margin, realized_profit,
+                open_time, close_time, status, power_consumed, power_amount, created_at,
+                updated_at)
+                SELECT 1 + g % {users}, 1000 + g % {users}, 'TO' || g, 'BTCUSDT',
+                    'long', 100, 101, 0.01, 10, 0.1, 1 + (g * 7919) % 500000 / 10000.0,
+                    NOW() - make_interval(secs => g % 500000 + 3600),
+                    NOW() - make_interval(secs => g % 500000), 2, 0, 0, NOW(), NOW()
+                FROM generate_series(1::bigint, {orders}) g""",
+            "VACUUM ANALYZE",
+        )
+
+    def verify(self, name: str, orders: int) -> Any:
+        async def work(conn: asyncpg.Connection) -> list[Any]:
+            queries = [q.format(pair="(user_id, order_id)") for q in VERIFY_QUERIES]
+            return [tuple(await conn.fetchrow(query)) for query in queries]
+
+        return check(self.run(name, work), orders)
+
+    def reference(self, name: str) -> float:
+        """Four set-based statements, one transaction, same formula and rounding."""
+        statements = pg_charge_statements(
+            f"o.close_time >= NOW() - INTERVAL '{LOOKBACK_DAYS} days'"
+        )
+
+        async def work(conn: asyncpg.Connection) -> float:
+            started = time.perf_counter()
+            async with conn.transaction():
+                for statement in statements:
+                    await conn.execute(statement)
+            return time.perf_counter() - started
+
+        return self.run(name, work)
+
+
+Server = MySQLServer | PostgresServer
+
+
+def server_for(url: str) -> Server:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "mysql":
+        return MySQLServer(parsed)
+    if backend in ("postgresql", "postgres"):
+        return PostgresServer(parsed.set(drivername="postgresql"))
+    raise SystemExit(f"--db: not a MySQL or PostgreSQL URL: {url}")
+
+
+# -- the checks, the sweep, the runs ------------------------------------------------------------
+
+#: written once, in SQL both servers run; ``{pair}`` is the distinct (user, order) pair, which
+#: MySQL writes ``a, b`` and PostgreSQL as a row ``(a, b)``
+VERIFY_QUERIES = (
+    "SELECT COUNT(*), COUNT(DISTINCT {pair}), SUM(consume_power) FROM hg_toogo_power_consume",
+    "SELECT COUNT(*), -SUM(change_amount) FROM hg_toogo_wallet_log",
+    "SELECT SUM(1000 + (user_id % 97) - power), SUM(total_power_consume) FROM hg_toogo_wallet",
+    "SELECT COUNT(*) FROM hg_trading_order o JOIN hg_toogo_power_consume c"
+    " ON c.user_id = o.user_id AND c.order_id = o.id"
+    " WHERE o.power_consumed = 1 AND o.power_amount = c.consume_power",
+    # before/after chains: each user's rows, in id order, continue one another
+    "SELECT COUNT(*) FROM (SELECT before_amount, LAG(after_amount) OVER"
+    " (PARTITION BY user_id ORDER BY id) AS prev FROM hg_toogo_wallet_log) t"
+    " WHERE prev IS NOT NULL AND prev <> before_amount",
+)
+
+
+def check(results: list[Any], orders: int) -> Any:
+    """One consume row per order, the ledger's sum is the consume rows', wallets debited by
+    exactly that, every order flagged with its amount, every user's chain unbroken. Returns the
+    total charged (the sweep's and the reference's must be equal: the seed is the same)."""
+    (n, distinct, total), (ledger, logged), (debited, consumed), (flagged,), (breaks,) = results
+    assert n == distinct == orders, (n, distinct, orders)
+    assert ledger == orders and logged == total, (ledger, logged, total)
+    assert debited == consumed == total, (debited, consumed, total)
+    assert flagged == orders, (flagged, orders)
+    assert breaks == 0, breaks
+    return total
+
+
+def create_schema(server: Server, name: str) -> None:
+    """hotgo's tables from upstream's DDL for this server, plus what `migrate up` adds (the
+    power columns on PostgreSQL, uk_user_order, the daemon's tables and sweep index)."""
+
+    async def main() -> None:
+        async with Database(DatabaseSettings(url=server.daemon_url(name))) as db:
+            await db.transaction(server.create_schema, what="create schema")
+
+    asyncio.run(main())
+
+
+def fresh(server: Server, orders: int, users: int) -> str:
+    name = f"trc_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    server.create(name)
+    try:
+        create_schema(server, name)
+        server.seed(name, orders, users)
+    except BaseException:
+        server.drop(name)
+        raise
     return name
 
 
-def drop(name: str) -> None:
-    with admin().cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+def run_sweep(server: Server, name: str, page_size: int) -> tuple[float, int, dict[str, Any]]:
+    """Drain with the real command in a child process; return (seconds, peak RSS KiB, summary),
+    the summary with the child's CPU seconds (user + system, start-up included) as ``cpu``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "bench.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "database": {"url": server.daemon_url(name)},
+                    "power": {"consume_rate": "0.10", "min_consume": "0.01"},
+                    "sweep": {
+                        "page_size": page_size,
+                        "workers": int(os.environ.get("BENCH_WORKERS", "2")),
+                        "processes": int(os.environ.get("BENCH_PROCESSES", "1")),
+                    },
+                    "logging": {"format": "json"},
+                }
+            )
+        )
+        log_path = Path(tmp) / "sweep.log"
+        with log_path.open("wb") as log:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TOOGO_")}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "--config", str(cfg), "sweep"],
+                stdout=log,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+                env=env,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            tail = "\n".join(log_path.read_text().splitlines()[-20:])
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise SystemExit(f"sweep failed (exit {proc.returncode}): {err}\n{tail}")
+        summary = next(
+            json.loads(line)
+            for line in log_path.read_text().splitlines()
+            if '"sweep summary"' in line
+        )
+        summary["cpu"] = usage.ru_utime + usage.ru_stime
+        return float(summary["elapsed"]), usage.ru_maxrss, summary
+
+
+def drained(server: Server, orders: int, users: int, page_size: int) -> tuple[float, int, Any, Any]:
+    """Seed, sweep, verify, drop: (seconds, peak RSS KiB, summary, total charged)."""
+    name = fresh(server, orders, users)
+    try:
+        secs, rss, summary = run_sweep(server, name, page_size)
+        total = server.verify(name, orders)
+    finally:
+        server.drop(name)
+    return secs, rss, summary, total
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--db", default=SERVER, help=f"the server, no database (default {SERVER})")
     ap.add_argument("--orders", type=int, default=100_000)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--small", type=int, default=10_000, help="backlog size for the RSS check")
     ap.add_argument("--page-size", type=int, default=500)
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
+    server = server_for(args.db)
 
-    print(f"backlog {args.orders} orders over {args.users} users, page {args.page_size}")
+    command = " ".join(["bench/drain.py", *sys.argv[1:]])
+    print(f"{command}\n{server.label} ({server.url.render_as_string()}), backlog {args.orders}"
+          f" orders over {args.users} users, page {args.page_size}, processes"
+          f" {os.environ.get('BENCH_PROCESSES', '1')}, workers"
+          f" {os.environ.get('BENCH_WORKERS', '2')}")  # fmt: skip
     for run in range(1, args.runs + 1):
-        name = fresh(args.small, args.users)
-        try:
-            secs, rss_small, _ = run_sweep(name, args.page_size)
-            verify(name, args.small)
-        finally:
-            drop(name)
+        print(f"run {run} load before {load()}")
+        secs, rss_small, _, _ = drained(server, args.small, args.users, args.page_size)
         print(
             f"run {run} sweep   {args.small:>7} orders {secs:7.2f} s "
             f"{args.small / secs:8.0f} orders/s  peak RSS {rss_small / 1024:6.1f} MiB"
         )
-        name = fresh(args.orders, args.users)
-        try:
-            secs, rss, summary = run_sweep(name, args.page_size)
-            verify(name, args.orders)
-        finally:
-            drop(name)
+        secs, rss, summary, swept = drained(server, args.orders, args.users, args.page_size)
         sweep_rate = args.orders / secs
         print(
             f"run {run} sweep   {args.orders:>7} orders {secs:7.2f} s "
             f"{sweep_rate:8.0f} orders/s  peak RSS {rss / 1024:6.1f} MiB  "
-            f"pages {summary['pages']}"
+            f"pages {summary['pages']}  client CPU {summary['cpu']:.1f} s  load {load()}"
         )
-        name = fresh(args.orders, args.users)
+        name = fresh(server, args.orders, args.users)
         try:
-            ref = run_reference(name)
-            verify(name, args.orders)
+            ref = server.reference(name)
+            charged = server.verify(name, args.orders)
         finally:
-            drop(name)
+            server.drop(name)
+        assert charged == swept, f"reference charged {charged}, the sweep {swept}"
         ref_rate = args.orders / ref
         print(
             f"run {run} set-based {args.orders:>5} orders {ref:7.2f} s {ref_rate:8.0f} orders/s"
-            f"  sweep/reference = {sweep_rate / ref_rate:.2f}"
+            f"  sweep/reference = {sweep_rate / ref_rate:.2f}  load after {load()}"
         )
 
 

@@ -14,8 +14,8 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,6 +41,17 @@ UPSTREAM_DIR = Path(
 MYSQL_DDL = UPSTREAM_DIR / "hotgo_mysql_as_applied.sql"
 PG_DDL = UPSTREAM_DIR / "create_trading_core_pg.sql"
 
+
+def _ddl_missing(message: str, require_env: str) -> NoReturn:
+    """Fail (under ``require_env=1``) or skip the test that needs a missing DDL file. pytest is
+    imported only here: bench/ loads the DDL through this module without pytest."""
+    import pytest
+
+    if os.environ.get(require_env) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 #: columns of add_missing_order_fields.sql that some installs lack (DESIGN.md)
 CLOSE_ID_COLUMNS = ("close_order_id", "close_client_order_id")
 
@@ -49,10 +60,10 @@ CLOSE_ID_COLUMNS = ("close_order_id", "close_client_order_id")
 def mysql_create_statements() -> tuple[str, ...]:
     """The CREATE TABLE statements of upstream's MySQL schema, as mysqldump wrote them."""
     if not MYSQL_DDL.is_file():
-        message = f"upstream's DDL is missing: {MYSQL_DDL} (shared/upstream-schema)"
-        if os.environ.get("TOOGO_REQUIRE_MYSQL") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _ddl_missing(
+            f"upstream's DDL is missing: {MYSQL_DDL} (shared/upstream-schema)",
+            "TOOGO_REQUIRE_MYSQL",
+        )
     body = MYSQL_DDL.read_text(encoding="utf-8")
     statements = [s.strip() for s in re.split(r";\s*\n", body)]
     creates = tuple(s for s in statements if s.startswith("CREATE TABLE"))
@@ -96,10 +107,10 @@ PG_POWER_COLUMNS = (
 def pg_statements() -> tuple[str, ...]:
     """The statements of upstream's PostgreSQL DDL for the trading tables, one by one."""
     if not PG_DDL.is_file():
-        message = f"upstream's PostgreSQL DDL is missing: {PG_DDL} (shared/upstream-schema)"
-        if os.environ.get("TOOGO_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _ddl_missing(
+            f"upstream's PostgreSQL DDL is missing: {PG_DDL} (shared/upstream-schema)",
+            "TOOGO_REQUIRE_POSTGRES",
+        )
     body = "\n".join(
         line for line in PG_DDL.read_text(encoding="utf-8").splitlines()
         if not line.lstrip().startswith("--")
