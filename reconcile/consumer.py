@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, and_, or_, select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import ledger
@@ -216,14 +216,13 @@ class PowerConsumer:
             select(o.id, o.close_time)
             .where(
                 *eligible_sql(self.db.dialect),
-                # the keyset in this form gives a range on idx_reconcile_sweep (close_time, id);
-                # "close_time >= t AND (close_time > t OR id > i)" made the optimizer scan
-                # every unconsumed row from the start of (0, 2) on each page
-                or_(
-                    o.close_time > after_time,
-                    and_(o.close_time == after_time, o.id > after_id),
+                # a range on idx_reconcile_sweep (..., close_time[, id]) on every database
+                self.db.dialect.after((o.close_time, o.id), (after_time, after_id)),
+                *(
+                    (self.db.dialect.bucket(o.user_id, partition[1], partition[0]),)
+                    if partition[1] > 1
+                    else ()
                 ),
-                *((o.user_id % partition[1] == partition[0],) if partition[1] > 1 else ()),
             )
             .order_by(o.close_time, o.id)
             .limit(limit)

@@ -356,6 +356,12 @@ OWN_TABLES = (stream_cursor, binding, quarantine, refund)
 SWEEP_INDEX_COLUMNS = ("power_consumed", "status", "close_time")
 
 
+def sweep_index_columns(dialect_name: str) -> tuple[str, ...]:
+    """PostgreSQL appends nothing to a secondary index: ``id`` is named, so the sweep's
+    keyset (a row comparison on (close_time, id)) is a range on it."""
+    return (*SWEEP_INDEX_COLUMNS, "id") if dialect_name == "postgresql" else SWEEP_INDEX_COLUMNS
+
+
 async def create_hotgo_schema(conn: AsyncConnection, *, with_unique_key: bool = True) -> None:
     """Create hotgo's tables as production has them (tests, benchmarks, embedded default).
 
@@ -377,7 +383,7 @@ async def create_own_schema(conn: AsyncConnection) -> None:
     """Create the daemon's own tables and the sweep index on hg_trading_order, if absent."""
     await conn.run_sync(own_metadata.create_all)
     if not await index_exists(conn, trading_order.name, SWEEP_INDEX):
-        cols = ", ".join(SWEEP_INDEX_COLUMNS)
+        cols = ", ".join(sweep_index_columns(conn.dialect.name))
         await conn.execute(text(f"CREATE INDEX {SWEEP_INDEX} ON {trading_order.name} ({cols})"))
 
 
