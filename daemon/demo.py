@@ -150,7 +150,7 @@ def reset_sqlite(url: str) -> None:
 
 def table(rows: Sequence[Sequence[object]], out: Out) -> None:
     """Text columns; columns of numbers right-aligned."""
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[f"{c:f}" if isinstance(c, Decimal) else str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     right = [all(isinstance(r[i], int | Decimal) for r in rows[1:]) for i in range(len(widths))]
     for row in cells:
