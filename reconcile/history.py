@@ -43,6 +43,7 @@ from reconcile import quarantine
 from reconcile.accounts import load_account
 from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.contract import LiveSchema, inspect_live
+from reconcile.credentials import AesKey, aes_key_from_environment
 from reconcile.db import Database, map_db_errors
 from reconcile.errors import (
     ConnectionLost,
@@ -158,12 +159,15 @@ class HistorySync:
         settings: SyncSettings,
         *,
         schema: LiveSchema | None = None,
+        aes_key: AesKey | None = None,
     ) -> None:
         self.db = db
         self.consumer = consumer
         self.provider = provider
         self.settings = settings
         self.schema = schema
+        # read once, here, not from the environment at every account load
+        self.aes_key = aes_key if aes_key is not None else aes_key_from_environment()
 
     async def run_cycle(self, stop: asyncio.Event | None = None) -> SyncSummary:
         """One pass over every stream. A failing stream never stops the others; ``stop`` ends
@@ -258,7 +262,7 @@ class HistorySync:
                     pending.clear()
                     log.info("account busy elsewhere", account_id=account_id, streams=len(streams))
                     return
-                account = await load_account(self.db, account_id)
+                account = await load_account(self.db, account_id, aes_key=self.aes_key)
                 source = self.provider.source_for(account)
                 basis = self.provider.profit_basis(account)
                 while pending:
@@ -360,7 +364,7 @@ class HistorySync:
         async with self._account_lock(account_id) as held:
             if not held:
                 raise TemporaryError(f"account {account_id} is being synced elsewhere")
-            account = await load_account(self.db, account_id)
+            account = await load_account(self.db, account_id, aes_key=self.aes_key)
             basis = self.provider.profit_basis(account)
             to_charge = await self._upsert_page(
                 stream, list(records), basis, await self._schema(), summary
