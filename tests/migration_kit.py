@@ -199,7 +199,7 @@ def current_schema(db: Database) -> str:
 async def tables(db: Database) -> set[str]:
     rows = await fetch(
         db,
-        "SELECT TABLE_NAME FROM information_schema.TABLES "  # noqa: S608
+        "SELECT TABLE_NAME FROM information_schema.TABLES "
         f"WHERE TABLE_SCHEMA = {current_schema(db)}",
     )
     return {r[0] for r in rows}
@@ -292,9 +292,8 @@ async def fail_trigger(db: Database, table: str, when: str, row_id: int | None =
             "CREATE OR REPLACE FUNCTION trc_fail() RETURNS trigger LANGUAGE plpgsql AS $$ "
             f"BEGIN {test}RAISE EXCEPTION 'injected failure'; END IF; RETURN {row}; END $$",
         )
-        await execute(
-            db, f"CREATE TRIGGER trc_fail {when} ON {table} FOR EACH ROW EXECUTE FUNCTION trc_fail()"
-        )
+        trigger = f"CREATE TRIGGER trc_fail {when} ON {table} FOR EACH ROW"
+        await execute(db, f"{trigger} EXECUTE FUNCTION trc_fail()")
         return
     signal = "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure'"
     body = f"BEGIN IF {row}.id = {row_id} THEN {signal}; END IF; END" if row_id else signal
@@ -314,7 +313,7 @@ async def bulk_consume_rows(db: Database, rows: int, *, user_offset: int = 0) ->
     source = f"generate_series(1, {rows}) AS s(seq)" if is_pg(db) else f"seq_1_to_{rows}"
     await execute(
         db,
-        f"INSERT INTO {CONSUME} (user_id, robot_id, order_id, order_sn, profit_amount, "  # noqa: S608
+        f"INSERT INTO {CONSUME} (user_id, robot_id, order_id, order_sn, profit_amount, "
         "consume_rate, consume_power, original_power) "
         f"SELECT {user_offset} + seq, 1, seq, 'bulk', 0.1, 0.1, 0.01, 0.01 FROM {source}",
     )
