@@ -370,7 +370,8 @@ class Session:
 
     async def sessions(self) -> list[tuple[int, str]]:
         """(id, statement) of the other live sessions of this database."""
-        if self.pg:
+        if self.pg:  # a transaction sees one statistics snapshot unless told to drop it
+            await self.run("SELECT pg_stat_clear_snapshot()")
             sql = (
                 "SELECT pid, query FROM pg_stat_activity WHERE datname = $1 "
                 "AND pid <> pg_backend_pid() AND state = 'active'"
