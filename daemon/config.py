@@ -70,8 +70,12 @@ class DatabaseConfig(_Model):
     @field_validator("url")
     @classmethod
     def _known_backend(cls, url: str) -> str:
-        if not re.match(r"^(mysql|mariadb)\+aiomysql://|^sqlite\+aiosqlite://", url):
-            raise ValueError("must start with mysql+aiomysql:// or sqlite+aiosqlite://")
+        if not re.match(
+            r"^(mysql|mariadb)\+aiomysql://|^postgresql\+asyncpg://|^sqlite\+aiosqlite://", url
+        ):
+            raise ValueError(
+                "must start with mysql+aiomysql://, postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
         return url
 
     @field_validator("timezone")
