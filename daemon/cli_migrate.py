@@ -59,7 +59,10 @@ def dump_option(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False, writable=True, path_type=Path),
         default=None,
         metavar="FILE",
-        help="Also write a mysqldump of hg_toogo_power_consume and hg_toogo_wallet (mode 0600).",
+        help=(
+            "Also dump hg_toogo_power_consume and hg_toogo_wallet into FILE (mode 0600): "
+            "mysqldump on MySQL, pg_dump on PostgreSQL."
+        ),
     )(f)
 
 
@@ -67,14 +70,14 @@ def ddl_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--online-only",
         is_flag=True,
-        help="Fail instead of falling back when the server refuses online DDL.",
+        help="MySQL: fail instead of falling back when the server refuses online DDL.",
     )(f)
     f = click.option(
         "--ddl-lock-wait",
         type=DURATION,
         default="5s",
         metavar="DURATION",
-        help="How long an ALTER may wait for the table's metadata lock (5s).",
+        help="How long a DDL statement may wait for the table's lock (5s).",
     )(f)
     return click.option(
         "--progress-every",
@@ -114,6 +117,11 @@ def render_check(r: m.CheckReport) -> None:
         out(f"  hg_trading_order.{col}".ljust(52) + _present(ok))
     out("  hg_trading_order.idx_power_consumed".ljust(52) + _present(s.power_index))
     out("  hg_trading_order.idx_reconcile_sweep".ljust(52) + _present(s.sweep_index))
+    for index in s.invalid_indexes:
+        out(
+            f"  ✗ index {index} is INVALID (left by a failed CONCURRENTLY build): "
+            "`migrate up` drops and rebuilds it"
+        )
     for table, ok in s.own_tables.items():
         out(f"  {table}".ljust(52) + _present(ok))
     out(
@@ -194,7 +202,7 @@ def render_dedupe(r: m.DedupeResult) -> None:
     out("undo: toogo-reconcile migrate rollback --yes")
 
 
-def render_backup(r: m.BackupResult) -> None:
+def render_backup(r: m.BackupResult, db: Database) -> None:
     if r.backup is None:
         out(f"backup: nothing to back up - {CONSUME} has no duplicate rows")
     else:
@@ -204,7 +212,7 @@ def render_backup(r: m.BackupResult) -> None:
             f"would delete), {b.wallet_table} ({b.wallet_rows} wallets of affected users)"
         )
         out("to restore by hand:")
-        for stmt in b.restore_statements():
+        for stmt in b.restore_statements(db.dialect):
             out(f"  {stmt}")
     if r.dump:
         render_dump(r.dump)
@@ -213,7 +221,7 @@ def render_backup(r: m.BackupResult) -> None:
 def render_dump(d: m.DumpResult) -> None:
     out(
         f"dump: {d.path} ({d.bytes} bytes, {d.tool}, {d.seconds:.2f}s); restore with "
-        f"`mysql <database> < {d.path}` (replaces both tables)"
+        f"`{d.restore}` (replaces both tables)"
     )
 
 
@@ -223,8 +231,7 @@ def render_add_key(r: m.AddKeyResult, *, after_dedupe: bool = False) -> None:
         if not r.steps:
             out("  nothing to do: the key, the order columns/indexes and own tables exist")
         for step in r.steps:
-            clause = "" if step.name == "own tables" else ", ALGORITHM=INPLACE, LOCK=NONE"
-            out(f"  {step.sql}{clause}")
+            out(f"  {step.sql}")
         if r.duplicate_groups and not after_dedupe:
             out(
                 f"  BLOCKED: {r.duplicate_groups} duplicate groups ({r.extra_rows} extra rows) "
@@ -346,7 +353,7 @@ def backup(ctx: click.Context, dump: Path | None) -> None:
     """Copy the rows the cleanup will touch into timestamped tables (one transaction)."""
 
     async def work(db: Database) -> int:
-        render_backup(await m.backup(db, dump=dump))
+        render_backup(await m.backup(db, dump=dump), db)
         return EXIT_OK
 
     _execute(ctx, work)

@@ -123,7 +123,12 @@ async def inspect_live(conn: AsyncConnection) -> LiveSchema:
 
 
 def _index_names(insp: Any, table: str) -> set[str]:
-    names = {ix["name"] for ix in insp.get_indexes(table)}
+    """The usable indexes: not one a failed PostgreSQL CONCURRENTLY build left invalid."""
+    names = {
+        ix["name"]
+        for ix in insp.get_indexes(table)
+        if not ix.get("dialect_options", {}).get("postgresql_invalid")
+    }
     names |= {uc["name"] for uc in insp.get_unique_constraints(table)}
     return names
 

@@ -1,9 +1,8 @@
-"""The migration runbook on a real MariaDB holding a production-shaped (legacy) database.
+"""The migration runbook on a real server holding a production-shaped (legacy) database.
 
-The legacy shape: hotgo's tables without ``uk_user_order``, none of the daemon's own tables,
-and duplicate consume rows (groups of 2-4) inserted in rounds, the way a sweep re-charging
-orders produced them. Expected figures are computed here from the seeded rows, independently
-of the code under test.
+Every test runs on MariaDB and on PostgreSQL (``server_url``) with the same assertions; the
+legacy shape and its seed are in tests/migration_kit.py. PostgreSQL's own cases (invalid
+indexes, upstream's raw schema, pg_dump) are in test_migration_pg.py.
 """
 
 from __future__ import annotations
@@ -11,247 +10,43 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import migration as m
 from reconcile.consumer import PowerConsumer, Source
 from reconcile.contract import inspect_live
 from reconcile.db import Database, DatabaseSettings
+from reconcile.dialect import Dialect
 from reconcile.errors import DatabaseError
 from reconcile.pricing import PowerRules
-from reconcile.schema import power_consume, trading_order, wallet
-from tests.conftest import FAST_RETRY
-from tests.upstream import create_upstream_schema
+from tests.migration_kit import (
+    CONSUME,
+    Legacy,
+    assert_refund_ledger,
+    execute,
+    fetch,
+    is_pg,
+    legacy_database,
+    refund_ledger,
+    seed_legacy,
+    snapshot,
+    tables,
+    wallets,
+)
 
 pytestmark = pytest.mark.mysql
 
-CONSUME = power_consume.name
-
-
-@dataclass
-class Legacy:
-    """What was seeded: every consume row, and the wallets' starting balances."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)  # id, user_id, order_id, power
-    wallets: dict[int, Decimal] = field(default_factory=dict)
-    totals: dict[int, Decimal] = field(default_factory=dict)
-
-    def groups(self) -> dict[tuple[int, int], list[dict[str, Any]]]:
-        acc: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
-        for r in sorted(self.rows, key=lambda r: r["id"]):
-            acc[(r["user_id"], r["order_id"])].append(r)
-        return {k: v for k, v in acc.items() if len(v) > 1}
-
-    def extra_ids(self) -> set[int]:
-        return {r["id"] for rs in self.groups().values() for r in rs[:-1]}
-
-    def kept_ids(self) -> set[int]:
-        extra = self.extra_ids()
-        return {r["id"] for r in self.rows if r["id"] not in extra}
-
-    def over_by_order(self) -> dict[tuple[int, int], Decimal]:
-        return {
-            k: sum((r["power"] for r in rs[:-1]), Decimal(0)) for k, rs in self.groups().items()
-        }
-
-    def over_by_user(self) -> dict[int, Decimal]:
-        acc: dict[int, Decimal] = defaultdict(Decimal)
-        for (uid, _), amount in self.over_by_order().items():
-            acc[uid] += amount
-        return dict(acc)
-
-
-async def legacy_database(url: str, **settings: Any) -> Database:
-    db = Database(DatabaseSettings(url=url, retry=settings.pop("retry", FAST_RETRY), **settings))
-    await db.open()
-
-    async def create(conn: AsyncConnection) -> None:
-        # upstream's own DDL: no uk_user_order, none of the daemon's tables
-        await create_upstream_schema(conn, with_unique_key=False, own=False)
-
-    await db.transaction(create, what="create legacy schema")
-    return db
-
-
-async def seed_legacy(db: Database, *, orders: int = 24, users: int = 6, seed: int = 3) -> Legacy:
-    """Orders of ``users`` users, each charged 1-4 times (sizes cycle so every size occurs);
-    user ``users`` has no wallet row. Consume rows are inserted in rounds: ids interleave."""
-    rnd = random.Random(seed)
-    now = db.now()
-    legacy = Legacy()
-    order_rows, sizes = [], []
-    for i in range(orders):
-        uid = 1 + i % users
-        order_rows.append(
-            {
-                "user_id": uid,
-                "robot_id": 100 + uid,
-                "order_sn": f"LG{seed}-{i}",
-                "symbol": "BTCUSDT",
-                "direction": "long",
-                "open_price": Decimal("100"),
-                "close_price": Decimal("101"),
-                "quantity": Decimal("1"),
-                "leverage": 10,
-                "margin": Decimal("10"),
-                "realized_profit": Decimal(rnd.randint(1, 99999)) / 100,
-                "open_time": now - timedelta(hours=3),
-                "close_time": now - timedelta(hours=2),
-                "status": 2,
-                "power_consumed": 1,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-        sizes.append(1 + (i * 7 + seed) % 4)
-    for uid in range(1, users):
-        legacy.wallets[uid] = Decimal(rnd.randint(0, 10**6)) / 100
-        legacy.totals[uid] = Decimal(rnd.randint(0, 10**6)) / 100
-
-    async def ins(conn: AsyncConnection) -> None:
-        await conn.execute(trading_order.insert(), order_rows)
-        ids = [
-            r[0]
-            for r in await conn.execute(select(trading_order.c.id).order_by(trading_order.c.id))
-        ]
-        await conn.execute(
-            wallet.insert(),
-            [
-                {
-                    "user_id": u,
-                    "power": p,
-                    "gift_power": Decimal("7"),
-                    "total_power_consume": legacy.totals[u],
-                }
-                for u, p in legacy.wallets.items()
-            ],
-        )
-        for round_no in range(4):
-            batch = []
-            for i, oid in enumerate(ids):
-                if sizes[i] > round_no:
-                    power = Decimal(rnd.randint(1, 10**8)) / 10**8 * (round_no + 1)
-                    batch.append(
-                        {
-                            "user_id": order_rows[i]["user_id"],
-                            "robot_id": 7,
-                            "order_id": oid,
-                            "order_sn": order_rows[i]["order_sn"],
-                            "profit_amount": Decimal("1.5"),
-                            "consume_rate": Decimal("0.1"),
-                            "consume_power": power,
-                            "from_power": power,
-                            "original_power": power,
-                            "created_at": now,
-                        }
-                    )
-            rnd.shuffle(batch)
-            for row in batch:
-                result = await conn.execute(power_consume.insert().values(**row))
-                legacy.rows.append(
-                    {
-                        "id": result.inserted_primary_key[0],  # type: ignore[index]
-                        "user_id": row["user_id"],
-                        "order_id": row["order_id"],
-                        "power": row["consume_power"],
-                    }
-                )
-
-    await db.transaction(ins, what="seed legacy")
-    return legacy
-
 
 @pytest.fixture
-async def legacy_db(mysql_url: str) -> AsyncIterator[tuple[Database, Legacy]]:
-    db = await legacy_database(mysql_url)
+async def legacy_db(server_url: str) -> AsyncIterator[tuple[Database, Legacy]]:
+    db = await legacy_database(server_url)
     legacy = await seed_legacy(db)
     yield db, legacy
     await db.close()
-
-
-async def fetch(db: Database, sql: str, **params: Any) -> list[Any]:
-    async def read(conn: AsyncConnection) -> list[Any]:
-        return list(await conn.execute(text(sql), params))
-
-    return await db.transaction(read, what="test read")
-
-
-async def execute(db: Database, sql: str, **params: Any) -> None:
-    async def run(conn: AsyncConnection) -> None:
-        await conn.execute(text(sql), params)
-
-    await db.transaction(run, what="test execute")
-
-
-async def snapshot(db: Database) -> dict[str, Any]:
-    """Everything the migration may touch, for 'nothing changed' assertions."""
-    tables = sorted(
-        r[0]
-        for r in await fetch(
-            db, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
-        )
-    )
-    snap: dict[str, Any] = {"tables": tables}
-    snap["indexes"] = sorted(
-        tuple(r)
-        for r in await fetch(
-            db,
-            "SELECT TABLE_NAME, INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS "
-            "WHERE TABLE_SCHEMA = DATABASE()",
-        )
-    )
-    for t in (
-        "hg_toogo_power_consume",
-        "hg_toogo_wallet",
-        "hg_toogo_wallet_log",
-        "hg_trading_order",
-        "toogo_reconcile_refund",
-        "toogo_reconcile_backup",
-    ):
-        if t in tables:
-            snap[t] = [tuple(r) for r in await fetch(db, f"SELECT * FROM {t} ORDER BY id")]
-    return snap
-
-
-async def wallets(db: Database) -> dict[int, tuple[Decimal, Decimal, Decimal]]:
-    rows = await fetch(
-        db, "SELECT user_id, power, total_power_consume, gift_power FROM hg_toogo_wallet"
-    )
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
-
-
-def assert_refund_ledger(
-    ledger: list[Any],
-    legacy: Legacy,
-    start: dict[int, Decimal],
-    change_type: str = m.REFUND,
-    sign: int = 1,
-) -> None:
-    """One ledger row per over-charged order; amounts exact; before/after chained per user."""
-    over = legacy.over_by_order()
-    assert {(r.user_id, r.related_id) for r in ledger} == set(over)
-    assert len(ledger) == len(over)
-    running = dict(start)
-    for r in sorted(ledger, key=lambda r: r.id):
-        assert r.change_type == change_type and r.account_type == "power"
-        assert r.related_type == "trading_order"
-        assert r.change_amount == sign * over[(r.user_id, r.related_id)]
-        assert r.before_amount == running.get(r.user_id, Decimal(0))
-        assert r.after_amount == r.before_amount + r.change_amount
-        running[r.user_id] = r.after_amount
-
-
-async def refund_ledger(db: Database, change_type: str = m.REFUND) -> list[Any]:
-    return await fetch(
-        db, "SELECT * FROM hg_toogo_wallet_log WHERE change_type = :t ORDER BY id", t=change_type
-    )
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -422,15 +217,40 @@ async def test_add_unique_key_refuses_while_duplicates_remain(
     assert await snapshot(db) == before
 
 
-async def test_add_unique_key_completes_an_older_order_table(mysql_url: str) -> None:
-    """A database without power_consumed/power_amount/idx_power_consumed gets them."""
-    db = await legacy_database(mysql_url)
-    try:
-        await execute(
-            db,
-            "ALTER TABLE hg_trading_order DROP INDEX idx_power_consumed, "
-            "DROP COLUMN power_consumed, DROP COLUMN power_amount",
+#: the power columns' types as each server names them (add_power_consumed_field.sql's)
+POWER_COLUMN_TYPES = {
+    "mysql": {"power_consumed": "tinyint(4)", "power_amount": "decimal(20,8)"},
+    "postgresql": {"power_consumed": "smallint", "power_amount": "numeric(20,8)"},
+}
+
+
+async def power_column_types(db: Database) -> dict[str, str]:
+    if is_pg(db):
+        sql = (
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = 'hg_trading_order'::regclass AND a.attname LIKE 'power%' "
+            "AND NOT a.attisdropped"
         )
+    else:
+        sql = (
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'hg_trading_order' "
+            "AND COLUMN_NAME LIKE 'power%'"
+        )
+    return {r[0]: r[1] for r in await fetch(db, sql)}
+
+
+async def test_add_unique_key_completes_an_older_order_table(server_url: str) -> None:
+    """A database without power_consumed/power_amount/idx_power_consumed gets them (on
+    PostgreSQL: upstream's own DDL, which never had them)."""
+    db = await legacy_database(server_url, power_columns=False)
+    try:
+        if not is_pg(db):
+            await execute(
+                db,
+                "ALTER TABLE hg_trading_order DROP INDEX idx_power_consumed, "
+                "DROP COLUMN power_consumed, DROP COLUMN power_amount",
+            )
         plan = await m.add_unique_key(db, dry_run=True)
         assert [s.name for s in plan.steps] == [
             "order columns",
@@ -443,16 +263,7 @@ async def test_add_unique_key_completes_an_older_order_table(mysql_url: str) -> 
         assert all(s.done and s.online for s in result.steps)
         report = await m.check(db)
         assert report.ready and all(report.schema.own_tables.values())
-        cols = await fetch(
-            db,
-            "SELECT COLUMN_NAME, COLUMN_TYPE, COLUMN_DEFAULT FROM "
-            "information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
-            "TABLE_NAME = 'hg_trading_order' AND COLUMN_NAME LIKE 'power%'",
-        )
-        assert {r[0]: r[1] for r in cols} == {
-            "power_consumed": "tinyint(4)",
-            "power_amount": "decimal(20,8)",
-        }
+        assert await power_column_types(db) == POWER_COLUMN_TYPES[db.dialect.name]
         assert not (await m.add_unique_key(db)).changed
     finally:
         await db.close()
@@ -496,7 +307,32 @@ async def test_backup_copies_what_the_cleanup_touches_in_one_registered_backup(
     assert info.consume_rows == len(copied) and info.wallet_rows == len(wallet_rows)
     second = await m.backup(db)  # same second: the name gets a suffix, nothing is overwritten
     assert second.backup is not None and second.backup.consume_table != info.consume_table
-    assert any("INSERT INTO hg_toogo_power_consume" in s for s in info.restore_statements())
+    assert any(
+        "INSERT INTO hg_toogo_power_consume" in s for s in info.restore_statements(db.dialect)
+    )
+
+
+async def test_the_printed_restore_statements_run_and_restore(
+    legacy_db: tuple[Database, Legacy],
+) -> None:
+    """What `migrate backup` prints to restore by hand is valid SQL for this database: run
+    after dedupe and add-unique-key, it puts every deleted row back (and the wallets)."""
+    db, _ = legacy_db
+    original = await fetch(db, f"SELECT * FROM {CONSUME} ORDER BY id")
+    wallets_before = await wallets(db)
+    info = (await m.backup(db)).backup
+    assert info is not None
+    await m.dedupe(db, refund_overcharge=True, dry_run=False)
+    await m.add_unique_key(db)
+    prefix = "-- only if nothing has charged or refunded these users since the backup: "
+    for statement in info.restore_statements(db.dialect):
+        for part in statement.removeprefix(prefix).split(";"):
+            if part.strip():
+                assert not part.lstrip().startswith("--"), statement
+                await execute(db, part)
+    assert await fetch(db, f"SELECT * FROM {CONSUME} ORDER BY id") == original
+    restored = await wallets(db)  # the refund made user 6 a wallet row: no backup has it
+    assert {u: w for u, w in restored.items() if u in wallets_before} == wallets_before
 
 
 def test_dump_command_never_puts_the_password_on_the_command_line() -> None:
@@ -508,14 +344,24 @@ def test_dump_command_never_puts_the_password_on_the_command_line() -> None:
     assert argv[-3:] == ["hotgo", CONSUME, "hg_toogo_wallet"]
     assert "--single-transaction" in argv and "--port=3307" in argv
 
+    settings = DatabaseSettings(url=f"postgresql+asyncpg://toogo:{secret}@db.internal:5433/hotgo")
+    argv, env = m.dump_command(settings, "/usr/bin/pg_dump")
+    assert not any(secret in a for a in argv)
+    assert env["PGPASSWORD"] == secret
+    assert argv[-3:] == [f"--table={CONSUME}", "--table=hg_toogo_wallet", "--dbname=hotgo"]
+    assert "--port=5433" in argv and "--host=db.internal" in argv and "--no-password" in argv
 
-@pytest.mark.skipif(m.dump_tool() is None, reason="mysqldump is not on PATH")
-async def test_dump_with_a_password_user(
-    legacy_db: tuple[Database, Legacy], tmp_path: Any, mysql_url: str
-) -> None:
+
+@pytest.mark.skipif(
+    m.dump_tool(Dialect.for_backend("mysql")) is None,
+    reason="mysqldump is not on PATH",
+)
+async def test_dump_with_a_password_user(tmp_path: Any, mysql_url: str) -> None:
     from tests.conftest import mysql_admin
 
-    db, _ = legacy_db
+    db = await legacy_database(mysql_url)
+    await seed_legacy(db)
+    await db.close()
     name = db.settings.sqlalchemy_url().database
     user, password = f"trc_dump_{random.getrandbits(24):x}", "p#w'\"d\\x y"
     admin = mysql_admin()
@@ -607,5 +453,5 @@ async def test_backup_tables_are_dropped_only_when_no_commit_registered_them(
     assert kept is not None and kept.id == info.id
     spare = await create_backup_tables(db)
     assert await drop_unregistered(db, spare) is None
-    tables = {r[0] for r in await fetch(db, "SHOW TABLES")}
-    assert {info.consume_table, info.wallet_table} <= tables and not set(spare) & tables
+    names = await tables(db)
+    assert {info.consume_table, info.wallet_table} <= names and not set(spare) & names

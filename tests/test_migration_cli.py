@@ -1,9 +1,9 @@
-"""`toogo-reconcile migrate ...` as an operator runs it: subprocesses, a YAML config, MariaDB."""
+"""`toogo-reconcile migrate ...` as an operator runs it: subprocesses, a YAML config, on MariaDB
+and on PostgreSQL (``server_url``)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from reconcile import migration as m
 from reconcile.db import Database
-from tests.procs import run_cli, write_config
-from tests.test_migration import (
+from tests.migration_kit import (
     CONSUME,
     Legacy,
-    execute,
+    fail_trigger,
     fetch,
     legacy_database,
     refund_ledger,
@@ -24,6 +24,7 @@ from tests.test_migration import (
     snapshot,
     wallets,
 )
+from tests.procs import run_cli, write_config
 
 pytestmark = pytest.mark.mysql
 
@@ -36,10 +37,10 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(mysql_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
-    db = await legacy_database(mysql_url)
+async def setup(server_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
+    db = await legacy_database(server_url)
     legacy = await seed_legacy(db)
-    yield Setup(db, legacy, write_config(tmp_path / "config.yaml", mysql_url))
+    yield Setup(db, legacy, write_config(tmp_path / "config.yaml", server_url))
     await db.close()
 
 
@@ -99,7 +100,7 @@ async def test_without_yes_every_destructive_command_only_prints_its_plan(setup:
     code, out, _ = await run_cli(setup.config, "migrate", "dedupe")
     assert "WARNING: without --refund" in out
     code, out, _ = await run_cli(setup.config, "migrate", "add-unique-key")
-    assert "ALGORITHM=INPLACE, LOCK=NONE" in out and "BLOCKED" in out
+    assert ONLINE_DDL[setup.db.dialect.name] in out and "BLOCKED" in out
     assert await snapshot(setup.db) == before
 
 
@@ -165,14 +166,7 @@ async def test_dedupe_then_add_unique_key_step_by_step(setup: Setup) -> None:
 
 
 async def test_a_failure_inside_up_exits_1_and_changes_nothing(setup: Setup) -> None:
-    name = setup.db.settings.sqlalchemy_url().database
-    await execute(
-        setup.db,
-        (
-            f"CREATE TRIGGER trc_fail BEFORE DELETE ON `{name}`.{CONSUME} FOR EACH ROW "
-            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure'"
-        ),
-    )
+    await fail_trigger(setup.db, CONSUME, "BEFORE DELETE")
     before = await snapshot(setup.db)
     code, _, err = await run_cli(setup.config, "migrate", "up", "--refund", "--yes")
     assert code == 1 and "injected failure" in err and "Traceback" not in err
@@ -184,14 +178,25 @@ async def test_a_failure_inside_up_exits_1_and_changes_nothing(setup: Setup) -> 
     assert not [t for t in after["tables"] if t.startswith("toogo_reconcile_bak_")]
 
 
-@pytest.mark.skipif(shutil.which("mysqldump") is None, reason="mysqldump is not on PATH")
+#: the online form of the DDL, as the plan prints it
+ONLINE_DDL = {"mysql": "ALGORITHM=INPLACE, LOCK=NONE", "postgresql": "CONCURRENTLY"}
+#: how each dump tool writes a table and its rows
+DUMPED = {
+    "mysql": ("CREATE TABLE `{t}`", "INSERT INTO `{t}`"),
+    "postgresql": ("CREATE TABLE public.{t} (", "COPY public.{t} ("),
+}
+
+
 async def test_backup_dump_writes_both_tables(setup: Setup, tmp_path: Path) -> None:
+    if m.dump_tool(setup.db.dialect) is None:
+        pytest.skip("the dump tool is not on PATH")
     dump = tmp_path / "before-migration.sql"
     code, out, err = await run_cli(setup.config, "migrate", "backup", "--dump", str(dump))
     assert code == 0, err
     body = dump.read_text()
     for table in (CONSUME, "hg_toogo_wallet"):
-        assert f"CREATE TABLE `{table}`" in body and f"INSERT INTO `{table}`" in body
+        for marker in DUMPED[setup.db.dialect.name]:
+            assert marker.format(t=table) in body
     assert dump.stat().st_mode & 0o777 == 0o600
     assert f"dump: {dump}" in out
 

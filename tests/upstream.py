@@ -103,6 +103,12 @@ PG_POWER_COLUMNS = (
 )
 
 
+PG_POWER_INDEX = (
+    "CREATE INDEX IF NOT EXISTS idx_power_consumed"
+    " ON hg_trading_order (power_consumed, status, realized_profit)"
+)
+
+
 @functools.cache
 def pg_statements() -> tuple[str, ...]:
     """The statements of upstream's PostgreSQL DDL for the trading tables, one by one."""
@@ -149,6 +155,7 @@ async def create_upstream_pg_schema(
                     )
     if power_columns:
         await conn.exec_driver_sql(PG_POWER_COLUMNS)
+        await conn.exec_driver_sql(PG_POWER_INDEX)
     if with_unique_key and not await index_exists(conn, power_consume.name, UNIQUE_KEY):
         await add_unique_key(conn)
     if own:

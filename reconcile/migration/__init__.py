@@ -1,9 +1,11 @@
-"""The operators' migration runbook as safe functions on a ``Database`` (MySQL/MariaDB).
+"""The operators' migration runbook as safe functions on a ``Database`` (MySQL/MariaDB and
+PostgreSQL; what differs on PostgreSQL is in ``_pg``).
 
     check           read-only: duplicate groups, over-charge per user, what the schema lacks
-    backup          copy the rows the cleanup touches into timestamped tables (+ mysqldump)
+    backup          copy the rows the cleanup touches into timestamped tables (+ a dump)
     dedupe          keep the max-id consume row per (user_id, order_id); refund the over-charge
-    add_unique_key  online DDL: order columns/indexes, uk_user_order, the daemon's own tables
+    add_unique_key  online DDL (ALGORITHM=INPLACE / CONCURRENTLY): order columns and indexes,
+                    uk_user_order, the daemon's own tables
     verify          no duplicates and the key exists
     up              check -> backup + dedupe -> add_unique_key -> verify; idempotent
     rollback        drop uk_user_order, restore the last dedupe's rows (same ids)

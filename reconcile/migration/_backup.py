@@ -1,4 +1,5 @@
-"""Backups: timestamped tables in the same database, a registry of them, an optional mysqldump.
+"""Backups: timestamped tables in the same database, a registry of them, an optional dump
+(``mysqldump``/``mariadb-dump`` on MySQL, ``pg_dump`` on PostgreSQL).
 
 A backup holds exactly what the cleanup touches: the consume rows it deletes (every row of a
 duplicate group except the max id) and the wallet rows of the affected users, copied in one
@@ -25,7 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import ledger
 from reconcile.db import Database, DatabaseSettings
+from reconcile.dialect import Dialect
 from reconcile.errors import DatabaseError, ReconcileError
+from reconcile.migration import _pg
 from reconcile.migration._common import (
     BACKUP_PREFIX,
     CONSUME,
@@ -36,11 +39,12 @@ from reconcile.migration._common import (
     lock_duplicates,
     money,
     quote,
-    require_mysql,
+    require_server,
     scan_duplicates,
     schema_state,
+    table_names,
 )
-from reconcile.schema import migration_backup, refund
+from reconcile.schema import UNIQUE_KEY, migration_backup, refund
 
 log = structlog.get_logger("reconcile.migration")
 
@@ -60,18 +64,28 @@ class BackupInfo:
     created_at: datetime
     rolled_back_at: datetime | None
 
-    def restore_statements(self) -> list[str]:
-        """The SQL an operator would run by hand (``migrate rollback`` does the first two)."""
+    def restore_statements(self, dialect: Dialect) -> list[str]:
+        """The SQL an operator would run by hand on this database (``migrate rollback`` does
+        the first ones); the wallet statement is commented out on purpose."""
         c, w = self.consume_table, self.wallet_table
         restore = (
             f"INSERT INTO {CONSUME} SELECT b.* FROM {c} b "  # noqa: S608 - shown, not run
             f"WHERE NOT EXISTS (SELECT 1 FROM {CONSUME} p WHERE p.id = b.id);"
         )
-        wallets = (
-            "-- only if nothing has charged or refunded these users since the backup: "  # noqa: S608
-            f"REPLACE INTO {WALLET} SELECT * FROM {w};"
-        )
-        return [f"ALTER TABLE {CONSUME} DROP INDEX uk_user_order;", restore, wallets]
+        only_if = "-- only if nothing has charged or refunded these users since the backup: "
+        if dialect.is_postgresql:
+            return [
+                f"ALTER TABLE {CONSUME} DROP CONSTRAINT IF EXISTS {UNIQUE_KEY};",
+                f"DROP INDEX IF EXISTS {UNIQUE_KEY};",
+                restore,
+                f"{only_if}DELETE FROM {WALLET} WHERE id IN (SELECT id FROM {w}) "  # noqa: S608
+                f"OR user_id IN (SELECT user_id FROM {w}); INSERT INTO {WALLET} SELECT * FROM {w};",
+            ]
+        return [
+            f"ALTER TABLE {CONSUME} DROP INDEX {UNIQUE_KEY};",
+            restore,
+            f"{only_if}REPLACE INTO {WALLET} SELECT * FROM {w};",  # noqa: S608
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +112,8 @@ class DumpResult:
     tool: str
     seconds: float
     bytes: int
+    #: how to load it back (it replaces both tables)
+    restore: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,16 +139,7 @@ async def create_backup_tables(db: Database) -> tuple[str, str]:
     stamp = db.now().strftime("%Y%m%d%H%M%S")
 
     async def create(conn: AsyncConnection) -> tuple[str, str]:
-        existing = {
-            r[0]
-            for r in await conn.execute(
-                text(
-                    "SELECT TABLE_NAME FROM information_schema.TABLES "
-                    "WHERE TABLE_SCHEMA = DATABASE() "
-                    "AND TABLE_NAME LIKE 'toogo\\_reconcile\\_bak\\_%'"
-                )
-            )
-        }
+        existing = {t for t in await table_names(conn) if t.startswith(BACKUP_PREFIX)}
         for n in range(1, 1000):
             suffix = "" if n == 1 else f"_{n}"
             names = (
@@ -142,7 +149,12 @@ async def create_backup_tables(db: Database) -> tuple[str, str]:
             if not existing & set(names):
                 break
         for name, source in zip(names, (CONSUME, WALLET), strict=True):
-            await conn.exec_driver_sql(f"CREATE TABLE {quote(name)} LIKE {quote(source)}")
+            new, old = quote(conn, name), quote(conn, source)
+            ddl = [f"CREATE TABLE {new} LIKE {old}"]
+            if _pg.is_pg(conn):
+                ddl = _pg.backup_table_ddl(new, old)
+            for statement in ddl:
+                await conn.exec_driver_sql(statement)
         return names
 
     return await db.transaction(create, what="migrate create backup tables")
@@ -167,7 +179,9 @@ async def drop_unregistered(db: Database, tables: tuple[str, str]) -> BackupInfo
         info = await registered(conn, tables[0])
         if info is None:
             for name in tables:
-                await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(backup_table_name(name))}")
+                await conn.exec_driver_sql(
+                    f"DROP TABLE IF EXISTS {quote(conn, backup_table_name(name))}"
+                )
         return info
 
     try:
@@ -182,9 +196,10 @@ async def copy_rows(
 ) -> int:
     """Copy the rows of ``source`` whose ``column`` is in ``keys`` (already locked by the
     caller) into the backup table ``target``."""
+    col = quote(conn, column)
     stmt = text(
-        f"INSERT INTO {quote(target)} SELECT * FROM {quote(source)} "  # noqa: S608
-        f"WHERE {quote(column)} IN :keys ORDER BY {quote(column)}"
+        f"INSERT INTO {quote(conn, target)} SELECT * FROM {quote(conn, source)} "  # noqa: S608
+        f"WHERE {col} IN :keys ORDER BY {col}"
     ).bindparams(bindparam("keys", expanding=True))
     copied = 0
     for chunk in chunks(sorted(keys)):
@@ -237,7 +252,7 @@ async def get_backup(
 
 async def backup(db: Database, *, dump: Path | None = None) -> BackupResult:
     """Copy the rows a dedupe would touch into new backup tables, in one transaction."""
-    require_mysql(db)
+    require_server(db)
 
     async def scan(conn: AsyncConnection) -> Duplicates:
         await schema_state(conn)  # the hotgo tables must exist
@@ -291,22 +306,26 @@ async def backup(db: Database, *, dump: Path | None = None) -> BackupResult:
     return BackupResult(info, locked, dumped)
 
 
-# -- mysqldump ----------------------------------------------------------------------------------
+# -- mysqldump / pg_dump -------------------------------------------------------------------------
 
 
-def dump_tool() -> str | None:
+def dump_tool(dialect: Dialect) -> str | None:
+    if dialect.is_postgresql:
+        return shutil.which("pg_dump")
     return shutil.which("mysqldump") or shutil.which("mariadb-dump")
 
 
 def dump_command(settings: DatabaseSettings, tool: str) -> tuple[list[str], dict[str, str]]:
     """argv and environment for a consistent dump of the two tables the cleanup changes.
 
-    The password travels in ``MYSQL_PWD`` (the child's environment, readable only by the same
-    user), never on the command line where ``ps`` would show it.
+    The password travels in the child's environment (``MYSQL_PWD``, ``PGPASSWORD``: readable
+    only by the same user), never on the command line where ``ps`` would show it.
     """
     url = settings.sqlalchemy_url()
     if not url.database:
         raise DatabaseError("database.url names no database to dump")
+    if url.get_backend_name() == "postgresql":
+        return _pg.dump_command(url, tool, (CONSUME, WALLET), settings.lock_wait_timeout)
     argv = [
         tool,
         "--single-transaction",
@@ -332,10 +351,12 @@ def dump_command(settings: DatabaseSettings, tool: str) -> tuple[list[str], dict
 
 
 async def dump_tables(db: Database, path: Path) -> DumpResult:
-    """``mysqldump --single-transaction`` of the consume and wallet tables into ``path`` (0600)."""
-    tool = dump_tool()
+    """A consistent dump of the consume and wallet tables into ``path`` (0600):
+    ``mysqldump --single-transaction`` or ``pg_dump`` (one snapshot)."""
+    tool = dump_tool(db.dialect)
     if tool is None:
-        raise DatabaseError("--dump needs mysqldump (or mariadb-dump) on PATH")
+        needs = "pg_dump" if db.dialect.is_postgresql else "mysqldump (or mariadb-dump)"
+        raise DatabaseError(f"--dump needs {needs} on PATH")
     argv, env = dump_command(db.settings, tool)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -354,4 +375,10 @@ async def dump_tables(db: Database, path: Path) -> DumpResult:
     size = await asyncio.to_thread(lambda: path.stat().st_size)
     seconds = loop.time() - started
     log.info("migrate dump", status="done", path=str(path), bytes=size, seconds=round(seconds, 3))
-    return DumpResult(path=path, tool=Path(tool).name, seconds=seconds, bytes=size)
+    name = db.settings.sqlalchemy_url().database
+    restore = (
+        f"psql --dbname={name} --single-transaction --file={path}"
+        if db.dialect.is_postgresql
+        else f"mysql {name} < {path}"
+    )
+    return DumpResult(path=path, tool=Path(tool).name, seconds=seconds, bytes=size, restore=restore)

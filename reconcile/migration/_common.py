@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
 from reconcile.errors import ConfigError, SchemaNotReady
+from reconcile.migration import _pg
 from reconcile.schema import (
     POWER_INDEX,
     SWEEP_INDEX,
@@ -63,11 +64,12 @@ def money(value: Decimal) -> str:
     return format(value, "f")
 
 
-def require_mysql(db: Database) -> None:
-    if not db.is_mysql:
+def require_server(db: Database) -> None:
+    """The runbook is for the production servers; SQLite is created complete."""
+    if not db.dialect.concurrent:
         raise ConfigError(
-            "migrate works on MySQL/MariaDB; the embedded SQLite database is created complete "
-            "on first use"
+            "migrate works on MySQL/MariaDB and PostgreSQL; the embedded SQLite database is "
+            "created complete on first use"
         )
 
 
@@ -76,11 +78,41 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def quote(name: str) -> str:
-    """A backquoted identifier; only names this module made or read from the server come here."""
+def quote(conn: AsyncConnection, name: str) -> str:
+    """A quoted identifier in the connection's dialect (`x` on MySQL, "x" on PostgreSQL); only
+    names this module made or read from the server come here."""
     if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", name):
         raise SchemaNotReady(f"refusing to use the identifier {name!r}")
-    return f"`{name}`"
+    return str(conn.dialect.identifier_preparer.quote_identifier(name))
+
+
+def _current_schema(conn: AsyncConnection) -> str:
+    """The SQL naming the schema our tables live in: the database on MySQL, the first schema
+    of the search path on PostgreSQL."""
+    return "current_schema()" if _pg.is_pg(conn) else "DATABASE()"
+
+
+async def table_names(conn: AsyncConnection) -> set[str]:
+    rows = await conn.execute(
+        text(
+            "SELECT TABLE_NAME FROM information_schema.TABLES "  # noqa: S608
+            f"WHERE TABLE_SCHEMA = {_current_schema(conn)}"
+        )
+    )
+    return {r[0] for r in rows}
+
+
+async def column_names(conn: AsyncConnection, table: str) -> list[str]:
+    """The table's columns in their order."""
+    rows = await conn.execute(
+        text(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "  # noqa: S608
+            f"WHERE TABLE_SCHEMA = {_current_schema(conn)} AND TABLE_NAME = :t "
+            "ORDER BY ORDINAL_POSITION"
+        ),
+        {"t": table},
+    )
+    return [r[0] for r in rows]
 
 
 def backup_table_name(name: str) -> str:
@@ -90,7 +122,10 @@ def backup_table_name(name: str) -> str:
     return name
 
 
-# -- the schema, as information_schema describes it ----------------------------------------------
+# -- the schema, as the server's catalog describes it ---------------------------------------------
+
+#: the indexes the runbook builds, by table
+OUR_INDEXES = ((ORDERS, POWER_INDEX), (CONSUME, UNIQUE_KEY), (ORDERS, SWEEP_INDEX))
 
 
 @dataclass(frozen=True)
@@ -103,26 +138,18 @@ class SchemaState:
     sweep_index: bool
     own_tables: dict[str, bool]
     consume_engine: str | None
+    #: PostgreSQL: indexes of ours left invalid by a failed CONCURRENTLY build (absent for
+    #: everything else; the step that builds one drops it first)
+    invalid_indexes: tuple[str, ...] = ()
+    #: PostgreSQL: uk_user_order is a table constraint (not only a unique index)
+    key_constraint: bool = False
 
     @property
     def order_ready(self) -> bool:
         return all(self.order_columns.values()) and self.power_index
 
 
-async def schema_state(conn: AsyncConnection) -> SchemaState:
-    rows = await conn.execute(
-        text(
-            "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = DATABASE()"
-        )
-    )
-    engines = {r[0]: r[1] for r in rows}
-    needed = [CONSUME, ORDERS, WALLET, wallet_log.name]
-    missing = [t for t in needed if t not in engines]
-    if missing:
-        raise SchemaNotReady(
-            f"missing hotgo tables: {', '.join(missing)} - is database.url the hotgo database?"
-        )
+async def _mysql_indexes(conn: AsyncConnection) -> dict[tuple[str, str], _pg.Index]:
     stats = await conn.execute(
         text(
             "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME "
@@ -132,25 +159,41 @@ async def schema_state(conn: AsyncConnection) -> SchemaState:
         ),
         {"consume": CONSUME, "orders": ORDERS},
     )
-    indexes: dict[tuple[str, str], tuple[bool, list[str]]] = {}
+    acc: dict[tuple[str, str], tuple[bool, list[str]]] = {}
     for table, index, non_unique, column in stats:
-        entry = indexes.setdefault((table, index), (not int(non_unique), []))
-        entry[1].append(column)
-    cols = await conn.execute(
-        text(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
-        ),
-        {"t": ORDERS},
-    )
-    order_cols = {r[0] for r in cols}
+        acc.setdefault((table, index), (not int(non_unique), []))[1].append(column)
+    return {k: _pg.Index(unique, tuple(cols)) for k, (unique, cols) in acc.items()}
+
+
+async def schema_state(conn: AsyncConnection) -> SchemaState:
+    pg = _pg.is_pg(conn)
+    if pg:
+        names = await table_names(conn)
+        engines: dict[str, str | None] = dict.fromkeys(names)
+    else:
+        rows = await conn.execute(
+            text(
+                "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = DATABASE()"
+            )
+        )
+        engines = {r[0]: r[1] for r in rows}
+    needed = [CONSUME, ORDERS, WALLET, wallet_log.name]
+    missing = [t for t in needed if t not in engines]
+    if missing:
+        raise SchemaNotReady(
+            f"missing hotgo tables: {', '.join(missing)} - is database.url the hotgo database?"
+        )
+    found = await (_pg.indexes(conn, [CONSUME, ORDERS]) if pg else _mysql_indexes(conn))
+    indexes = {k: ix for k, ix in found.items() if ix.valid}
+    order_cols = set(await column_names(conn, ORDERS))
     key = indexes.get((CONSUME, UNIQUE_KEY))
     problem = None
-    if key is not None and key != (True, ["user_id", "order_id"]):
+    if key is not None and (key.unique, key.columns) != (True, ("user_id", "order_id")):
         problem = (
             f"an index named {UNIQUE_KEY} exists on {CONSUME} but is not UNIQUE (user_id, "
-            f"order_id) - it is {'UNIQUE' if key[0] else 'non-unique'} ({', '.join(key[1])}); "
-            "drop it by hand and re-run"
+            f"order_id) - it is {'UNIQUE' if key.unique else 'non-unique'} "
+            f"({', '.join(key.columns)}); drop it by hand and re-run"
         )
     return SchemaState(
         tables=frozenset(engines),
@@ -161,6 +204,8 @@ async def schema_state(conn: AsyncConnection) -> SchemaState:
         sweep_index=(ORDERS, SWEEP_INDEX) in indexes,
         own_tables={name: name in engines for name in OWN_TABLE_NAMES},
         consume_engine=engines.get(CONSUME),
+        invalid_indexes=tuple(n for t, n in OUR_INDEXES if (t, n) in set(found) - set(indexes)),
+        key_constraint=key is not None and key.constraint,
     )
 
 
@@ -298,10 +343,14 @@ _GROUPS = text(
 )
 
 
+_PG_GROUPS = text(_pg.duplicate_groups_sql(CONSUME))
+
+
 async def scan_duplicates(conn: AsyncConnection) -> Duplicates:
     """Every duplicate group, read without locks (the check; the dedupe locks them afterwards)."""
     ids: list[int] = []
-    for user_id, order_id, count, joined in await conn.execute(_GROUPS):
+    groups = _PG_GROUPS if _pg.is_pg(conn) else _GROUPS
+    for user_id, order_id, count, joined in await conn.execute(groups):
         listed = joined.decode() if isinstance(joined, bytes) else str(joined)
         group_ids = [int(i) for i in listed.split(",") if i]
         if len(group_ids) != count:  # past group_concat_max_len: read this group's ids directly
@@ -324,11 +373,12 @@ async def scan_duplicates(conn: AsyncConnection) -> Duplicates:
 
 async def count_duplicates(conn: AsyncConnection) -> tuple[int, int]:
     """(duplicate groups, extra rows) - the runbook's verification query."""
+    hint = "" if _pg.is_pg(conn) else "SQL_BIG_RESULT "
     counts = [
         int(r[0])
         for r in await conn.execute(
             text(
-                f"SELECT SQL_BIG_RESULT COUNT(*) FROM {CONSUME} GROUP BY user_id, order_id "  # noqa: S608
+                f"SELECT {hint}COUNT(*) FROM {CONSUME} GROUP BY user_id, order_id "  # noqa: S608
                 "HAVING COUNT(*) > 1"
             )
         )

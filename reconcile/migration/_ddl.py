@@ -1,8 +1,12 @@
 """Online DDL: ``uk_user_order``, the order columns and indexes, the daemon's own tables.
 
-Each ALTER is one statement, atomic in InnoDB: it either finished or left the table as it was,
-so a failure half-way through ``add_unique_key`` leaves every earlier step done and the failed
-one undone, and re-running skips what exists. Statements ask for ``ALGORITHM=INPLACE,
+On MySQL/MariaDB (below); PostgreSQL builds the same with ``CREATE INDEX CONCURRENTLY`` on an
+autocommit connection under ``lock_timeout`` (see ``_pg``). Each step is done completely or not
+at all, on both, and re-running skips what exists.
+
+On MySQL each ALTER is one statement, atomic in InnoDB: it either finished or left the table as
+it was, so a failure half-way through ``add_unique_key`` leaves every earlier step done and the
+failed one undone. Statements ask for ``ALGORITHM=INPLACE,
 LOCK=NONE`` (writes go on while the index is built); if the server refuses, the step falls back
 to the server's default algorithm with a ``online ddl refused`` warning, or fails with
 ``online_only``. The session's ``lock_wait_timeout`` (the metadata-lock wait) is kept short, so
@@ -16,21 +20,23 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
+from sqlalchemy import TextClause, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database, map_db_errors
 from reconcile.errors import DatabaseError, DuplicateKey, ReconcileError, SchemaNotReady
+from reconcile.migration import _pg
 from reconcile.migration._common import (
     CONSUME,
     ORDERS,
     DuplicatesRemain,
     SchemaState,
     count_duplicates,
-    require_mysql,
+    require_server,
     schema_state,
 )
 from reconcile.schema import (
@@ -89,12 +95,21 @@ def _driver_code(exc: BaseException) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+_MYSQL_PROGRESS = text(
+    "SELECT STAGE, MAX_STAGE, PROGRESS, STATE FROM information_schema.PROCESSLIST WHERE ID = :id"
+)
+
+
+def _mysql_progress(row: Any) -> dict[str, Any]:
+    return {"stage": f"{row[0]}/{row[1]}", "progress_pct": str(row[2]), "state": row[3]}
+
+
 async def _watch(db: Database, conn_id: int, step: str, started: float, every: float) -> None:
-    """Log MariaDB's own progress figures for the running ALTER every ``every`` seconds."""
-    query = text(
-        "SELECT STAGE, MAX_STAGE, PROGRESS, STATE FROM information_schema.PROCESSLIST "
-        "WHERE ID = :id"
-    )
+    """Log the server's own progress figures for the running DDL every ``every`` seconds
+    (MariaDB's stage and percentage; PostgreSQL's pg_stat_progress_create_index)."""
+    pg = db.dialect.is_postgresql
+    query: TextClause = _pg.PROGRESS if pg else _MYSQL_PROGRESS
+    fields_of = _pg.progress_fields if pg else _mysql_progress
     while True:
         await asyncio.sleep(every)
         try:
@@ -106,7 +121,7 @@ async def _watch(db: Database, conn_id: int, step: str, started: float, every: f
             continue
         fields = {"step": step, "elapsed_s": round(time.monotonic() - started, 1)}
         if row is not None:
-            fields.update(stage=f"{row[0]}/{row[1]}", progress_pct=str(row[2]), state=row[3])
+            fields.update(fields_of(row))
         log.info("migrate progress", **fields)
 
 
@@ -180,48 +195,117 @@ async def run_alter(
     return DdlStep(name, online_sql if online else sql, seconds=seconds, online=online, done=done)
 
 
-def planned_ddl(state: SchemaState) -> list[tuple[str, str]]:
-    """(step name, SQL) for what ``add_unique_key`` still has to do, in the order it does it."""
+def planned_ddl(state: SchemaState, *, pg: bool = False) -> list[tuple[str, str]]:
+    """(step name, SQL) for what ``add_unique_key`` still has to do, in the order it does it.
+
+    The SQL is as it runs: MySQL's without the ``ALGORITHM`` clause (``run_alter`` adds it);
+    PostgreSQL's as the statements of the step, one a line (``_pg_step`` runs them in turn).
+    """
     steps: list[tuple[str, str]] = []
     if state.unique_key_problem:
         raise SchemaNotReady(state.unique_key_problem)
     adds = []
+    ine = " IF NOT EXISTS" if pg else ""
     if not state.order_columns["power_consumed"]:
-        adds.append("ADD COLUMN power_consumed TINYINT NOT NULL DEFAULT 0")
+        kind = "SMALLINT" if pg else "TINYINT"
+        adds.append(f"ADD COLUMN{ine} power_consumed {kind} NOT NULL DEFAULT 0")
     if not state.order_columns["power_amount"]:
-        adds.append("ADD COLUMN power_amount DECIMAL(20,8) NOT NULL DEFAULT 0")
+        kind = "NUMERIC(20,8)" if pg else "DECIMAL(20,8)"
+        adds.append(f"ADD COLUMN{ine} power_amount {kind} NOT NULL DEFAULT 0")
     if adds:
         steps.append(("order columns", f"ALTER TABLE {ORDERS} {', '.join(adds)}"))
+
+    def index(name: str, table: str, columns: str, *, unique: bool = False) -> str:
+        if not pg:
+            kind = "UNIQUE KEY" if unique else "INDEX"
+            return f"ALTER TABLE {table} ADD {kind} {name} ({columns})"
+        build = [f"DROP INDEX CONCURRENTLY IF EXISTS {name}"]  # left by a failed build
+        if name not in state.invalid_indexes:
+            build = []
+        build.append(
+            f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {name} ON {table} ({columns})"
+        )
+        if unique:
+            build.append(f"ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
+        return "\n".join(build)
+
     if not state.power_index:
         steps.append(
-            (
-                POWER_INDEX,
-                f"ALTER TABLE {ORDERS} ADD INDEX {POWER_INDEX} "
-                "(power_consumed, status, realized_profit)",
-            )
+            (POWER_INDEX, index(POWER_INDEX, ORDERS, "power_consumed, status, realized_profit"))
         )
     if not state.unique_key:
-        steps.append(
-            (UNIQUE_KEY, f"ALTER TABLE {CONSUME} ADD UNIQUE KEY {UNIQUE_KEY} (user_id, order_id)")
-        )
+        steps.append((UNIQUE_KEY, index(UNIQUE_KEY, CONSUME, "user_id, order_id", unique=True)))
     if not state.sweep_index:
-        steps.append(
-            (
-                SWEEP_INDEX,
-                f"ALTER TABLE {ORDERS} ADD INDEX {SWEEP_INDEX} ({', '.join(SWEEP_INDEX_COLUMNS)})",
-            )
-        )
+        steps.append((SWEEP_INDEX, index(SWEEP_INDEX, ORDERS, ", ".join(SWEEP_INDEX_COLUMNS))))
     missing_own = [t for t, present in state.own_tables.items() if not present]
     if missing_own:
         steps.append(("own tables", f"CREATE TABLE IF NOT EXISTS {', '.join(missing_own)}"))
     return steps
 
 
+def shown_sql(name: str, sql: str, *, pg: bool) -> str:
+    """A step's SQL as the plan prints it: what will run, online clause included."""
+    if pg or name == "own tables":
+        return sql.replace("\n", ";\n    ")
+    return f"{sql}, {ONLINE}"
+
+
 def _needed(step: str) -> Callable[[AsyncConnection], Awaitable[bool]]:
     async def needed(conn: AsyncConnection) -> bool:
-        return any(name == step for name, _ in planned_ddl(await schema_state(conn)))
+        plan = planned_ddl(await schema_state(conn), pg=_pg.is_pg(conn))
+        return any(name == step for name, _ in plan)
 
     return needed
+
+
+async def _pg_step(db: Database, name: str, options: DdlOptions) -> DdlStep:
+    """One PostgreSQL step: its statements, as the catalog says they are still needed, on an
+    autocommit connection; a build that fails drops the index it left behind (invalid), and a
+    key that cannot become a constraint is dropped again - the step is all or nothing."""
+    shown = ""
+
+    async def unit(conn: AsyncConnection) -> bool:
+        nonlocal shown
+        plan = dict(planned_ddl(await schema_state(conn), pg=True))
+        if name not in plan:
+            return False
+        statements = plan[name].split("\n")
+        shown = shown_sql(name, plan[name], pg=True)
+        pid = await _pg.backend_pid(conn)
+        watcher = asyncio.create_task(
+            _watch(db, pid, name, time.monotonic(), options.progress_every)
+        )
+        built: str | None = None
+        try:
+            for statement in statements:
+                log.info("migrate statement", step=name, sql=statement)
+                try:
+                    await conn.exec_driver_sql(statement)
+                except BaseException:
+                    if built is not None or _pg.index_name(statement):
+                        table = CONSUME if name == UNIQUE_KEY else ORDERS
+                        await _pg.drop_index(
+                            db, table, built or name, options.lock_wait, only_invalid=not built
+                        )
+                    raise
+                built = _pg.index_name(statement) or built
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        return True
+
+    log.info("migrate step", step=name, status="start")
+    started = time.monotonic()
+    done = await _pg.run_ddl(db, f"migrate {name}", unit, lock_wait=options.lock_wait)
+    seconds = time.monotonic() - started
+    log.info(
+        "migrate step",
+        step=name,
+        status="done" if done else "already present",
+        seconds=round(seconds, 3),
+        online=True,
+    )
+    return DdlStep(name, shown, seconds=seconds, online=True, done=done)
 
 
 async def add_unique_key(
@@ -231,7 +315,7 @@ async def add_unique_key(
 
     Refuses (``DuplicatesRemain``) while duplicates remain, before changing anything.
     """
-    require_mysql(db)
+    require_server(db)
     options = options or DdlOptions()
 
     async def inspect(conn: AsyncConnection) -> tuple[SchemaState, tuple[int, int]]:
@@ -240,11 +324,12 @@ async def add_unique_key(
         return state, dups
 
     state, (groups, extra) = await db.transaction(inspect, what="migrate inspect schema")
-    plan = planned_ddl(state)
+    pg = db.dialect.is_postgresql
+    plan = planned_ddl(state, pg=pg)
     if dry_run:
         return AddKeyResult(
             dry_run=True,
-            steps=tuple(DdlStep(n, s) for n, s in plan),
+            steps=tuple(DdlStep(n, shown_sql(n, s, pg=pg)) for n, s in plan),
             duplicate_groups=groups,
             extra_rows=extra,
         )
@@ -257,7 +342,10 @@ async def add_unique_key(
             done.append(await _own_tables(db, sql))
             continue
         try:
-            done.append(await run_alter(db, name, sql, needed=_needed(name), options=options))
+            if pg:
+                done.append(await _pg_step(db, name, options))
+            else:
+                done.append(await run_alter(db, name, sql, needed=_needed(name), options=options))
         except DuplicateKey as exc:
 
             async def recount(conn: AsyncConnection) -> tuple[int, int]:
@@ -294,12 +382,16 @@ WHERE o.exchange_order_id <> ''
        OR o.close_reason = 'exchange_sync')
 ON DUPLICATE KEY UPDATE {binding.name}.id = {binding.name}.id
 """  # noqa: S608 - table names only
+PG_BACKFILL_BINDINGS = _pg.backfill_bindings_sql(
+    binding.name, ORDERS, trading_robot.name, trading_api_config.name
+)
 
 
 async def _own_tables(db: Database, sql: str) -> DdlStep:
     async def create(conn: AsyncConnection) -> int:
         await create_own_schema(conn)
-        return int((await conn.execute(text(BACKFILL_BINDINGS))).rowcount)
+        backfill = PG_BACKFILL_BINDINGS if _pg.is_pg(conn) else BACKFILL_BINDINGS
+        return int((await conn.execute(text(backfill))).rowcount)
 
     started = time.monotonic()
     backfilled = await db.transaction(create, what="migrate create own tables")
@@ -315,6 +407,9 @@ async def _own_tables(db: Database, sql: str) -> DdlStep:
 
 
 async def drop_unique_key(db: Database, options: DdlOptions) -> DdlStep:
+    if db.dialect.is_postgresql:
+        return await _pg_drop_key(db, options)
+
     async def needed(conn: AsyncConnection) -> bool:
         return (await schema_state(conn)).unique_key
 
@@ -325,6 +420,31 @@ async def drop_unique_key(db: Database, options: DdlOptions) -> DdlStep:
         needed=needed,
         options=options,
     )
+
+
+async def _pg_drop_key(db: Database, options: DdlOptions) -> DdlStep:
+    """PostgreSQL: the constraint (with its index), or a plain or invalid index of that name."""
+    name, shown = f"drop {UNIQUE_KEY}", ""
+
+    async def unit(conn: AsyncConnection) -> bool:
+        nonlocal shown
+        state = await schema_state(conn)
+        if not state.unique_key and UNIQUE_KEY not in state.invalid_indexes:
+            return False
+        shown = (
+            f"ALTER TABLE {CONSUME} DROP CONSTRAINT {UNIQUE_KEY}"
+            if state.key_constraint
+            else f"DROP INDEX CONCURRENTLY IF EXISTS {UNIQUE_KEY}"
+        )
+        await conn.exec_driver_sql(shown)
+        return True
+
+    log.info("migrate step", step=name, status="start")
+    started = time.monotonic()
+    done = await _pg.run_ddl(db, f"migrate {name}", unit, lock_wait=options.lock_wait)
+    seconds = time.monotonic() - started
+    log.info("migrate step", step=name, status="done" if done else "already absent")
+    return DdlStep(name, shown, seconds=seconds, online=True, done=done)
 
 
 @dataclass(frozen=True)
@@ -341,7 +461,7 @@ class VerifyResult:
 
 async def verify(db: Database) -> VerifyResult:
     """The runbook's verification: no duplicate (user_id, order_id) rows, and the key exists."""
-    require_mysql(db)
+    require_server(db)
 
     async def read(conn: AsyncConnection) -> tuple[SchemaState, tuple[int, int]]:
         return await schema_state(conn), await count_duplicates(conn)

@@ -50,7 +50,7 @@ from reconcile.migration._common import (
     Duplicates,
     chunks,
     lock_duplicates,
-    require_mysql,
+    require_server,
     scan_duplicates,
     schema_state,
 )
@@ -101,7 +101,7 @@ async def dedupe(
     dump: Path | None = None,
 ) -> DedupeResult:
     """Dry run by default: returns what would be deleted and refunded, changes nothing."""
-    require_mysql(db)
+    require_server(db)
     started = time.monotonic()
 
     async def scan(conn: AsyncConnection) -> Duplicates:

@@ -35,12 +35,13 @@ from reconcile.migration._common import (
     ZERO,
     backup_table_name,
     chunks,
+    column_names,
     quote,
-    require_mysql,
+    require_server,
     schema_state,
 )
 from reconcile.migration._ddl import DdlOptions, DdlStep, drop_unique_key
-from reconcile.schema import migration_backup, refund
+from reconcile.schema import UNIQUE_KEY, migration_backup, refund
 
 log = structlog.get_logger("reconcile.migration")
 
@@ -88,7 +89,7 @@ async def _plan(conn: AsyncConnection, backup_id: int | None) -> _Plan:
         if backup_id is not None:
             raise SchemaNotReady(f"no dedupe backup #{backup_id} in the registry")
         return _Plan(state.unique_key, None, 0, 0, ZERO)
-    table = quote(backup_table_name(info.consume_table))
+    table = quote(conn, backup_table_name(info.consume_table))
     if info.consume_table not in state.tables:
         raise SchemaNotReady(f"backup table {info.consume_table} of backup #{info.id} is gone")
     missing = (
@@ -119,7 +120,7 @@ async def rollback(
     options: DdlOptions | None = None,
 ) -> RollbackResult:
     """Dry run by default. ``backup_id`` picks a dedupe backup other than the last one."""
-    require_mysql(db)
+    require_server(db)
     started = time.monotonic()
 
     async def read(conn: AsyncConnection) -> _Plan:
@@ -187,25 +188,16 @@ async def _restore(
     locked = await get_backup(conn, backup_id=info.id, lock=True)
     if locked is None:
         raise SchemaNotReady(f"backup #{info.id} vanished from the registry")
-    if (await schema_state(conn)).unique_key:
+    state = await schema_state(conn)
+    if state.unique_key or UNIQUE_KEY in state.invalid_indexes:
         raise SchemaNotReady(f"{CONSUME} got uk_user_order back during the rollback; re-run")
     now = db.now()
     # wallets before consume rows, as the consumer and the dedupe lock them
     reversal = await _lock_reversal(db, conn, locked.id) if reverse_refunds else None
     restored = 0
     if locked.rolled_back_at is None:
-        columns = [
-            r[0]
-            for r in await conn.execute(
-                text(
-                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
-                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t ORDER BY ORDINAL_POSITION"
-                ),
-                {"t": CONSUME},
-            )
-        ]
-        cols = ", ".join(quote(c) for c in columns)
-        source = quote(backup_table_name(locked.consume_table))
+        cols = ", ".join(quote(conn, c) for c in await column_names(conn, CONSUME))
+        source = quote(conn, backup_table_name(locked.consume_table))
         result = await conn.execute(
             text(
                 f"INSERT INTO {CONSUME} ({cols}) SELECT {cols} FROM {source} b "  # noqa: S608

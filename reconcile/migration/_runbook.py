@@ -21,7 +21,7 @@ from reconcile.migration._common import (
     DuplicatesRemain,
     SchemaState,
     money,
-    require_mysql,
+    require_server,
     scan_duplicates,
     schema_state,
 )
@@ -78,6 +78,7 @@ class CheckReport:
             "unique_key_problem": s.unique_key_problem,
             "trading_order": {**s.order_columns, POWER_INDEX: s.power_index},
             "sweep_index": {SWEEP_INDEX: s.sweep_index},
+            "invalid_indexes": list(s.invalid_indexes),
             "own_tables": s.own_tables,
             "refunds": {
                 "rows": self.refunds.rows,
@@ -94,7 +95,7 @@ class CheckReport:
 
 async def check(db: Database) -> CheckReport:
     """Read-only: duplicates, over-charge per user, and what the schema still lacks."""
-    require_mysql(db)
+    require_server(db)
 
     async def read(conn: AsyncConnection) -> CheckReport:
         state = await schema_state(conn)
@@ -118,7 +119,7 @@ async def check(db: Database) -> CheckReport:
         if state.own_tables.get(migration_backup.name):
             last = await get_backup(conn)
         pending = (
-            tuple(name for name, _ in planned_ddl(state))
+            tuple(name for name, _ in planned_ddl(state, pg=db.dialect.is_postgresql))
             if not state.unique_key_problem
             else (UNIQUE_KEY,)
         )
