@@ -42,10 +42,10 @@ from reconcile.migration._common import (
 from reconcile.schema import (
     POWER_INDEX,
     SWEEP_INDEX,
-    SWEEP_INDEX_COLUMNS,
     UNIQUE_KEY,
     binding,
     create_own_schema,
+    sweep_index_columns,
     trading_api_config,
     trading_robot,
 )
@@ -236,7 +236,8 @@ def planned_ddl(state: SchemaState, *, pg: bool = False) -> list[tuple[str, str]
     if not state.unique_key:
         steps.append((UNIQUE_KEY, index(UNIQUE_KEY, CONSUME, "user_id, order_id", unique=True)))
     if not state.sweep_index:
-        steps.append((SWEEP_INDEX, index(SWEEP_INDEX, ORDERS, ", ".join(SWEEP_INDEX_COLUMNS))))
+        columns = ", ".join(sweep_index_columns("postgresql"))
+        steps.append((SWEEP_INDEX, index(SWEEP_INDEX, ORDERS, columns)))
     missing_own = [t for t, present in state.own_tables.items() if not present]
     if missing_own:
         steps.append(("own tables", f"CREATE TABLE IF NOT EXISTS {', '.join(missing_own)}"))
