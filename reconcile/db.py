@@ -285,6 +285,23 @@ class Database:
         (after ``RowsMissing.prepare`` when that was the failure) and, given
         ``retry_duplicate``, when a unique key refused a row - an expected race, logged at info
         level under that event name instead of as a ``db retry`` warning."""
+        retrying = self.retrying(what, retry_duplicate=retry_duplicate, **log_fields)
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return await self._gated(fn, what)
+                except RowsMissing as missing:
+                    await missing.prepare()  # a transaction of its own; the unit runs again
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def retrying(
+        self, what: str, *, retry_duplicate: str | None = None, **log_fields: Any
+    ) -> AsyncRetrying:
+        """The one retry policy for database work: re-run on a temporary failure (and, given
+        ``retry_duplicate``, on a duplicate key), bounded by ``settings.retry``, full-jitter
+        exponential back-off, each re-run logged. ``transaction`` uses it; so does the
+        runbook's autocommit DDL on PostgreSQL, which runs outside a transaction."""
         policy = self.settings.retry
         retryable: tuple[type[Exception], ...] = (DatabaseTemporaryError,)
         if retry_duplicate:
@@ -315,21 +332,13 @@ class Database:
                 **log_fields,
             )
 
-        retrying = AsyncRetrying(
+        return AsyncRetrying(
             retry=retry_if_exception_type(retryable),
             stop=stop_after_attempt(policy.attempts),
             wait=wait_random_exponential(multiplier=policy.initial, max=policy.maximum),
             before_sleep=before_sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                try:
-                    return await self._gated(fn, what)
-                except RowsMissing as missing:
-                    await missing.prepare()  # a transaction of its own; the unit runs again
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _ready(self) -> None:
         await pacing.between_transactions()

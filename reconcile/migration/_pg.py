@@ -28,11 +28,9 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
-from tenacity import wait_random_exponential as jittered
 
 from reconcile.db import Database, map_db_errors
-from reconcile.errors import DatabaseTemporaryError, ReconcileError
+from reconcile.errors import ReconcileError
 
 log = structlog.get_logger("reconcile.migration")
 
@@ -113,27 +111,7 @@ async def run_ddl(
     connection) re-runs it - bounded, jittered, logged as ``db retry`` - as
     ``Database.transaction`` does for transactions. ``fn`` asks the catalog what is still to do,
     so a re-run never repeats a statement that finished."""
-    policy = db.settings.retry
-
-    def before_sleep(state: Any) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "db retry",
-            what=what,
-            attempt=state.attempt_number,
-            max_attempts=policy.attempts,
-            error=type(exc).__name__ if exc else None,
-            detail=str(exc) if exc else None,
-            retry=True,
-        )
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(DatabaseTemporaryError),
-        stop=stop_after_attempt(policy.attempts),
-        wait=jittered(multiplier=policy.initial, max=policy.maximum),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    retrying = db.retrying(what)
     async for attempt in retrying:
         with attempt:
             async with autocommit(db, lock_wait) as conn:
