@@ -1,10 +1,12 @@
 """`toogo-reconcile migrate up --refund --yes` on a 500,000-row hg_toogo_power_consume while four
 tasks keep charging orders through PowerConsumer.charge.
 
-    .venv/bin/python bench/bench_migration.py [--rows 500000] [--users 10000] [--chargers 4]
-                                               [--no-contrast] [--keep]
+    .venv/bin/python bench/bench_migration.py [--db URL] [--rows 500000] [--users 10000]
+                                               [--chargers 4] [--no-contrast] [--keep]
 
-Needs the local MariaDB (127.0.0.1:3306, root, no password; env TOOGO_BENCH_MYSQL overrides).
+``--db`` is the server, without a database name: the local MariaDB,
+``mysql+aiomysql://root@127.0.0.1:3306`` (the default; env TOOGO_BENCH_MYSQL overrides it), or
+PostgreSQL, ``postgresql://postgres@127.0.0.1:5432`` (``postgresql+asyncpg://`` is accepted).
 Seeds a legacy-shaped database with the sequence engine (no uk_user_order; 1% of the charged
 orders charged 2-4 times), charges fresh orders from 4 tasks (one connection each) for a
 baseline, runs `migrate up --refund --yes` as a subprocess (the CLI an operator runs), keeps
@@ -13,6 +15,13 @@ CLI's own `migrate step` events), the longest charge latency and the longest gap
 completions while the ALTER ran, next to the baseline. Then a second `up` (the no-op), and, for
 contrast, the same key added with ALGORITHM=COPY (the locking way) under the same load.
 Afterwards it verifies: every fresh order charged exactly once, refunds equal the over-charge.
+
+On PostgreSQL the schema is upstream's PostgreSQL DDL with the hg_toogo_* tables as a transfer
+gives them (tests/upstream.create_upstream_pg_schema, no key, no own tables: the legacy shape of
+tests/migration_kit.legacy_database), seeded with generate_series. The runbook builds the key
+with CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX; the CLI's `migrate
+statement` events time the two apart. ALGORITHM=COPY is MySQL's: the contrast there is a plain
+(non-CONCURRENTLY) CREATE UNIQUE INDEX under the same load, which blocks writes while it runs.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pymysql
 import structlog
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from reconcile.consumer import PowerConsumer, Source  # noqa: E402
 from reconcile.db import Database, DatabaseSettings  # noqa: E402
 from reconcile.pricing import PowerRules  # noqa: E402
-from tests.upstream import create_upstream_schema  # noqa: E402
+from tests.upstream import create_upstream_pg_schema, create_upstream_schema  # noqa: E402
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 
@@ -217,6 +228,7 @@ async def with_load(
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", default=SERVER, help="the server, without a database name")
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--chargers", type=int, default=4)
@@ -229,7 +241,13 @@ async def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
     name = f"trc_bench_mig_{uuid.uuid4().hex[:8]}"
-    url = f"{SERVER}/{name}"
+    backend = make_url(args.db).get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        await pg_main(args, Pg(args.db), name)
+        return
+    if backend != "mysql":
+        raise SystemExit(f"--db: not a MySQL or PostgreSQL URL: {args.db}")
+    url = f"{args.db.rstrip('/')}/{name}"
     server = admin()
     with server.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
@@ -257,8 +275,41 @@ async def main() -> None:
         server.close()
 
 
+async def pg_main(args: argparse.Namespace, pg: Pg, name: str) -> None:
+    await pg.execute("postgres", f'CREATE DATABASE "{name}"')
+    [(version, buffers, sync)] = await pg.fetch(
+        "postgres",
+        "SELECT current_setting('server_version'), current_setting('shared_buffers'), "
+        "current_setting('synchronous_commit')",
+    )
+    print(
+        f"PostgreSQL {version}, shared_buffers {buffers}, synchronous_commit={sync}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    url = pg.daemon_url(name)
+    try:
+        seeded = await pg_seed(pg, url, name, args.rows, args.users, args.fresh)
+        print(
+            f"seeded in {seeded['seed_s']:.1f}s: {seeded['consume_rows']} consume rows, "
+            f"{seeded['groups']} duplicate groups, {seeded['extra_rows']} extra rows, "
+            f"over-charge {seeded['over_charged']}"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "config.yaml"
+            config.write_text(f"database:\n  url: {url}\n  pool_size: 2\n")
+            await measure(args, url, name, config, seeded, pg)
+    finally:
+        if not args.keep:
+            await pg.execute("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def measure(
-    args: argparse.Namespace, url: str, name: str, config: Path, seeded: dict[str, Any]
+    args: argparse.Namespace,
+    url: str,
+    name: str,
+    config: Path,
+    seeded: dict[str, Any],
+    pg: Pg | None = None,
 ) -> None:
     ids: list[int] = list(reversed(seeded["fresh_ids"]))
     charged_before = len(ids)
@@ -290,7 +341,13 @@ async def measure(
             print(f"  {e['event']}: {e['seconds']:.2f}s")
     print(f"baseline ({args.baseline:.0f}s before up): {fmt(load.window(t0, t1))}")
     print(f"during the dedupe:          {fmt(load.window(d0, d1))}")
-    print(f"during the ALTER ({a1 - a0:.2f}s):   {fmt(load.window(a0, a1))}")
+    if pg is None:
+        print(f"during the ALTER ({a1 - a0:.2f}s):   {fmt(load.window(a0, a1))}")
+    else:
+        print(f"during the key step ({a1 - a0:.2f}s): {fmt(load.window(a0, a1))}")
+        for sql, s0, s1 in statement_windows(events, "uk_user_order"):
+            print(f"  {sql.split(' ON ')[0].split(' UNIQUE USING')[0]} ({s1 - s0:.2f}s):")
+            print(f"    {fmt(load.window(s0, s1))}")
     print(f"whole up:                   {fmt(load.window(t1, t1 + up_s))}")
     if load.exhausted:
         print("WARNING: ran out of fresh orders; raise --fresh")
@@ -298,6 +355,11 @@ async def measure(
     code, out, _, second_s = await run_cli(config, "up", "--refund", "--yes")
     assert code == 0 and "nothing to do" in out, out
     print(f"second up (no-op): {second_s:.2f}s wall")
+    if pg is not None:
+        await pg_verify(pg, name, seeded, charged_before - len(ids))
+        if not args.no_contrast:
+            await pg_contrast(args, pg, url, name, seeded, ids, charged_before)
+        return
     verify(name, seeded, charged_before - len(ids))
 
     if not args.no_contrast:
@@ -324,6 +386,38 @@ async def measure(
         print(f"  its baseline:                {fmt(load2.window(b0, b1))}")
         conn.close()
         verify(name, seeded, charged_before - len(ids), quiet=True)
+
+
+async def pg_contrast(
+    args: argparse.Namespace,
+    pg: Pg,
+    url: str,
+    name: str,
+    seeded: dict[str, Any],
+    ids: list[int],
+    charged_before: int,
+) -> None:
+    """The key built the locking way: a plain CREATE UNIQUE INDEX (SHARE lock: inserts wait
+    until it is done) under the same load, then made the constraint again."""
+    await pg.execute(name, "ALTER TABLE hg_toogo_power_consume DROP CONSTRAINT uk_user_order")
+
+    async def plain_build() -> tuple[float, float]:
+        start = time.time()
+        await pg.execute(
+            name,
+            "CREATE UNIQUE INDEX uk_user_order ON hg_toogo_power_consume (user_id, order_id)",
+        )
+        return start, time.time()
+
+    load2, (c0, c1), b0, b1 = await with_load(url, ids, args.chargers, 2.0, 1.0, plain_build)
+    await pg.execute(
+        name,
+        "ALTER TABLE hg_toogo_power_consume ADD CONSTRAINT uk_user_order "
+        "UNIQUE USING INDEX uk_user_order",
+    )
+    print(f"\ncontrast, plain CREATE UNIQUE INDEX ({c1 - c0:.2f}s): {fmt(load2.window(c0, c1))}")
+    print(f"  its baseline:                {fmt(load2.window(b0, b1))}")
+    await pg_verify(pg, name, seeded, charged_before - len(ids), quiet=True)
 
 
 def verify(name: str, seeded: dict[str, Any], charged: int, quiet: bool = False) -> None:
@@ -356,6 +450,154 @@ def verify(name: str, seeded: dict[str, Any], charged: int, quiet: bool = False)
             f"verified: {charged} fresh orders charged exactly once, refunds = over-charge "
             f"({refunded}), no duplicates left"
         )
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+class Pg:
+    """The PostgreSQL server: asyncpg for the bench's own SQL (the load shares its event loop)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url).set(drivername="postgresql", database=None)
+
+    def dsn(self, db: str = "postgres") -> str:
+        return self.url.set(database=db).render_as_string(hide_password=False)
+
+    def daemon_url(self, name: str) -> str:
+        return self.url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+            hide_password=False
+        )
+
+    async def execute(self, db: str, *statements: str) -> None:
+        conn = await asyncpg.connect(self.dsn(db), timeout=10)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def fetch(self, db: str, query: str) -> list[Any]:
+        conn = await asyncpg.connect(self.dsn(db), timeout=10)
+        try:
+            return [tuple(r) for r in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+
+async def pg_seed(pg: Pg, url: str, name: str, rows: int, users: int, fresh: int) -> dict[str, Any]:
+    """The MariaDB seed's rows in PostgreSQL's SQL: generate_series for the sequence engine,
+    NUMERIC division where MySQL's `/` gives decimals; VACUUM ANALYZE afterwards (fresh
+    statistics, and no autovacuum of the just-loaded tables in the middle of the measurement)."""
+    async with Database(DatabaseSettings(url=url)) as db:
+
+        async def create(conn: Any) -> None:
+            await create_upstream_pg_schema(conn, with_unique_key=False, own=False)
+
+        await db.transaction(create, what="create legacy schema")
+    charged = round(rows / 1.02)
+    started = time.monotonic()
+    profit = "(1 + (g % 997) / 100.0)"
+    orders = []
+    for first, count, consumed in ((1, charged, 1), (charged + 1, fresh, 0)):
+        amount = f"ROUND({profit} * 0.1, 8)" if consumed else "0"
+        orders.append(f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
+            direction, open_price, close_price, quantity, leverage, margin, realized_profit,
+            open_time, close_time, status, power_consumed, power_amount, created_at, updated_at)
+            SELECT 1 + g % {users}, 1000 + g % {users}, 'BM-' || g, 'BTCUSDT', 'long', 100,
+            101, 0.01, 10, 0.1, {profit}, NOW() - INTERVAL '2 days', NOW() - INTERVAL '1 day',
+            2, {consumed}, {amount}, NOW(), NOW()
+            FROM generate_series({first}::bigint, {first + count - 1}) g ORDER BY g""")
+    await pg.execute(
+        name,
+        f"""INSERT INTO hg_toogo_wallet (user_id, power, gift_power, total_power_consume,
+            created_at, updated_at)
+            SELECT g, 1000 + g % 97, 5, 500, NOW(), NOW() FROM generate_series(1, {users}) g""",
+        *orders,
+        """INSERT INTO hg_toogo_power_consume (user_id, robot_id, order_id, order_sn,
+            profit_amount, consume_rate, consume_power, from_power, original_power, created_at)
+            SELECT user_id, robot_id, id, order_sn, realized_profit, 0.1, power_amount,
+            power_amount, power_amount, NOW() - INTERVAL '1 day'
+            FROM hg_trading_order WHERE power_consumed = 1 ORDER BY id""",
+        """INSERT INTO hg_toogo_power_consume (user_id, robot_id, order_id, order_sn,
+            profit_amount, consume_rate, consume_power, from_power, original_power, created_at)
+            SELECT o.user_id, o.robot_id, o.id, o.order_sn, o.realized_profit, 0.1,
+            o.power_amount, o.power_amount, o.power_amount, NOW() - INTERVAL '1 hour'
+            FROM hg_trading_order o JOIN generate_series(1, 3) s(seq) ON s.seq <= 1 + o.id % 3
+            WHERE o.power_consumed = 1 AND o.id % 100 = 0 ORDER BY o.id, s.seq""",
+        "VACUUM ANALYZE",
+    )
+    [(total,)] = await pg.fetch(name, "SELECT COUNT(*) FROM hg_toogo_power_consume")
+    [(groups, extra, over)] = await pg.fetch(name, OVER_CHARGE)
+    fresh_ids = [
+        r[0]
+        for r in await pg.fetch(
+            name, f"SELECT id FROM hg_trading_order WHERE id > {charged} ORDER BY id"
+        )
+    ]
+    return {
+        "consume_rows": total,
+        "groups": groups,
+        "extra_rows": int(extra),
+        "over_charged": Decimal(over),
+        "fresh_ids": fresh_ids,
+        "seed_s": time.monotonic() - started,
+    }
+
+
+OVER_CHARGE = """SELECT COUNT(*), SUM(d.n - 1), SUM(d.total - k.consume_power) FROM (
+    SELECT COUNT(*) n, SUM(consume_power) total, MAX(id) keep_id
+    FROM hg_toogo_power_consume GROUP BY user_id, order_id HAVING COUNT(*) > 1) d
+    JOIN hg_toogo_power_consume k ON k.id = d.keep_id"""
+
+
+async def pg_verify(
+    pg: Pg, name: str, seeded: dict[str, Any], charged: int, quiet: bool = False
+) -> None:
+    """verify()'s checks, in SQL PostgreSQL runs too."""
+    first_fresh = min(seeded["fresh_ids"])
+    [(dups,)] = await pg.fetch(
+        name,
+        """SELECT COUNT(*) FROM (SELECT 1 FROM hg_toogo_power_consume
+        GROUP BY user_id, order_id HAVING COUNT(*) > 1) d""",
+    )
+    assert dups == 0, "duplicates remain"
+    [(rows, distinct)] = await pg.fetch(
+        name,
+        f"""SELECT COUNT(*), COUNT(DISTINCT order_id) FROM hg_toogo_power_consume
+        WHERE order_id >= {first_fresh}""",
+    )
+    assert rows == distinct == charged, (rows, distinct, charged)
+    [(logged,)] = await pg.fetch(
+        name,
+        f"""SELECT COUNT(*) FROM hg_toogo_wallet_log
+        WHERE change_type = 'power_consume' AND related_id >= {first_fresh}""",
+    )
+    assert logged == charged, (logged, charged)
+    [(refunded,)] = await pg.fetch(
+        name,
+        """SELECT COALESCE(SUM(change_amount), 0) FROM hg_toogo_wallet_log
+        WHERE change_type = 'power_consume_refund'""",
+    )
+    assert refunded == seeded["over_charged"], (refunded, seeded["over_charged"])
+    if not quiet:
+        print(
+            f"verified: {charged} fresh orders charged exactly once, refunds = over-charge "
+            f"({refunded}), no duplicates left"
+        )
+
+
+def statement_windows(events: list[dict[str, Any]], step: str) -> list[tuple[str, float, float]]:
+    """PostgreSQL: (sql, start, end) of each statement of ``step``, from the CLI's `migrate
+    statement` events; a statement ends where the next begins, the last where the step is done."""
+    marks = [
+        (e["sql"], ts(e["timestamp"]))
+        for e in events
+        if e.get("event") == "migrate statement" and e.get("step") == step
+    ]
+    _, end = step_window(events, step)
+    ends = [t for _, t in marks[1:]] + [end]
+    return [(sql, start, stop) for (sql, start), stop in zip(marks, ends, strict=True)]
 
 
 if __name__ == "__main__":
