@@ -33,7 +33,7 @@ from reconcile.contract import LiveSchema
 from reconcile.db import Database
 from reconcile.errors import DatabaseError
 from reconcile.matching import Candidate, Decision, Kind, Rule, Tolerances, decide
-from reconcile.orders import Status, real_close_time
+from reconcile.orders import Status, ineligibility, real_close_time
 from reconcile.records import ClosedPosition, ProfitBasis, profit_of
 from reconcile.schema import binding, trading_order
 
@@ -252,6 +252,10 @@ class PageWriter:
                 await conn.execute(trading_order.update().where(o.id == order.id).values(**values))
             if d.kind is Kind.ORDER or d.rule is Rule.BINDING:
                 self._check_profit(order, d.record, profit, events)
+            if d.rule is Rule.BINDING and d.kind is Kind.ORDER and _awaits_charge(order):
+                # bound on an earlier attempt whose charge never ran (a crash between the
+                # page's commit and its charge): charge it now; the consumer is idempotent
+                to_charge.append(order.id)
             if d.kind is Kind.AMBIGUOUS:
                 events.append(
                     (
@@ -409,3 +413,10 @@ class PageWriter:
 
 
 __all__ = ["Conflict", "PageResult", "PageWriter", "StreamRef", "order_sn_for", "stored_profit"]
+
+
+def _awaits_charge(order: Candidate) -> bool:
+    return (
+        not order.power_consumed
+        and ineligibility(order.status, order.realized_profit, order.close_time) is None
+    )
