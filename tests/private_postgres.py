@@ -88,6 +88,7 @@ class PrivatePostgres:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = datadir.parent / "server.log"
+        self._killed: list[int] = []
 
     @property
     def url(self) -> str:
@@ -95,6 +96,11 @@ class PrivatePostgres:
 
     def start(self, timeout: float = 60) -> None:
         assert POSTGRES is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            Path(f"/proc/{p}").exists() for p in self._killed
+        ):
+            time.sleep(0.05)  # a killed server's backends, not yet reaped by init
         args = [
             POSTGRES, "-D", str(self.datadir), "-p", str(self.port), "-k", str(self.datadir),
             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
@@ -158,9 +164,9 @@ class PrivatePostgres:
                 os.kill(pid, signal.SIGKILL)
         assert self.proc is not None
         self.proc.wait(30)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids[1:]):
-            time.sleep(0.05)  # orphans are reaped by init
+        # the backends are gone but may wait a while to be reaped (their parent died): start()
+        # waits for that, not kill(), which must return at once (the test's loop is blocked)
+        self._killed = pids[1:]
 
     def pause(self) -> None:
         self._signal(signal.SIGSTOP)
