@@ -84,12 +84,13 @@ def pg_dsn(database: str = "postgres") -> str:
     return f"postgresql://{user}@{url.host or '127.0.0.1'}:{url.port or 5432}/{database}"
 
 
-def pg_admin(*statements: str) -> None:
-    """Run statements on the PostgreSQL server's maintenance database, from sync code (in a
-    thread of its own: a fixture may be set up while an event loop runs)."""
+def pg_admin(*statements: str, dsn: str | None = None, timeout: float = 5) -> None:
+    """Run statements on a PostgreSQL server's maintenance database (default: the shared
+    server's), from sync code (in a thread of its own: a fixture may be set up while an event
+    loop runs)."""
 
     async def run() -> None:
-        conn = await asyncpg.connect(pg_dsn(), timeout=5)
+        conn = await asyncpg.connect(dsn or pg_dsn(), timeout=timeout)
         try:
             for statement in statements:
                 await conn.execute(statement)

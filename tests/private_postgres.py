@@ -12,8 +12,6 @@ at once, ``pause`` freezes all of it. Skipped when the binaries are missing
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import os
 import pwd
@@ -28,7 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import REQUIRE_POSTGRES
+from tests.conftest import REQUIRE_POSTGRES, pg_admin
 from tests.private_mariadb import free_port
 
 
@@ -123,18 +121,8 @@ class PrivatePostgres:
                 time.sleep(0.2)
 
     def admin(self, *statements: str) -> None:
-        async def run() -> None:
-            conn = await asyncpg.connect(
-                f"postgresql://postgres@127.0.0.1:{self.port}/postgres", timeout=2
-            )
-            try:
-                for statement in statements:
-                    await conn.execute(statement)
-            finally:
-                await conn.close()
-
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, run()).result()
+        dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        pg_admin(*statements, dsn=dsn, timeout=2)
 
     def create_database(self, name: str) -> str:
         self.admin(f'CREATE DATABASE "{name}"')
