@@ -9,7 +9,12 @@ One transaction per unit of work (one order, or one page of the sweep):
 3. otherwise the consume row is INSERTed (plain INSERT: ``uk_user_order`` decides a race with a
    writer that does not lock the order; the transaction is then run again and takes step 2),
    the debit goes through ``reconcile.ledger`` (wallets locked in user-id order, one ledger row
-   per charge with before/after), and the order gets ``power_consumed = 1, power_amount = x``;
+   per charge with before/after), and the order gets ``power_consumed = 1, power_amount = x``.
+   On a server with INSERT ... SELECT ... RETURNING (MariaDB >= 10.5, PostgreSQL) the server
+   does the page's writes set-based: the consume rows are selected from the locked orders and
+   priced in SQL (``pricing.charge_sql``, the same rule), the ledger rows' before/after come back
+   from their INSERT; the client sends ids and logs the figures stored. Elsewhere (SQLite,
+   MySQL 8) the client prices and sends multi-row INSERTs (``reconcile.bulk``);
 4. commit. The ``power consumed`` events are logged only after the commit succeeded.
 
 A crash before commit leaves nothing; after commit everything is there. A lost connection during
@@ -40,7 +45,14 @@ from reconcile.bulk import BulkWriter
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
 from reconcile.orders import ORDER_COLUMNS, OrderRow, eligible_sql, fetch_orders
-from reconcile.pricing import Charge, Discount, PowerOverride, PowerRules, compute_charge
+from reconcile.pricing import (
+    Charge,
+    Discount,
+    PowerOverride,
+    PowerRules,
+    charge_sql,
+    compute_charge,
+)
 from reconcile.schema import power_consume, toogo_config, toogo_user, trading_order
 
 log = structlog.get_logger("reconcile.consumer")
@@ -327,17 +339,17 @@ class PowerConsumer:
             return out
 
         existing = await _existing_consumes(conn, eligible)
-        discounts = await _discounts(conn, {o.user_id for o in eligible})
-        to_charge: list[tuple[OrderRow, Charge]] = []
+        # the server prices a page itself when it can (see _debit_in_sql): discounts are then
+        # read here only for orders already charged, to tell a conflicting amount
+        in_sql = self.db.returning
+        priced = [o for o in eligible if not in_sql or (o.user_id, o.id) in existing]
+        discounts = await _discounts(conn, {o.user_id for o in priced}) if priced else {}
+        to_charge: list[OrderRow] = []
         flag: set[int] = set()  # orders to mark power_consumed = 1 from their consume row
         for order in eligible:
-            charge = compute_charge(
-                order.realized_profit or Decimal(0),
-                self.rules,
-                discounts.get(order.user_id, Discount()),
-            )
             found = existing.get((order.user_id, order.id))
             if found is not None:
+                charge = self._price(order, discounts)
                 out.results.append(self._duplicate(order, found, charge, source, out, flag))
             elif order.power_consumed:
                 out.results.append(
@@ -348,26 +360,41 @@ class PowerConsumer:
                     )
                 )
             else:
-                to_charge.append((order, charge))
+                to_charge.append(order)
 
         if to_charge:
-            await self._debit(conn, to_charge, source, now, out)
-            flag.update(o.id for o, _ in to_charge)
+            if in_sql:
+                await self._debit_in_sql(conn, to_charge, source, now, out)
+            else:
+                charges = [(o, self._price(o, discounts)) for o in to_charge]
+                await self._debit(conn, charges, source, now, out)
+            flag.update(o.id for o in to_charge)
         if flag:
-            # power_amount is copied from the order's consume row: the figure that was charged
-            c = power_consume.c
-            await conn.execute(
-                trading_order.update()
-                .where(trading_order.c.id.in_(sorted(flag)))
-                .values(
-                    power_consumed=1,
-                    power_amount=select(c.consume_power)
-                    .where(c.user_id == trading_order.c.user_id, c.order_id == trading_order.c.id)
-                    .scalar_subquery(),
-                    updated_at=now,
-                )
-            )
+            await self._flag(conn, sorted(flag), now)
         return out
+
+    async def _flag(self, conn: AsyncConnection, order_ids: list[int], now: datetime) -> None:
+        """``power_consumed = 1`` and ``power_amount`` copied from the order's consume row (the
+        figure that was charged)."""
+        c = power_consume.c
+        await conn.execute(
+            trading_order.update()
+            .where(trading_order.c.id.in_(order_ids))
+            .values(
+                power_consumed=1,
+                power_amount=select(c.consume_power)
+                .where(c.user_id == trading_order.c.user_id, c.order_id == trading_order.c.id)
+                .scalar_subquery(),
+                updated_at=now,
+            )
+        )
+
+    def _price(self, order: OrderRow, discounts: dict[int, Discount]) -> Charge:
+        return compute_charge(
+            order.realized_profit or Decimal(0),
+            self.rules,
+            discounts.get(order.user_id, Discount()),
+        )
 
     def _duplicate(
         self,
@@ -435,23 +462,71 @@ class PowerConsumer:
             remark=f"power consume ({source})",
         )
         for (o, c), p in zip(to_charge, posted, strict=True):
-            out.results.append(ChargeResult(o.id, Outcome.CHARGED, consume_power=c.consume_power))
-            out.events.append(
-                (
-                    "power consumed",
-                    {
-                        "user_id": o.user_id,
-                        "robot_id": o.robot_id,
-                        "order_id": o.id,
-                        "order_sn": o.order_sn,
-                        "profit": c.profit,
-                        "consume_power": c.consume_power,
-                        "before": p.before,
-                        "after": p.after,
-                        "source": str(source),
-                    },
-                )
+            self._charged(o, c.profit, c.consume_power, p.before, p.after, source, out)
+
+    async def _debit_in_sql(
+        self,
+        conn: AsyncConnection,
+        to_charge: list[OrderRow],
+        source: Source,
+        now: datetime,
+        out: _Settlement,
+    ) -> None:
+        """``_debit`` done by the server (``Database.returning``): the consume rows are
+        ``INSERT ... SELECT``ed from the locked order rows and the users' VIP rows, priced by
+        ``pricing.charge_sql`` (the rule of ``compute_charge``, as SQL); the ledger rows and
+        their before/after come back from ``ledger.post_consumes``. The figures logged are
+        the ones stored. Per page, the client sends order ids, never a figure."""
+        ids = ", ".join(str(int(o.id)) for o in to_charge)
+        sql = charge_sql(self.rules, "o.realized_profit", "u.power_discount")
+        rate = format(self.rules.consume_rate, "f")
+        mark = "$1" if conn.dialect.name == "postgresql" else "%s"
+        await conn.exec_driver_sql(
+            f"INSERT INTO {power_consume.name} ({', '.join(_CONSUME_COLUMNS)}, consume_rate, "  # noqa: S608
+            "created_at) "
+            f"SELECT o.user_id, o.robot_id, o.id, o.order_sn, o.realized_profit, "
+            f"{sql.consume_power}, {sql.consume_power}, COALESCE(u.vip_level, 1), "
+            f"{sql.discount_rate}, {sql.original_power}, {rate}, {mark} "
+            f"FROM {trading_order.name} o "
+            f"LEFT JOIN {toogo_user.name} u ON u.member_id = o.user_id "
+            f"WHERE o.id IN ({ids}) ORDER BY o.id",
+            (now,),
+        )
+        await ledger.lock_rows(self.db, conn, [o.user_id for o in to_charge])
+        posted = await ledger.post_consumes(
+            conn, [o.id for o in to_charge], now=now, remark=f"power consume ({source})"
+        )
+        for o in to_charge:
+            p = posted[o.id]
+            self._charged(o, o.realized_profit, -p.amount, p.before, p.after, source, out)
+
+    def _charged(
+        self,
+        o: OrderRow,
+        profit: Decimal | None,
+        consume_power: Decimal,
+        before: Decimal,
+        after: Decimal,
+        source: Source,
+        out: _Settlement,
+    ) -> None:
+        out.results.append(ChargeResult(o.id, Outcome.CHARGED, consume_power=consume_power))
+        out.events.append(
+            (
+                "power consumed",
+                {
+                    "user_id": o.user_id,
+                    "robot_id": o.robot_id,
+                    "order_id": o.id,
+                    "order_sn": o.order_sn,
+                    "profit": profit,
+                    "consume_power": consume_power,
+                    "before": before,
+                    "after": after,
+                    "source": str(source),
+                },
             )
+        )
 
 
 def _err(exc: BaseException) -> str:

@@ -110,6 +110,9 @@ class Database:
             ) from None
         self.is_mysql = self.dialect.is_mysql
         self.skip_locked = False
+        # INSERT ... SELECT ... RETURNING (MariaDB >= 10.5, PostgreSQL): the consumer then
+        # charges a page with set-based statements (see reconcile.consumer)
+        self.returning = False
         self._engine: AsyncEngine | None = None
         self._url = url
         self._in_flight: set[asyncio.Future[Any]] = set()
@@ -176,8 +179,10 @@ class Database:
             if self.is_mysql:
                 is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
                 self.skip_locked = tuple(info) >= ((10, 6) if is_mariadb else (8, 0, 1))
+                self.returning = is_mariadb and tuple(info) >= (10, 5)
             elif self.dialect.is_postgresql:
                 self.skip_locked = True  # since 9.5
+                self.returning = True
 
         await self.transaction(probe, what="connect to the database")
 

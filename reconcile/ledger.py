@@ -13,6 +13,9 @@ same way, inside the caller's transaction and after the rows that justify the ch
    locked balance in the order given, and moves each wallet once with atomic arithmetic:
    ``power += Σ amount``, ``total_power_consume -= Σ amount`` (a charge raises the consumed
    total, a refund lowers it). ``gift_power`` is never touched. Money is Decimal.
+   :func:`post_consumes` is the same step for charges whose consume rows the caller has just
+   inserted, done by the server: one ``INSERT ... SELECT`` computes the rows' before/after with
+   a running sum per user and returns them (``RETURNING``), so no figure travels twice.
 
 One exception to step 1's rule: the runbook's dedupe credits refunds to legacy users who were
 charged without a wallet row, and must leave nothing behind if it fails, so it creates those
@@ -37,8 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
-from reconcile.errors import RowsMissing
-from reconcile.schema import wallet, wallet_log
+from reconcile.errors import DuplicateKey, RowsMissing
+from reconcile.schema import power_consume, trading_order, wallet, wallet_log
 
 CONSUME = "power_consume"
 REFUND = "power_consume_refund"
@@ -136,18 +139,39 @@ async def lock(
 
     Raises :class:`MissingWallets` if ``require`` and a user has no wallet row."""
     w = wallet.c
+    rows = await _locked(db, conn, (w.user_id, w.power, w.total_power_consume), user_ids,
+                         exclusive=exclusive, require=require)  # fmt: skip
+    return {r.user_id: Balance(r.power, r.total_power_consume) for r in rows}
+
+
+async def lock_rows(db: Database, conn: AsyncConnection, user_ids: Sequence[int]) -> None:
+    """:func:`lock` without reading the balances (for :func:`post_consumes`, which reads them
+    on the server)."""
+    await _locked(db, conn, (wallet.c.user_id,), user_ids, exclusive=True, require=True)
+
+
+async def _locked(
+    db: Database,
+    conn: AsyncConnection,
+    columns: Sequence[Any],
+    user_ids: Sequence[int],
+    *,
+    exclusive: bool,
+    require: bool,
+) -> list[Any]:
+    w = wallet.c
     stmt = (
-        select(w.user_id, w.power, w.total_power_consume)
+        select(*columns)
         .where(w.user_id.in_(bindparam("users", expanding=True)))
         .order_by(w.user_id)
         .with_for_update(read=not exclusive)
     )
     ordered = sorted(set(user_ids))
-    found: dict[int, Balance] = {}
+    found: list[Any] = []
     for start in range(0, len(ordered), _CHUNK):
-        rows = await conn.execute(stmt, {"users": ordered[start : start + _CHUNK]})
-        found.update({r.user_id: Balance(r.power, r.total_power_consume) for r in rows})
-    missing = [u for u in ordered if u not in found]
+        found += await conn.execute(stmt, {"users": ordered[start : start + _CHUNK]})
+    have = {r.user_id for r in found}
+    missing = [u for u in ordered if u not in have]
     if missing and require:
         raise MissingWallets(db, missing)
     return found
@@ -201,6 +225,74 @@ async def post(
         "created_at": now,
     }
     ids = await (_insert_returning if returning else _insert)(conn, posted, constants, remark)
+    await _move(conn, per_user, balances, now)
+    return posted, ids
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """What :func:`post_consumes` posted for one order: the debit and the balance around it."""
+
+    amount: Decimal  # < 0
+    before: Decimal
+    after: Decimal
+
+
+async def post_consumes(
+    conn: AsyncConnection, order_ids: Sequence[int], *, now: datetime, remark: str
+) -> dict[int, Consumed]:
+    """Debit the charges recorded in the consume rows of ``order_ids``, just inserted by the
+    caller, whose users' wallets :func:`lock_rows` has locked: one ledger row per order,
+    before/after continuing from the locked balance in order-id order - as :func:`post` given
+    the entries in that order - then each wallet moved once. Needs INSERT ... SELECT ...
+    RETURNING (``Database.returning``). Returns what was posted, by order id.
+
+    Raises :class:`DuplicateKey` (the transaction is then run again, and finds the order
+    charged) when an order has another consume row than ours: a writer without the unique key
+    added it meanwhile."""
+    wanted = sorted(set(order_ids))
+    if not wanted:
+        return {}
+    ids = ", ".join(str(int(i)) for i in wanted)
+    numbered = conn.dialect.name == "postgresql"
+    mark = ("$1", "$2") if numbered else ("%s", "%s")
+    # one statement: the running sum per user gives each row its before/after
+    running = "SUM(c.consume_power) OVER (PARTITION BY c.user_id ORDER BY c.order_id)"
+    sql = (
+        f"INSERT INTO {wallet_log.name} (user_id, account_type, change_type, change_amount, "  # noqa: S608
+        "before_amount, after_amount, related_id, related_type, order_sn, remark, created_at) "
+        f"SELECT c.user_id, 'power', '{CONSUME}', -c.consume_power, "
+        f"w.power - ({running} - c.consume_power), w.power - {running}, "
+        f"c.order_id, 'trading_order', c.order_sn, {mark[0]}, {mark[1]} "
+        f"FROM {trading_order.name} o "
+        f"JOIN {power_consume.name} c ON c.user_id = o.user_id AND c.order_id = o.id "
+        f"JOIN {wallet.name} w ON w.user_id = c.user_id "
+        f"WHERE o.id IN ({ids}) ORDER BY c.order_id "
+        "RETURNING user_id, related_id, change_amount, before_amount, after_amount"
+    )
+    result = await conn.exec_driver_sql(sql, (remark[:255], now))
+    posted: dict[int, Consumed] = {}
+    per_user: dict[int, Decimal] = defaultdict(Decimal)
+    rows = 0
+    row: Any
+    for row in result:
+        user_id, order_id, amount, before, after = row
+        posted[order_id] = Consumed(amount, before, after)
+        per_user[user_id] += amount
+        rows += 1
+    if rows != len(posted) or len(posted) != len(wanted):
+        raise DuplicateKey(f"{rows} consume rows for {len(posted)} of {len(wanted)} orders")
+    await _move(conn, per_user, {}, now)
+    return posted
+
+
+async def _move(
+    conn: AsyncConnection,
+    per_user: Mapping[int, Decimal],
+    balances: Mapping[int, Balance],
+    now: datetime,
+) -> None:
+    """Each wallet once: ``power += Σ``, ``total_power_consume -= Σ``."""
     await BulkWriter(conn).add(
         wallet,
         "user_id",
@@ -212,7 +304,6 @@ async def post(
         },
         {"updated_at": now},
     )
-    return posted, ids
 
 
 def _row(p: Posted) -> tuple[Any, ...]:
@@ -262,12 +353,15 @@ __all__ = [
     "REFUND",
     "REFUND_REVERSAL",
     "Balance",
+    "Consumed",
     "Entry",
     "MissingWallets",
     "Posted",
     "create_locked",
     "lock",
+    "lock_rows",
     "open_wallets",
     "open_with_balances",
     "post",
+    "post_consumes",
 ]

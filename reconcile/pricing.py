@@ -8,6 +8,12 @@
 Rounding happens once, at the end, on each stored figure; intermediate products are exact.
 A discount is clamped to [0, 100] percent. Example from the operators: profit 0.7920 USDT at a
 10% rate is 0.0792 power.
+
+The same rule exists once more, as SQL (:func:`charge_sql`), for the servers that charge a page
+with ``INSERT ... SELECT``: MySQL/MariaDB DECIMAL and PostgreSQL NUMERIC arithmetic is exact
+here too (a 2-decimal percentage divided by 100 needs 4 decimals), and their ``ROUND`` rounds
+half away from zero, which is ROUND_HALF_UP for the positive figures charged.
+``tests/test_pricing.py`` checks the two against each other on both servers.
 """
 
 from __future__ import annotations
@@ -56,6 +62,39 @@ class Charge:
     discount_rate: Decimal
     vip_level: int
     consume_power: Decimal
+
+
+@dataclass(frozen=True)
+class ChargeSQL:
+    """:func:`compute_charge` as SQL expressions over a profit and a discount column."""
+
+    original_power: str
+    discount_rate: str
+    consume_power: str
+
+
+def _literal(value: Decimal) -> str:
+    """An exact decimal literal (never exponent notation, which MySQL reads as a float)."""
+    if not value.is_finite():
+        raise ValueError(f"not a finite decimal: {value}")
+    return format(value, "f")
+
+
+def charge_sql(rules: PowerRules, profit: str, discount: str) -> ChargeSQL:
+    """The charge of :func:`compute_charge` for ``profit`` (> 0) and a user's ``discount``
+    (NULL: none), as SQL text. The rules' figures are written as exact literals."""
+    rate, minimum = _literal(rules.consume_rate), _literal(rules.min_consume)
+    applied = (
+        f"(CASE WHEN {discount} > 0 THEN LEAST({discount}, 100) ELSE 0 END)"
+        if rules.vip_discount
+        else "0"
+    )
+    charged = f"ROUND({profit} * {rate} * (1 - {applied} / 100), 8)"
+    return ChargeSQL(
+        original_power=f"ROUND({profit} * {rate}, 8)",
+        discount_rate=applied,
+        consume_power=f"ROUND(GREATEST({charged}, {minimum}), 8)",
+    )
 
 
 def quantize(value: Decimal) -> Decimal:

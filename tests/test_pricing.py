@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.pricing import Discount, PowerRules, compute_charge
+from reconcile.db import Database
+from reconcile.pricing import Discount, PowerRules, charge_sql, compute_charge
 
 Q = Decimal("0.00000001")
 profits = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("99999999999.9999"), places=4)
@@ -75,3 +78,70 @@ def test_formula(
     assert c.consume_power >= minimum
     assert c.discount_rate == (discount if vip and discount > 0 else 0)
     assert c.consume_power <= max(c.original_power, minimum)
+
+
+# -- the same rule as SQL, on the servers that price a page themselves ------------------------
+
+# the column types the SQL reads: hg_trading_order.realized_profit (upstream's MySQL DDL:
+# DECIMAL(15,4); its PostgreSQL DDL: NUMERIC(20,8)) and hg_toogo_user.power_discount
+PROFIT_TYPE = {"mysql": ("DECIMAL(15,4)", 4), "postgresql": ("NUMERIC(20,8)", 8)}
+
+
+def _cases(places: int) -> list[tuple[PowerRules, Decimal, Decimal | None]]:
+    """Edge cases (half-way roundings, the minimum, discounts out of range, no VIP row), then
+    seeded random ones."""
+
+
+    rng = random.Random(20261202)
+    rules = [
+        PowerRules(Decimal("0.10"), Decimal("0.01")),
+        PowerRules(Decimal("0.0333"), Decimal("0.00000001")),
+        PowerRules(Decimal("0.15"), Decimal("0"), vip_discount=False),
+        PowerRules(Decimal("1"), Decimal("0.5")),
+    ]
+    edge_profits = ["0.0001", "0.0005", "0.7920", "1.0000", "12.3456", "99999999999.9999"]
+    edge_discounts: list[Decimal | None] = [None, Decimal(0), Decimal("12.50"), Decimal("33.33")]
+    edge_discounts += [Decimal("95"), Decimal("100"), Decimal("150"), Decimal("-5")]
+    out = [(r, Decimal(p), d) for r in rules for p in edge_profits for d in edge_discounts]
+    for _ in range(200):
+        profit = Decimal(rng.randint(1, 10 ** (places + 6))).scaleb(-places)
+        discount = rng.choice([None, Decimal(rng.randint(0, 10000)).scaleb(-2)])
+        out.append((rng.choice(rules), profit, discount))
+    return out
+
+
+async def test_the_sql_rule_prices_exactly_as_compute_charge(server_db: Database) -> None:
+    """``charge_sql`` evaluated by the real server on the real column types gives, to the last
+    digit, what ``compute_charge`` gives (the server prices the sweep's pages with it)."""
+    profit_type, places = PROFIT_TYPE[server_db.dialect.name]
+    cases = _cases(places)
+
+    async def evaluate(conn: AsyncConnection) -> list[tuple[Decimal, Decimal, Decimal]]:
+        got = []
+        for rules, profit, discount in cases:
+            sql = charge_sql(rules, "p.v", "d.v")
+            d = "NULL" if discount is None else format(discount, "f")
+            row = (
+                await conn.exec_driver_sql(
+                    f"SELECT {sql.original_power}, {sql.discount_rate}, {sql.consume_power} "
+                    f"FROM (SELECT CAST({format(profit, 'f')} AS {profit_type}) AS v) p, "
+                    f"(SELECT CAST({d} AS DECIMAL(5,2)) AS v) d"
+                )
+            ).one()
+            got.append((Decimal(row[0]), Decimal(row[1]), Decimal(row[2])))
+        return got
+
+    got = await server_db.transaction(evaluate, what="evaluate charge_sql")
+    mismatches = []
+    for (rules, profit, discount), (original, applied, consume) in zip(cases, got, strict=True):
+        want = compute_charge(
+            profit, rules, Discount(1, Decimal(0) if discount is None else discount)
+        )
+        if (original, applied, consume) != (
+            want.original_power,
+            want.discount_rate,
+            want.consume_power,
+        ):
+            mismatches.append((rules, profit, discount, (original, applied, consume), want))
+    assert not mismatches, mismatches[:5]
+    assert len(cases) > 300
