@@ -91,7 +91,6 @@ def _cases(places: int) -> list[tuple[PowerRules, Decimal, Decimal | None]]:
     """Edge cases (half-way roundings, the minimum, discounts out of range, no VIP row), then
     seeded random ones."""
 
-
     rng = random.Random(20261202)
     rules = [
         PowerRules(Decimal("0.10"), Decimal("0.01")),
