@@ -382,10 +382,17 @@ def run_sweep(server: Server, name: str, page_size: int) -> tuple[float, int, di
                 {
                     "database": {"url": server.daemon_url(name)},
                     "power": {"consume_rate": "0.10", "min_consume": "0.01"},
+                    # the shipped defaults unless BENCH_WORKERS / BENCH_PROCESSES say otherwise
                     "sweep": {
                         "page_size": page_size,
-                        "workers": int(os.environ.get("BENCH_WORKERS", "2")),
-                        "processes": int(os.environ.get("BENCH_PROCESSES", "1")),
+                        **{
+                            key: int(os.environ[env])
+                            for key, env in (
+                                ("workers", "BENCH_WORKERS"),
+                                ("processes", "BENCH_PROCESSES"),
+                            )
+                            if os.environ.get(env)
+                        },
                     },
                     "logging": {"format": "json"},
                 }
@@ -441,8 +448,8 @@ def main() -> None:
     command = " ".join(["bench/drain.py", *sys.argv[1:]])
     print(f"{command}\n{server.label} ({server.url.render_as_string()}), backlog {args.orders}"
           f" orders over {args.users} users, page {args.page_size}, processes"
-          f" {os.environ.get('BENCH_PROCESSES', '1')}, workers"
-          f" {os.environ.get('BENCH_WORKERS', '2')}")  # fmt: skip
+          f" {os.environ.get('BENCH_PROCESSES') or 'auto (default)'}, workers"
+          f" {os.environ.get('BENCH_WORKERS') or '2 (default)'}")  # fmt: skip
     for run in range(1, args.runs + 1):
         print(f"run {run} load before {load()}")
         secs, rss_small, _, _ = drained(server, args.small, args.users, args.page_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from daemon.runtime import open_core, open_history_sync
 from reconcile.audit import audit as run_audit
 from reconcile.consumer import Outcome, Source
 from reconcile.errors import OrderNotFound
+from reconcile.sweep import AUTO_PROCESSES_FROM, auto_processes, backlog_at_least
 from reconcile.sweep import sweep as run_sweep
 
 log = structlog.get_logger("daemon.cli")
@@ -74,8 +76,9 @@ def cli(ctx: click.Context, config_file: str | None, log_format: str | None) -> 
     "--processes",
     type=click.IntRange(1, 16),
     default=None,
-    help="Split the pass over this many processes by user (default: sweep.processes,"
-    " 1): for draining a large backlog on MySQL.",
+    help="Split the pass over this many processes by user (default: sweep.processes, auto:"
+    " one per core, at most 4, when at least 20,000 orders wait; else 1). MySQL/MariaDB and"
+    " PostgreSQL.",
 )
 @click.pass_context
 def sweep(
@@ -98,10 +101,17 @@ def sweep(
         page_size=page_size or base.page_size,
         workers=workers or base.workers,
     )
-    processes = processes or config.sweep.processes
+    fixed = processes or config.sweep.process_count()
 
     async def job() -> int:
         async with open_core(config) as core:
+            processes = fixed
+            if processes is None:  # auto: split only a backlog worth the processes' start-up
+                cores = auto_processes(len(os.sched_getaffinity(0)))
+                large = cores > 1 and await backlog_at_least(
+                    core.consumer, settings, AUTO_PROCESSES_FROM
+                )
+                processes = cores if large else 1
             if processes > 1 and core.db.skip_locked:
                 summary = await sweep_in_processes(
                     config,

@@ -124,7 +124,12 @@ class SweepConfig(_Model):
     lookback: Duration = timedelta(days=7)
     page_size: int = Field(500, ge=1, le=5000)
     workers: int = Field(2, ge=1, le=16)
-    processes: int = Field(1, ge=1, le=16)
+    # "auto": one per core (at most 4) when the backlog is large; see process_count
+    processes: Literal["auto"] | Annotated[int, Field(ge=1, le=16)] = "auto"
+
+    def process_count(self) -> int | None:
+        """The configured process count; None for ``auto`` (decided per pass)."""
+        return None if self.processes == "auto" else self.processes
 
     def settings(self) -> SweepSettings:
         return SweepSettings(lookback=self.lookback, page_size=self.page_size, workers=self.workers)

@@ -3,9 +3,10 @@
 One transaction per unit of work (one order, or one page of the sweep):
 
 1. the order rows are locked (``FOR UPDATE``; the sweep adds ``SKIP LOCKED`` so sweepers share);
-2. an existing consume row for (user_id, order_id) means "already charged": the order's flag and
-   power_amount are repaired from it if needed and ``skip duplicate`` is logged - never a second
-   debit, even when the amount it holds differs from today's (``conflict=true``);
+2. an existing consume row for (user_id, order_id), read in the locking statement, means
+   "already charged": the order's flag and power_amount are repaired from it if needed and
+   ``skip duplicate`` is logged - never a second debit, even when the amount it holds differs
+   from today's (``conflict=true``);
 3. otherwise the consume row is INSERTed (plain INSERT: ``uk_user_order`` decides a race with a
    writer that does not lock the order; the transaction is then run again and takes step 2),
    the debit goes through ``reconcile.ledger`` (wallets locked in user-id order, one ledger row
@@ -29,7 +30,7 @@ an order that still fails is reported in the result's ``failed``, for the next s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -176,7 +177,7 @@ class PowerConsumer:
             rows = await fetch_orders(conn, stmt)
             if not rows:
                 raise OrderNotFound(order_id)
-            return await self._settle(conn, rows, source)
+            return await self._settle(conn, rows, source, waited=True)
 
         settlement = await self._transaction(
             unit, what="charge order", order_id=order_id, source=str(source)
@@ -200,7 +201,8 @@ class PowerConsumer:
             )
 
             async def unit(conn: AsyncConnection, stmt: Select[Any] = stmt) -> _Settlement:
-                return await self._settle(conn, await fetch_orders(conn, stmt), source)
+                rows = await fetch_orders(conn, stmt)
+                return await self._settle(conn, rows, source, waited=True)
 
             await self._page_or_each(unit, chunk, source, out, what="charge orders")
         return out
@@ -256,7 +258,7 @@ class PowerConsumer:
                 .order_by(o.id)
                 .with_for_update(skip_locked=self.db.skip_locked)
             )
-            return await self._settle(conn, await fetch_orders(conn, lock), source)
+            return await self._settle(conn, await fetch_orders(conn, lock), source, waited=False)
 
         await self._page_or_each(unit, page, source, page, what="charge sweep page")
         return page
@@ -324,8 +326,14 @@ class PowerConsumer:
     # -- the transaction body shared by both ---------------------------------------------------
 
     async def _settle(
-        self, conn: AsyncConnection, orders: Sequence[OrderRow], source: Source
+        self, conn: AsyncConnection, orders: Sequence[OrderRow], source: Source, *, waited: bool
     ) -> _Settlement:
+        """``orders``: locked rows, with ``charged`` as the locking statement read it. That
+        statement's snapshot may predate the lock (PostgreSQL rechecks a row changed under it
+        but keeps the snapshot for the subquery): after waiting for locks (``waited``) it is
+        read again, fresh; with SKIP LOCKED only where the row says charged and the snapshot
+        knew no consume row. A consume row missed otherwise meets ``uk_user_order`` (or
+        ``post_consumes``' count) and the unit runs again."""
         out = _Settlement()
         now = self.db.now()
         eligible: list[OrderRow] = []
@@ -338,16 +346,25 @@ class PowerConsumer:
         if not eligible:
             return out
 
-        existing = await _existing_consumes(conn, eligible)
+        stale = (
+            eligible if waited else [o for o in eligible if o.power_consumed and o.charged is None]
+        )
+        if stale:
+            fresh = await _existing_consumes(conn, stale)
+            recheck = {o.id for o in stale}
+            eligible = [
+                o._replace(charged=fresh.get((o.user_id, o.id))) if o.id in recheck else o
+                for o in eligible
+            ]
         # the server prices a page itself when it can (see _debit_in_sql): discounts are then
         # read here only for orders already charged, to tell a conflicting amount
         in_sql = self.db.returning
-        priced = [o for o in eligible if not in_sql or (o.user_id, o.id) in existing]
+        priced = [o for o in eligible if not in_sql or o.charged is not None]
         discounts = await _discounts(conn, {o.user_id for o in priced}) if priced else {}
         to_charge: list[OrderRow] = []
         flag: set[int] = set()  # orders to mark power_consumed = 1 from their consume row
         for order in eligible:
-            found = existing.get((order.user_id, order.id))
+            found = order.charged
             if found is not None:
                 charge = self._price(order, discounts)
                 out.results.append(self._duplicate(order, found, charge, source, out, flag))
@@ -534,7 +551,7 @@ def _err(exc: BaseException) -> str:
 
 
 async def _existing_consumes(
-    conn: AsyncConnection, orders: Iterable[OrderRow]
+    conn: AsyncConnection, orders: Sequence[OrderRow]
 ) -> dict[tuple[int, int], Decimal]:
     """Consume rows already present for these (user_id, order_id) pairs; the newest wins.
 

@@ -15,11 +15,11 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.dialect import Dialect
-from reconcile.schema import trading_order
+from reconcile.schema import power_consume, trading_order
 
 
 class Status(IntEnum):
@@ -82,10 +82,24 @@ class OrderRow(NamedTuple):
     power_consumed: int
     power_amount: Decimal
     close_time: datetime | None
+    #: consume_power of the order's consume row (the newest, were there several): charged
+    charged: Decimal | None
 
     def ineligibility(self) -> str | None:
         return ineligibility(self.status, self.realized_profit, self.close_time)
 
+
+_c = power_consume.c
+#: read in the same statement as the order, as a scalar subquery: a locking read does not lock
+#: a subquery's rows (MariaDB, PostgreSQL), and one statement per page is saved
+_CHARGED = (
+    select(_c.consume_power)
+    .where(_c.user_id == trading_order.c.user_id, _c.order_id == trading_order.c.id)
+    .order_by(_c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("charged")
+)
 
 ORDER_COLUMNS = (
     trading_order.c.id,
@@ -97,11 +111,12 @@ ORDER_COLUMNS = (
     trading_order.c.power_consumed,
     trading_order.c.power_amount,
     trading_order.c.close_time,
+    _CHARGED,
 )
 
 
 async def fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[OrderRow]:
-    """``stmt`` selects ``ORDER_COLUMNS``."""
+    """``stmt`` selects ``ORDER_COLUMNS`` (with the order's consume row's amount)."""
     return [OrderRow._make(row) for row in await conn.execute(stmt)]
 
 

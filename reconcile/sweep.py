@@ -19,9 +19,13 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.consumer import Batch, ChargeResult, Outcome, PowerConsumer, Source
 from reconcile.errors import ReconcileError
+from reconcile.orders import eligible_sql
+from reconcile.schema import trading_order
 
 log = structlog.get_logger("reconcile.sweep")
 
@@ -145,6 +149,38 @@ async def sweep(
     emit = log.info if log_idle or not idle else log.debug
     emit(summary_event, source=str(source), **_figures(summary, started))
     return summary
+
+
+AUTO_PROCESSES_MAX = 4  # processes ``sweep.processes: auto`` may start
+#: ... once the look-back holds this many eligible orders: a process costs about a second of
+#: start-up, which one process charging several thousand orders a second makes back only here
+AUTO_PROCESSES_FROM = 20_000
+
+
+def auto_processes(cores: int) -> int:
+    """How many processes ``sweep.processes: auto`` starts for a large backlog: one per core,
+    at most ``AUTO_PROCESSES_MAX``. One process keeps a core busy in the driver's protocol code
+    and the JSON lines before the database is (BENCHMARKS.md)."""
+    return max(1, min(cores, AUTO_PROCESSES_MAX))
+
+
+async def backlog_at_least(consumer: PowerConsumer, settings: SweepSettings, orders: int) -> bool:
+    """Whether at least ``orders`` eligible orders wait in the look-back (a bounded index range
+    read: it stops at ``orders``)."""
+    db = consumer.db
+    since = db.to_db_time(datetime.now(UTC) - settings.lookback)
+    o = trading_order.c
+    found = (
+        select(o.id)
+        .where(*eligible_sql(db.dialect), o.close_time >= since)
+        .limit(orders)
+        .subquery()
+    )
+
+    async def count(conn: AsyncConnection) -> int:
+        return int((await conn.execute(select(func.count()).select_from(found))).scalar_one())
+
+    return await db.transaction(count, what="count the sweep backlog") >= orders
 
 
 @dataclass

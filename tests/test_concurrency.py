@@ -16,7 +16,7 @@ from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.db import Database
 from reconcile.pricing import PowerRules
 from reconcile.schema import power_consume
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.sweep import SweepSettings, backlog_at_least, sweep
 from tests.procs import run_cli, start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
 
@@ -127,3 +127,65 @@ async def test_sweep_split_across_processes(
     assert total["processes"] == 3
     counts = await assert_ledger_consistent(server_db, seeded.initial_power)
     assert counts["consumes"] == eligible
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.add(int(status.parent.name))
+    return found
+
+
+async def test_a_killed_split_sweep_leaves_no_worker_behind(
+    server_db: Database, server_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL of `sweep --processes 2` while its workers charge: the workers end with it
+    (none charges on as an orphan), and the next sweep finishes the work exactly once."""
+    seeded = await seed_backlog(server_db, orders=6000, users=300, seed=8)
+    eligible = await eligible_ids(server_db)
+    config = write_config(
+        tmp_path / "c.yaml", server_url, power={"consume_rate": "0.10", "min_consume": "0.01"}
+    )
+    proc = await start_cli(config, "sweep", "--processes", "2", "--page-size", "10")
+    assert proc.stdout is not None
+    while b'"power consumed"' not in await proc.stdout.readline():
+        assert proc.returncode is None
+    workers = _children(proc.pid)
+    assert workers, "the sweep started no worker process"
+    proc.send_signal(signal.SIGKILL)
+    await asyncio.wait_for(proc.communicate(), timeout=60)  # EOF: no worker holds stdout
+    for _ in range(100):
+        alive = {w for w in workers if Path(f"/proc/{w}").exists()}
+        if not alive:
+            break
+        await asyncio.sleep(0.1)
+    assert not alive, f"workers outlived the killed sweep: {alive}"
+    partial = await consume_count(server_db)
+    assert 0 < partial < len(eligible)
+    await assert_ledger_consistent(server_db, seeded.initial_power)
+
+    code, out, err = await run_cli(config, "sweep")
+    assert code == 0, err
+    [summary] = [json.loads(x) for x in out.splitlines() if '"sweep summary"' in x]
+    assert "processes" not in summary, "auto stays in one process below its threshold"
+    counts = await assert_ledger_consistent(server_db, seeded.initial_power)
+    assert counts["consumes"] == len(eligible)
+
+
+async def test_backlog_at_least_counts_only_eligible_orders_in_the_lookback(
+    server_db: Database,
+) -> None:
+    seeded = await seed_backlog(server_db, orders=400, users=40, seed=3)
+    assert seeded.order_ids
+    eligible = len(await eligible_ids(server_db))
+    consumer = PowerConsumer(server_db, RULES)
+    settings = SweepSettings()
+    assert await backlog_at_least(consumer, settings, eligible)
+    assert not await backlog_at_least(consumer, settings, eligible + 1)
+    await sweep(consumer, settings)
+    assert not await backlog_at_least(consumer, settings, 1)
