@@ -6,6 +6,7 @@ TOOGO_REQUIRE_PROMETHEUS=1 (CI), which makes that a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "prometheus"
 RULES = DEPLOY / "toogo-reconcile.rules.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "toogo-reconcile.json"
 UNIT_TESTS = sorted((DEPLOY / "tests").glob("*.yml"))
 REQUIRE = os.environ.get("TOOGO_REQUIRE_PROMETHEUS") == "1"
 #: the metrics a rule reads: the daemon's (toogo_*, process_*) and the scrape's own ``up``; a
@@ -43,3 +45,14 @@ def rules() -> list[dict[str, Any]]:
 
 def metric_names(expr: str) -> set[str]:
     return set(METRIC.findall(expr))
+
+
+def dashboard_queries(job: str) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every panel target of the Grafana dashboard, its variables
+    filled in for scrape job ``job`` and every instance."""
+    doc = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [
+        (panel["title"], target["expr"].replace("$job", job).replace("$instance", ".*"))
+        for panel in doc["panels"]
+        for target in panel["targets"]
+    ]

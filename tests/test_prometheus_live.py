@@ -1,7 +1,8 @@
 """A real Prometheus scraping a live `toogo-reconcile run` evaluates every rule of
 deploy/prometheus/toogo-reconcile.rules.yml: each expression runs without error through the HTTP
 API, Prometheus's own rule evaluation reports every rule healthy, and every metric a rule reads
-is in the scrape - so renaming a metric (or a label the rules match on) breaks this test.
+is in the scrape - so renaming a metric (or a label the rules match on) breaks this test. The
+Grafana dashboard's queries (deploy/grafana/) are run the same way.
 
 The daemon runs against the real MariaDB and a fake Binance (a stream to sync, a backlog to
 charge, a stopped robot's old cursor). Prometheus gets its own temporary directory and a free
@@ -26,7 +27,7 @@ from tests.fake_exchanges import FAKES
 from tests.metrics_kit import daemon_config, scrape, seed_stream
 from tests.private_mariadb import free_port
 from tests.procs import start_cli
-from tests.prometheus_kit import RULES, binary, metric_names, rules
+from tests.prometheus_kit import RULES, binary, dashboard_queries, metric_names, rules
 from tests.seed import seed_backlog
 
 pytestmark = pytest.mark.mysql
@@ -141,6 +142,11 @@ async def test_prometheus_evaluates_every_rule_on_a_live_daemon(
 
                 for loaded in await until("every rule evaluated", evaluated):
                     assert loaded["health"] == "ok", loaded
+
+                # the Grafana dashboard's queries too
+                for title, query in dashboard_queries(JOB):
+                    assert metric_names(query) <= scraped, (title, query)
+                    await api(http, prom, "query", query=query)
 
                 # the recorded series (a rule's first evaluation may precede the first scrape,
                 # and a rate needs two samples)

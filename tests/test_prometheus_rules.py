@@ -7,13 +7,24 @@ rules in tests/test_prometheus_live.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.prometheus_kit import DEPLOY, RULES, UNIT_TESTS, binary, rules
+from tests.prometheus_kit import (
+    DASHBOARD,
+    DEPLOY,
+    ROOT,
+    RULES,
+    UNIT_TESTS,
+    binary,
+    dashboard_queries,
+    metric_names,
+    rules,
+)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,3 +72,26 @@ def test_every_alert_has_a_severity_a_summary_and_a_one_line_runbook(rule: dict[
     annotations = rule["annotations"]
     assert set(annotations) == {"summary", "runbook"}
     assert annotations["runbook"].strip() and "\n" not in annotations["runbook"]
+
+
+def test_the_readme_documents_every_rule_with_its_runbook_line() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for rule in rules():
+        if "record" in rule:
+            assert f"`{rule['record']}" in readme, rule["record"]
+            continue
+        row = f"| `{rule['alert']}` ({rule['labels']['severity']}) |"
+        assert row in readme, row
+        assert f" | {rule['annotations']['runbook']} |" in readme, rule["alert"]
+
+
+def test_the_dashboard_reads_only_what_the_daemon_and_the_rules_provide() -> None:
+    """The live test runs each query; here, without Prometheus: every panel has a query, ids
+    are unique, and the metrics are the daemon's (or a recording rule of the rules file)."""
+    doc = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids)) and all(p["targets"] for p in doc["panels"])
+    recorded = {r["record"] for r in rules() if "record" in r}
+    for title, query in dashboard_queries("toogo-reconcile"):
+        assert metric_names(query) or any(name in query for name in recorded), title
+        assert "$" not in query, (title, query)
