@@ -7,7 +7,8 @@ failing job is logged and tried again at its next run without touching the other
 - a realtime sweep of the last ``schedule.realtime_window`` of closes (``schedule.realtime_sweep``,
   5 s) - it charges what the engine's realtime call missed within seconds;
 - the compensation sweep over ``sweep.lookback`` (``schedule.compensation_sweep``, 1 h);
-- the ledger audit (``schedule.audit``, 15 min; unset: none), for ``toogo_audit_violations``.
+- the ledger audit (``schedule.audit``, 15 min, first one interval after the start; null:
+  none), for ``toogo_audit_violations``.
 
 systemd: READY=1 once the database answers and the scheduler runs; WATCHDOG=1 every half
 ``WATCHDOG_USEC`` only while the event loop turns and the database answers; STATUS= with the last
@@ -32,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -122,13 +123,17 @@ class Service:
             }
             if schedule.audit is not None:
                 jobs["audit"] = (schedule.audit.total_seconds(), lambda: self._audit(core))
+            started = datetime.now(UTC)
             for name, (every, make) in jobs.items():
                 if self.metrics is not None:
                     self.metrics.job_interval.labels(name).set(every)
+                # the audit first runs one interval in: not beside the start's first sweep, and
+                # not on the backlog of the downtime that sweep is about to charge
+                first = started + timedelta(seconds=every) if name == "audit" else started
                 scheduler.add_job(
                     self._scheduled, "interval", args=(name, make), id=name, name=name,
                     seconds=every, coalesce=True, max_instances=1, misfire_grace_time=None,
-                    next_run_time=datetime.now(UTC),
+                    next_run_time=first,
                 )  # fmt: skip
             scheduler.start()
             self._scheduler = scheduler

@@ -53,7 +53,7 @@ async def test_metrics_count_what_happened_at_logging_level_error(
         tmp_path / "c.yaml",
         mysql_url,
         power={"consume_rate": "0.10", "min_consume": "0.01"},
-        metrics={"listen": f"127.0.0.1:{port}"},
+        metrics={"listen": f"127.0.0.1:{port}", "refresh": "500ms"},
         logging={"format": "json", "level": "error"},
         schedule={"realtime_sweep": "1h", "history_sync": "1h", "compensation_sweep": "1s"},
     )
