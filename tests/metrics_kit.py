@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,10 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
 from reconcile.schema import stream_cursor
-from tests.fake_exchanges import FakeExchange
+from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import add_account, add_robot
-from tests.procs import write_config
+from tests.private_mariadb import free_port
+from tests.procs import start_cli, write_config
+from tests.seed import seed_backlog
 
 ACCOUNT = 70
 STALE_CURSOR_AGE = timedelta(days=1)
@@ -70,6 +74,25 @@ async def seed_stream(db: Database, fake: FakeExchange) -> None:
     fake.records += closed_record(
         fake.platform, close_ms=int(time.time() * 1000) - 600_000, profit="7"
     )
+
+
+@asynccontextmanager
+async def live_daemon(
+    db: Database, url: str, tmp_path: Path, **schedule: str
+) -> AsyncIterator[int]:
+    """`run` on a seeded backlog and a fake Binance stream (``seed_stream``) with ``schedule``,
+    its gauges refreshed every 500 ms; the port of its /metrics. Stopped with SIGTERM."""
+    await seed_backlog(db, orders=40, users=8, seed=11, losing_ratio=0.0)
+    port = free_port()
+    async with FAKES["binance"]() as binance:
+        await seed_stream(db, binance)
+        config = daemon_config(tmp_path / "c.yaml", url, port, binance, **schedule)
+        proc = await start_cli(config, "run")
+        try:
+            yield port
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.communicate(), 60)
 
 
 def daemon_config(path: Path, url: str, port: int, fake: FakeExchange, **schedule: str) -> Path:

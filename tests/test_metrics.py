@@ -25,7 +25,7 @@ from reconcile.schema import stream_cursor, trading_order
 from reconcile.status import read_gauges
 from tests.fake_exchanges import FAKES
 from tests.history_kit import RULES
-from tests.metrics_kit import ACCOUNT, daemon_config, sample, scrape, seed_stream
+from tests.metrics_kit import ACCOUNT, live_daemon, sample, scrape, seed_stream
 from tests.private_mariadb import free_port
 from tests.procs import start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, insert_order, seed_backlog
@@ -105,50 +105,38 @@ async def test_the_metrics_the_alert_rules_read(
     the backlog's oldest order (0 when none, its age when one waits), the audit's checks, the
     cursor lag of the polled stream only (a stopped robot's day-old cursor is not lag), the
     counters at 0 from the start, and the process start time."""
-    await seed_backlog(mysql_db, orders=40, users=8, seed=11, losing_ratio=0.0)
-    port = free_port()
-    async with FAKES["binance"]() as binance:
-        await seed_stream(mysql_db, binance)
-        cfg = daemon_config(
-            tmp_path / "c.yaml", mysql_url, port, binance,
-            history_sync="2s", realtime_sweep="1h", compensation_sweep="1h", audit="1s",
-        )  # fmt: skip
-        started = time.time()
-        proc = await start_cli(cfg, "run")
-        try:
-            async with aiohttp.ClientSession() as http:
-                # the first compensation sweep (at start; the next is an hour away) charged the
-                # backlog, the stream was synced, and an audit has seen it all charged
-                clean = await scrape_until(
-                    http,
-                    port,
-                    lambda t: (
-                        sample(t, "toogo_backlog_orders") == 0
-                        and sample(t, "toogo_backlog_oldest_age_seconds") == 0
-                        and sample(t, "toogo_cursor_lag_seconds", platform="binance") is not None
-                        and sample(t, "toogo_audit_violations", check="backlog") == 0
-                        and all(
-                            sample(t, "toogo_last_success_timestamp_seconds", job_name=j)
-                            for j in JOBS
-                        )
-                    ),
-                )
-                # an order that closed 2 h ago and was never charged: older than one
-                # compensation interval, waiting for the next sweep
-                waiting = await insert_order(
-                    mysql_db, user_id=5, close_time=mysql_db.now() - timedelta(hours=2)
-                )
-                late = await scrape_until(
-                    http,
-                    port,
-                    lambda t: (
-                        sample(t, "toogo_backlog_orders") == 1
-                        and sample(t, "toogo_audit_violations", check="backlog") == 1
-                    ),
-                )
-        finally:
-            proc.terminate()
-            await asyncio.wait_for(proc.communicate(), 60)
+    started = time.time()
+    schedule = {"history_sync": "2s", "realtime_sweep": "1h", "compensation_sweep": "1h"}
+    async with (
+        live_daemon(mysql_db, mysql_url, tmp_path, **schedule, audit="1s") as port,
+        aiohttp.ClientSession() as http,
+    ):
+        # the first compensation sweep (at start; the next is an hour away) charged the
+        # backlog, the stream was synced, and an audit has seen it all charged
+        clean = await scrape_until(
+            http,
+            port,
+            lambda t: (
+                sample(t, "toogo_backlog_orders") == 0
+                and sample(t, "toogo_backlog_oldest_age_seconds") == 0
+                and sample(t, "toogo_cursor_lag_seconds", platform="binance") is not None
+                and sample(t, "toogo_audit_violations", check="backlog") == 0
+                and all(sample(t, "toogo_last_success_timestamp_seconds", job_name=j) for j in JOBS)
+            ),
+        )
+        # an order that closed 2 h ago and was never charged: older than one
+        # compensation interval, waiting for the next sweep
+        waiting = await insert_order(
+            mysql_db, user_id=5, close_time=mysql_db.now() - timedelta(hours=2)
+        )
+        late = await scrape_until(
+            http,
+            port,
+            lambda t: (
+                sample(t, "toogo_backlog_orders") == 1
+                and sample(t, "toogo_audit_violations", check="backlog") == 1
+            ),
+        )
     assert waiting in await eligible_ids(mysql_db)
     intervals = {"history_sync": 2, "realtime_sweep": 3600, "compensation_sweep": 3600, "audit": 1}
     for job, every in intervals.items():

@@ -23,12 +23,9 @@ import pytest
 import yaml
 
 from reconcile.db import Database
-from tests.fake_exchanges import FAKES
-from tests.metrics_kit import daemon_config, scrape, seed_stream
+from tests.metrics_kit import live_daemon, scrape
 from tests.private_mariadb import free_port
-from tests.procs import start_cli
 from tests.prometheus_kit import RULES, binary, dashboard_queries, metric_names, rules
-from tests.seed import seed_backlog
 
 pytestmark = pytest.mark.mysql
 
@@ -95,83 +92,72 @@ async def test_prometheus_evaluates_every_rule_on_a_live_daemon(
 ) -> None:
     every_rule = rules()
     needed = set().union(*(metric_names(r["expr"]) for r in every_rule))
-    await seed_backlog(mysql_db, orders=30, users=6, seed=13, losing_ratio=0.0)
-    port = free_port()
-    async with FAKES["binance"]() as binance:
-        await seed_stream(mysql_db, binance)
-        cfg = daemon_config(
-            tmp_path / "c.yaml", mysql_url, port, binance,
-            history_sync="2s", realtime_sweep="1s", compensation_sweep="3s", audit="2s",
-        )  # fmt: skip
-        daemon = await start_cli(cfg, "run")
+    schedule = {"history_sync": "2s", "realtime_sweep": "1s", "compensation_sweep": "3s"}
+    async with (
+        live_daemon(mysql_db, mysql_url, tmp_path, **schedule, audit="2s") as port,
+        aiohttp.ClientSession() as http,
+        prometheus(tmp_path, f"127.0.0.1:{port}") as prom,
+    ):
+        # the daemon exports everything the rules read once each job has run
+        async def complete() -> str | None:
+            text = await scrape(http, port)
+            return text if "toogo_cursor_lag_seconds{" in text else None
+
+        text = await until("cursor lag in /metrics", complete)
+
+        async def target_up() -> list[Any] | None:
+            found = await api(http, prom, "query", query=f'up{{job="{JOB}"}} == 1')
+            return list(found["result"]) or None
+
+        await until("the target up in Prometheus", target_up)
+
+        async def all_scraped() -> set[str] | None:
+            names = set(await api(http, prom, "label/__name__/values"))
+            return names if needed <= names else None
+
         try:
-            async with (
-                aiohttp.ClientSession() as http,
-                prometheus(tmp_path, f"127.0.0.1:{port}") as prom,
-            ):
-                # the daemon exports everything the rules read once each job has run
-                async def complete() -> str | None:
-                    text = await scrape(http, port)
-                    return text if "toogo_cursor_lag_seconds{" in text else None
+            scraped = await until("every metric the rules read, scraped", all_scraped)
+        except AssertionError:
+            names = set(await api(http, prom, "label/__name__/values"))
+            raise AssertionError(f"not scraped: {sorted(needed - names)}") from None
+        assert "up" in scraped
 
-                text = await until("cursor lag in /metrics", complete)
+        # Prometheus's own evaluation of the rule file: every rule evaluated, healthy
+        async def evaluated() -> list[dict[str, Any]] | None:
+            data = await api(http, prom, "rules")
+            loaded = [r for g in data["groups"] for r in g["rules"]]
+            done = all(r.get("lastEvaluation", "").startswith("2") for r in loaded)
+            return loaded if done and len(loaded) == len(every_rule) else None
 
-                async def target_up() -> list[Any] | None:
-                    found = await api(http, prom, "query", query=f'up{{job="{JOB}"}} == 1')
-                    return list(found["result"]) or None
+        for loaded in await until("every rule evaluated", evaluated):
+            assert loaded["health"] == "ok", loaded
 
-                await until("the target up in Prometheus", target_up)
+        # the Grafana dashboard's queries too
+        for title, query in dashboard_queries(JOB):
+            assert metric_names(query) <= scraped, (title, query)
+            await api(http, prom, "query", query=query)
 
-                async def all_scraped() -> set[str] | None:
-                    names = set(await api(http, prom, "label/__name__/values"))
-                    return names if needed <= names else None
+        # the recorded series (a rule's first evaluation may precede the first scrape,
+        # and a rate needs two samples)
+        async def recorded(name: str, count: int) -> list[dict[str, Any]] | None:
+            found = await api(http, prom, "query", query=name)
+            return list(found["result"]) if len(found["result"]) == count else None
 
-                try:
-                    scraped = await until("every metric the rules read, scraped", all_scraped)
-                except AssertionError:
-                    names = set(await api(http, prom, "label/__name__/values"))
-                    raise AssertionError(f"not scraped: {sorted(needed - names)}") from None
-                assert "up" in scraped
+        since = await until(
+            "toogo:seconds_since_last_success",
+            lambda: recorded("toogo:seconds_since_last_success", 4),
+        )
+        await until(
+            "platform:toogo_exchange_errors:rate5m",
+            lambda: recorded("platform:toogo_exchange_errors:rate5m", 1),
+        )
+        # and each expression through the query API
+        results = {}
+        for rule in every_rule:
+            name = rule.get("alert") or rule["record"]
+            data = await api(http, prom, "query", query=rule["expr"])
+            results[name] = data["result"]
 
-                # Prometheus's own evaluation of the rule file: every rule evaluated, healthy
-                async def evaluated() -> list[dict[str, Any]] | None:
-                    data = await api(http, prom, "rules")
-                    loaded = [r for g in data["groups"] for r in g["rules"]]
-                    done = all(r.get("lastEvaluation", "").startswith("2") for r in loaded)
-                    return loaded if done and len(loaded) == len(every_rule) else None
-
-                for loaded in await until("every rule evaluated", evaluated):
-                    assert loaded["health"] == "ok", loaded
-
-                # the Grafana dashboard's queries too
-                for title, query in dashboard_queries(JOB):
-                    assert metric_names(query) <= scraped, (title, query)
-                    await api(http, prom, "query", query=query)
-
-                # the recorded series (a rule's first evaluation may precede the first scrape,
-                # and a rate needs two samples)
-                async def recorded(name: str, count: int) -> list[dict[str, Any]] | None:
-                    found = await api(http, prom, "query", query=name)
-                    return list(found["result"]) if len(found["result"]) == count else None
-
-                since = await until(
-                    "toogo:seconds_since_last_success",
-                    lambda: recorded("toogo:seconds_since_last_success", 4),
-                )
-                await until(
-                    "platform:toogo_exchange_errors:rate5m",
-                    lambda: recorded("platform:toogo_exchange_errors:rate5m", 1),
-                )
-                # and each expression through the query API
-                results = {}
-                for rule in every_rule:
-                    name = rule.get("alert") or rule["record"]
-                    data = await api(http, prom, "query", query=rule["expr"])
-                    results[name] = data["result"]
-
-        finally:
-            daemon.terminate()
-            await asyncio.wait_for(daemon.communicate(), 60)
     assert "toogo_job_interval_seconds{" in text
     # a healthy daemon: what must not fire does not
     for quiet in ("ToogoReconcileDown", "ToogoReconcileAbsent", "ToogoDatabaseDown"):
