@@ -151,10 +151,12 @@ class ScheduleConfig(_Model):
     realtime_sweep: Duration = timedelta(seconds=5)
     realtime_window: Duration = timedelta(minutes=15)
     compensation_sweep: Duration = timedelta(hours=1)
+    audit: Duration | None = timedelta(minutes=15)  # the ledger audit for the metrics; null: off
 
 
 class MetricsConfig(_Model):
     listen: str | None = None  # e.g. "127.0.0.1:9108"; unset: no HTTP server
+    refresh: Duration = timedelta(seconds=30)  # the gauges read from the database
 
     @field_validator("listen")
     @classmethod

@@ -2,25 +2,35 @@
 
 Most counters are derived from the log events themselves (a structlog processor): the audit
 log and the metrics can never disagree about what was charged.
+
+A job's label is ``job_name``, not ``job``: Prometheus gives every scraped series the target's
+own ``job`` label and would rename ours to ``exported_job`` (or, with ``honor_labels``, drop the
+target's). The alert rules in ``deploy/prometheus/`` are written against these names;
+``tests/test_prometheus_live.py`` fails when a metric they use is not scraped.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from structlog.typing import EventDict, WrappedLogger
 
 from daemon.logs import queued
+
+#: the events counted by toogo_failures_total, as its ``kind`` label (spaces as underscores)
+FAILURE_EVENTS = ("charge failed", "stream failed", "job failed", "sweep aborted")
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
         self.charges = Counter("toogo_charges", "Orders charged", ["source"], registry=r)
         self.duplicates = Counter(
             "toogo_skipped_duplicates", "Charges skipped as already done", ["source"], registry=r
@@ -33,14 +43,33 @@ class Metrics:
             "toogo_exchange_errors", "Failed exchange requests", ["platform"], registry=r
         )
         self.cycle_seconds = Gauge(
-            "toogo_cycle_duration_seconds", "Duration of the last run of a job", ["job"], registry=r
-        )
+            "toogo_cycle_duration_seconds", "Duration of the last run of a job", ["job_name"],
+            registry=r,
+        )  # fmt: skip
         self.last_success = Gauge(
-            "toogo_last_success_timestamp_seconds", "When a job last succeeded", ["job"], registry=r
-        )
+            "toogo_last_success_timestamp_seconds", "When a job last succeeded", ["job_name"],
+            registry=r,
+        )  # fmt: skip
+        self.job_interval = Gauge(
+            "toogo_job_interval_seconds", "How often a job is scheduled (schedule.*)",
+            ["job_name"], registry=r,
+        )  # fmt: skip
+        self.database_up = Gauge(
+            "toogo_database_up", "1 while the database answers the health check, else 0",
+            registry=r,
+        )  # fmt: skip
         self.backlog = Gauge(
             "toogo_backlog_orders", "Eligible orders not yet charged (look-back window)",
             registry=r,
+        )  # fmt: skip
+        self.backlog_age = Gauge(
+            "toogo_backlog_oldest_age_seconds",
+            "Age of the oldest eligible order not yet charged (look-back window); 0 when none",
+            registry=r,
+        )
+        self.audit_violations = Gauge(
+            "toogo_audit_violations", "Violations of each ledger invariant at the last audit",
+            ["check"], registry=r,
         )  # fmt: skip
         self.quarantined = Gauge(
             "toogo_quarantined_records",
@@ -48,14 +77,27 @@ class Metrics:
             registry=r,
         )
         self.cursor_lag = Gauge(
-            "toogo_cursor_lag_seconds", "Age of the oldest stream cursor", ["platform"], registry=r
-        )
+            "toogo_cursor_lag_seconds", "Age of the oldest cursor of a stream still polled",
+            ["platform"], registry=r,
+        )  # fmt: skip
         self.log_queue = Gauge(
             "toogo_log_queued_lines", "Log lines waiting for a slow reader (stdout, journald)",
             registry=r,
         )  # fmt: skip
         self.healthy = True
         self.health_detail = "starting"
+
+    def expect(self, platforms: Iterable[str]) -> None:
+        """Export every counter's known label values at 0 from the start: a series that only
+        appears with its first increment has no rate until its second, and a rule over it is
+        silently empty until then."""
+        for source in ("realtime", "sweep", "history"):
+            self.charges.labels(source)
+            self.duplicates.labels(source)
+        for kind in FAILURE_EVENTS:
+            self.failures.labels(kind.replace(" ", "_"))
+        for platform in platforms:
+            self.exchange_errors.labels(platform)
 
     def processor(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
         """A structlog processor counting the events that matter."""
@@ -66,7 +108,7 @@ class Metrics:
             self.duplicates.labels(str(event.get("source"))).inc()
         elif name == "exchange request failed":
             self.exchange_errors.labels(str(event.get("platform"))).inc()
-        elif name in ("charge failed", "stream failed", "job failed", "sweep aborted"):
+        elif name in FAILURE_EVENTS:
             self.failures.labels(str(name).replace(" ", "_")).inc()
         return event
 

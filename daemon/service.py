@@ -6,7 +6,9 @@ failing job is logged and tried again at its next run without touching the other
 - the history sync (``schedule.history_sync``, 60 s);
 - a realtime sweep of the last ``schedule.realtime_window`` of closes (``schedule.realtime_sweep``,
   5 s) - it charges what the engine's realtime call missed within seconds;
-- the compensation sweep over ``sweep.lookback`` (``schedule.compensation_sweep``, 1 h).
+- the compensation sweep over ``sweep.lookback`` (``schedule.compensation_sweep``, 1 h);
+- the ledger audit (``schedule.audit``, 15 min, first one interval after the start; null:
+  none), for ``toogo_audit_violations``.
 
 systemd: READY=1 once the database answers and the scheduler runs; WATCHDOG=1 every half
 ``WATCHDOG_USEC`` only while the event loop turns and the database answers; STATUS= with the last
@@ -31,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -40,6 +42,7 @@ from daemon.config import Config
 from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval
 from daemon.runtime import Core, open_core, open_history_sync
+from reconcile.audit import audit
 from reconcile.consumer import Source
 from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
@@ -50,7 +53,6 @@ from reconcile.sweep import SweepSettings, sweep
 log = structlog.get_logger("daemon.service")
 
 Job = Callable[[], Awaitable[tuple[bool, str]]]
-GAUGES_EVERY = 30.0  # seconds between backlog / quarantine / cursor-lag refreshes
 GAUGES_TIMEOUT = 10.0  # a refresh that takes longer is given up (the next one tries again)
 PROBE_EVERY = 0.25  # seconds between database checks: an outage shows within PROBE_EVERY + timeout
 PROBE_TIMEOUT = 1.0  # a database that does not answer a ping within this is unavailable
@@ -99,6 +101,8 @@ class Service:
             history = await stack.enter_async_context(
                 open_history_sync(self.config, core, min_interval=schedule.history_sync * 0.9)
             )
+            if self.metrics is not None:
+                self.metrics.expect(platforms=self.config.exchanges)
             if self.metrics is not None and self.config.metrics.listen:
                 runner = await self.metrics.serve(self.config.metrics.listen)
                 stack.push_async_callback(runner.cleanup)
@@ -117,11 +121,19 @@ class Service:
                     lambda: self._sweep(core, "compensation_sweep"),
                 ),
             }
+            if schedule.audit is not None:
+                jobs["audit"] = (schedule.audit.total_seconds(), lambda: self._audit(core))
+            started = datetime.now(UTC)
             for name, (every, make) in jobs.items():
+                if self.metrics is not None:
+                    self.metrics.job_interval.labels(name).set(every)
+                # the audit first runs one interval in: not beside the start's first sweep, and
+                # not on the backlog of the downtime that sweep is about to charge
+                first = started + timedelta(seconds=every) if name == "audit" else started
                 scheduler.add_job(
                     self._scheduled, "interval", args=(name, make), id=name, name=name,
                     seconds=every, coalesce=True, max_instances=1, misfire_grace_time=None,
-                    next_run_time=datetime.now(UTC),
+                    next_run_time=first,
                 )  # fmt: skip
             scheduler.start()
             self._scheduler = scheduler
@@ -223,6 +235,26 @@ class Service:
 
         return work
 
+    def _audit(self, core: Core) -> Job:
+        """The ledger invariants (``toogo-reconcile audit``), read in one snapshot; violations
+        are a gauge per check and one warning, not a failed job (the audit itself worked)."""
+        backlog_after = self.config.schedule.compensation_sweep
+
+        async def work() -> tuple[bool, str]:
+            report = await audit(core.db, backlog_after=backlog_after)
+            violations = {c.name: c.violations for c in report.checks}
+            if self.metrics is not None:
+                for check, count in violations.items():
+                    self.metrics.audit_violations.labels(check).set(count)
+            if report.ok:
+                log.info("audit clean", checks=len(violations))
+                return True, "clean"
+            failing = {k: v for k, v in violations.items() if v}
+            log.warning("audit violations", violations=failing, action="run toogo-reconcile audit")
+            return True, f"{sum(failing.values())} violations"
+
+        return work
+
     # -- health, watchdog, shutdown ---------------------------------------------------------------
 
     async def _health(self, core: Core) -> None:
@@ -251,6 +283,7 @@ class Service:
                     next_beat = now + interval
                 if self.metrics is not None:
                     self.metrics.healthy, self.metrics.health_detail = healthy, detail
+                    self.metrics.database_up.set(1 if healthy else 0)
                 await availability.woken(every)
         finally:
             core.db.availability = None
@@ -283,23 +316,31 @@ class Service:
         self._send_status()
 
     async def _gauges(self, core: Core, metrics: Metrics) -> None:
-        """Every GAUGES_EVERY while the database answers, the backlog, quarantine and cursor-lag
-        gauges; a read that takes longer than GAUGES_TIMEOUT is given up until the next time."""
+        """Every ``metrics.refresh`` (30 s) while the database answers, the backlog (count and
+        oldest order), quarantine and cursor-lag gauges; a read that takes longer than
+        GAUGES_TIMEOUT is given up until the next time."""
         while True:
             if metrics.healthy:
                 await self._refresh_gauges(core, metrics)
-            await asyncio.sleep(GAUGES_EVERY)
+            await asyncio.sleep(self.config.metrics.refresh.total_seconds())
 
     async def _refresh_gauges(self, core: Core, metrics: Metrics) -> None:
         try:
             async with asyncio.timeout(GAUGES_TIMEOUT):
-                gauges = await read_gauges(core.db, lookback=self.config.sweep.lookback)
+                gauges = await read_gauges(
+                    core.db,
+                    lookback=self.config.sweep.lookback,
+                    running_status=self.config.robots.running_status,
+                )
         except (ReconcileError, TimeoutError) as exc:
             log.warning("metrics refresh failed", error=type(exc).__name__)
             return
-        metrics.backlog.set(gauges.backlog)
-        metrics.quarantined.set(gauges.quarantined)
         now = datetime.now(UTC)
+        metrics.backlog.set(gauges.backlog)
+        first = gauges.oldest_eligible
+        metrics.backlog_age.set(max(0.0, (now - first).total_seconds()) if first else 0.0)
+        metrics.quarantined.set(gauges.quarantined)
+        metrics.cursor_lag.clear()  # a platform no longer polled has no lag, not its last one
         for platform, oldest in gauges.oldest_cursor.items():
             metrics.cursor_lag.labels(platform).set((now - oldest).total_seconds())
 

@@ -82,7 +82,9 @@ async def audit(db: Database, *, backlog_after: timedelta) -> AuditReport:
             ]
         )
 
-    return await db.transaction(run, what="audit the ledger")
+    # one snapshot: a charge committing between two checks' reads would otherwise look like a
+    # wallet or a sum that disagrees with its ledger (the daemon audits while it charges)
+    return await db.transaction(run, what="audit the ledger", snapshot=True)
 
 
 async def _duplicates(conn: AsyncConnection) -> Check:

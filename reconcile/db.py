@@ -284,17 +284,21 @@ class Database:
         *,
         what: str,
         retry_duplicate: str | None = None,
+        snapshot: bool = False,
         **log_fields: Any,
     ) -> T:
         """Run ``fn`` in one transaction; re-run it whole on a temporary database failure
         (after ``RowsMissing.prepare`` when that was the failure) and, given
         ``retry_duplicate``, when a unique key refused a row - an expected race, logged at info
-        level under that event name instead of as a ``db retry`` warning."""
+        level under that event name instead of as a ``db retry`` warning. ``snapshot``: a
+        read-only unit whose statements must all see one moment (REPEATABLE READ on a server;
+        the sessions' READ COMMITTED lets each statement see the commits made since the last)."""
         retrying = self.retrying(what, retry_duplicate=retry_duplicate, **log_fields)
+        isolation = "REPEATABLE READ" if snapshot and self.dialect.concurrent else None
         async for attempt in retrying:
             with attempt:
                 try:
-                    return await self._gated(fn, what)
+                    return await self._gated(fn, what, isolation)
                 except RowsMissing as missing:
                     await missing.prepare()  # a transaction of its own; the unit runs again
                     raise
@@ -350,35 +354,48 @@ class Database:
         if self.availability is not None:
             await self.availability.wait_up()
 
-    async def _gated(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
+    async def _gated(
+        self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, isolation: str | None
+    ) -> T:
         """One attempt, after waiting for what ``pacing`` says; an attempt that met a database
         outage (the monitor confirms it) is run again once the database is back, uncounted."""
         while True:
             await self._ready()
             try:
-                return await self._once(fn, what)
+                return await self._once(fn, what, isolation)
             except ConnectionLost:
                 if self.availability is None or not await self.availability.outage():
                     raise
 
-    async def _once(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
+    async def _once(
+        self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, isolation: str | None
+    ) -> T:
         # Shielded: cancelling the caller (shutdown) lets a transaction in flight finish - commit
         # or roll back - instead of cutting it at an unknown point; close() waits for it.
-        task = asyncio.ensure_future(self._attempt(fn, what))
+        task = asyncio.ensure_future(self._attempt(fn, what, isolation))
         self._in_flight.add(task)
         task.add_done_callback(_settled)
         task.add_done_callback(self._in_flight.discard)
         return await asyncio.shield(task)
 
-    async def _attempt(self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
+    async def _attempt(
+        self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, isolation: str | None
+    ) -> T:
         with map_db_errors(what):
             if self.attempt_timeout is None or not self.dialect.concurrent:
-                async with self.engine.connect() as conn, conn.begin():
-                    return await fn(conn)
-            return await self._bounded_attempt(fn, what, self.attempt_timeout)
+                async with self.engine.connect() as conn:
+                    if isolation is not None:
+                        await conn.execution_options(isolation_level=isolation)
+                    async with conn.begin():
+                        return await fn(conn)
+            return await self._bounded_attempt(fn, what, self.attempt_timeout, isolation)
 
     async def _bounded_attempt(
-        self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, limit: float
+        self,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        what: str,
+        limit: float,
+        isolation: str | None,
     ) -> T:
         """A server that stops answering (hung, not dead) must not hold a transaction forever:
         past ``limit`` its socket is closed, the read in flight fails as a lost connection
@@ -390,6 +407,8 @@ class Database:
             driver = (await conn.get_raw_connection()).driver_connection
             cut = asyncio.get_running_loop().call_later(limit, _cut, driver, what, limit)
             self._drivers.add(driver)
+            if isolation is not None:
+                await conn.execution_options(isolation_level=isolation)
             try:
                 async with conn.begin():
                     return await fn(conn)

@@ -84,28 +84,50 @@ def target(url: str) -> Target:
 class Gauges:
     backlog: int  # eligible orders not yet charged, closed within the look-back
     quarantined: int  # unresolved unusable exchange records
-    #: per platform, the oldest stream cursor (aware, UTC)
+    #: per platform, the oldest cursor of a stream still polled (aware, UTC)
     oldest_cursor: dict[str, datetime] = field(default_factory=dict)
+    #: the close time of the oldest order in the backlog (aware), None when there is none
+    oldest_eligible: datetime | None = None
 
 
-async def read_gauges(db: Database, *, lookback: timedelta) -> Gauges:
-    o, c = trading_order.c, stream_cursor.c
+async def read_gauges(db: Database, *, lookback: timedelta, running_status: int) -> Gauges:
+    """The backlog, its oldest order, the quarantine and the cursors' lag. The lag counts only
+    the cursors of streams the history sync still polls (a running robot, not deleted, on an
+    enabled account: the sync's own choice): a stopped robot's cursor stays where it was and
+    would otherwise read as a stream falling ever further behind."""
+    o, c, r, a = trading_order.c, stream_cursor.c, trading_robot.c, trading_api_config.c
     since = db.to_db_time(datetime.now(UTC) - lookback)
     backlog_query = (
-        select(func.count())
+        select(func.count(), func.min(o.close_time))
         .select_from(trading_order)
         .where(*eligible_sql(db.dialect), o.close_time >= since)
     )
-    lag_query = select(c.platform, func.min(c.complete_until)).group_by(c.platform)
+    polled = (
+        select(r.id)
+        .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
+        .where(
+            r.api_config_id == c.account_id,
+            r.symbol == c.symbol,
+            r.status == running_status,
+            r.deleted_at.is_(None),
+            a.status == STATUS_NORMAL,
+            a.deleted_at.is_(None),
+        )
+        .exists()
+    )
+    lag_query = select(c.platform, func.min(c.complete_until)).where(polled).group_by(c.platform)
 
-    async def read(conn: AsyncConnection) -> tuple[int, dict[str, datetime]]:
-        backlog = (await conn.execute(backlog_query)).scalar_one()
+    async def read(conn: AsyncConnection) -> tuple[int, datetime | None, dict[str, datetime]]:
+        backlog, oldest = (await conn.execute(backlog_query)).one()
         lags = await conn.execute(lag_query)
-        return int(backlog), {p: t.replace(tzinfo=UTC) for p, t in lags if t is not None}
+        cursors = {p: t.replace(tzinfo=UTC) for p, t in lags if t is not None}
+        return int(backlog), oldest and db.from_db_time(oldest), cursors
 
-    backlog, oldest = await db.transaction(read, what="refresh metrics")
+    backlog, oldest, cursors = await db.transaction(read, what="refresh metrics")
     quarantined = await quarantine.unresolved_count(db)
-    return Gauges(backlog=backlog, quarantined=quarantined, oldest_cursor=oldest)
+    return Gauges(
+        backlog=backlog, quarantined=quarantined, oldest_cursor=cursors, oldest_eligible=oldest
+    )
 
 
 # -- doctor's reads -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.audit import audit
@@ -152,3 +152,23 @@ async def test_audit_command(mysql_url: str, tmp_path: Path) -> None:
             ).scalar()
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("snapshot", [True, False])
+async def test_a_snapshot_transaction_reads_one_moment(server_db: Database, snapshot: bool) -> None:
+    """The audit reads in one snapshot (``Database.transaction(snapshot=True)``): a charge that
+    commits between two of its reads must not look like a sum or a wallet that disagrees with
+    its ledger. The sessions' READ COMMITTED alone would show the second read the new row."""
+
+    async def count(conn: AsyncConnection) -> int:
+        return int(
+            (await conn.execute(select(func.count()).select_from(trading_order))).scalar_one()
+        )
+
+    async def two_reads(conn: AsyncConnection) -> tuple[int, int]:
+        before = await count(conn)
+        await insert_order(server_db, user_id=7)  # its own transaction, committed meanwhile
+        return before, await count(conn)
+
+    before, after = await server_db.transaction(two_reads, what="two reads", snapshot=snapshot)
+    assert after == (before if snapshot else before + 1)
