@@ -77,7 +77,7 @@ def cli(ctx: click.Context, config_file: str | None, log_format: str | None) -> 
     type=click.IntRange(1, 16),
     default=None,
     help="Split the pass over this many processes by user (default: sweep.processes, auto:"
-    " one per core, at most 4, when at least 20,000 orders wait; else 1). MySQL/MariaDB and"
+    " one per core, at most 4, when at least 50,000 orders wait; else 1). MySQL/MariaDB and"
     " PostgreSQL.",
 )
 @click.pass_context

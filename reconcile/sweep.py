@@ -153,8 +153,8 @@ async def sweep(
 
 AUTO_PROCESSES_MAX = 4  # processes ``sweep.processes: auto`` may start
 #: ... once the look-back holds this many eligible orders: a process costs about a second of
-#: start-up, which one process charging several thousand orders a second makes back only here
-AUTO_PROCESSES_FROM = 20_000
+#: start-up; measured on 2 cores, two processes draw level with one at 50,000 orders (BENCHMARKS.md)
+AUTO_PROCESSES_FROM = 50_000
 
 
 def auto_processes(cores: int) -> int:
