@@ -9,11 +9,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import ledger
 from reconcile.consumer import Outcome, PowerConsumer, Source, load_power_rules
 from reconcile.db import Database
-from reconcile.errors import OrderNotFound
+from reconcile.errors import DuplicateKey, OrderNotFound
 from reconcile.pricing import PowerOverride, PowerRules
 from reconcile.schema import power_consume, toogo_config, trading_order, wallet, wallet_log
+from tests.conftest import open_database
 from tests.seed import (
     assert_ledger_consistent,
     insert_order,
@@ -251,3 +253,41 @@ async def test_rules_come_from_hg_toogo_config_unless_configured(any_db: Databas
 async def test_rules_default_without_stored_config(any_db: Database) -> None:
     rules = await load_power_rules(any_db, PowerOverride())
     assert (rules.consume_rate, rules.min_consume) == (Decimal("0.10"), Decimal("0.01"))
+
+
+async def test_post_consumes_refuses_an_order_with_a_second_consume_row(server_url: str) -> None:
+    """Without ``uk_user_order`` (a legacy install) a writer that does not lock the order can
+    add a consume row between the consumer's check and its INSERT ... SELECT: the ledger's
+    INSERT ... SELECT would then write two ledger rows for the order. ``post_consumes`` counts
+    and refuses (DuplicateKey: the unit runs again and finds the order charged); nothing of it
+    stays after the rollback."""
+    db = await open_database(server_url, unique_key=False)
+    try:
+        await set_wallet(db, 5, Decimal("10"))
+        order_id = await insert_order(db, user_id=5, realized_profit=Decimal("3.0000"))
+        now = db.now()
+
+        def consume_row() -> dict[str, Any]:
+            return {"user_id": 5, "robot_id": 1, "order_id": order_id, "order_sn": "TO-x",
+                    "profit_amount": Decimal("3"), "consume_rate": Decimal("0.10"),
+                    "consume_power": Decimal("0.3"), "from_power": Decimal("0.3"),
+                    "vip_level": 1, "discount_rate": Decimal(0), "original_power": Decimal("0.3"),
+                    "created_at": now}  # fmt: skip
+
+        async def unit(conn: AsyncConnection) -> None:
+            await conn.execute(power_consume.insert(), [consume_row(), consume_row()])
+            await ledger.lock_rows(db, conn, [5])
+            await ledger.post_consumes(conn, [order_id], now=now, remark="test")
+
+        with pytest.raises(DuplicateKey, match="2 consume rows for 1 of 1 orders"):
+            await db.transaction(unit, what="post twice-recorded order")
+
+        async def left(conn: AsyncConnection) -> tuple[int, int, Decimal]:
+            consumes = len((await conn.execute(select(power_consume.c.id))).all())
+            entries = len((await conn.execute(select(wallet_log.c.id))).all())
+            power = (await conn.execute(select(wallet.c.power))).scalar_one()
+            return consumes, entries, power
+
+        assert await db.transaction(left, what="read what is left") == (0, 0, Decimal("10"))
+    finally:
+        await db.close()
