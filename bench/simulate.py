@@ -34,9 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -48,16 +46,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/simulate.py` puts bench/, not the root, on the path
     sys.path.insert(0, str(ROOT))
 
-from bench.sim import checks, schedule  # noqa: E402
+from bench.sim import aftermath, checks, schedule  # noqa: E402
 from bench.sim.daemons import Instance, daemon_env  # noqa: E402
-from bench.sim.engine import Engine, GoWallet  # noqa: E402
+from bench.sim.engine import GO_REMARK, LEGACY_REMARK, Engine, GoWallet  # noqa: E402
 from bench.sim.world import (  # noqa: E402
     DB_NAME,
     DB_USER,
@@ -339,8 +336,8 @@ class Run:
         self.snapshot_figures(snap, events)
 
     def snapshot_figures(self, snap: checks.Snapshot, audit: list[dict[str, Any]]) -> None:
-        legacy = sum(1 for r in snap.ledger if (r[7] or "") == "sim legacy ConsumePower")
-        go = sum(1 for r in snap.ledger if (r[7] or "").startswith("sim go-write"))
+        legacy = sum(1 for r in snap.ledger if r[7] == LEGACY_REMARK)
+        go = sum(1 for r in snap.ledger if (r[7] or "").startswith(GO_REMARK))
         self.figures.update(
             exchange_closes=len(self.engine.closes),
             profitable_closes=sum(c.profitable for c in self.engine.closes),
@@ -350,6 +347,8 @@ class Run:
             go_writes_in_db=go,
             overwrites_in_db=len(snap.overwrites()),
             orders=len(snap.orders),
+            commits_cut=self.proxy.cuts,
+            sigterm_to_exit_s=max((t for i in self.instances for t in i.stop_times), default=None),
         )
 
     # -- the end ---------------------------------------------------------------------------------
@@ -357,67 +356,18 @@ class Run:
     def outputs(self) -> list[Path]:
         return [*sorted(p for p in self.logs.iterdir() if p.is_file()), self.server.log]
 
-    def check_outputs(self) -> None:
-        """Every daemon line a JSON event, no critical one; event counts for the figures.
-
-        One exception, as README documents it: a start that fails (exit 1 before ``daemon
-        started``, e.g. the database is down) ends with its error as one plain line on stderr,
-        ``toogo-reconcile: connect to the database: ...``."""
-        events: Counter[str] = Counter()
-        problems = []
+    def examine(self) -> None:
+        """Once everything stopped: the daemons' lines, the secrets, what was left behind."""
         failed = {stem for i in self.instances for stem in i.failed}
-        for path in sorted(self.logs.glob("daemon-*")):
-            data = path.read_bytes()
-            lines = data.split(b"\n")
-            tail = lines.pop()  # b"" after the last newline; a SIGKILL may cut a line short
-            start_error = path.suffix == ".err" and path.stem in failed and len(lines) == 1
-            if start_error and lines[0].startswith(b"toogo-reconcile: "):
-                events["(failed start: its error line on stderr)"] += 1
-                continue
-            for n, line in enumerate(lines, 1):
-                try:
-                    event = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    problems.append(f"{path.name}:{n}: not JSON: {line[:120]!r}")
-                    continue
-                # APScheduler's messages name the job's next run time: one figure for all
-                events[re.sub(r'"[^"]*"', '"…"', str(event.get("event")))] += 1
-                if event.get("level") == "critical":
-                    problems.append(f"{path.name}:{n}: critical: {event.get('event')}")
-                if event.get("event") == "power consumed":
-                    events[f"power consumed ({event.get('source')})"] += 1
-            if tail:
-                events["(line cut short by SIGKILL)"] += 1
-        self.record([("every daemon output line is a JSON event, none critical", problems)],
-                    "outputs")  # fmt: skip
+        results, events = aftermath.daemon_outputs(self.logs, failed)
+        self.record(results, "outputs")
         self.figures["daemon_events"] = dict(events.most_common())
-
-    def grep_secrets(self) -> None:
+        self.record(aftermath.leftovers(self.instances, self.threads, self.ports), "teardown")
+        sys.stdout.flush()  # the simulation's own log is grepped too
         planted = self.cast.planted()
-        found = []
-        for path in self.outputs():
-            if not path.exists():
-                continue
-            data = path.read_bytes()
-            found += [f"{name} in {path.name}" for name, value in planted.items()
-                      if value.encode() in data]  # fmt: skip
+        self.record(aftermath.secrets_in(self.outputs(), planted), "secrets")
         self.figures["secrets_planted"] = len(planted)
         self.figures["files_grepped"] = len(self.outputs())
-        self.record([("no planted secret in any output", found)], "secrets")
-
-    def check_leaks(self) -> None:
-        me = psutil.Process()
-        problems = [f"{i.name} not reaped" for i in self.instances if i.running()]
-        problems += [f"child process {c.pid} {c.name()} left" for c in me.children(recursive=True)]
-        problems += [f"thread {t.name} alive" for t in self.threads if t.is_alive()]
-        listening = [c for c in me.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-        problems += [f"listening on {c.laddr}" for c in listening]
-        for port in self.ports:
-            with socket.socket() as s, contextlib.suppress(OSError):
-                s.settimeout(1)
-                s.connect(("127.0.0.1", port))
-                problems.append(f"port {port} still accepts connections")
-        self.record([("no process, thread or listening socket left", problems)], "teardown")
 
     async def teardown(self) -> None:
         for instance in self.instances:
@@ -469,10 +419,7 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> int:
         run.violations.append(f"the simulation itself failed: {exc!r}")
     finally:
         await run.teardown()
-        run.check_outputs()
-        run.check_leaks()
-        sys.stdout.flush()
-        run.grep_secrets()
+        run.examine()
         report(run, started)
     return 1 if run.violations else 0
 
@@ -501,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     with (workdir / "logs" / "simulate.log").open("w", encoding="utf-8") as log:
         stdout, stderr = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = Tee(stdout, log), Tee(stderr, log)  # type: ignore[assignment]
+        sys.stdout, sys.stderr = Tee(stdout, log), Tee(stderr, log)
         try:
             code = asyncio.run(simulate(args, workdir))
         finally:

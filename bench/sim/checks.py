@@ -16,7 +16,7 @@ from typing import Any
 
 import pymysql
 
-from bench.sim.engine import Close, remark_fields
+from bench.sim.engine import LEGACY_REMARK, Close, remark_fields
 from bench.sim.world import DB_NAME
 
 Result = list[tuple[str, list[str]]]
@@ -117,6 +117,20 @@ def always(snap: Snapshot, initial: dict[int, Decimal], served: set[tuple[int, s
     check("per user: sum consume_power = -sum power_consume ledger", [
         f"user {u}: consumed {consumed[u]}, ledger {-logged[u]}"
         for u in sorted(set(consumed) | set(logged)) if consumed[u] != -logged[u]])  # fmt: skip
+    # the same for the daemon's own entries alone: without the legacy path's rows
+    legacy = {(r[1], r[6]) for r in snap.ledger if r[7] == LEGACY_REMARK}
+    own_consumed: dict[int, Decimal] = defaultdict(Decimal)
+    own_logged: dict[int, Decimal] = defaultdict(Decimal)
+    for _, user, order_id, amount in snap.consumes:
+        if (user, order_id) not in legacy:
+            own_consumed[user] += amount
+    for row in snap.ledger:
+        if row[2] == "power_consume" and row[7] != LEGACY_REMARK:
+            own_logged[row[1]] += row[3]
+    check("per user, the daemon's own: sum consume_power = -sum ledger", [
+        f"user {u}: consumed {own_consumed[u]}, ledger {-own_logged[u]}"
+        for u in sorted(set(own_consumed) | set(own_logged))
+        if own_consumed[u] != -own_logged[u]])  # fmt: skip
 
     amounts = {(c[1], c[2]): c[3] for c in snap.consumes}
     check("power_consumed = 1 only with its consume row", [

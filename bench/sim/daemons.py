@@ -35,6 +35,8 @@ class Instance:
     start_failures: int = 0
     #: output file stems of the generations that failed to start (exit 1 before started)
     failed: set[str] = field(default_factory=set)
+    #: seconds from each SIGTERM to the exit
+    stop_times: list[float] = field(default_factory=list)
     proc: asyncio.subprocess.Process | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -137,8 +139,11 @@ class Instance:
             return True
 
     async def _wait_exit(self, proc: asyncio.subprocess.Process) -> None:
+        sent = asyncio.get_running_loop().time()
         try:
             await asyncio.wait_for(self.exited.wait(), TERM_WAIT)
+            if self.expect == "term":
+                self.stop_times.append(round(asyncio.get_running_loop().time() - sent, 2))
         except TimeoutError:
             self.violations.append(f"{self.name}: still running {TERM_WAIT:.0f} s after SIGTERM")
             self.expect = "kill"
