@@ -11,12 +11,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
+from decimal import Decimal as D
 from pathlib import Path
 
 import psutil
 import pytest
 
-from bench.sim import schedule
+from bench.sim import checks, schedule
+from bench.sim.engine import Close
 from bench.sim.world import PLATFORMS, make_cast
 from tests.conftest import REQUIRE_MYSQL
 from tests.private_mariadb import INSTALL_DB, MARIADBD
@@ -37,6 +40,59 @@ def test_the_seed_fixes_the_schedule() -> None:
     assert kinds[schedule.DB_RESTART] == 1
     assert all(5 <= f.at <= 115 for f in first)
     assert make_cast(SEED).planted() == make_cast(SEED).planted()
+
+
+def _failing(results: checks.Result) -> set[str]:
+    return {name for name, problems in results if problems}
+
+
+def test_the_checks_see_what_they_look_for() -> None:
+    """A passing simulation means something only if its checks fail on what they look for:
+    one clean snapshot, then one fault at a time."""
+    clean = checks.Snapshot(
+        consumes=[(1, 5001, 10, D("1.2"))],
+        ledger=[(1, 5001, "power_consume", D("-1.2"), D(100), D("98.8"), 10, None)],
+        wallets={5001: (D("98.8"), D("1.2"), D(5))},
+        orders={10: (10, 5001, "TO1", 2, D(12), 1, D("1.2")),
+                11: (11, 5001, "TO2", 2, D(-3), 0, D(0))},
+        bindings=[("okx", 101, "k1", 10, 10, "order"), ("okx", 101, "k2", 11, 11, "order")],
+    )  # fmt: skip
+    initial, served = {5001: D(100)}, {(101, "k1"), (101, "k2")}
+    closes = [Close("okx", 101, "k1", True, "engine"), Close("okx", 101, "k2", False, "engine")]
+    assert not _failing(checks.always(clean, initial, served) + checks.final(clean, closes, 2))
+
+    # a Go-style write that read 100 before the daemon's debit and wrote 100 + 5 over it
+    go = (2, 5001, "recharge", D(5), D(100), D(105), None, "sim go-write 1 current 98.8")
+    overwritten = replace(clean, ledger=[*clean.ledger, go],
+                          wallets={5001: (D(105), D("1.2"), D(5))})  # fmt: skip
+    assert not _failing(checks.always(overwritten, initial, served))
+    assert overwritten.overwrites() == {2: D("-1.2")}
+    example = {"problem": "chain broken", "wallet_log_id": 2}
+    chain: dict[str, object] = {"name": "ledger_chain", "violations": 1, "examples": [example]}
+    said = {"ok": False, "checks": [chain]}
+    assert not _failing(checks.audit_agrees(said, overwritten.overwrites()))
+    chain["violations"] = 0
+    assert _failing(checks.audit_agrees(said, overwritten.overwrites()))
+
+    def broken(snap: checks.Snapshot) -> set[str]:
+        return _failing(checks.always(snap, initial, served) + checks.final(snap, closes, 2))
+
+    unannounced = (2, 5001, "recharge", D(5), D(100), D(105), None, "sim go-write 1 current 100")
+    assert "ledger chains break exactly where a Go-style write overwrote" in broken(
+        replace(overwritten, ledger=[*clean.ledger, unannounced]))  # fmt: skip
+    assert "wallet = start + ledger changes - what overwrites lost" in broken(
+        replace(clean, wallets={5001: (D("98.80000001"), D("1.2"), D(5))}))  # fmt: skip
+    assert "one consume row per order" in broken(
+        replace(clean, consumes=[*clean.consumes, (2, 5001, 10, D("1.2"))]))  # fmt: skip
+    assert "charges only for closed profitable orders" in broken(
+        replace(clean, consumes=[*clean.consumes, (2, 5001, 11, D("0.3"))]))  # fmt: skip
+    assert "each consume row has exactly its ledger debit" in broken(
+        replace(clean, ledger=[]))  # fmt: skip
+    assert "every exchange close has exactly one local order" in broken(
+        replace(clean, bindings=clean.bindings[:1]))  # fmt: skip
+    unflagged = (10, 5001, "TO1", 2, D(12), 0, D(0))
+    assert "every profitable close charged exactly once, no loss charged" in broken(
+        replace(clean, orders={**clean.orders, 10: unflagged}))  # fmt: skip
 
 
 def _requirements() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TERM_WAIT = 90.0  # seconds a SIGTERM may take: shutdown_timeout plus a lock wait or two
-UP_WAIT = 60.0  # seconds a fault waits for its target to be up before it is skipped
+UP_WAIT = 120.0  # seconds a fault waits for its target to be up before it is skipped
 
 
 @dataclass

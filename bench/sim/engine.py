@@ -40,7 +40,7 @@ from tests.fake_exchanges.harness import closed_record, record_key_of
 
 T = TypeVar("T")
 LOCAL = ZoneInfo(ZONE)
-RECONNECT = {2003, 2006, 2013, 2055}
+RECONNECT = {1053, 1927, 2002, 2003, 2006, 2013, 2055}  # shutdown, killed, lost, gone
 RERUN = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back
 LEGACY_REMARK = "sim legacy ConsumePower"
 GO_REMARK = "sim go-write"
