@@ -149,6 +149,7 @@ class Run:
         self.stop_writers = threading.Event()
         self.threads: list[threading.Thread] = []
         self.ports: list[int] = []
+        self.loads = [os.getloadavg()[0]]  # 1-minute load average: at the start, checkpoints
 
     # -- checks ----------------------------------------------------------------------------------
 
@@ -178,6 +179,7 @@ class Run:
         while True:
             await asyncio.sleep(every)
             n += 1
+            self.loads.append(os.getloadavg()[0])
             await self.checkpoint(f"#{n}")
             failed = len(self.violations)
             say(f"checkpoint #{n}: {sum(self.passed.values())} checks passed, {failed} violations")
@@ -390,7 +392,8 @@ def report(run: Run, started: float) -> None:
     say("== figures ==")
     say(f"seed {run.seed}, schedule {schedule.digest(run.plan)}, {run.seconds / 60:g} min of"
         f" faults, {time.monotonic() - started:.0f} s in all, load average"
-        f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")  # fmt: skip
+        f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs; 1-min load at the"
+        f" start {run.loads[0]:.2f}, at checkpoints up to {max(run.loads):.2f})")  # fmt: skip
     if counts is not None:
         say("operations:", json.dumps(vars(counts)))
     say("figures:", json.dumps(run.figures, default=str))
