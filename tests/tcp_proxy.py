@@ -7,6 +7,10 @@ once armed, reacts to the next ``COMMIT`` (MySQL ``COM_QUERY``, PostgreSQL simpl
 - ``before``: drop both sides without forwarding it - the server rolls the transaction back;
 - ``after``: forward it, wait for the server's answer, then drop both sides without passing the
   answer on - the commit happened, the client cannot know.
+
+``drop_all`` cuts every connection open through the proxy at once, wherever it is (a network
+partition, a load balancer restarting). While the server is down, a new client connection is
+closed at once, as a refused connection would be.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class CommitCutter:
         self.cuts = 0
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
 
     def arm(self, mode: Literal["before", "after"]) -> None:
         self.mode = mode
@@ -35,14 +40,29 @@ class CommitCutter:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    def drop_all(self) -> int:
+        """Abort every connection open through the proxy (both sides); how many there were."""
+        pairs = list(self._open)
+        for pair in pairs:
+            for writer in pair:
+                writer.transport.abort()
+        return len(pairs)
+
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        self.drop_all()
         with contextlib.suppress(Exception):
             await self._server.wait_closed()
 
     async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:  # the server is down: the client sees its connection closed
+            c_writer.transport.abort()
+            return
+        pair = (c_writer, s_writer)
+        self._open.add(pair)
         swallow = asyncio.Event()
         answered = asyncio.Event()
 
@@ -98,8 +118,10 @@ class CommitCutter:
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._open.discard(pair)
             for task in pumps:
                 task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)  # a reset is no error here
             for writer in (c_writer, s_writer):
                 writer.close()
                 with contextlib.suppress(Exception):
