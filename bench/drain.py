@@ -375,7 +375,9 @@ def fresh(server: Server, orders: int, users: int) -> str:
 
 
 class _PeakRSS:
-    """The largest VmHWM of the sweep process and its worker processes, sampled every 50 ms.
+    """The largest VmHWM of the sweep process and its worker processes, sampled every 50 ms,
+    and their CPU seconds (``cpu``: each process's user + system time as last sampled, summed:
+    the workers are the fork server's children, whose times never reach ``wait4``).
 
     Not ``wait4``'s ``ru_maxrss``: that counts the pages the child shared with this process
     when it was forked, so it grows with this process (the verification reads every row) and
@@ -384,6 +386,8 @@ class _PeakRSS:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.kib = 0
+        self._cpu: dict[int, float] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -404,6 +408,16 @@ class _PeakRSS:
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
                             self.kib = max(self.kib, int(line.split()[1]))
+                    # after the command's name, which may hold spaces: utime, stime (14, 15)
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    self._cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+
+    @property
+    def cpu(self) -> float:
+        return sum(self._cpu.values())
+
+    def own_cpu(self, pid: int) -> float:
+        return self._cpu.get(pid, 0.0)
 
     def stop(self) -> None:
         self._done.set()
@@ -412,7 +426,8 @@ class _PeakRSS:
 
 def run_sweep(server: Server, name: str, page_size: int) -> tuple[float, int, dict[str, Any]]:
     """Drain with the real command in a child process; return (seconds, peak RSS KiB, summary),
-    the summary with the child's CPU seconds (user + system, start-up included) as ``cpu``."""
+    the summary with the CPU seconds of the sweep and its workers (user + system, start-up
+    included) as ``cpu``."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bench.yaml"
         cfg.write_text(
@@ -459,7 +474,8 @@ def run_sweep(server: Server, name: str, page_size: int) -> tuple[float, int, di
             for line in log_path.read_text().splitlines()
             if '"sweep summary"' in line
         )
-        summary["cpu"] = usage.ru_utime + usage.ru_stime
+        # the sweep process's own time, exact, and its workers' as last sampled
+        summary["cpu"] = usage.ru_utime + usage.ru_stime + peak.cpu - peak.own_cpu(proc.pid)
         return float(summary["elapsed"]), peak.kib, summary
 
 

@@ -6,16 +6,23 @@ driver's protocol code and the JSON logs are pure Python; see BENCHMARKS.md), so
 ``user_id % N == k``. Their users never overlap, so they never wait for each other's wallet
 locks; each is an ordinary sweep with all its guarantees. Each process logs its own
 ``sweep partition summary``; the parent logs the one ``sweep summary``.
+
+The processes are forked from a fork server (``multiprocessing``'s ``forkserver``) that has
+imported this module and everything it needs: ``start_forkserver`` starts it as the ``sweep``
+command starts, so its imports (~0.4 s of CPU) run beside the parent's own start-up instead of
+once per process after the sweep has begun (BENCHMARKS.md). A fork server is a fresh
+single-threaded process: forking it copies no event loop, connection, lock or log thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import gc
 import multiprocessing
+import multiprocessing.forkserver
 import os
-import signal
-import sys
+import select
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -29,18 +36,50 @@ from reconcile.sweep import SweepSettings, SweepSummary, sweep
 
 log = structlog.get_logger("daemon.parallel")
 
+_START_METHOD = "forkserver"
+
+
+def start_forkserver() -> None:
+    """Start the fork server the worker processes will come from, if it is not running: it
+    imports this module (and so the daemon) in the background while the caller goes on. It
+    ends once the process that started it and every worker have ended."""
+    multiprocessing.get_context(_START_METHOD).set_forkserver_preload([__name__])
+    multiprocessing.forkserver.ensure_running()
+
 
 def _die_with_parent(parent: int) -> None:
-    """In each worker process, first: end with the ``sweep`` process that started it, however
-    that ends (SIGKILL included), instead of charging on as an orphan nobody reads."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the line above
+    """In each worker process, first: end with the ``sweep`` process ``parent``, however that
+    ends (SIGKILL included), instead of charging on as an orphan nobody reads. The worker is the
+    fork server's child, so the kernel's parent-death signal cannot say it; a thread waits on a
+    pidfd of ``parent`` (Linux; elsewhere it polls) and ends the process."""
+    try:
+        watched: int | None = os.pidfd_open(parent)
+    except ProcessLookupError:  # ended already
         os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here
+        watched = None
+    threading.Thread(
+        target=_exit_when_gone, args=(parent, watched), name="parent-watch", daemon=True
+    ).start()
 
 
-_PR_SET_PDEATHSIG = 1
+def _exit_when_gone(parent: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        select.select([pidfd], [], [])  # readable once the process has ended
+    else:
+        while _alive(parent):
+            time.sleep(0.5)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _partition_sweep(
@@ -50,6 +89,7 @@ def _partition_sweep(
     settings: SweepSettings,
 ) -> SweepSummary:
     configure_logging(log_format, config.logging.level)
+    gc.freeze()  # what the fork server imported lives as long as the process (see daemon.cli)
 
     async def job() -> SweepSummary:
         async with open_core(config) as core:
@@ -73,10 +113,10 @@ async def sweep_in_processes(
 ) -> SweepSummary:
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    context = multiprocessing.get_context("spawn")
+    start_forkserver()  # normally running already (see daemon.cli's sweep)
     with ProcessPoolExecutor(
         max_workers=processes,
-        mp_context=context,
+        mp_context=multiprocessing.get_context(_START_METHOD),
         initializer=_die_with_parent,
         initargs=(os.getpid(),),
     ) as pool:

@@ -129,15 +129,20 @@ async def test_sweep_split_across_processes(
     assert counts["consumes"] == eligible
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``: the workers are the fork server's children."""
+    parents: dict[int, int] = {}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
-        except (OSError, ValueError):
+            parents[int(status.parent.name)] = int(fields["PPid"])
+        except (OSError, ValueError, KeyError):
             continue
-        if fields.get("PPid", "").strip() == str(pid):
-            found.add(int(status.parent.name))
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
     return found
 
 
@@ -155,8 +160,8 @@ async def test_a_killed_split_sweep_leaves_no_worker_behind(
     assert proc.stdout is not None
     while b'"power consumed"' not in await proc.stdout.readline():
         assert proc.returncode is None
-    workers = _children(proc.pid)
-    assert workers, "the sweep started no worker process"
+    workers = _descendants(proc.pid)
+    assert len(workers) >= 2, f"the sweep started no worker processes: {workers}"
     proc.send_signal(signal.SIGKILL)
     await asyncio.wait_for(proc.communicate(), timeout=60)  # EOF: no worker holds stdout
     for _ in range(100):
