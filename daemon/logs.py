@@ -41,7 +41,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from reconcile import pacing
+from reconcile import lines, pacing
 
 _SECRET_WORDS = ("password", "secret", "api_key", "apikey", "passphrase", "token", "aes_key")
 _LEVELS = {
@@ -110,6 +110,17 @@ class _Writer:
                 return
             self._lines.append(line)
             if len(self._lines) == 1:
+                self._cond.notify_all()
+
+    def put_many(self, lines: list[bytes]) -> None:
+        with self._cond:
+            room = max(0, HARD_LIMIT - len(self._lines))
+            if len(lines) > room:
+                self._dropped += len(lines) - room
+                lines = lines[:room]
+            was_empty = not self._lines
+            self._lines.extend(lines)
+            if was_empty and self._lines:
                 self._cond.notify_all()
 
     def _run(self) -> None:
@@ -202,6 +213,41 @@ _writer: _Writer | None = None
 _paused_since: float | None = None
 
 
+class _Batch:
+    """``reconcile.lines``' batch writer: a transaction's INFO lines through the configured
+    processors in one pass, without a bound logger per line, stamped once (they are written at
+    one moment, after the COMMIT) and queued to the writer under one lock. The same lines as
+    ``log.info`` gives, but for sharing the timestamp; declines (returns False) once structlog
+    has been configured anew (e.g. a test capturing logs), so they then go one by one."""
+
+    def __init__(self, chain: list[Any], stamper: Any, writer: _Writer, floor: int) -> None:
+        self.chain = chain
+        self.stamper = stamper
+        self.writer = writer
+        self.enabled = floor <= logging.INFO
+
+    def __call__(self, events: Sequence[tuple[str, dict[str, Any]]]) -> bool:
+        if structlog.get_config()["processors"] is not self.chain or _writer is not self.writer:
+            return False
+        if not self.enabled:
+            return True  # below the configured level, as the filtering logger drops them
+        stamp = self.stamper(None, "info", {})["timestamp"]
+        out: list[bytes] = []
+        for event, fields in events:
+            entry: Any = {**fields, "event": event}
+            try:
+                for processor in self.chain:
+                    if processor is self.stamper:
+                        entry["timestamp"] = stamp
+                    else:
+                        entry = processor(None, "info", entry)
+            except structlog.DropEvent:
+                continue
+            out.append(entry + b"\n")
+        self.writer.put_many(out)
+        return True
+
+
 def queued() -> int:
     """Log lines waiting for the writer (for metrics)."""
     return _writer.pending if _writer is not None else 0
@@ -283,10 +329,11 @@ def configure_logging(
     text = sys.stderr if stderr else sys.stdout
     out = stream or text.buffer
     console = fmt == "console" or (fmt == "auto" and text.isatty() and stream is None)
+    stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        stamper,
         _redact,
         structlog.processors.format_exc_info,
         *extra,  # e.g. the metrics counter (daemon.metrics)
@@ -327,10 +374,12 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    lines.install(None)
     if writer is not None:
         _route_stdlib(writer, shared, foreign_renderer, level)
         pacing.install(drain_backpressure)
         if not console:
+            lines.install(_Batch(chain, stamper, writer, floor))
             sys.excepthook = _log_unhandled
             threading.excepthook = _log_unhandled_thread
 

@@ -41,7 +41,7 @@ import structlog
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
+from reconcile import ledger, lines
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
@@ -107,8 +107,7 @@ class _Settlement:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def log(self) -> None:
-        for event, fields in self.events:
-            log.info(event, **fields)
+        lines.write(log, self.events)
 
 
 _CONSUME_COLUMNS = (

@@ -70,3 +70,52 @@ async def test_past_the_hard_limit_lines_are_counted_and_reported() -> None:
     assert lines == sorted(lines) and lines[0] == 0
     assert len(lines) + sum(e["lines"] for e in dropped) == 1000
     assert dropped and all(e["lines"] > 0 and e["level"] == "error" for e in dropped)
+
+
+async def test_a_transactions_lines_in_one_batch_read_as_one_by_one() -> None:
+    """``reconcile.lines`` as the daemon installs it: the same events, fields, order and
+    redaction as ``log.info`` per line (only the timestamp is shared), counted by the extra
+    processors, dropped below the level, and one by one again once structlog is reconfigured
+    (a test capturing logs must still see them)."""
+    code, events, err = await run_script(
+        """
+        import json, sys
+        from decimal import Decimal
+        import structlog
+        from daemon import logs
+        from reconcile import lines
+        seen = []
+        def count(_, method, event):
+            seen.append((method, event["event"]))
+            return event
+        logs.configure_logging("json", "info", extra=[count])
+        log = structlog.get_logger("reconcile.consumer")
+        page = [("power consumed", {"order_id": n, "consume_power": Decimal("1.50"),
+                 "api_key": "not-for-logs"}) for n in range(3)]
+        log.info("before")
+        lines.write(log, page)
+        log.info("after")
+        for n, _ in enumerate(page):
+            log.info("power consumed", order_id=n, consume_power=Decimal("1.50"),
+                     api_key="not-for-logs")
+        with structlog.testing.capture_logs() as captured:
+            lines.write(log, page)
+        logs.configure_logging("json", "warning")
+        lines.write(log, page)  # below the level: nothing
+        logs.flush()
+        sys.stderr.write(json.dumps({"seen": seen, "captured": len(captured)}))
+        """
+    )
+    assert code == 0
+    report = json.loads(err)
+    names = [e["event"] for e in events]
+    assert names == ["before", *["power consumed"] * 3, "after", *["power consumed"] * 3]
+    batch, single = events[1:4], events[5:8]
+    assert len({e["timestamp"] for e in batch}) == 1
+    strip = [{k: v for k, v in e.items() if k != "timestamp"} for e in (*batch, *single)]
+    assert strip[:3] == strip[3:]
+    assert [list(e) for e in batch] == [list(e) for e in single]  # same key order
+    assert batch[0] == {**batch[0], "order_id": 0, "consume_power": "1.50", "level": "info"}
+    assert all(e["api_key"] == "**********" for e in batch)
+    assert [tuple(s) for s in report["seen"]].count(("info", "power consumed")) == 6
+    assert report["captured"] == 3
