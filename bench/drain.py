@@ -2,7 +2,7 @@
 drain done with four set-based SQL statements (the database's practical limit for this work).
 
     .venv/bin/python bench/drain.py [--db URL] [--orders 100000] [--users 10000] [--small 10000]
-                                    [--runs 1] [--page-size 500]
+                                    [--runs 1] [--page-size N]
 
 ``--db`` is the server, without a database name: ``mysql+aiomysql://root@127.0.0.1:3306`` (the
 default; env TOOGO_BENCH_MYSQL overrides it) or ``postgresql://postgres@127.0.0.1:5432``
@@ -39,11 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/drain.py` puts bench/, not the root, on the path
     sys.path.insert(0, str(ROOT))
 
+from daemon.config import SweepConfig  # noqa: E402
 from reconcile.db import Database, DatabaseSettings  # noqa: E402
 from tests.upstream import create_upstream_pg_schema, create_upstream_schema  # noqa: E402
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 LOOKBACK_DAYS = 7  # the shipped sweep.lookback: the reference charges the same window
+SHIPPED_PAGE = SweepConfig().page_size
 
 T = TypeVar("T")
 
@@ -424,7 +426,9 @@ class _PeakRSS:
         self._thread.join()
 
 
-def run_sweep(server: Server, name: str, page_size: int) -> tuple[float, int, dict[str, Any]]:
+def run_sweep(
+    server: Server, name: str, page_size: int | None
+) -> tuple[float, int, dict[str, Any]]:
     """Drain with the real command in a child process; return (seconds, peak RSS KiB, summary),
     the summary with the CPU seconds of the sweep and its workers (user + system, start-up
     included) as ``cpu``."""
@@ -437,7 +441,7 @@ def run_sweep(server: Server, name: str, page_size: int) -> tuple[float, int, di
                     "power": {"consume_rate": "0.10", "min_consume": "0.01"},
                     # the shipped defaults unless BENCH_WORKERS / BENCH_PROCESSES say otherwise
                     "sweep": {
-                        "page_size": page_size,
+                        **({"page_size": page_size} if page_size else {}),
                         **{
                             key: int(os.environ[env])
                             for key, env in (
@@ -479,7 +483,9 @@ def run_sweep(server: Server, name: str, page_size: int) -> tuple[float, int, di
         return float(summary["elapsed"]), peak.kib, summary
 
 
-def drained(server: Server, orders: int, users: int, page_size: int) -> tuple[float, int, Any, Any]:
+def drained(
+    server: Server, orders: int, users: int, page_size: int | None
+) -> tuple[float, int, Any, Any]:
     """Seed, sweep, verify, drop: (seconds, peak RSS KiB, summary, total charged)."""
     name = fresh(server, orders, users)
     try:
@@ -496,14 +502,15 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=100_000)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--small", type=int, default=10_000, help="backlog size for the RSS check")
-    ap.add_argument("--page-size", type=int, default=500)
+    ap.add_argument("--page-size", type=int, help="sweep.page_size (default: the shipped one)")
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     server = server_for(args.db)
 
     command = " ".join(["bench/drain.py", *sys.argv[1:]])
+    page = args.page_size or f"{SHIPPED_PAGE} (default)"
     print(f"{command}\n{server.label} ({server.url.render_as_string()}), backlog {args.orders}"
-          f" orders over {args.users} users, page {args.page_size}, processes"
+          f" orders over {args.users} users, page {page}, processes"
           f" {os.environ.get('BENCH_PROCESSES') or 'auto (default)'}, workers"
           f" {os.environ.get('BENCH_WORKERS') or '2 (default)'}")  # fmt: skip
     for run in range(1, args.runs + 1):

@@ -64,7 +64,7 @@ def cli(ctx: click.Context, config_file: str | None, log_format: str | None) -> 
     "--page-size",
     type=click.IntRange(1, 5000),
     default=None,
-    help="Orders locked and charged per transaction (default: sweep.page_size, 500).",
+    help="Orders locked and charged per transaction (default: sweep.page_size, 1000).",
 )
 @click.option(
     "--workers",

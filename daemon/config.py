@@ -122,7 +122,7 @@ class PowerConfig(_Model):
 
 class SweepConfig(_Model):
     lookback: Duration = timedelta(days=7)
-    page_size: int = Field(500, ge=1, le=5000)
+    page_size: int = Field(1000, ge=1, le=5000)
     workers: int = Field(2, ge=1, le=16)
     # "auto": one per core (at most 4) when the backlog is large; see process_count
     processes: Literal["auto"] | Annotated[int, Field(ge=1, le=16)] = "auto"
