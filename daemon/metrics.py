@@ -12,8 +12,8 @@ target's). The alert rules in ``deploy/prometheus/`` are written against these n
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
@@ -24,6 +24,13 @@ from daemon.logs import queued
 
 #: the events counted by toogo_failures_total, as its ``kind`` label (spaces as underscores)
 FAILURE_EVENTS = ("charge failed", "stream failed", "job failed", "sweep aborted")
+
+
+@runtime_checkable
+class CountsRequests(Protocol):
+    """A source provider that counts its HTTP requests per platform (the exchange registry)."""
+
+    def requests_by_platform(self) -> Mapping[str, int]: ...
 
 
 class Metrics:
@@ -86,6 +93,7 @@ class Metrics:
         )  # fmt: skip
         self.healthy = True
         self.health_detail = "starting"
+        self._requests_seen: dict[str, int] = {}
 
     def expect(self, platforms: Iterable[str]) -> None:
         """Export every counter's known label values at 0 from the start: a series that only
@@ -98,6 +106,17 @@ class Metrics:
             self.failures.labels(kind.replace(" ", "_"))
         for platform in platforms:
             self.exchange_errors.labels(platform)
+            self.exchange_requests.labels(platform)
+
+    def requests_made(self, provider: object) -> None:
+        """After a history cycle: add the requests ``provider`` made since the last call."""
+        if not isinstance(provider, CountsRequests):
+            return
+        for platform, total in provider.requests_by_platform().items():
+            new = total - self._requests_seen.get(platform, 0)
+            if new > 0:
+                self.exchange_requests.labels(platform).inc(new)
+            self._requests_seen[platform] = total
 
     def processor(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
         """A structlog processor counting the events that matter."""

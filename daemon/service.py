@@ -215,7 +215,11 @@ class Service:
 
     def _history(self, history: HistorySync) -> Job:
         async def work() -> tuple[bool, str]:
-            s = await history.run_cycle(self.stop)
+            try:
+                s = await history.run_cycle(self.stop)
+            finally:
+                if self.metrics is not None:
+                    self.metrics.requests_made(history.provider)
             return s.ok, (
                 f"{s.streams} streams, {s.inserted} inserted, {s.closed} closed, "
                 f"{s.charged} charged, {s.failed_streams} failed"

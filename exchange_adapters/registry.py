@@ -156,6 +156,15 @@ class ExchangeRegistry:
         """HTTP requests made so far by the account clients (markets loading excluded)."""
         return sum(adapter.client.requests for _, adapter in self._adapters.values())
 
+    def requests_by_platform(self) -> dict[str, int]:
+        """The same per platform, since the registry opened (clients replaced since included):
+        only ever grows, for the ``toogo_exchange_requests_total`` counter."""
+        counts: dict[str, int] = {}
+        for adapter in [a for _, a in self._adapters.values()] + self._retired:
+            platform = adapter.client.platform
+            counts[platform] = counts.get(platform, 0) + adapter.client.requests
+        return counts
+
     async def close(self) -> None:
         """Close every client; safe to call twice."""
         if self._closed:

@@ -154,6 +154,8 @@ async def test_the_metrics_the_alert_rules_read(
     for kind in ("charge_failed", "stream_failed", "job_failed", "sweep_aborted"):
         assert sample(clean, "toogo_failures_total", kind=kind) == 0, clean
     assert sample(clean, "toogo_exchange_errors_total", platform="binance") == 0
+    # the synced stream's requests (it was 0 for ever: nothing incremented it)
+    assert (sample(clean, "toogo_exchange_requests_total", platform="binance") or 0) >= 1
     assert (sample(clean, "toogo_charges_total", source="history") or 0) >= 1
     assert sample(clean, "toogo_charges_total", source="realtime") == 0
     start = sample(clean, "process_start_time_seconds")
