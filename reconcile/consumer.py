@@ -54,7 +54,13 @@ from reconcile.pricing import (
     charge_sql,
     compute_charge,
 )
-from reconcile.schema import power_consume, toogo_config, toogo_user, trading_order
+from reconcile.schema import (
+    power_consume,
+    skipped_duplicate,
+    toogo_config,
+    toogo_user,
+    trading_order,
+)
 
 log = structlog.get_logger("reconcile.consumer")
 
@@ -387,6 +393,9 @@ class PowerConsumer:
             flag.update(o.id for o in to_charge)
         if flag:
             await self._flag(conn, sorted(flag), now)
+        skips = [fields for event, fields in out.events if event == "skip duplicate"]
+        if skips:  # in the same transaction as the decision: report's skipped duplicates
+            await conn.execute(skipped_duplicate.insert(), [_skip_row(f, now) for f in skips])
         return out
 
     async def _flag(self, conn: AsyncConnection, order_ids: list[int], now: datetime) -> None:
@@ -547,6 +556,19 @@ class PowerConsumer:
 
 def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _skip_row(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A ``skip duplicate`` event's row in ``toogo_reconcile_skip``."""
+    return {
+        "user_id": fields["user_id"],
+        "order_id": fields["order_id"],
+        "source": fields["source"],
+        "consume_power": fields["consume_power"],
+        "would_charge": fields.get("would_charge"),
+        "repaired_flag": int(fields["repaired_flag"]),
+        "created_at": now,
+    }
 
 
 async def _existing_consumes(
