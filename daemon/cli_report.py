@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from daemon.cli_common import DURATION, EXIT_OK, EXIT_USAGE, fail, load, run
+from daemon.runtime import sync_settings
 from reconcile.contract import ensure_schema
 from reconcile.db import Database
 from reconcile.report import COLUMNS, Chain, Line, Period, Report, Scope, order_chain, report
@@ -103,7 +104,7 @@ def report_command(
                 db,
                 Period(since, end),
                 Scope(user_id=user_id, account_id=account_id),
-                match_tolerance=config.sync.match_tolerance,
+                sync=sync_settings(config),
             )
         click.echo(render_report(figures, fmt), nl=False)
         return EXIT_OK
@@ -128,10 +129,10 @@ def cell(value: Any) -> str:
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Aligned columns: numbers right, text left."""
-    texts = [[cell(v) for v in row] for row in rows]
+    """Aligned columns: numbers right, text left, ``-`` for nothing."""
+    texts = [["-" if v is None else cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in texts)]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], int | Decimal) for row in rows) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int | Decimal | None) for row in rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(

@@ -35,7 +35,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound
+from reconcile.history import SyncSettings
 from reconcile.orders import Status
 from reconcile.schema import (
     binding,
@@ -163,10 +164,9 @@ _MONEY = frozenset(f.name for f in fields(Figures) if f.type in ("Decimal", Deci
 Cell = tuple[int | None, int | None]  # (account, user)
 
 
-async def report(
-    db: Database, period: Period, scope: Scope, *, match_tolerance: timedelta
-) -> Report:
-    reader = _Reader(db, period, scope, match_tolerance)
+async def report(db: Database, period: Period, scope: Scope, *, sync: SyncSettings) -> Report:
+    """``sync``: the history sync's look-back and match tolerance (for ``unseen_closes``)."""
+    reader = _Reader(db, period, scope, sync)
     grid, labels = await db.transaction(reader.read, what="read the report", snapshot=True)
     accounts: dict[int | None, Figures] = defaultdict(Figures)
     users: dict[int | None, Figures] = defaultdict(Figures)
@@ -192,12 +192,10 @@ async def report(
 
 
 class _Reader:
-    def __init__(
-        self, db: Database, period: Period, scope: Scope, match_tolerance: timedelta
-    ) -> None:
+    def __init__(self, db: Database, period: Period, scope: Scope, sync: SyncSettings) -> None:
         self.db = db
         self.scope = scope
-        self.tolerance = match_tolerance
+        self.sync = sync
         # hotgo's times and the daemon's created_at are naive in database.timezone; the
         # quarantine's and the cursors' are naive UTC
         self.local = (db.to_db_time(period.since), db.to_db_time(period.until))
@@ -334,22 +332,32 @@ class _Reader:
         return self._grouped(source, q.account_id, a.user_id, q.first_seen, self.utc, figures)
 
     async def _unseen_closes(self, conn: AsyncConnection) -> Select[Any]:
-        """Closed orders with no binding of any kind, on a stream the sync has read past them:
-        the stream's cursor (UTC) less the match tolerance, in database.timezone. One condition
-        per stream (cursors are few: one per account and symbol)."""
-        o, rb, b, c = trading_order.c, trading_robot.c, binding.c, stream_cursor.c
+        """Closed orders with no binding of any kind, of a stream the exchange was read for
+        over their close time: from the stream's first poll less ``sync.lookback`` (its first
+        record kept was written at that poll or later: a sound lower bound) to its cursor (UTC)
+        less the match tolerance. One condition per stream (one per account and symbol)."""
+        o, rb, b, c, r = (
+            trading_order.c, trading_robot.c, binding.c, stream_cursor.c, exchange_record.c
+        )  # fmt: skip
+        polled = (
+            select(c.account_id, c.symbol, c.complete_until, func.min(r.created_at))
+            .join_from(
+                stream_cursor,
+                exchange_record,
+                and_(r.platform == c.platform, r.account_id == c.account_id, r.symbol == c.symbol),
+            )
+            .where(c.complete_until.is_not(None))
+            .group_by(c.account_id, c.symbol, c.complete_until)
+        )
         streams = [
             and_(
-                rb.api_config_id == row.account_id,
-                rb.symbol == row.symbol,
+                rb.api_config_id == account_id,
+                rb.symbol == symbol,
+                o.close_time >= first_poll - self.sync.lookback,
                 o.close_time
-                <= self.db.to_db_time(row.complete_until.replace(tzinfo=UTC)) - self.tolerance,
+                <= self.db.to_db_time(until.replace(tzinfo=UTC)) - self.sync.match_tolerance,
             )
-            for row in await conn.execute(
-                select(c.account_id, c.symbol, c.complete_until).where(
-                    c.complete_until.is_not(None)
-                )
-            )
+            for account_id, symbol, until, first_poll in await conn.execute(polled)
         ]
         source = trading_order.join(trading_robot, rb.id == o.robot_id)
         bound = select(b.id).where(b.order_id == o.id).exists()
