@@ -77,7 +77,14 @@ def _help() -> str:
     help="Only this API account's figures (hg_trading_api_config.id).",
 )
 @click.option("--order", "order_id", type=click.IntRange(min=1), help="One order's chain.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table: aligned text; json: one object; csv: a header row, then one row per line.",
+)
 @click.pass_context
 def report_command(
     ctx: click.Context,
@@ -132,7 +139,9 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Aligned columns: numbers right, text left, ``-`` for nothing."""
     texts = [["-" if v is None else cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in texts)]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], int | Decimal | None) for row in rows) for i in range(len(headers))]
+    numeric = [
+        all(isinstance(row[i], int | Decimal | None) for row in rows) for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(

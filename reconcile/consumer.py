@@ -5,8 +5,9 @@ One transaction per unit of work (one order, or one page of the sweep):
 1. the order rows are locked (``FOR UPDATE``; the sweep adds ``SKIP LOCKED`` so sweepers share);
 2. an existing consume row for (user_id, order_id), read in the locking statement, means
    "already charged": the order's flag and power_amount are repaired from it if needed and
-   ``skip duplicate`` is logged - never a second debit, even when the amount it holds differs
-   from today's (``conflict=true``);
+   ``skip duplicate`` is logged (and recorded in ``toogo_reconcile_skip``, in this transaction)
+   - never a second debit, even when the amount it holds differs from today's
+   (``conflict=true``);
 3. otherwise the consume row is INSERTed (plain INSERT: ``uk_user_order`` decides a race with a
    writer that does not lock the order; the transaction is then run again and takes step 2),
    the debit goes through ``reconcile.ledger`` (wallets locked in user-id order, one ledger row

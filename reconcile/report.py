@@ -19,9 +19,11 @@ skipped_duplicates      ``toogo_reconcile_skip`` (one row per ``skip duplicate``
 refunds, refunded       ``toogo_reconcile_refund`` not reversed                   the refund
 corrections, corrected  ``hg_toogo_wallet_log`` ``power_consume_adjust`` rows     the entry
 quarantined             ``toogo_reconcile_quarantine``                            first seen
-unseen_closes           closed orders of a polled stream with no binding, closed  close_time
-                        early enough that the stream's cursor (less the match
-                        tolerance) has read the exchange past them
+unseen_closes           closed orders of a stream with no binding of any kind,    close_time
+                        closed where the exchange has been read: after the
+                        stream's first poll less ``sync.lookback`` (bounded by
+                        its oldest kept record's ``created_at``) and before its
+                        cursor less the match tolerance
 ======================  ========================================================  ==============
 
 An account's figures are those of its records, and of the orders of its robots
@@ -95,8 +97,8 @@ COLUMNS: dict[str, str] = {
     "corrected": "their net change of power (negative: a further debit)",
     "profit_mismatches": "matched records whose profit differs from the local order's",
     "quarantined": "exchange records that could not be normalized (first seen)",
-    "unseen_closes": "local closes the exchange does not show: no record bound, though the"
-    " stream's cursor is past them",
+    "unseen_closes": "local closes the exchange does not show: closed orders with no record"
+    " bound, where the sync has read their stream over their close time",
 }
 
 
@@ -262,14 +264,7 @@ class _Reader:
         b, r, o, a = binding.c, exchange_record.c, trading_order.c, trading_api_config.c
         source = (
             binding.outerjoin(trading_api_config, a.id == b.account_id)
-            .outerjoin(
-                exchange_record,
-                and_(
-                    r.platform == b.platform,
-                    r.account_id == b.account_id,
-                    r.record_key == b.record_key,
-                ),
-            )
+            .outerjoin(exchange_record, _its_record())
             .outerjoin(trading_order, o.id == b.order_id)
         )
         order = b.kind == "order"
@@ -368,6 +363,14 @@ class _Reader:
         )  # fmt: skip
 
 
+def _its_record() -> ColumnElement[bool]:
+    """A binding's record: the same platform, account and record key."""
+    b, r = binding.c, exchange_record.c
+    return and_(
+        r.platform == b.platform, r.account_id == b.account_id, r.record_key == b.record_key
+    )
+
+
 def _utc_naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
@@ -426,14 +429,7 @@ async def order_chain(db: Database, order_id: int) -> Chain:
 
         records = await rows(
             select(exchange_record)
-            .join(
-                binding,
-                and_(
-                    b.platform == r.platform,
-                    b.account_id == r.account_id,
-                    b.record_key == r.record_key,
-                ),
-            )
+            .join(binding, _its_record())
             .where(b.order_id == order_id)
             .order_by(r.id)
         )

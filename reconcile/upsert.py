@@ -14,6 +14,9 @@ What is written, per rule (see reconcile.matching):
 - insert: a closed order; ``margin`` (NOT NULL in upstream) is derived from the record as
   open price × size ÷ leverage (the close price where the exchange gives no open price);
 - part / ambiguous: only the binding.
+
+Every binding is written with its record, normalized and raw (``toogo_reconcile_record``): the
+source end of the order's chain that ``report --order`` shows.
 """
 
 from __future__ import annotations

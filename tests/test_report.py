@@ -23,12 +23,14 @@ from reconcile import migration as m
 from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
 from reconcile.history import HistorySync, SyncSettings
-from reconcile.report import COLUMNS
+from reconcile.report import COLUMNS, Period, Scope
+from reconcile.report import report as read_report
 from reconcile.schema import power_consume, wallet_log
 from reconcile.sweep import SweepSettings, sweep
+from tests.conftest import open_database
 from tests.fake_exchanges import FAKES
 from tests.fake_exchanges.harness import closed_record, fast_options
-from tests.history_kit import RULES, add_account, add_robot
+from tests.history_kit import RULES, add_account, add_robot, history_sync, position, write_replay
 from tests.migration_kit import legacy_database
 from tests.procs import run_cli, write_config
 from tests.seed import insert_order, set_wallet
@@ -217,7 +219,9 @@ async def test_each_figure_matches_the_hand_count_in_every_format(seeded: Seeded
     doc = json.loads(await report(seeded, "--format", "json"))
     accounts = {a["account_id"]: a for a in doc["accounts"]}
     assert {k: from_json(v) for k, v in accounts.items()} == {
-        10: ACCOUNT_10, 20: ACCOUNT_20, None: NO_ACCOUNT
+        10: ACCOUNT_10,
+        20: ACCOUNT_20,
+        None: NO_ACCOUNT,
     }
     assert (accounts[10]["platform"], accounts[10]["user_id"]) == ("binance", 7)
     assert (accounts[20]["platform"], accounts[20]["user_id"]) == ("okx", 8)
@@ -332,3 +336,28 @@ async def test_bad_input_is_a_clear_usage_error(server_db: Database, server_url:
     assert (code, out) == (1, "") and "order 424242 not found" in err
     code, out, _ = await run_cli(config, "report", "--help")
     assert code == 0 and all(name in out for name in COLUMNS)
+
+
+async def test_the_embedded_sqlite_sums_exactly(sqlite_url: str, tmp_path: Path) -> None:
+    """SQLite keeps decimals as text: the sums are the texts' exact sum, never floats."""
+    db = await open_database(sqlite_url)
+    try:
+        now = datetime.now(UTC).replace(microsecond=0)
+        await add_account(db, 10, 7)
+        await add_robot(db, 100, 7, 10)
+        replay = write_replay(
+            tmp_path / "r.jsonl",
+            [
+                position(10, f"k{i}", closed=now - timedelta(hours=i), net=net)
+                for i, net in enumerate(("0.1", "0.2", "0.4"), 1)
+            ],
+        )
+        async with history_sync(db, replay) as sync:
+            assert (await sync.run_cycle()).charged == 3
+        period = Period(now - timedelta(days=1), now + timedelta(minutes=1))
+        got = await read_report(db, period, Scope(), sync=SyncSettings())
+    finally:
+        await db.close()
+    assert [line.id for line in got.accounts] == [10] and [u.id for u in got.users] == [7]
+    assert (got.total.closes_seen, got.total.inserted, got.total.charges) == (3, 3, 3)
+    assert got.total.charged == Decimal("0.07")  # 0.01 + 0.02 + 0.04, not 0.07000000000000001
