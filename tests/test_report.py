@@ -263,8 +263,9 @@ async def test_filters_narrow_the_figures(seeded: Seeded) -> None:
     old = await doc("--since", "30d", "--until", "5d")
     assert [(a["account_id"], from_json(a)) for a in old["accounts"]] == [(10, OLD_ACCOUNT_10)]
     since = datetime.now(UTC) - timedelta(hours=2, minutes=30)
-    recent = await doc("--since", since.isoformat())  # rec2, rec3; E2's and rec3's charges...
-    got = from_json(recent["total"])
+    # the last 2.5 hours: every binding and the daemon's charges are minutes old; L's consume
+    # row is 2 hours old, E6's (hotgo's) 5: out; E1's correction 1 hour old
+    got = from_json((await doc("--since", since.isoformat()))["total"])
     assert (got["closes_seen"], got["charges"], got["corrections"]) == (3, 6, 1)
     assert got["unseen_closes"] == 0  # E5 and E6 closed 4 and 5 hours ago
     until = (datetime.now(UTC) - timedelta(days=1)).replace(tzinfo=None).isoformat()
