@@ -5,8 +5,9 @@ One transaction per unit of work (one order, or one page of the sweep):
 1. the order rows are locked (``FOR UPDATE``; the sweep adds ``SKIP LOCKED`` so sweepers share);
 2. an existing consume row for (user_id, order_id), read in the locking statement, means
    "already charged": the order's flag and power_amount are repaired from it if needed and
-   ``skip duplicate`` is logged - never a second debit, even when the amount it holds differs
-   from today's (``conflict=true``);
+   ``skip duplicate`` is logged (and recorded in ``toogo_reconcile_skip``, in this transaction)
+   - never a second debit, even when the amount it holds differs from today's
+   (``conflict=true``);
 3. otherwise the consume row is INSERTed (plain INSERT: ``uk_user_order`` decides a race with a
    writer that does not lock the order; the transaction is then run again and takes step 2),
    the debit goes through ``reconcile.ledger`` (wallets locked in user-id order, one ledger row
@@ -54,7 +55,13 @@ from reconcile.pricing import (
     charge_sql,
     compute_charge,
 )
-from reconcile.schema import power_consume, toogo_config, toogo_user, trading_order
+from reconcile.schema import (
+    power_consume,
+    skipped_duplicate,
+    toogo_config,
+    toogo_user,
+    trading_order,
+)
 
 log = structlog.get_logger("reconcile.consumer")
 
@@ -387,6 +394,9 @@ class PowerConsumer:
             flag.update(o.id for o in to_charge)
         if flag:
             await self._flag(conn, sorted(flag), now)
+        skips = [fields for event, fields in out.events if event == "skip duplicate"]
+        if skips:  # in the same transaction as the decision: report's skipped duplicates
+            await conn.execute(skipped_duplicate.insert(), [_skip_row(f, now) for f in skips])
         return out
 
     async def _flag(self, conn: AsyncConnection, order_ids: list[int], now: datetime) -> None:
@@ -547,6 +557,19 @@ class PowerConsumer:
 
 def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _skip_row(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A ``skip duplicate`` event's row in ``toogo_reconcile_skip``."""
+    return {
+        "user_id": fields["user_id"],
+        "order_id": fields["order_id"],
+        "source": fields["source"],
+        "consume_power": fields["consume_power"],
+        "would_charge": fields.get("would_charge"),
+        "repaired_flag": int(fields["repaired_flag"]),
+        "created_at": now,
+    }
 
 
 async def _existing_consumes(

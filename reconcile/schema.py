@@ -284,6 +284,45 @@ binding = Table(
     Index("idx_binding_order", "order_id"),
 )
 
+exchange_record = Table(
+    # The exchange record a binding was written for, as the history sync normalized it (exact
+    # decimal strings) and as the exchange sent it: the source end of an order's chain
+    # (`report --order`). Written in the transaction that writes its binding, keyed like it.
+    # ``profit`` is the figure the platform charges on, as hg_trading_order.realized_profit would
+    # hold it; ``close_time`` is in database.timezone, like the orders it is compared with.
+    "toogo_reconcile_record",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("platform", String(20), nullable=False),
+    Column("account_id", BigInteger, nullable=False),
+    Column("record_key", String(128), nullable=False),
+    Column("symbol", String(40), nullable=False),
+    Column("close_time", DateTime, nullable=False),
+    Column("profit", dec(15, 4), nullable=False),
+    Column("profit_basis", String(10), nullable=False),
+    Column("normalized_json", Text, nullable=False),
+    Column("raw_json", BIG_TEXT, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("platform", "account_id", "record_key", name="uk_record_key"),
+)
+
+skipped_duplicate = Table(
+    # One row per `skip duplicate` event (an order found already charged: never debited again),
+    # written in the consumer's transaction that decided it, with the event's fields.
+    "toogo_reconcile_skip",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("order_id", BigInteger, nullable=False),
+    Column("source", String(10), nullable=False),
+    Column("consume_power", dec(20, 8), nullable=False),  # the existing consume row's
+    Column("would_charge", dec(20, 8), nullable=True),  # today's figure, where it differs
+    Column("repaired_flag", SmallInteger, nullable=False, server_default="0"),
+    Column("created_at", DateTime, nullable=False),
+    Index("idx_skip_created", "created_at"),
+    Index("idx_skip_order", "order_id"),
+)
+
 quarantine = Table(
     "toogo_reconcile_quarantine",
     own_metadata,
@@ -348,7 +387,7 @@ migration_backup = Table(
     Index("idx_backup_kind", "kind", "id"),
 )
 
-OWN_TABLES = (stream_cursor, binding, quarantine, refund)
+OWN_TABLES = (stream_cursor, binding, exchange_record, quarantine, refund, skipped_duplicate)
 
 
 # The sweep's candidate index (PERFORMANCE.md): InnoDB appends the primary key, so entries are

@@ -14,13 +14,18 @@ What is written, per rule (see reconcile.matching):
 - insert: a closed order; ``margin`` (NOT NULL in upstream) is derived from the record as
   open price × size ÷ leverage (the close price where the exchange gives no open price);
 - part / ambiguous: only the binding.
+
+Every binding is written with its record, normalized and raw (``toogo_reconcile_record``): the
+source end of the order's chain that ``report --order`` shows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -35,7 +40,7 @@ from reconcile.errors import DatabaseError
 from reconcile.matching import Candidate, Decision, Kind, Rule, Tolerances, decide
 from reconcile.orders import Status, ineligibility, real_close_time
 from reconcile.records import ClosedPosition, ProfitBasis, profit_of
-from reconcile.schema import binding, trading_order
+from reconcile.schema import binding, exchange_record, trading_order
 
 log = structlog.get_logger("reconcile.history")
 
@@ -71,6 +76,23 @@ def order_sn_for(platform: str, account_id: int, record_key: str) -> str:
     """A deterministic order_sn (42 chars) for a position synthesized from an exchange record."""
     digest = hashlib.sha256(f"{platform}:{account_id}:{record_key}".encode()).hexdigest()
     return f"SX{digest[:40]}"
+
+
+def normalized(record: ClosedPosition) -> dict[str, Any]:
+    """A record's normalized fields as JSON values: exact decimal strings, ISO times."""
+    out: dict[str, Any] = {}
+    for f in dataclass_fields(record):
+        value = getattr(record, f.name)
+        if f.name == "raw":
+            continue
+        if isinstance(value, Decimal):
+            value = format(value, "f")
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
 
 
 def is_own_order_sn(order_sn: str) -> bool:
@@ -279,7 +301,26 @@ class PageWriter:
         ]
         if bindings:
             await conn.execute(binding.insert(), bindings)
+            records = [self._record_row(d.record, t, now) for d, t in plan if d.kind is not None]
+            await conn.execute(exchange_record.insert(), records)
         return to_charge
+
+    def _record_row(
+        self, record: ClosedPosition, close_time: datetime, now: datetime
+    ) -> dict[str, Any]:
+        """The bound record, kept for its order's chain (``toogo_reconcile_record``)."""
+        return {
+            "platform": self.stream.platform,
+            "account_id": self.stream.account_id,
+            "record_key": record.record_key,
+            "symbol": self.stream.symbol,
+            "close_time": close_time,
+            "profit": stored_profit(record, self.basis),
+            "profit_basis": str(self.basis),
+            "normalized_json": json.dumps(normalized(record), sort_keys=True),
+            "raw_json": json.dumps(record.raw, sort_keys=True, default=str),
+            "created_at": now,
+        }
 
     async def _close(
         self,

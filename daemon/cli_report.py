@@ -1,0 +1,235 @@
+"""``toogo-reconcile report``: the reconciliation report, and one order's chain (``--order``).
+
+Read-only. The report is stdout (a table, one JSON object, or CSV with a header row); logs go to
+stderr. The figures are :mod:`reconcile.report`'s; here they are only rendered, by the small
+functions below (:func:`render_table`, :func:`render_csv`, :func:`to_json`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import click
+
+from daemon.cli_common import DURATION, EXIT_OK, EXIT_USAGE, fail, load, run
+from daemon.runtime import sync_settings
+from reconcile.contract import ensure_schema
+from reconcile.db import Database
+from reconcile.report import COLUMNS, Chain, Line, Period, Report, Scope, order_chain, report
+
+FORMATS = ("table", "json", "csv")
+FIGURES = tuple(COLUMNS)
+
+
+class MomentType(click.ParamType):  # type: ignore[type-arg]
+    """A moment: a duration ago (``7d``, ``90m``) or an ISO-8601 time (naive: UTC)."""
+
+    name = "moment"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            ago: timedelta = DURATION.convert(value, param, ctx)
+        except click.BadParameter:
+            try:
+                moment = datetime.fromisoformat(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is neither a duration (7d, 12h) nor an ISO time", param, ctx)
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return datetime.now(UTC) - ago
+
+
+MOMENT = MomentType()
+
+
+def _help() -> str:
+    legend = "\n".join(f"  {name}: {meaning}" for name, meaning in COLUMNS.items())
+    return (
+        "Per account and per user for a period: what the exchanges showed and what the daemon"
+        " did with it. --order N prints one order's chain instead (the other options are then"
+        " ignored).\n\nRead-only. Exit 0; 1 when --order N does not exist or the database"
+        " fails; 2 on bad options.\n\nColumns (each dated by its own event; see README,"
+        ' "Reports"):\n\n\b\n' + legend
+    )
+
+
+@click.command("report", help=_help())
+@click.option(
+    "--since",
+    type=MOMENT,
+    default="7d",
+    show_default=True,
+    help="Start of the period: a duration ago or an ISO time (naive = UTC).",
+)
+@click.option("--until", type=MOMENT, default=None, help="End of the period (default: now).")
+@click.option("--user", "user_id", type=click.IntRange(min=1), help="Only this user's figures.")
+@click.option(
+    "--account",
+    "account_id",
+    type=click.IntRange(min=1),
+    help="Only this API account's figures (hg_trading_api_config.id).",
+)
+@click.option("--order", "order_id", type=click.IntRange(min=1), help="One order's chain.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table: aligned text; json: one object; csv: a header row, then one row per line.",
+)
+@click.pass_context
+def report_command(
+    ctx: click.Context,
+    since: datetime,
+    until: datetime | None,
+    user_id: int | None,
+    account_id: int | None,
+    order_id: int | None,
+    fmt: str,
+) -> None:
+    end = until or datetime.now(UTC)
+    if order_id is None and since >= end:
+        fail("report: --since must be before --until", EXIT_USAGE)
+    config = load(ctx, logs_to_stderr=True)
+
+    async def job() -> int:
+        async with Database(config.database_settings()) as db:
+            await ensure_schema(db)
+            if order_id is not None:
+                chain = await order_chain(db, order_id)
+                click.echo(render_chain(chain, fmt), nl=False)
+                return EXIT_OK
+            figures = await report(
+                db,
+                Period(since, end),
+                Scope(user_id=user_id, account_id=account_id),
+                sync=sync_settings(config),
+            )
+        click.echo(render_report(figures, fmt), nl=False)
+        return EXIT_OK
+
+    run(job)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    """One value as text: exact decimals, ISO times, nothing for None."""
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=cell, sort_keys=True)
+    return str(value)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Aligned columns: numbers right, text left, ``-`` for nothing."""
+    texts = [["-" if v is None else cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in texts)]) for i, h in enumerate(headers)]
+    numeric = [
+        all(isinstance(row[i], int | Decimal | None) for row in rows) for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in texts)]) + "\n"
+
+
+def render_csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """CSV with a header row (opens in a spreadsheet)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows([cell(v) for v in row] for row in rows)
+    return out.getvalue()
+
+
+def to_json(data: Any) -> str:
+    """One JSON object; decimals as exact strings, times in ISO-8601."""
+    return json.dumps(data, default=cell, sort_keys=False) + "\n"
+
+
+def _figures(line: Line) -> list[Any]:
+    return list(line.figures.values().values())
+
+
+def report_rows(rep: Report) -> tuple[list[str], list[list[Any]]]:
+    """The report as one sheet: accounts, then users, then the total."""
+    headers = ["section", "id", "platform", "user_id", *FIGURES]
+    rows: list[list[Any]] = [
+        ["account", a.id, a.platform, a.user_id, *_figures(a)] for a in rep.accounts
+    ]
+    rows += [["user", u.id, None, u.user_id, *_figures(u)] for u in rep.users]
+    rows.append(["total", None, None, None, *rep.total.values().values()])
+    return headers, rows
+
+
+def render_report(rep: Report, fmt: str) -> str:
+    if fmt == "json":
+        return to_json(
+            {
+                "period": {"since": rep.period.since, "until": rep.period.until},
+                "scope": {"user_id": rep.scope.user_id, "account_id": rep.scope.account_id},
+                "columns": COLUMNS,
+                "accounts": [
+                    {"account_id": a.id, "platform": a.platform, "user_id": a.user_id,
+                     **a.figures.values()}
+                    for a in rep.accounts
+                ],
+                "users": [{"user_id": u.id, **u.figures.values()} for u in rep.users],
+                "total": rep.total.values(),
+            }
+        )  # fmt: skip
+    headers, rows = report_rows(rep)
+    if fmt == "csv":
+        return render_csv(headers, rows)
+    accounts = [r[1:] for r in rows if r[0] == "account"]
+    users = [[r[1], *r[4:]] for r in rows if r[0] == "user"]
+    scope = "".join(
+        f", {name} {value}"
+        for name, value in (("user", rep.scope.user_id), ("account", rep.scope.account_id))
+        if value is not None
+    )
+    return (
+        f"period {cell(rep.period.since)} .. {cell(rep.period.until)}{scope}\n\naccounts\n"
+        + render_table(["account", "platform", "user", *FIGURES], accounts)
+        + "\nusers\n"
+        + render_table(["user", *FIGURES], users)
+        + "\ntotal\n"
+        + render_table(list(FIGURES), [rows[-1][4:]])
+    )
+
+
+def render_chain(chain: Chain, fmt: str) -> str:
+    if fmt == "json":
+        return to_json({"order": chain.order, **chain.parts()})
+    entries = [("order", 0, chain.order)] + [
+        (part, i, row) for part, found in chain.parts().items() for i, row in enumerate(found, 1)
+    ]
+    if fmt == "csv":
+        rows = [[part, i, k, v] for part, i, row in entries for k, v in row.items()]
+        return render_csv(["part", "index", "field", "value"], rows)
+    out: list[str] = []
+    for part, found in [("order", [chain.order]), *chain.parts().items()]:
+        out.append(f"{part} ({len(found)})" if part != "order" else "order")
+        for i, row in enumerate(found, 1):
+            prefix = f"  #{i} " if part != "order" else "  "
+            out.extend(f"{prefix}{k}: {cell(v)}" for k, v in row.items())
+    return "\n".join(out) + "\n"
