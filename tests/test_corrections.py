@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,10 +30,12 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
+from reconcile.sweep import SweepSettings, sweep
 from tests.conftest import FAST_RETRY
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import RULES, sync_for, wire_account
+from tests.procs import run_cli
 from tests.seed import (
     assert_ledger_consistent,
     insert_order,
@@ -326,3 +329,62 @@ async def test_a_server_without_multi_row_returning_gets_the_ledger_ids_one_by_o
         -done.delta,
     )
     await assert_clean_audit(mysql_db)
+
+
+@pytest.mark.parametrize("args", [["sync"], ["run", "--once"]])
+async def test_a_bad_corrections_value_exits_2_naming_it(tmp_path: Path, args: list[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("database:\n  url: sqlite+aiosqlite:///x.db\npower:\n  corrections: rewrite\n")
+    code, out, err = await run_cli(cfg, *args)
+    assert code == 2, err
+    assert "power.corrections: Input should be 'log' or 'adjust'" in err
+    assert "Traceback" not in err and out == ""
+
+
+async def test_a_revision_to_a_loss_credits_the_whole_charge(
+    server_db: Database, okx: FakeExchange
+) -> None:
+    await seed(server_db, okx)
+    at = close_ms()
+    serve(okx, at, "10")
+    async with sync_for(server_db, okx, corrections=ADJUST) as sync:
+        await sync.run_cycle()
+        serve(okx, at, "-3")  # the exchange now says the position lost
+        assert (await sync.run_cycle()).corrected == 1
+    [order] = await rows(server_db, trading_order)
+    [k] = await rows(server_db, correction)
+    assert k.new_profit < 0 and (k.new_charge, k.delta) == (Decimal(0), -order.power_amount)
+    assert await power_of(server_db, 7) == INITIAL
+    await assert_ledger_consistent(server_db, {7: INITIAL})
+    await assert_clean_audit(server_db)
+
+
+async def test_an_engine_order_the_sweep_charges_is_corrected_at_the_next_reading(
+    server_db: Database, okx: FakeExchange
+) -> None:
+    """The engine closed it (its own profit figure) but never charged it: the sync binds it,
+    the sweep charges it on that figure (as the consumer always does), and the sync's next
+    reading of the record corrects it to the exchange's."""
+    await seed(server_db, okx)
+    at = close_ms()
+    closed = server_db.to_db_time(datetime.fromtimestamp(at / 1000, UTC))
+    engine = await insert_order(server_db, user_id=7, robot_id=100, quantity=Decimal("0.01"),
+                                open_time=closed - timedelta(hours=1), close_time=closed,
+                                realized_profit=Decimal("9.5"))  # fmt: skip
+    serve(okx, at, "10")
+    async with sync_for(server_db, okx, corrections=ADJUST) as sync:
+        first = await sync.run_cycle()
+        assert (first.matched, first.charged, first.corrected) == (1, 0, 0)
+        await sweep(PowerConsumer(server_db, RULES), SweepSettings())
+        second = await sync.run_cycle()
+        again = await sync.run_cycle()
+    assert (second.corrected, again.corrected) == (1, 0)
+    [k] = await rows(server_db, correction)
+    assert (k.order_id, k.old_profit, k.old_charge) == (
+        engine,
+        Decimal("9.5"),
+        charge(Decimal("9.5")),
+    )
+    assert await power_of(server_db, 7) == INITIAL - charge(k.new_profit)
+    await assert_ledger_consistent(server_db, {7: INITIAL})
+    await assert_clean_audit(server_db)
