@@ -154,8 +154,8 @@ class Corrector:
         balances = await ledger.lock(self.db, conn, [c.user_id for c in todo])
         entries = [
             ledger.Entry(c.user_id, c.order_id, c.order_sn, -c.delta,
-                         remark=f"power consume adjust: profit {c.old_profit} -> "
-                                f"{c.new_profit} (revision {c.revision})")
+                         remark=f"power consume adjust: profit {_plain(c.old_profit)} -> "
+                                f"{_plain(c.new_profit)} (revision {c.revision})")
             for c in todo
         ]  # fmt: skip
         posted, ids = await ledger.post(
@@ -182,6 +182,11 @@ class Corrector:
             for c, p, row in zip(todo, posted, rows, strict=True)
         ]  # fmt: skip
         return todo, events
+
+
+def _plain(value: Decimal) -> str:
+    """9.50000000 -> 9.5 (for a remark)."""
+    return format(value.normalize(), "f")
 
 
 async def _bases(

@@ -158,6 +158,10 @@ async def test_a_profit_revised_up_then_down_is_corrected_twice(
         (ledger.ADJUST, -k[1].delta, order.id),
     ]
     assert [c.wallet_log_id for c in k] == [w.id for w in log_rows[1:]]
+    assert log_rows[2].remark == (
+        f"power consume adjust: profit {format(p1.normalize(), 'f')} -> "
+        f"{format(p2.normalize(), 'f')} (revision 2)"
+    )
     assert await power_of(any_db, 7) == INITIAL - charge(p2)
     await assert_ledger_consistent(any_db, {7: INITIAL})
     await assert_clean_audit(any_db)
