@@ -28,6 +28,7 @@ from pydantic import (
 from daemon.durations import Duration
 from daemon.durations import parse_duration as parse_duration  # re-exported
 from daemon.exchanges_config import ExchangesConfig
+from reconcile.corrections import CorrectionMode
 from reconcile.db import DatabaseSettings, RetryPolicy
 from reconcile.errors import ConfigError
 from reconcile.pricing import PowerOverride
@@ -111,6 +112,8 @@ class PowerConfig(_Model):
     consume_rate: Money | None = Field(None, ge=0, le=Decimal("9.9999"))
     min_consume: Money | None = Field(None, ge=0)
     vip_discount: bool = True
+    #: a charged order's profit revised by the exchange: ``log`` it, or ``adjust`` the charge
+    corrections: CorrectionMode = CorrectionMode.LOG
 
     def override(self) -> PowerOverride:
         return PowerOverride(

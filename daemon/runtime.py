@@ -54,6 +54,7 @@ def sync_settings(config: Config) -> SyncSettings:
         overlap=config.sync.overlap,
         match_tolerance=config.sync.match_tolerance,
         concurrency=config.sync.concurrency,
+        corrections=config.power.corrections,
         # a replay source serves accounts of every platform not enabled on its own
         platforms=None if REPLAY in enabled else enabled,
     )

@@ -2,8 +2,9 @@
 
 1. no (user_id, order_id) has more than one consume row;
 2. a consume row exists  <=>  its order has power_consumed = 1, with power_amount equal to it;
-3. per user, the consume rows add up to what the ledger took:
-   Σ consume_power = −Σ change_amount over power_consume, refund and refund-reversal rows;
+3. per user, the consume rows and the corrections add up to what the ledger took:
+   Σ consume_power + Σ correction delta = −Σ change_amount over power_consume, refund,
+   refund-reversal and power_consume_adjust rows;
 4. each user's power ledger is a chain: change = after − before on every row, every row starts
    where the previous one ended;
 5. every wallet's power is its ledger's last after_amount (hotgo's Go wallet writer reads without
@@ -13,7 +14,11 @@
    interval - the backlog;
 7. no closed profitable unconsumed order has the engine's placeholder close time (2006): those
    are never charged, so they are listed;
-8. no unusable exchange record waits in quarantine (its close is neither recorded nor charged).
+8. no unusable exchange record waits in quarantine (its close is neither recorded nor charged);
+9. every correction is an entry: its own power_consume_adjust ledger row (same user and order,
+   change = −delta), every such ledger row has its correction, and each order's revisions run
+   1, 2, ... each starting where the previous ended (revision 1 at the consume row's profit and
+   charge), delta = new_charge − old_charge.
 
 Each check reports a count and a few examples. Sums run in SQL on MySQL (exact DECIMAL); on
 SQLite, which holds decimals as text, they are added up in Python.
@@ -22,6 +27,7 @@ SQLite, which holds decimals as text, they are added up in Python.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,8 +37,10 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
+from reconcile.ledger import ADJUST, CONSUME, REFUND, REFUND_REVERSAL
 from reconcile.orders import REAL_CLOSE_TIMES_FROM, eligible_sql, unconsumed_profit_sql
 from reconcile.schema import (
+    correction,
     power_consume,
     quarantine,
     table_names,
@@ -42,7 +50,7 @@ from reconcile.schema import (
 )
 
 EXAMPLES = 10
-LEDGER_TYPES = ("power_consume", "power_consume_refund", "power_consume_refund_reversal")
+LEDGER_TYPES = (CONSUME, REFUND, REFUND_REVERSAL, ADJUST)
 
 
 @dataclass
@@ -69,16 +77,18 @@ class AuditReport:
 async def audit(db: Database, *, backlog_after: timedelta) -> AuditReport:
     async def run(conn: AsyncConnection) -> AuditReport:
         chains, balances, last = await _chains(conn)
+        corrections = correction.name in await table_names(conn)  # before `migrate up`: none
         return AuditReport(
             [
                 await _duplicates(conn),
                 await _flags(conn),
-                await _sums(conn, not db.dialect.text_decimals),
+                await _sums(conn, not db.dialect.text_decimals, corrections),
                 chains,
                 await _wallets(balances, last),
                 await _backlog(conn, db, backlog_after),
                 await _placeholder_close_times(conn, db),
                 await _quarantined(conn),
+                await _corrections(conn, corrections),
             ]
         )
 
@@ -132,33 +142,22 @@ async def _flags(conn: AsyncConnection) -> Check:
     return check
 
 
-async def _sums(conn: AsyncConnection, exact_sql: bool) -> Check:
-    check = Check("consume_vs_ledger", "per user, Σ consume_power = −Σ ledger change_amount")
-    c, w = power_consume.c, wallet_log.c
+async def _sums(conn: AsyncConnection, exact_sql: bool, corrections: bool) -> Check:
+    check = Check(
+        "consume_vs_ledger",
+        "per user, Σ consume_power + Σ correction delta = −Σ ledger change_amount",
+    )
+    c, w, k = power_consume.c, wallet_log.c, correction.c
     ledger_filter = (w.account_type == "power", w.change_type.in_(LEDGER_TYPES))
-    if exact_sql:
-        consumed = dict(
-            (
-                await conn.execute(select(c.user_id, func.sum(c.consume_power)).group_by(c.user_id))
-            ).all()
-        )
-        logged = dict(
-            (
-                await conn.execute(
-                    select(w.user_id, func.sum(w.change_amount))
-                    .where(*ledger_filter)
-                    .group_by(w.user_id)
-                )
-            ).all()
-        )
-    else:
-        consumed, logged = defaultdict(Decimal), defaultdict(Decimal)
-        for uid, amount in await conn.execute(select(c.user_id, c.consume_power)):
+    consumed: dict[int, Decimal] = defaultdict(Decimal)
+    for uid, amount in await _per_user(conn, exact_sql, c.user_id, c.consume_power):
+        consumed[uid] += amount
+    if corrections:
+        for uid, amount in await _per_user(conn, exact_sql, k.user_id, k.delta):
             consumed[uid] += amount
-        for uid, amount in await conn.execute(
-            select(w.user_id, w.change_amount).where(*ledger_filter)
-        ):
-            logged[uid] += amount
+    logged: dict[int, Decimal] = defaultdict(Decimal)
+    for uid, amount in await _per_user(conn, exact_sql, w.user_id, w.change_amount, ledger_filter):
+        logged[uid] += amount
     for uid in sorted(set(consumed) | set(logged)):
         total = consumed.get(uid, Decimal(0))
         ledger = -logged.get(uid, Decimal(0))
@@ -167,6 +166,16 @@ async def _sums(conn: AsyncConnection, exact_sql: bool) -> Check:
             if len(check.examples) < EXAMPLES:
                 check.examples.append({"user_id": uid, "consumed": total, "ledger": ledger})
     return check
+
+
+async def _per_user(
+    conn: AsyncConnection, exact_sql: bool, user: Any, amount: Any, where: Sequence[Any] = ()
+) -> list[Any]:
+    """(user_id, amount) rows: one sum per user where SQL sums exactly, else every row (added
+    up by the caller in Python)."""
+    if exact_sql:
+        return list(await conn.execute(select(user, func.sum(amount)).where(*where).group_by(user)))
+    return list(await conn.execute(select(user, amount).where(*where)))
 
 
 async def _chains(
@@ -280,4 +289,61 @@ async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -
         await conn.execute(select(func.count()).select_from(waiting.subquery()))
     ).scalar_one()
     check.examples = [dict(r._mapping) for r in await conn.execute(waiting.limit(EXAMPLES))]
+    return check
+
+
+async def _corrections(conn: AsyncConnection, present: bool) -> Check:
+    """Each correction an entry with its own ledger row, each order's revisions a chain from
+    its consume row (reconcile.corrections)."""
+    check = Check(
+        "correction_entries",
+        "every correction has its power_consume_adjust ledger row and continues the last",
+    )
+    if not present:
+        return check
+    k, w, c = correction.c, wallet_log.c, power_consume.c
+
+    def violation(problem: str, **example: Any) -> None:
+        check.violations += 1
+        if len(check.examples) < EXAMPLES:
+            check.examples.append({"problem": problem, **example})
+
+    rows = await conn.execute(
+        select(k.id, k.order_id, k.user_id, k.revision, k.old_profit, k.new_profit,
+               k.old_charge, k.new_charge, k.delta, k.wallet_log_id,
+               w.id.label("log_id"), w.user_id.label("log_user"), w.related_id,
+               w.change_type, w.change_amount, c.profit_amount, c.consume_power)
+        .select_from(
+            correction.outerjoin(wallet_log, w.id == k.wallet_log_id).outerjoin(
+                power_consume, and_(c.user_id == k.user_id, c.order_id == k.order_id)
+            )
+        )
+        .order_by(k.order_id, k.revision)
+    )  # fmt: skip
+    previous: dict[int, tuple[int, Decimal, Decimal]] = {}
+    for r in rows:
+        where = {"correction_id": r.id, "order_id": r.order_id, "revision": r.revision}
+        if r.log_id is None:
+            violation("no ledger row", wallet_log_id=r.wallet_log_id, **where)
+        elif (r.log_user, r.related_id, r.change_type, r.change_amount) != (
+            r.user_id, r.order_id, ADJUST, -r.delta
+        ):  # fmt: skip
+            violation("ledger row differs", wallet_log_id=r.log_id, change=r.change_amount, **where)
+        if r.new_charge - r.old_charge != r.delta:
+            violation("delta != new_charge - old_charge", **where)
+        if r.consume_power is None:
+            violation("no consume row", **where)
+            continue
+        rev, profit, charge = previous.get(r.order_id, (0, r.profit_amount, r.consume_power))
+        if (r.revision, r.old_profit, r.old_charge) != (rev + 1, profit, charge):
+            violation("revision chain broken", old_charge=r.old_charge, expected=charge, **where)
+        previous[r.order_id] = (r.revision, r.new_profit, r.new_charge)
+    orphans = (
+        select(w.id.label("wallet_log_id"), w.user_id, w.related_id, w.change_amount)
+        .select_from(wallet_log.outerjoin(correction, k.wallet_log_id == w.id))
+        .where(w.change_type == ADJUST, k.id.is_(None))
+        .order_by(w.id)
+    )
+    for row in await conn.execute(orphans):
+        violation("ledger row without a correction", **dict(row._mapping))
     return check

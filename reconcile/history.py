@@ -18,8 +18,10 @@ races between instances. A page refused as a whole is retried in halves, down to
 temporary failure fails the stream. The cursor moves only after the whole window is committed.
 
 A charged order's realized_profit is never rewritten: a different figure from the exchange is
-logged as ``profit mismatch``. Orders closed or inserted here with a profit go to the consumer in
-pages with source ``history``. A robot owned by another user than its account is refused.
+logged as ``profit mismatch`` and, with ``corrections`` ``adjust``, corrected by an entry
+(reconcile.corrections) once the window's charges ran. Orders closed or inserted here with a
+profit go to the consumer in pages with source ``history``. A robot owned by another user than
+its account is refused.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from reconcile import quarantine
 from reconcile.accounts import load_account
 from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.contract import LiveSchema, inspect_live
+from reconcile.corrections import CorrectionMode, Corrector
 from reconcile.credentials import AesKey, aes_key_from_environment
 from reconcile.db import Database, map_db_errors
 from reconcile.errors import (
@@ -56,7 +59,7 @@ from reconcile.errors import (
 from reconcile.matching import Decision, Kind, Rule, Tolerances
 from reconcile.records import ClosedPosition, ClosedPositionSource, ProfitBasis, SourceProvider
 from reconcile.schema import stream_cursor, trading_api_config, trading_robot
-from reconcile.upsert import Conflict, PageWriter, StreamRef, order_sn_for
+from reconcile.upsert import Conflict, PageResult, PageWriter, StreamRef, order_sn_for
 
 log = structlog.get_logger("reconcile.history")
 
@@ -77,6 +80,8 @@ class SyncSettings:
     platforms: frozenset[str] | None = None
     #: records upserted per transaction
     page_size: int = 200
+    #: what a charged order's different exchange profit does (``power.corrections``)
+    corrections: CorrectionMode = CorrectionMode.LOG
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ class SyncSummary:
     not_closable: int = 0
     charged: int = 0
     skipped_duplicate: int = 0
+    corrected: int = 0
     failed_streams: int = 0
     skipped_streams: int = 0
     elapsed: float = 0.0
@@ -166,6 +172,9 @@ class HistorySync:
         self.provider = provider
         self.settings = settings
         self.schema = schema
+        self.corrector = (
+            Corrector(db, consumer.rules) if settings.corrections is CorrectionMode.ADJUST else None
+        )
         # read once, here, not from the environment at every account load
         self.aes_key = aes_key if aes_key is not None else aes_key_from_environment()
 
@@ -334,14 +343,14 @@ class HistorySync:
         # the records at the cursor's instant that the last cycle committed are done
         done = {(cursor[0], key) for key in cursor[1]} if cursor is not None else set()
         todo = [r for r in records if (r.close_time, r.record_key) not in done]
-        to_charge: list[int] = []
+        pages: list[PageResult] = []
         schema = await self._schema()
         size = self.settings.page_size
         for start in range(0, len(todo), size):
             page = todo[start : start + size]
-            to_charge.extend(await self._upsert_page(stream, page, basis, schema, summary))
+            pages.extend(await self._upsert_page(stream, page, basis, schema, summary))
         # charged in pages once the window's orders are recorded (the sweep is the backstop)
-        await self._charge(to_charge, summary)
+        await self._settle(pages, basis, summary)
         newest = max((r.close_time for r in records), default=None)
         complete_until = now if newest is None or newest < now else newest
         keys = sorted(r.record_key for r in records if r.close_time == complete_until)
@@ -366,13 +375,18 @@ class HistorySync:
                 raise TemporaryError(f"account {account_id} is being synced elsewhere")
             account = await load_account(self.db, account_id, aes_key=self.aes_key)
             basis = self.provider.profit_basis(account)
-            to_charge = await self._upsert_page(
+            pages = await self._upsert_page(
                 stream, list(records), basis, await self._schema(), summary
             )
-            await self._charge(to_charge, summary)
+            await self._settle(pages, basis, summary)
         return summary
 
-    async def _charge(self, order_ids: list[int], summary: SyncSummary) -> None:
+    async def _settle(
+        self, pages: list[PageResult], basis: ProfitBasis, summary: SyncSummary
+    ) -> None:
+        """Charge what the pages closed or inserted, then (``adjust``) correct the charges whose
+        profit the exchange reports differently."""
+        order_ids = [i for p in pages for i in p.to_charge]
         batch = await self.consumer.charge_many(order_ids, Source.HISTORY)
         # an order the consumer could not charge is logged there and left for the sweep
         for result in batch.results:
@@ -380,6 +394,9 @@ class HistorySync:
                 summary.charged += 1
             elif result.outcome is Outcome.SKIPPED_DUPLICATE:
                 summary.skipped_duplicate += 1
+        if self.corrector is not None:
+            sightings = [s for p in pages for s in p.sightings(basis)]
+            summary.corrected += len(await self.corrector.apply(sightings))
 
     async def _schema(self) -> LiveSchema:
         if self.schema is None:  # introspected once, at the first cycle
@@ -395,11 +412,11 @@ class HistorySync:
         basis: ProfitBasis,
         schema: LiveSchema,
         summary: SyncSummary,
-    ) -> list[int]:
-        """Upsert a page; the ids of orders to charge. A page that keeps conflicting or that
-        the database refuses (a permanent error) is split in halves down to single records. A
-        temporary failure, already retried whole by the database layer, fails the stream at
-        once: the cursor holds and the next cycle reads the window again."""
+    ) -> list[PageResult]:
+        """Upsert a page; what it wrote (each half's, if it was split). A page that keeps
+        conflicting or that the database refuses (a permanent error) is split in halves down to
+        single records. A temporary failure, already retried whole by the database layer,
+        fails the stream at once: the cursor holds and the next cycle reads the window again."""
         tolerances = Tolerances(self.settings.match_tolerance)
         writer = PageWriter(self.db, stream.ref(), basis, schema, tolerances)
         for attempt in range(1, PAGE_ATTEMPTS + 1):
@@ -423,7 +440,7 @@ class HistorySync:
                     raise
                 break
             summary.count(result.decisions)
-            return result.to_charge
+            return [result]
         if len(page) == 1:
             raise DatabaseError(
                 f"record {page[0].record_key} of account {stream.account_id}: still conflicting "

@@ -1,7 +1,8 @@
 """The power ledger: the only code that changes ``hg_toogo_wallet`` or writes its log.
 
-The log is ``hg_toogo_wallet_log``. Charges, refunds and their reversals all move power the
-same way, inside the caller's transaction and after the rows that justify the change are locked:
+The log is ``hg_toogo_wallet_log``. Charges, refunds, their reversals and the corrections of a
+charge (reconcile.corrections) all move power the same way, inside the caller's transaction
+and after the rows that justify the change are locked:
 
 1. :func:`lock` locks the users' wallet rows in user-id order - the one order everybody locks
    them in, so two writers never deadlock on wallets. A user without a wallet row raises
@@ -40,12 +41,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
-from reconcile.errors import DuplicateKey, RowsMissing
+from reconcile.errors import DatabaseError, DuplicateKey, RowsMissing
 from reconcile.schema import power_consume, trading_order, wallet, wallet_log
 
 CONSUME = "power_consume"
 REFUND = "power_consume_refund"
 REFUND_REVERSAL = "power_consume_refund_reversal"
+ADJUST = "power_consume_adjust"  # a correction: the charge at a revised profit, minus the charged
 
 _CHUNK = 1000  # users per locking statement
 _ZERO = Decimal(0)
@@ -337,6 +339,13 @@ async def _insert_returning(
     ]
     w = wallet_log.c
     ids: dict[tuple[int, int], int] = {}
+    if not conn.dialect.insert_executemany_returning:  # MySQL 8: one row at a time, its id
+        for row in rows:
+            key = (await conn.execute(wallet_log.insert(), row)).inserted_primary_key
+            if key is None:  # cannot happen: the id is an autoincrement
+                raise DatabaseError("a ledger row without an id")
+            ids[(row["user_id"], row["related_id"])] = int(key[0])
+        return ids
     for start in range(0, len(rows), _CHUNK):
         result = await conn.execute(
             wallet_log.insert().returning(
@@ -349,6 +358,7 @@ async def _insert_returning(
 
 
 __all__ = [
+    "ADJUST",
     "CONSUME",
     "REFUND",
     "REFUND_REVERSAL",

@@ -55,12 +55,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile import ledger
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound
 from reconcile.history import SyncSettings
 from reconcile.orders import Status
 from reconcile.schema import (
     binding,
+    correction,
     exchange_record,
     power_consume,
     quarantine,
@@ -74,8 +76,7 @@ from reconcile.schema import (
 )
 
 ZERO = Decimal(0)
-#: the ledger's change type of a correction (issue 15 item 2); none are written before it lands
-CORRECTION = "power_consume_adjust"
+CORRECTION = ledger.ADJUST  # the ledger's change type of a correction (reconcile.corrections)
 #: binding rules of a record bound to a local order that existed (``backfill``: `migrate up`)
 MATCH_RULES = ("order_id", "close_time", "backfill")
 
@@ -401,7 +402,7 @@ class Chain:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     ledger: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
-    corrections: list[dict[str, Any]] = field(default_factory=list)  # ledger rows, CORRECTION
+    corrections: list[dict[str, Any]] = field(default_factory=list)  # toogo_reconcile_correction
 
     def parts(self) -> dict[str, list[dict[str, Any]]]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "order"}
@@ -409,9 +410,9 @@ class Chain:
 
 async def order_chain(db: Database, order_id: int) -> Chain:
     """Raises ``OrderNotFound``."""
-    b, r, c, s, w, f = (
+    b, r, c, s, w, f, k = (
         binding.c, exchange_record.c, power_consume.c, skipped_duplicate.c, wallet_log.c,
-        refund.c,
+        refund.c, correction.c,
     )  # fmt: skip
 
     async def read(conn: AsyncConnection) -> Chain:
@@ -455,7 +456,10 @@ async def order_chain(db: Database, order_id: int) -> Chain:
             ),
             ledger=ledger,
             refunds=await rows(select(refund).where(f.order_id == order_id).order_by(f.id)),
-            corrections=[e for e in ledger if e["change_type"] == CORRECTION],
+            # each with its revision, both profits and charges, and its ledger row's id
+            corrections=await rows(
+                select(correction).where(k.order_id == order_id).order_by(k.revision)
+            ),
         )
 
     return await db.transaction(read, what="read an order's chain", snapshot=True)

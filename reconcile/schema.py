@@ -387,7 +387,41 @@ migration_backup = Table(
     Index("idx_backup_kind", "kind", "id"),
 )
 
-OWN_TABLES = (stream_cursor, binding, exchange_record, quarantine, refund, skipped_duplicate)
+correction = Table(
+    # One row per correction of a charged order whose realized profit the exchange reported
+    # differently (``power.corrections: adjust``, reconcile/corrections.py): a further debit
+    # (delta > 0) or a credit (delta < 0) posted as its own power_consume_adjust ledger row.
+    # The consume row is never rewritten; what the order has cost is the consume row's
+    # consume_power plus the deltas. Revisions count 1, 2, ... per order; uk_correction_revision
+    # lets a revision be applied once however many syncs see it.
+    "toogo_reconcile_correction",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("order_id", BigInteger, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("order_sn", String(64), nullable=False, server_default=""),
+    Column("record_key", String(128), nullable=True),  # the exchange record that reported it
+    Column("old_profit", dec(20, 8), nullable=False),  # what the charge so far was priced on
+    Column("new_profit", dec(20, 8), nullable=False),  # the exchange's figure
+    Column("old_charge", dec(20, 8), nullable=False),  # consume_power + earlier deltas
+    Column("new_charge", dec(20, 8), nullable=False),  # the charge at new_profit
+    Column("delta", dec(20, 8), nullable=False),  # new_charge - old_charge
+    Column("wallet_log_id", BigInteger, nullable=False),  # its ledger row (change = -delta)
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("order_id", "revision", name="uk_correction_revision"),
+    Index("idx_correction_user", "user_id", "order_id"),
+)
+
+OWN_TABLES = (
+    stream_cursor,
+    binding,
+    exchange_record,
+    quarantine,
+    refund,
+    skipped_duplicate,
+    correction,
+)
 
 
 # The sweep's candidate index (PERFORMANCE.md): InnoDB appends the primary key, so entries are

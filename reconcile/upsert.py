@@ -35,6 +35,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.contract import LiveSchema
+from reconcile.corrections import Sighting
 from reconcile.db import Database
 from reconcile.errors import DatabaseError
 from reconcile.matching import Candidate, Decision, Kind, Rule, Tolerances, decide
@@ -104,6 +105,17 @@ def is_own_order_sn(order_sn: str) -> bool:
 class PageResult:
     decisions: list[Decision]
     to_charge: list[int] = field(default_factory=list)
+
+    def sightings(self, basis: ProfitBasis) -> list[Sighting]:
+        """What the page's records say of the closed orders they are bound to (the orders
+        whose charge a correction may concern, reconcile.corrections)."""
+        return [
+            Sighting(d.order.id, stored_profit(d.record, basis), d.record.record_key)
+            for d in self.decisions
+            if d.order is not None
+            and d.order.status == Status.CLOSED
+            and (d.kind is Kind.ORDER or d.rule is Rule.BINDING)
+        ]
 
 
 class PageWriter:

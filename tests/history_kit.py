@@ -19,6 +19,8 @@ from reconcile.db import Database
 from reconcile.history import HistorySync, SyncSettings
 from reconcile.pricing import PowerRules
 from reconcile.schema import trading_api_config, trading_robot
+from tests.fake_exchanges import FakeExchange
+from tests.fake_exchanges.harness import fast_options
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -110,3 +112,35 @@ def write_replay(path: Path, records: list[dict[str, Any]]) -> Path:
 async def history_sync(db: Database, replay: Path, **settings: Any) -> AsyncIterator[HistorySync]:
     async with ExchangeRegistry({"replay": AdapterOptions(path=replay)}) as registry:
         yield HistorySync(db, PowerConsumer(db, RULES), registry, SyncSettings(**settings))
+
+
+def api_fields(fake: FakeExchange) -> dict[str, Any]:
+    """An API account row's platform, base URL and credentials pointing at ``fake``."""
+    return {"platform": fake.platform, "base_url": fake.url, "api_key": fake.api_key,
+            "secret_key": fake.secret, "passphrase": fake.passphrase}  # fmt: skip
+
+
+async def wire_account(db: Database, fake: FakeExchange, account_id: int = 10) -> None:
+    """User 7's API account ``account_id`` on ``fake``, and its running BTCUSDT robot
+    ``account_id`` × 10."""
+    await add_account(db, account_id, user_id=7, **api_fields(fake))
+    await add_robot(
+        db,
+        account_id * 10,
+        user_id=7,
+        account_id=account_id,
+        symbol="BTCUSDT",
+        exchange=fake.platform,
+    )
+
+
+@asynccontextmanager
+async def sync_for(db: Database, fake: FakeExchange, **settings: Any) -> AsyncIterator[HistorySync]:
+    """The history sync over real ccxt against ``fake`` (fast options)."""
+    async with ExchangeRegistry({fake.platform: fast_options()}) as registry:
+        yield HistorySync(
+            db,
+            PowerConsumer(db, RULES),
+            registry,
+            SyncSettings(platforms=frozenset({fake.platform}), **settings),
+        )

@@ -19,7 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.contract import inspect_live
 from reconcile.db import Database
-from reconcile.schema import power_consume, toogo_user, trading_order, wallet, wallet_log
+from reconcile.schema import (
+    correction,
+    power_consume,
+    table_names,
+    toogo_user,
+    trading_order,
+    wallet,
+    wallet_log,
+)
 
 
 def invite_code(user_id: int) -> str:
@@ -188,9 +196,12 @@ async def seed_backlog(
 
 
 async def assert_ledger_consistent(db: Database, initial: dict[int, Decimal]) -> dict[str, int]:
-    """Exactly-once and balance invariants. Returns counts for further assertions."""
+    """Exactly-once and balance invariants. Returns counts for further assertions.
 
-    async def read(conn: AsyncConnection) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    A correction (``power_consume_adjust``) counts as charged: a user's balance is the initial
+    one minus the consume rows minus the corrections' deltas."""
+
+    async def read(conn: AsyncConnection) -> tuple[list[Any], ...]:
         consumes = list(
             await conn.execute(
                 select(
@@ -228,9 +239,13 @@ async def assert_ledger_consistent(db: Database, initial: dict[int, Decimal]) ->
                 )
             )
         )
-        return consumes, logs, wallets, orders
+        corrections: list[Any] = []
+        if correction.name in await table_names(conn):
+            k = correction.c
+            corrections += await conn.execute(select(k.user_id, k.delta, k.wallet_log_id))
+        return consumes, logs, wallets, orders, corrections
 
-    consumes, logs, wallets, orders = await db.transaction(read, what="read ledger")
+    consumes, logs, wallets, orders, corrections = await db.transaction(read, what="read ledger")
     pairs = [(c.user_id, c.order_id) for c in consumes]
     assert len(pairs) == len(set(pairs)), "an order was charged more than once"
     consume_of = {(c.user_id, c.order_id): c.consume_power for c in consumes}
@@ -245,10 +260,16 @@ async def assert_ledger_consistent(db: Database, initial: dict[int, Decimal]) ->
     consumed: dict[int, Decimal] = defaultdict(Decimal)
     for c in consumes:
         consumed[c.user_id] += c.consume_power
+    for k in corrections:
+        consumed[k.user_id] += k.delta
+    adjusts = {row.id: row for row in logs if row.change_type == "power_consume_adjust"}
+    assert sorted(adjusts) == sorted(k.wallet_log_id for k in corrections), "corrections' rows"
+    for k in corrections:
+        assert adjusts[k.wallet_log_id].change_amount == -k.delta, "a correction's ledger row"
     logged: dict[int, Decimal] = defaultdict(Decimal)
     chain: dict[int, list[Any]] = defaultdict(list)
     for row in logs:
-        assert row.change_type == "power_consume"
+        assert row.change_type in ("power_consume", "power_consume_adjust")
         assert row.after_amount - row.before_amount == row.change_amount
         logged[row.user_id] += row.change_amount
         chain[row.user_id].append(row)

@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.audit import audit
 from reconcile.consumer import PowerConsumer
+from reconcile.corrections import Corrector, Sighting
 from reconcile.db import Database
 from reconcile.pricing import PowerRules
-from reconcile.schema import power_consume, trading_order, wallet, wallet_log
+from reconcile.schema import correction, power_consume, trading_order, wallet, wallet_log
 from reconcile.sweep import SweepSettings, sweep
 from tests.conftest import open_database
 from tests.procs import run_cli, write_config
@@ -89,6 +90,28 @@ async def backlog(db: Database) -> None:
     await insert_order(db, user_id=2, close_time=db.now() - timedelta(hours=3))
 
 
+async def corrected(db: Database) -> int:
+    """Correct one charged order (the exchange says 5 more profit); the correction's id."""
+    row = await first(db, select(power_consume.c.order_id, power_consume.c.profit_amount).limit(1))
+    order_id, profit = row  # type: ignore[misc]
+    [done] = await Corrector(db, RULES).apply([Sighting(order_id, profit + 5, "record-1")])
+    k = await first(db, select(correction.c.id).where(correction.c.order_id == done.order_id))
+    return int(k[0])  # type: ignore[index]
+
+
+async def correction_without_ledger_row(db: Database) -> None:
+    k = await corrected(db)
+    row = await first(db, select(correction.c.wallet_log_id).where(correction.c.id == k))
+    await execute(db, wallet_log.delete().where(wallet_log.c.id == row[0]))  # type: ignore[index]
+
+
+async def correction_edited(db: Database) -> None:
+    k = await corrected(db)
+    await execute(
+        db, update(correction).where(correction.c.id == k).values(delta=correction.c.delta + 1)
+    )
+
+
 PLANTS: list[tuple[Callable[[Database], Awaitable[None]], set[str]]] = [
     (duplicate_consume, {"duplicate_consume", "consume_vs_ledger"}),
     (flag_without_consume, {"consume_flag"}),
@@ -98,6 +121,11 @@ PLANTS: list[tuple[Callable[[Database], Awaitable[None]], set[str]]] = [
     (broken_chain, {"ledger_chain"}),
     (wallet_moved, {"wallet_vs_ledger"}),
     (backlog, {"backlog"}),
+    (
+        correction_without_ledger_row,
+        {"correction_entries", "consume_vs_ledger", "wallet_vs_ledger"},
+    ),
+    (correction_edited, {"correction_entries", "consume_vs_ledger"}),
 ]
 
 
@@ -138,7 +166,7 @@ async def test_audit_command(mysql_url: str, tmp_path: Path) -> None:
         cfg = write_config(tmp_path / "c.yaml", mysql_url)
         code, out, err = await run_cli(cfg, "audit")
         assert code == 0, err
-        assert out.count("✓") == 8
+        assert out.count("✓") == 9
         await flag_without_consume(db)
         code, out, _ = await run_cli(cfg, "audit", "--json")
         assert code == 1

@@ -7,6 +7,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 from daemon.config import Config
+from daemon.runtime import sync_settings
+from reconcile.corrections import CorrectionMode
 from reconcile.pricing import PowerOverride
 from reconcile.sweep import SweepSettings
 
@@ -16,7 +18,7 @@ def test_typed_settings_follow_the_configuration() -> None:
         {
             "shutdown_timeout": "7s",
             "sweep": {"lookback": "2d", "page_size": 40, "workers": 3},
-            "power": {"consume_rate": "0.2", "vip_discount": False},
+            "power": {"consume_rate": "0.2", "vip_discount": False, "corrections": "adjust"},
         }
     )
     assert config.database_settings().drain_timeout == 7.0
@@ -27,3 +29,5 @@ def test_typed_settings_follow_the_configuration() -> None:
     assert config.power.override() == PowerOverride(
         consume_rate=Decimal("0.2"), min_consume=None, vip_discount=False
     )
+    assert sync_settings(config).corrections is CorrectionMode.ADJUST
+    assert sync_settings(Config()).corrections is CorrectionMode.LOG  # today's behaviour

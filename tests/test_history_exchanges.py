@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,14 +14,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange_adapters.registry import ExchangeRegistry
-from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
-from reconcile.history import HistorySync, SyncSettings
 from reconcile.schema import stream_cursor, trading_order
 from tests.fake_exchanges import FAKES, FakeExchange, Fault
-from tests.fake_exchanges.harness import FAST_RETRY, closed_record, fast_options
-from tests.history_kit import RULES, add_account, add_robot
+from tests.fake_exchanges.harness import FAST_RETRY, closed_record
+from tests.history_kit import sync_for, wire_account
 from tests.procs import run_cli, write_config
 from tests.seed import assert_ledger_consistent
 
@@ -38,38 +34,6 @@ def now_ms() -> int:
 async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeExchange]:
     async with FAKES[request.param]() as server:
         yield server
-
-
-async def wire_account(db: Database, fake: FakeExchange, account_id: int = 10) -> None:
-    await add_account(
-        db,
-        account_id,
-        user_id=7,
-        platform=fake.platform,
-        base_url=fake.url,
-        api_key=fake.api_key,
-        secret_key=fake.secret,
-        passphrase=fake.passphrase,
-    )
-    await add_robot(
-        db,
-        account_id * 10,
-        user_id=7,
-        account_id=account_id,
-        symbol="BTCUSDT",
-        exchange=fake.platform,
-    )
-
-
-@asynccontextmanager
-async def sync_for(db: Database, fake: FakeExchange) -> AsyncIterator[HistorySync]:
-    async with ExchangeRegistry({fake.platform: fast_options()}) as registry:
-        yield HistorySync(
-            db,
-            PowerConsumer(db, RULES),
-            registry,
-            SyncSettings(platforms=frozenset({fake.platform})),
-        )
 
 
 async def table(db: Database, t: Any) -> list[Any]:

@@ -72,6 +72,7 @@ async def test_check_json_prints_exactly_one_object_with_the_exact_figures(setup
     assert doc["own_tables"] == {
         "toogo_reconcile_backup": False,
         "toogo_reconcile_binding": False,
+        "toogo_reconcile_correction": False,
         "toogo_reconcile_cursor": False,
         "toogo_reconcile_quarantine": False,
         "toogo_reconcile_record": False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,18 +14,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange_adapters.registry import ExchangeRegistry
 from reconcile import quarantine
-from reconcile.consumer import PowerConsumer
 from reconcile.db import Database
 from reconcile.errors import BadExchangeResponse
-from reconcile.history import HistorySync, SyncSettings
 from reconcile.records import UnusableRecord
 from reconcile.schema import OWN_TABLES, power_consume, stream_cursor, trading_order
 from reconcile.schema import quarantine as quarantine_table
 from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges.harness import closed_record, fast_options
-from tests.history_kit import RULES, add_account, add_robot
+from tests.fake_exchanges.harness import closed_record
+from tests.history_kit import sync_for, wire_account
 from tests.procs import run_cli, write_config
 
 PLATFORMS = sorted(FAKES)
@@ -75,27 +71,6 @@ async def test_store_is_an_idempotent_upsert(any_db: Database) -> None:
 async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeExchange]:
     async with FAKES[request.param]() as server:
         yield server
-
-
-async def wire_account(db: Database, fake: FakeExchange) -> None:
-    await add_account(
-        db,
-        10,
-        user_id=7,
-        platform=fake.platform,
-        base_url=fake.url,
-        api_key=fake.api_key,
-        secret_key=fake.secret,
-        passphrase=fake.passphrase,
-    )
-    await add_robot(db, 100, user_id=7, account_id=10, symbol="BTCUSDT", exchange=fake.platform)
-
-
-@asynccontextmanager
-async def sync_for(db: Database, fake: FakeExchange) -> AsyncIterator[HistorySync]:
-    async with ExchangeRegistry({fake.platform: fast_options()}) as registry:
-        yield HistorySync(db, PowerConsumer(db, RULES), registry,
-                          SyncSettings(platforms=frozenset({fake.platform})))  # fmt: skip
 
 
 async def count(db: Database, table: Any) -> int:

@@ -25,7 +25,7 @@ from reconcile.db import Database
 from reconcile.history import HistorySync, SyncSettings
 from reconcile.report import COLUMNS, Period, Scope
 from reconcile.report import report as read_report
-from reconcile.schema import power_consume, wallet_log
+from reconcile.schema import correction, power_consume, wallet_log
 from reconcile.sweep import SweepSettings, sweep
 from tests.conftest import open_database
 from tests.fake_exchanges import FAKES
@@ -95,15 +95,25 @@ async def plant_consume(
 async def plant_correction(
     db: Database, order_id: int, user_id: int, amount: str, at: datetime
 ) -> None:
-    """A correction entry as issue 15 item 2 will write it."""
+    """A correction entry as reconcile.corrections writes it: its ledger row (change ``amount``)
+    and its toogo_reconcile_correction row (delta = -amount; the profits and charges here are
+    placeholders the report does not read)."""
 
     async def ins(conn: AsyncConnection) -> None:
-        await conn.execute(
+        posted = await conn.execute(
             wallet_log.insert().values(
                 user_id=user_id, account_type="power", change_type="power_consume_adjust",
                 change_amount=Decimal(amount), before_amount=Decimal(0),
                 after_amount=Decimal(amount), related_id=order_id, related_type="trading_order",
                 order_sn=f"O{order_id}", remark="correction", created_at=at,
+            )
+        )  # fmt: skip
+        await conn.execute(
+            correction.insert().values(
+                order_id=order_id, user_id=user_id, revision=1, order_sn=f"O{order_id}",
+                old_profit=Decimal(1), new_profit=Decimal(1), old_charge=Decimal(0),
+                new_charge=-Decimal(amount), delta=-Decimal(amount),
+                wallet_log_id=posted.inserted_primary_key[0], created_at=at,
             )
         )  # fmt: skip
 
@@ -175,7 +185,7 @@ async def seeded(server_url: str, tmp_path: Path) -> AsyncIterator[Seeded]:
         assert (summary.matched, summary.closed, summary.inserted, summary.charged) == (1, 1, 1, 2)
         swept = await sweep(consumer, SweepSettings())
         assert (swept.charged, swept.skipped_duplicate) == (3, 1)
-        # corrections of E1's charge and E7's, as issue 15 item 2 will write them
+        # corrections of E1's charge and E7's, as reconcile.corrections writes them
         await plant_correction(db, orders["E1"], 7, "-0.03", local(timedelta(hours=1)))
         await plant_correction(db, orders["E7"], 7, "0.05", local(timedelta(days=10)))
         config = write_config(tmp_path / "c.yaml", server_url)
@@ -293,7 +303,10 @@ async def test_order_shows_its_whole_chain(seeded: Seeded) -> None:
         ("power_consume", Decimal("-0.95")),
         ("power_consume_adjust", Decimal("-0.03")),
     ]
-    assert [Decimal(c["change_amount"]) for c in chain["corrections"]] == [Decimal("-0.03")]
+    assert [(c["revision"], Decimal(c["delta"])) for c in chain["corrections"]] == [
+        (1, Decimal("0.03"))
+    ]
+    assert chain["corrections"][0]["wallet_log_id"] == chain["ledger"][1]["id"]
     assert chain["skipped"] == [] and chain["refunds"] == []
 
     e6 = json.loads(await report(seeded, "--order", str(seeded.orders["E6"]), "--format", "json"))
