@@ -28,6 +28,7 @@ from pydantic import (
 from daemon.durations import Duration
 from daemon.durations import parse_duration as parse_duration  # re-exported
 from daemon.exchanges_config import ExchangesConfig
+from reconcile.consumer import PowerMode
 from reconcile.db import DatabaseSettings, RetryPolicy
 from reconcile.errors import ConfigError
 from reconcile.pricing import PowerOverride
@@ -111,6 +112,9 @@ class PowerConfig(_Model):
     consume_rate: Money | None = Field(None, ge=0, le=Decimal("9.9999"))
     min_consume: Money | None = Field(None, ge=0)
     vip_discount: bool = True
+    # charge: the daemon charges; shadow: records what it would charge while hotgo's engine
+    # charges (reconcile.shadow); off: reconciles orders only
+    mode: PowerMode = PowerMode.CHARGE
 
     def override(self) -> PowerOverride:
         return PowerOverride(

@@ -11,7 +11,7 @@ import structlog
 
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
-from reconcile.consumer import PowerConsumer, load_power_rules
+from reconcile.consumer import PowerConsumer, PowerMode, load_power_rules
 from reconcile.contract import LiveSchema, ensure_schema, future_order_times
 from reconcile.db import Database
 from reconcile.errors import ConfigError
@@ -43,7 +43,10 @@ async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIter
             min_consume=rules.min_consume,
             vip_discount=rules.vip_discount,
         )
-        yield Core(db=db, consumer=PowerConsumer(db, rules), schema=schema)
+        mode = config.power.mode
+        if mode is not PowerMode.CHARGE:
+            log.info("power mode", mode=str(mode))
+        yield Core(db=db, consumer=PowerConsumer(db, rules, mode), schema=schema)
 
 
 def sync_settings(config: Config) -> SyncSettings:

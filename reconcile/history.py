@@ -123,6 +123,7 @@ class SyncSummary:
     not_closable: int = 0
     charged: int = 0
     skipped_duplicate: int = 0
+    would_charge: int = 0  # shadow mode
     failed_streams: int = 0
     skipped_streams: int = 0
     elapsed: float = 0.0
@@ -380,6 +381,8 @@ class HistorySync:
                 summary.charged += 1
             elif result.outcome is Outcome.SKIPPED_DUPLICATE:
                 summary.skipped_duplicate += 1
+            elif result.outcome is Outcome.WOULD_CHARGE:
+                summary.would_charge += 1
 
     async def _schema(self) -> LiveSchema:
         if self.schema is None:  # introspected once, at the first cycle

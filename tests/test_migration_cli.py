@@ -75,6 +75,7 @@ async def test_check_json_prints_exactly_one_object_with_the_exact_figures(setup
         "toogo_reconcile_cursor": False,
         "toogo_reconcile_quarantine": False,
         "toogo_reconcile_refund": False,
+        "toogo_reconcile_shadow": False,
     }
     assert any(e.get("event") == "migrate check" for e in stderr_events(err))
 
