@@ -17,6 +17,7 @@ from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from daemon.cli_exchange import exchange
 from daemon.cli_migrate import migrate
 from daemon.cli_ops import demo, doctor
+from daemon.cli_report import report
 from daemon.parallel import start_forkserver, sweep_in_processes
 from daemon.runtime import open_core, open_history_sync
 from reconcile.audit import audit as run_audit
@@ -167,6 +168,7 @@ cli.add_command(migrate)
 cli.add_command(exchange)
 cli.add_command(doctor)
 cli.add_command(demo)
+cli.add_command(report)
 
 
 @cli.command("run")
