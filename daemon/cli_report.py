@@ -180,7 +180,7 @@ def report(
     """
     if not shadow:
         fail("report: only --shadow is implemented in this branch", EXIT_USAGE)
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=0)
     start, end = now - since, now - (until or timedelta(0))
     if end <= start:
         fail("report: --until must be more recent than --since", EXIT_USAGE)

@@ -182,7 +182,7 @@ class ShadowReport:
 
     def totals(self) -> list[VerdictTotal]:
         """One line per verdict (every verdict, zero included), in the enum's order."""
-        zero = Decimal(0)
+        zero = Decimal("0.00000000")  # the columns' scale
         out = []
         for verdict in Verdict:
             rows = [r for r in self.orders if r.verdict is verdict]
