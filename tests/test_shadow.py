@@ -16,6 +16,8 @@ import asyncio
 import csv
 import io
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -193,13 +195,19 @@ async def rows_of(db: Database, stmt: Any) -> list[Any]:
     return await db.transaction(read, what="test read")
 
 
-def config_for(tmp_path: Path, url: str, mode: str) -> Path:
-    return write_config(
-        tmp_path / "c.yaml",
-        url,
-        power={"consume_rate": "0.10", "min_consume": "0.01", "mode": mode},
-        exchanges={"bybit": {"timeout": "2s", "retry": {"attempts": 2, "initial": "10ms"}}},
-    )
+@asynccontextmanager
+async def beside_the_engine(
+    db: Database, url: str, tmp_path: Path, mode: str
+) -> AsyncIterator[tuple[Planted, Path]]:
+    """The planted orders and records, served by two fake Bybits; a config in ``mode``."""
+    async with FAKES["bybit"]() as one, FAKES["bybit"]() as two:
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            url,
+            power={"consume_rate": "0.10", "min_consume": "0.01", "mode": mode},
+            exchanges={"bybit": {"timeout": "2s", "retry": {"attempts": 2, "initial": "10ms"}}},
+        )
+        yield await plant(db, (one, two)), cfg
 
 
 def events(out: str, name: str) -> list[dict[str, Any]]:
@@ -216,12 +224,10 @@ async def cli(cfg: Path, *args: str) -> str:
 async def test_shadow_mode_beside_the_engine(
     server_db: Database, server_url: str, tmp_path: Path
 ) -> None:
-    async with FAKES["bybit"]() as one, FAKES["bybit"]() as two:
-        planted = await plant(server_db, (one, two))
+    async with beside_the_engine(server_db, server_url, tmp_path, "shadow") as (planted, cfg):
         hotgo = {power_consume.name, wallet.name, wallet_log.name}
         before = await dump(server_db, skip=set())
         flags = await power_columns(server_db)
-        cfg = config_for(tmp_path, server_url, "shadow")
 
         # the realtime path, then the daemon's cycle: history sync and compensation sweep
         out = await cli(cfg, "consume", "--order-id", str(planted.realtime))
@@ -299,12 +305,10 @@ async def test_shadow_mode_beside_the_engine(
 async def test_off_mode_writes_nothing_but_orders_and_bindings(
     server_db: Database, server_url: str, tmp_path: Path
 ) -> None:
-    async with FAKES["bybit"]() as one, FAKES["bybit"]() as two:
-        planted = await plant(server_db, (one, two))
+    async with beside_the_engine(server_db, server_url, tmp_path, "off") as (planted, cfg):
         reconciled = {trading_order.name, binding.name, stream_cursor.name}
         before = await dump(server_db, skip=reconciled)
         flags = await power_columns(server_db)
-        cfg = config_for(tmp_path, server_url, "off")
 
         out = await cli(cfg, "consume", "--order-id", str(planted.realtime))
         [result] = events(out, "consume result")
