@@ -39,6 +39,7 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
+from reconcile.shadow import Verdict, compare
 from reconcile.sweep import SweepSettings, sweep
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.history_kit import RULES, add_account, add_robot
@@ -365,3 +366,30 @@ async def engine_charge_flag(db: Database, order_id: int) -> None:
         )
 
     await db.transaction(flag, what="flag an order")
+
+
+async def test_realtime_shadow_and_the_comparison_in_exact_decimals(any_db: Database) -> None:
+    await set_wallet(any_db, 1, Decimal("10"))
+    both = await insert_order(any_db, realized_profit=Decimal("0.7920"))  # 0.0792: the operators'
+    mine = await insert_order(any_db, realized_profit=Decimal("3.3333"))
+    await engine_charge(any_db, both)
+    before = await dump(any_db, skip={shadow_charge.name})
+    consumer = PowerConsumer(any_db, RULES, PowerMode.SHADOW)
+
+    first = await consumer.charge(both, Source.REALTIME)
+    assert (first.outcome, first.consume_power) == (Outcome.WOULD_CHARGE, Decimal("0.0792"))
+    again = await consumer.charge(both, Source.SWEEP)
+    assert (again.outcome, again.consume_power) == (Outcome.SKIPPED_DUPLICATE, Decimal("0.0792"))
+    assert (await consumer.charge(mine, Source.REALTIME)).consume_power == Decimal("0.33333")
+    assert await dump(any_db, skip={shadow_charge.name}) == before
+
+    now = datetime.now(UTC)
+    report = await compare(any_db, since=now - HOUR, until=now + HOUR)
+    assert [(r.order_id, r.verdict, r.hotgo, r.daemon) for r in report.orders] == [
+        (both, Verdict.EQUAL, Decimal("0.0792"), Decimal("0.0792")),
+        (mine, Verdict.DAEMON_ONLY, None, Decimal("0.33333")),
+    ]
+    totals = {t.verdict: t for t in report.totals()}
+    assert totals[Verdict.DAEMON_ONLY].daemon == Decimal("0.33333")
+    assert str(totals[Verdict.HOTGO_ONLY].hotgo) == "0E-8"  # 0 at the columns' scale
+    assert not (await compare(any_db, since=now + HOUR, until=now + 2 * HOUR)).orders
