@@ -269,11 +269,12 @@ class PowerConsumer:
                     if partition[1] > 1
                     else ()
                 ),
-                *((shadow.unrecorded_sql(),) if self.mode is PowerMode.SHADOW else ()),
             )
             .order_by(o.close_time, o.id)
             .limit(limit)
         )
+        if self.mode is PowerMode.SHADOW:
+            scan = shadow.unrecorded(scan)
         page = Page()
 
         async def unit(conn: AsyncConnection) -> _Settlement:

@@ -14,7 +14,7 @@ hotgo charged it*. hotgo's engine sets ``power_consumed = 1`` on what it charges
 comparison could never say "equal". The shadow sweep reads two ranges of ``idx_reconcile_sweep``
 (``power_consumed, status, close_time[, id]``), ``power_consumed = 0`` then ``= 1``, each in the
 (close_time, id) keyset order the charging sweep uses, and leaves out the orders already in the
-shadow table (``NOT EXISTS`` on ``uk_shadow_order``, one index point per candidate): each order
+shadow table (an anti-join on ``uk_shadow_order``, one index point per candidate): each order
 is recorded once, each candidate read once per sweep.
 
 **The comparison** (:func:`compare`, ``toogo-reconcile report --shadow``): the orders charged by
@@ -34,7 +34,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.bulk import BulkWriter
@@ -55,10 +55,13 @@ _COLUMNS = (
 )
 
 
-def unrecorded_sql() -> ColumnElement[bool]:
-    """Orders without a shadow row (the shadow sweep's extra condition)."""
+def unrecorded(scan: Select[Any]) -> Select[Any]:
+    """``scan`` (of hg_trading_order) less the orders with a shadow row: a LEFT JOIN ... IS
+    NULL, which probes ``uk_shadow_order`` once per candidate on every server (MariaDB turns a
+    ``NOT EXISTS`` into a materialization of the whole shadow table, on every page)."""
     s = shadow_charge.c
-    return ~exists().where(s.order_id == trading_order.c.id)
+    joined = trading_order.outerjoin(shadow_charge, s.order_id == trading_order.c.id)
+    return scan.select_from(joined).where(s.order_id.is_(None))
 
 
 @dataclass(frozen=True)
@@ -272,5 +275,5 @@ __all__ = [
     "WouldCharge",
     "compare",
     "record",
-    "unrecorded_sql",
+    "unrecorded",
 ]
