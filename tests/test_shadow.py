@@ -393,3 +393,23 @@ async def test_realtime_shadow_and_the_comparison_in_exact_decimals(any_db: Data
     assert totals[Verdict.DAEMON_ONLY].daemon == Decimal("0.33333")
     assert str(totals[Verdict.HOTGO_ONLY].hotgo) == "0E-8"  # 0 at the columns' scale
     assert not (await compare(any_db, since=now + HOUR, until=now + 2 * HOUR)).orders
+
+
+async def test_shadow_mode_never_waits_for_a_lock_hotgo_holds(server_db: Database) -> None:
+    """hotgo's engine in the middle of charging an order (its row locked, uncommitted) does not
+    hold up the shadow sweep, which locks nothing of hotgo's."""
+    busy = await insert_order(server_db, realized_profit=Decimal("2"))
+    other = await insert_order(server_db, realized_profit=Decimal("3"))
+    consumer = PowerConsumer(server_db, RULES, PowerMode.SHADOW)
+    async with server_db.engine.connect() as engine:
+        await engine.begin()
+        t = trading_order.c
+        await engine.execute(select(t.id).where(t.id == busy).with_for_update())
+        await engine.execute(trading_order.update().where(t.id == busy).values(power_consumed=1))
+        summary = await asyncio.wait_for(sweep(consumer, SweepSettings()), timeout=5)
+        realtime = await asyncio.wait_for(consumer.charge(busy, Source.REALTIME), timeout=5)
+        await engine.rollback()
+    assert summary.ok and summary.would_charge == 2
+    assert realtime.outcome is Outcome.SKIPPED_DUPLICATE
+    shadowed = await rows_of(server_db, select(shadow_charge.c.order_id))
+    assert sorted(r.order_id for r in shadowed) == sorted([busy, other])
