@@ -1,4 +1,5 @@
-"""``toogo-reconcile report``: the reconciliation report, and one order's chain (``--order``).
+"""``toogo-reconcile report``: the reconciliation report, one order's chain (``--order``), and
+the shadow charges against hotgo's (``--shadow``, for a cutover: reconcile.shadow).
 
 Read-only. The report is stdout (a table, one JSON object, or CSV with a header row); logs go to
 stderr. The figures are :mod:`reconcile.report`'s; here they are only rendered, by the small
@@ -22,6 +23,7 @@ from daemon.runtime import sync_settings
 from reconcile.contract import ensure_schema
 from reconcile.db import Database
 from reconcile.report import COLUMNS, Chain, Line, Period, Report, Scope, order_chain, report
+from reconcile.shadow import ShadowReport, Verdict, compare
 
 FORMATS = ("table", "json", "csv")
 FIGURES = tuple(COLUMNS)
@@ -78,6 +80,13 @@ def _help() -> str:
 )
 @click.option("--order", "order_id", type=click.IntRange(min=1), help="One order's chain.")
 @click.option(
+    "--shadow",
+    is_flag=True,
+    help="Instead: the orders charged in the period by the daemon's shadow (power.mode: shadow)"
+    " or by hotgo (a shadow or hg_toogo_power_consume row created in it), each with both sides'"
+    " figures: equal, different, hotgo only, daemon only. Takes --since, --until, --format.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
@@ -93,9 +102,12 @@ def report_command(
     user_id: int | None,
     account_id: int | None,
     order_id: int | None,
+    shadow: bool,
     fmt: str,
 ) -> None:
     end = until or datetime.now(UTC)
+    if shadow and (order_id or user_id or account_id):
+        fail("report: --shadow takes only --since, --until and --format", EXIT_USAGE)
     if order_id is None and since >= end:
         fail("report: --since must be before --until", EXIT_USAGE)
     config = load(ctx, logs_to_stderr=True)
@@ -103,6 +115,10 @@ def report_command(
     async def job() -> int:
         async with Database(config.database_settings()) as db:
             await ensure_schema(db)
+            if shadow:
+                compared = await compare(db, since=since, until=end)
+                click.echo(render_shadow(compared, fmt, config.database.timezone), nl=False)
+                return EXIT_OK
             if order_id is not None:
                 chain = await order_chain(db, order_id)
                 click.echo(render_chain(chain, fmt), nl=False)
@@ -233,3 +249,52 @@ def render_chain(chain: Chain, fmt: str) -> str:
             prefix = f"  #{i} " if part != "order" else "  "
             out.extend(f"{prefix}{k}: {cell(v)}" for k, v in row.items())
     return "\n".join(out) + "\n"
+
+
+# -- report --shadow ------------------------------------------------------------------------------
+
+SHADOW_TOTALS = ("verdict", "orders", "hotgo", "daemon", "difference")
+SHADOW_ORDERS = (
+    "order_id", "user_id", "order_sn", "verdict", "hotgo", "daemon", "difference", "hotgo_rows",
+    "charged_at",
+)  # fmt: skip
+
+
+def _shadow_totals(rep: ShadowReport) -> list[list[Any]]:
+    return [[t.verdict, t.orders, t.hotgo, t.daemon, t.daemon - t.hotgo] for t in rep.totals()]
+
+
+def _shadow_orders(rep: ShadowReport, *, equal: bool = True) -> list[list[Any]]:
+    return [
+        [r.order_id, r.user_id, r.order_sn, r.verdict, r.hotgo, r.daemon, r.difference,
+         r.hotgo_rows, r.charged_at]
+        for r in rep.orders
+        if equal or r.verdict is not Verdict.EQUAL
+    ]  # fmt: skip
+
+
+def render_shadow(rep: ShadowReport, fmt: str, timezone: str) -> str:
+    """The table lists the orders that differ (equal ones are counted); JSON and CSV list every
+    order compared, with its verdict."""
+    if fmt == "csv":
+        return render_csv(SHADOW_ORDERS, _shadow_orders(rep))
+    if fmt == "json":
+        return to_json(
+            {
+                "report": "shadow",
+                "since": rep.since,
+                "until": rep.until,
+                "timezone": timezone,
+                "totals": [dict(zip(SHADOW_TOTALS, r, strict=True)) for r in _shadow_totals(rep)],
+                "orders": [dict(zip(SHADOW_ORDERS, r, strict=True)) for r in _shadow_orders(rep)],
+            }
+        )
+    equal = sum(1 for r in rep.orders if r.verdict is Verdict.EQUAL)
+    return (
+        f"shadow charges vs hotgo's, {cell(rep.since)} .. {cell(rep.until)} ({timezone})\n\n"
+        "by verdict\n"
+        + render_table(SHADOW_TOTALS, _shadow_totals(rep))
+        + "\norders that differ\n"
+        + render_table(SHADOW_ORDERS, _shadow_orders(rep, equal=False))
+        + f"\n{equal} equal order(s) not listed (--format json or csv lists every order)\n"
+    )

@@ -28,6 +28,7 @@ from pydantic import (
 from daemon.durations import Duration
 from daemon.durations import parse_duration as parse_duration  # re-exported
 from daemon.exchanges_config import ExchangesConfig
+from reconcile.consumer import PowerMode
 from reconcile.corrections import CorrectionMode
 from reconcile.db import DatabaseSettings, RetryPolicy
 from reconcile.errors import ConfigError
@@ -108,12 +109,20 @@ class DatabaseConfig(_Model):
         )
 
 
+def _yaml_off(value: Any) -> Any:
+    """``mode: off`` unquoted is YAML's boolean false: the operator meant ``off``."""
+    return "off" if value is False else value
+
+
 class PowerConfig(_Model):
     consume_rate: Money | None = Field(None, ge=0, le=Decimal("9.9999"))
     min_consume: Money | None = Field(None, ge=0)
     vip_discount: bool = True
     #: a charged order's profit revised by the exchange: ``log`` it, or ``adjust`` the charge
     corrections: CorrectionMode = CorrectionMode.LOG
+    # charge: the daemon charges; shadow: records what it would charge while hotgo's engine
+    # charges (reconcile.shadow); off: reconciles orders only
+    mode: Annotated[PowerMode, BeforeValidator(_yaml_off)] = PowerMode.CHARGE
 
     def override(self) -> PowerOverride:
         return PowerOverride(

@@ -11,8 +11,9 @@ import structlog
 
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
-from reconcile.consumer import PowerConsumer, load_power_rules
+from reconcile.consumer import PowerConsumer, PowerMode, load_power_rules
 from reconcile.contract import LiveSchema, ensure_schema, future_order_times
+from reconcile.corrections import CorrectionMode
 from reconcile.db import Database
 from reconcile.errors import ConfigError
 from reconcile.history import HistorySync, SyncSettings
@@ -43,18 +44,23 @@ async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIter
             min_consume=rules.min_consume,
             vip_discount=rules.vip_discount,
         )
-        yield Core(db=db, consumer=PowerConsumer(db, rules), schema=schema)
+        mode = config.power.mode
+        if mode is not PowerMode.CHARGE:
+            log.info("power mode", mode=str(mode))
+        yield Core(db=db, consumer=PowerConsumer(db, rules, mode), schema=schema)
 
 
 def sync_settings(config: Config) -> SyncSettings:
     enabled = frozenset(config.exchanges.enabled())
+    charging = config.power.mode is PowerMode.CHARGE
     return SyncSettings(
         running_status=config.robots.running_status,
         lookback=config.sync.lookback,
         overlap=config.sync.overlap,
         match_tolerance=config.sync.match_tolerance,
         concurrency=config.sync.concurrency,
-        corrections=config.power.corrections,
+        # a correction is a charge: in shadow and off modes the daemon writes none
+        corrections=config.power.corrections if charging else CorrectionMode.LOG,
         # a replay source serves accounts of every platform not enabled on its own
         platforms=None if REPLAY in enabled else enabled,
     )

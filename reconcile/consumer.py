@@ -19,6 +19,10 @@ One transaction per unit of work (one order, or one page of the sweep):
    MySQL 8) the client prices and sends multi-row INSERTs (``reconcile.bulk``);
 4. commit. The ``power consumed`` events are logged only after the commit succeeded.
 
+``power.mode`` (:class:`PowerMode`): ``shadow`` runs the same units without a lock on hotgo's
+rows and records each would-be charge in the daemon's shadow table instead of steps 2-3
+(``reconcile.shadow``); ``off`` charges nothing and reads nothing.
+
 A crash before commit leaves nothing; after commit everything is there. A lost connection during
 COMMIT is resolved by re-running the same unit: step 2 then finds the row if the commit landed.
 A negative power balance is allowed (hotgo's rule: a charge is never refused).
@@ -42,7 +46,7 @@ import structlog
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger, lines
+from reconcile import ledger, lines, shadow
 from reconcile.bulk import BulkWriter
 from reconcile.db import Database
 from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
@@ -74,10 +78,23 @@ class Source(StrEnum):
     HISTORY = "history"
 
 
+class PowerMode(StrEnum):
+    """``power.mode``: the daemon charges; records what it would charge while hotgo's engine
+    charges (the cutover's evidence, see reconcile.shadow); or reconciles orders only."""
+
+    CHARGE = "charge"
+    SHADOW = "shadow"
+    OFF = "off"
+
+
 class Outcome(StrEnum):
     CHARGED = "charged"
     SKIPPED_DUPLICATE = "skipped_duplicate"
     NOT_ELIGIBLE = "not_eligible"
+    WOULD_CHARGE = "would_charge"  # shadow mode: recorded in the shadow table
+
+
+OFF_REASON = "charging is off (power.mode: off)"
 
 
 @dataclass(frozen=True)
@@ -169,17 +186,32 @@ async def load_power_rules(db: Database, override: PowerOverride) -> PowerRules:
 class PowerConsumer:
     """Charges orders exactly once. Safe under any concurrency, by construction."""
 
-    def __init__(self, db: Database, rules: PowerRules) -> None:
+    def __init__(self, db: Database, rules: PowerRules, mode: PowerMode = PowerMode.CHARGE) -> None:
         self.db = db
         self.rules = rules
+        self.mode = mode
+
+    @property
+    def sweep_passes(self) -> tuple[int, ...]:
+        """The ``power_consumed`` values a sweep reads, a keyset pass each: what is not charged
+        yet; in shadow mode also what hotgo charged (reconcile.shadow says why); off: none."""
+        return {PowerMode.CHARGE: (0,), PowerMode.SHADOW: (0, 1), PowerMode.OFF: ()}[self.mode]
+
+    def _locking(self, stmt: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
+        """``FOR UPDATE`` when charging; shadow mode reads hotgo's rows without a lock."""
+        if self.mode is not PowerMode.CHARGE:
+            return stmt
+        return stmt.with_for_update(skip_locked=skip_locked)
 
     # -- one order (the realtime trigger, the history sync) -----------------------------------
 
     async def charge(self, order_id: int, source: Source) -> ChargeResult:
         """Charge one order, or report why not. Raises ``OrderNotFound``."""
+        if self.mode is PowerMode.OFF:
+            return ChargeResult(order_id, Outcome.NOT_ELIGIBLE, reason=OFF_REASON)
 
         async def unit(conn: AsyncConnection) -> _Settlement:
-            stmt = select(*ORDER_COLUMNS).where(trading_order.c.id == order_id).with_for_update()
+            stmt = self._locking(select(*ORDER_COLUMNS).where(trading_order.c.id == order_id))
             rows = await fetch_orders(conn, stmt)
             if not rows:
                 raise OrderNotFound(order_id)
@@ -196,14 +228,13 @@ class PowerConsumer:
         closed orders, the sweep's revisits). Waits for row locks like ``charge``. Orders that
         do not exist are left out of the results."""
         out = Batch()
-        ids = sorted(set(order_ids))
+        ids = sorted(set(order_ids)) if self.mode is not PowerMode.OFF else []
         for start in range(0, len(ids), PAGE):
             chunk = ids[start : start + PAGE]
-            stmt = (
+            stmt = self._locking(
                 select(*ORDER_COLUMNS)
                 .where(trading_order.c.id.in_(chunk))
                 .order_by(trading_order.c.id)
-                .with_for_update()
             )
 
             async def unit(conn: AsyncConnection, stmt: Select[Any] = stmt) -> _Settlement:
@@ -222,11 +253,13 @@ class PowerConsumer:
         limit: int,
         source: Source,
         partition: tuple[int, int] = (0, 1),
+        power_consumed: int = 0,
     ) -> Page:
         """Lock and charge the next page of candidates after the keyset position ``after``.
 
         ``partition=(k, n)`` takes only orders with ``user_id % n == k``: concurrent workers of
-        one sweep then never wait for each other's wallet locks.
+        one sweep then never wait for each other's wallet locks. ``power_consumed``: the pass
+        (see ``sweep_passes``); in shadow mode orders with a shadow row are left out.
         """
         after_time, after_id = after
         o = trading_order.c
@@ -235,7 +268,7 @@ class PowerConsumer:
         scan = (
             select(o.id, o.close_time)
             .where(
-                *eligible_sql(self.db.dialect),
+                *eligible_sql(self.db.dialect, power_consumed=power_consumed),
                 # a range on idx_reconcile_sweep (..., close_time[, id]) on every database
                 self.db.dialect.after((o.close_time, o.id), (after_time, after_id)),
                 *(
@@ -247,6 +280,8 @@ class PowerConsumer:
             .order_by(o.close_time, o.id)
             .limit(limit)
         )
+        if self.mode is PowerMode.SHADOW:
+            scan = shadow.unrecorded(scan)
         page = Page()
 
         async def unit(conn: AsyncConnection) -> _Settlement:
@@ -258,11 +293,11 @@ class PowerConsumer:
             #    another sweep has them). Only the key in the WHERE: with the eligibility
             #    columns the optimizer may lock its way along idx_power_consumed instead,
             #    momentarily locking other workers' rows, which SKIP LOCKED then passes over.
-            lock = (
+            lock = self._locking(
                 select(*ORDER_COLUMNS)
                 .where(o.id.in_([oid for _, oid in page.keys]))
-                .order_by(o.id)
-                .with_for_update(skip_locked=self.db.skip_locked)
+                .order_by(o.id),
+                skip_locked=self.db.skip_locked,
             )
             return await self._settle(conn, await fetch_orders(conn, lock), source, waited=False)
 
@@ -351,6 +386,9 @@ class PowerConsumer:
                 out.results.append(ChargeResult(order.id, Outcome.NOT_ELIGIBLE, reason=reason))
         if not eligible:
             return out
+        if self.mode is PowerMode.SHADOW:
+            await self._shadow(conn, eligible, source, now, out)
+            return out
 
         stale = (
             eligible if waited else [o for o in eligible if o.power_consumed and o.charged is None]
@@ -398,6 +436,30 @@ class PowerConsumer:
         if skips:  # in the same transaction as the decision: report's skipped duplicates
             await conn.execute(skipped_duplicate.insert(), [_skip_row(f, now) for f in skips])
         return out
+
+    async def _shadow(
+        self,
+        conn: AsyncConnection,
+        orders: list[OrderRow],
+        source: Source,
+        now: datetime,
+        out: _Settlement,
+    ) -> None:
+        """Shadow mode: the would-be charges recorded once each, priced by the same rule;
+        whatever hotgo itself charged or flagged is neither read nor touched."""
+        discounts = await _discounts(conn, {o.user_id for o in orders})
+        priced = [(o, self._price(o, discounts)) for o in orders]
+        for would in await shadow.record(conn, priced, source=str(source), now=now):
+            out.events.append(would.event(str(source)))
+            duplicate = would.recorded is not None
+            out.results.append(
+                ChargeResult(
+                    would.order.id,
+                    Outcome.SKIPPED_DUPLICATE if duplicate else Outcome.WOULD_CHARGE,
+                    consume_power=would.recorded if duplicate else would.charge.consume_power,
+                    conflict=would.conflict,
+                )
+            )
 
     async def _flag(self, conn: AsyncConnection, order_ids: list[int], now: datetime) -> None:
         """``power_consumed = 1`` and ``power_amount`` copied from the order's consume row (the

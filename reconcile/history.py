@@ -129,6 +129,7 @@ class SyncSummary:
     charged: int = 0
     skipped_duplicate: int = 0
     corrected: int = 0
+    would_charge: int = 0  # shadow mode
     failed_streams: int = 0
     skipped_streams: int = 0
     elapsed: float = 0.0
@@ -394,6 +395,8 @@ class HistorySync:
                 summary.charged += 1
             elif result.outcome is Outcome.SKIPPED_DUPLICATE:
                 summary.skipped_duplicate += 1
+            elif result.outcome is Outcome.WOULD_CHARGE:
+                summary.would_charge += 1
         if self.corrector is not None:
             sightings = [s for p in pages for s in p.sightings(basis)]
             summary.corrected += len(await self.corrector.apply(sightings))

@@ -40,19 +40,26 @@ def real_close_time(value: datetime | None) -> bool:
     return value is not None and value.replace(tzinfo=None) >= REAL_CLOSE_TIMES_FROM
 
 
-def unconsumed_profit_sql(dialect: Dialect) -> tuple[ColumnElement[bool], ...]:
-    """Closed, profitable, not yet consumed: eligible but for the close time."""
+def unconsumed_profit_sql(
+    dialect: Dialect, *, power_consumed: int = 0
+) -> tuple[ColumnElement[bool], ...]:
+    """Closed, profitable, not yet consumed: eligible but for the close time.
+    ``power_consumed=1``: the same, charged (shadow mode also reads those: hotgo charged them)."""
     o = trading_order.c
     return (
-        o.power_consumed == 0,
+        o.power_consumed == power_consumed,
         o.status == int(Status.CLOSED),
         dialect.positive(o.realized_profit),
     )
 
 
-def eligible_sql(dialect: Dialect) -> tuple[ColumnElement[bool], ...]:
-    """Closed, a real close time, profitable, not yet consumed (the sweep's WHERE)."""
-    return (*unconsumed_profit_sql(dialect), trading_order.c.close_time >= REAL_CLOSE_TIMES_FROM)
+def eligible_sql(dialect: Dialect, *, power_consumed: int = 0) -> tuple[ColumnElement[bool], ...]:
+    """Closed, a real close time, profitable, not yet consumed (the sweep's WHERE); a range on
+    ``idx_reconcile_sweep`` for either value of ``power_consumed``."""
+    return (
+        *unconsumed_profit_sql(dialect, power_consumed=power_consumed),
+        trading_order.c.close_time >= REAL_CLOSE_TIMES_FROM,
+    )
 
 
 def ineligibility(

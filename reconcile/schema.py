@@ -413,6 +413,27 @@ correction = Table(
     Index("idx_correction_user", "user_id", "order_id"),
 )
 
+shadow_charge = Table(
+    # `power.mode: shadow`: what the daemon would have charged, one row per order
+    # (uk_shadow_order), while hotgo's own engine is the live charger; `report --shadow`
+    # compares it with hg_toogo_power_consume. Never read by charging.
+    "toogo_reconcile_shadow",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("order_id", BigInteger, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("robot_id", BigInteger, nullable=False),
+    Column("order_sn", String(64), nullable=False),
+    Column("profit_amount", dec(20, 8), nullable=False),  # the basis: realized_profit
+    Column("consume_rate", dec(5, 4), nullable=False),
+    Column("discount_rate", dec(5, 2), nullable=False, server_default="0"),  # percent
+    Column("consume_power", dec(20, 8), nullable=False),  # the would-be charge
+    Column("source", String(20), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("order_id", name="uk_shadow_order"),
+    Index("idx_shadow_created", "created_at"),
+)
+
 OWN_TABLES = (
     stream_cursor,
     binding,
@@ -421,6 +442,7 @@ OWN_TABLES = (
     refund,
     skipped_duplicate,
     correction,
+    shadow_charge,
 )
 
 

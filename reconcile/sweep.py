@@ -5,6 +5,9 @@ the consumer. Keyset paging on (close_time, id) over ``idx_reconcile_sweep`` mea
 is read once per sweep - losing orders, which stay at ``power_consumed = 0`` forever, are passed
 over once instead of being re-scanned on every page. On MariaDB >= 10.6 / MySQL 8 the pages are
 locked with ``SKIP LOCKED``, so concurrent sweeps share the backlog instead of queueing.
+The consumer's ``power.mode`` says which passes run (``PowerConsumer.sweep_passes``): one over
+``power_consumed = 0`` when charging; in shadow mode a second over ``power_consumed = 1``, the
+orders hotgo's engine charged (reconcile.shadow); none when charging is off.
 
 A page that fails for a reason other than a temporary database failure is charged again order by
 order by the consumer, so one bad order never blocks the rest of its page; the orders that still
@@ -46,6 +49,7 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
     charged: int = 0
     skipped_duplicate: int = 0
     not_eligible: int = 0
+    would_charge: int = 0  # shadow mode
     failed: int = 0
     pages: int = 0
     elapsed: float = 0.0
@@ -58,6 +62,8 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
             self.charged += 1
         elif result.outcome is Outcome.SKIPPED_DUPLICATE:
             self.skipped_duplicate += 1
+        elif result.outcome is Outcome.WOULD_CHARGE:
+            self.would_charge += 1
         else:
             self.not_eligible += 1
 
@@ -72,6 +78,7 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
         self.charged += other.charged
         self.skipped_duplicate += other.skipped_duplicate
         self.not_eligible += other.not_eligible
+        self.would_charge += other.would_charge
         self.failed += other.failed
         self.pages += other.pages
         self.interrupted |= other.interrupted
@@ -114,6 +121,10 @@ async def sweep(
     workers = max(1, settings.workers) if consumer.db.skip_locked else 1
 
     async def worker(part: tuple[int, int]) -> None:
+        for consumed in consumer.sweep_passes:
+            await one_pass(part, consumed)
+
+    async def one_pass(part: tuple[int, int], consumed: int) -> None:
         position = (since, 0)
         while summary.error is None:
             if stop is not None and stop.is_set():
@@ -121,7 +132,11 @@ async def sweep(
                 return
             try:
                 page = await consumer.charge_page(
-                    after=position, limit=settings.page_size, source=source, partition=part
+                    after=position,
+                    limit=settings.page_size,
+                    source=source,
+                    partition=part,
+                    power_consumed=consumed,
                 )
             except ReconcileError as exc:  # temporary (retried whole already) or unreadable
                 summary.error = f"{type(exc).__name__}: {exc}"

@@ -27,6 +27,7 @@ def events(out: str) -> list[dict[str, object]]:
         ("sweep:\n  page_size: many\n", "sweep.page_size"),
         ("power:\n  consume_rate: abc\n", "power.consume_rate"),
         ("power:\n  min_consume: -1\n", "power.min_consume"),
+        ("power:\n  mode: dry-run\n", "power.mode"),
         ("database:\n  timezone: Mars/Olympus\n", "database.timezone"),
         ("database:\n  url: postgresql://x/y\n", "database.url"),
         ("logging: [1, 2]\n", "logging"),

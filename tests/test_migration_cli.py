@@ -77,6 +77,7 @@ async def test_check_json_prints_exactly_one_object_with_the_exact_figures(setup
         "toogo_reconcile_quarantine": False,
         "toogo_reconcile_record": False,
         "toogo_reconcile_refund": False,
+        "toogo_reconcile_shadow": False,
         "toogo_reconcile_skip": False,
     }
     assert any(e.get("event") == "migrate check" for e in stderr_events(err))
