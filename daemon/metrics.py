@@ -65,6 +65,10 @@ class Metrics:
             "toogo_database_up", "1 while the database answers the health check, else 0",
             registry=r,
         )  # fmt: skip
+        self.charging = Gauge(
+            "toogo_charging", "1 when power.mode is charge; 0 in shadow and off (nothing charged)",
+            registry=r,
+        )  # fmt: skip
         self.backlog = Gauge(
             "toogo_backlog_orders", "Eligible orders not yet charged (look-back window)",
             registry=r,

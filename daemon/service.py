@@ -43,7 +43,7 @@ from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval
 from daemon.runtime import Core, open_core, open_history_sync
 from reconcile.audit import audit
-from reconcile.consumer import Source
+from reconcile.consumer import PowerMode, Source
 from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
 from reconcile.pacing import Availability
@@ -103,6 +103,7 @@ class Service:
             )
             if self.metrics is not None:
                 self.metrics.expect(platforms=self.config.exchanges)
+                self.metrics.charging.set(int(self.config.power.mode is PowerMode.CHARGE))
             if self.metrics is not None and self.config.metrics.listen:
                 runner = await self.metrics.serve(self.config.metrics.listen)
                 stack.push_async_callback(runner.cleanup)

@@ -142,6 +142,7 @@ async def test_the_metrics_the_alert_rules_read(
     for job, every in intervals.items():
         assert sample(clean, "toogo_job_interval_seconds", job_name=job) == every
     assert sample(clean, "toogo_database_up") == 1
+    assert sample(clean, "toogo_charging") == 1  # power.mode: charge (the default)
     lag = sample(clean, "toogo_cursor_lag_seconds", platform="binance")
     assert lag is not None and 0 <= lag < 60, lag  # the polled stream, not the stopped one
     audit_checks = {
