@@ -398,6 +398,24 @@ def _drop_below(threshold: int) -> Any:
     return drop
 
 
+class _PoolResetFilter(logging.Filter):
+    """SQLAlchemy's pool logs ``Exception during reset or similar`` at ERROR with a traceback
+    when it cannot roll back a connection being returned (cut by the network, the server gone).
+    The transaction that used it had ended, and the pool discards the connection: a warning
+    with the error, not a traceback that pages somebody."""
+
+    MESSAGE = "Exception during reset or similar"  # sqlalchemy/pool/base.py, _finalize_fairy
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("sqlalchemy.pool") and record.msg == self.MESSAGE:
+            exc = record.exc_info[1] if record.exc_info else None
+            record.msg = "database connection discarded by the pool (its reset failed): %s"
+            record.args = (f"{type(exc).__name__}: {exc}" if exc else "no error given",)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _route_stdlib(writer: _Writer, shared: list[Any], renderer: Any, level: str) -> None:
     """Third-party loggers through the same processors, onto the same queue. Their INFO is
     chatter (APScheduler announces every run); WARNING and above are events worth a line."""
@@ -408,6 +426,8 @@ def _route_stdlib(writer: _Writer, shared: list[Any], renderer: Any, level: str)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(_QueueHandler(writer, formatter))
+    handler = _QueueHandler(writer, formatter)
+    handler.addFilter(_PoolResetFilter())
+    root.addHandler(handler)
     root.setLevel(max(logging.WARNING, _LEVELS[level]))
     logging.captureWarnings(True)

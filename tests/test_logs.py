@@ -119,3 +119,30 @@ async def test_a_transactions_lines_in_one_batch_read_as_one_by_one() -> None:
     assert all(e["api_key"] == "**********" for e in batch)
     assert [tuple(s) for s in report["seen"]].count(("info", "power consumed")) == 6
     assert report["captured"] == 3
+
+
+async def test_a_failed_pool_reset_is_a_warning_without_a_traceback() -> None:
+    """SQLAlchemy's own logger and message (sqlalchemy/pool/base.py) for a connection it could
+    not roll back on its way back to the pool: a warning naming the error, no traceback; other
+    SQLAlchemy errors keep theirs."""
+    code, events, err = await run_script(
+        """
+        import logging
+        from daemon.logs import configure_logging
+        configure_logging("json", "info")
+        pool = logging.getLogger("sqlalchemy.pool.impl.AsyncAdaptedQueuePool")
+        try:
+            raise ConnectionResetError("Connection lost")
+        except ConnectionResetError:
+            pool.error("Exception during reset or similar", exc_info=True)
+            pool.error("something else", exc_info=True)
+        """
+    )
+    assert code == 0, err
+    reset, other = events
+    assert reset["level"] == "warning" and "exception" not in reset
+    assert reset["event"] == (
+        "database connection discarded by the pool (its reset failed): "
+        "ConnectionResetError: Connection lost"
+    )
+    assert other["level"] == "error" and "ConnectionResetError" in other["exception"]
