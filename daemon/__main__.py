@@ -1,3 +1,3 @@
-from daemon.cli import main
+from daemon.entry import main
 
 main()

@@ -13,12 +13,13 @@ from typing import Any
 import click
 import structlog
 
+from daemon import forkserver
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from daemon.cli_exchange import exchange
 from daemon.cli_migrate import migrate
 from daemon.cli_ops import demo, doctor
 from daemon.cli_report import report_command
-from daemon.parallel import start_forkserver, sweep_in_processes
+from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core, open_history_sync
 from reconcile.audit import audit as run_audit
 from reconcile.consumer import Outcome, Source
@@ -105,7 +106,7 @@ def sweep(
     fixed = processes or config.sweep.process_count()
     if (fixed is None or fixed > 1) and not config.database.url.startswith("sqlite"):
         # the worker processes' imports, beside this one's start-up (see daemon.parallel)
-        start_forkserver()
+        forkserver.start()  # if daemon.entry has not
 
     async def job() -> int:
         async with open_core(config) as core:

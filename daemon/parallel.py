@@ -8,10 +8,11 @@ locks; each is an ordinary sweep with all its guarantees. Each process logs its 
 ``sweep partition summary``; the parent logs the one ``sweep summary``.
 
 The processes are forked from a fork server (``multiprocessing``'s ``forkserver``) that has
-imported this module and everything it needs: ``start_forkserver`` starts it as the ``sweep``
-command starts, so its imports (~0.4 s of CPU) run beside the parent's own start-up instead of
-once per process after the sweep has begun (BENCHMARKS.md). A fork server is a fresh
-single-threaded process: forking it copies no event loop, connection, lock or log thread.
+imported this module and everything it needs (daemon.forkserver): the console entry point starts
+it before the ``sweep`` command's own imports, so its imports (~0.4 s of CPU) run beside the
+parent's start-up instead of once per process after the sweep has begun (BENCHMARKS.md). A
+fork server is a fresh single-threaded process: forking it copies no event loop, connection,
+lock or log thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import select
 import threading
@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import structlog
 
+from daemon import forkserver
 from daemon.config import Config
 from daemon.logs import configure_logging
 from daemon.runtime import open_core
@@ -35,16 +36,6 @@ from reconcile.consumer import Source
 from reconcile.sweep import SweepSettings, SweepSummary, sweep
 
 log = structlog.get_logger("daemon.parallel")
-
-_START_METHOD = "forkserver"
-
-
-def start_forkserver() -> None:
-    """Start the fork server the worker processes will come from, if it is not running: it
-    imports this module (and so the daemon) in the background while the caller goes on. It
-    ends once the process that started it and every worker have ended."""
-    multiprocessing.get_context(_START_METHOD).set_forkserver_preload([__name__])
-    multiprocessing.forkserver.ensure_running()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -113,10 +104,10 @@ async def sweep_in_processes(
 ) -> SweepSummary:
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    start_forkserver()  # normally running already (see daemon.cli's sweep)
+    forkserver.start()  # normally running already (daemon.entry)
     with ProcessPoolExecutor(
         max_workers=processes,
-        mp_context=multiprocessing.get_context(_START_METHOD),
+        mp_context=multiprocessing.get_context(forkserver.START_METHOD),
         initializer=_die_with_parent,
         initargs=(os.getpid(),),
     ) as pool:
