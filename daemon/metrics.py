@@ -39,6 +39,10 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
         self.charges = Counter("toogo_charges", "Orders charged", ["source"], registry=r)
+        self.would_charges = Counter(
+            "toogo_would_charges", "Would-be charges recorded (power.mode: shadow)", ["source"],
+            registry=r,
+        )  # fmt: skip
         self.duplicates = Counter(
             "toogo_skipped_duplicates", "Charges skipped as already done", ["source"], registry=r
         )
@@ -105,6 +109,7 @@ class Metrics:
         silently empty until then."""
         for source in ("realtime", "sweep", "history"):
             self.charges.labels(source)
+            self.would_charges.labels(source)
             self.duplicates.labels(source)
         for kind in FAILURE_EVENTS:
             self.failures.labels(kind.replace(" ", "_"))
@@ -129,6 +134,8 @@ class Metrics:
             self.charges.labels(str(event.get("source"))).inc()
         elif name == "skip duplicate":
             self.duplicates.labels(str(event.get("source"))).inc()
+        elif name == "would charge":
+            self.would_charges.labels(str(event.get("source"))).inc()
         elif name == "exchange request failed":
             self.exchange_errors.labels(str(event.get("platform"))).inc()
         elif name in FAILURE_EVENTS:

@@ -223,7 +223,7 @@ class Service:
                     self.metrics.requests_made(history.provider)
             return s.ok, (
                 f"{s.streams} streams, {s.inserted} inserted, {s.closed} closed, "
-                f"{s.charged} charged, {s.failed_streams} failed"
+                f"{_charges(s.charged, s.would_charge)}, {s.failed_streams} failed"
             )
 
         return work
@@ -236,7 +236,10 @@ class Service:
             s = await sweep(
                 core.consumer, settings, source=Source.SWEEP, stop=self.stop, log_idle=not quiet
             )
-            return s.ok, f"{s.charged} charged, {s.skipped_duplicate} duplicates, {s.failed} failed"
+            return s.ok, (
+                f"{_charges(s.charged, s.would_charge)}, {s.skipped_duplicate} duplicates, "
+                f"{s.failed} failed"
+            )
 
         return work
 
@@ -370,3 +373,8 @@ class Service:
 
     def _on_hup(self) -> None:
         log.warning("SIGHUP ignored: configuration reload is not supported; restart the service")
+
+
+def _charges(charged: int, would_charge: int) -> str:
+    """A job's charges for the STATUS line: shadow mode's would-be charges where it has any."""
+    return f"{would_charge} would charge" if would_charge else f"{charged} charged"

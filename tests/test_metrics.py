@@ -214,3 +214,36 @@ async def test_gauges_read_the_oldest_eligible_order_and_polled_cursors_only(
     lag = datetime.now(UTC) - gauges.oldest_cursor["binance"]
     assert timedelta(minutes=5) <= lag < timedelta(minutes=6), lag
     assert gauges.quarantined == 0
+
+
+async def test_shadow_mode_counts_would_be_charges_and_says_it_charges_nothing(
+    mysql_db: Database, mysql_url: str, tmp_path: Path
+) -> None:
+    """`run` with power.mode: shadow: every eligible order a would-be charge in
+    toogo_would_charges_total, none in toogo_charges_total, toogo_charging 0 (which keeps
+    ToogoBacklogOverdue silent)."""
+    await seed_backlog(mysql_db, orders=60, users=6, seed=9, losing_ratio=0.0)
+    eligible = len(await eligible_ids(mysql_db))
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        mysql_url,
+        power={"consume_rate": "0.10", "min_consume": "0.01", "mode": "shadow"},
+        metrics={"listen": f"127.0.0.1:{port}", "refresh": "500ms"},
+        schedule={"realtime_sweep": "1h", "history_sync": "1h", "compensation_sweep": "1s"},
+    )
+    proc = await start_cli(cfg, "run")
+    try:
+        async with aiohttp.ClientSession() as http:
+            text = await scrape_until(
+                http,
+                port,
+                lambda t: (sample(t, "toogo_would_charges_total", source="sweep") or 0) >= eligible,
+            )
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.communicate(), 60)
+    assert sample(text, "toogo_would_charges_total", source="sweep") == eligible
+    assert sample(text, "toogo_charges_total", source="sweep") == 0
+    assert sample(text, "toogo_charging") == 0
+    assert sample(text, "toogo_backlog_orders") == eligible  # hotgo has charged none of them
