@@ -151,8 +151,16 @@ class PageWriter:
             {r.record_key: self._order_sn(r) for r in page},
         )
         plan = [(d, t) for d, t in zip(decisions, close_times, strict=True) if self._writes(d, t)]
+        # bound on an earlier attempt whose charge never ran (a crash between a page's commit
+        # and its charge, before the cursor moved): charge them now, whether or not the page
+        # writes anything else; the consumer is idempotent
+        unpaid = [
+            d.order.id
+            for d in decisions
+            if d.rule is Rule.BINDING and d.order is not None and _awaits_charge(d.order)
+        ]
         if not plan:
-            return PageResult(decisions)
+            return PageResult(decisions, unpaid)
         events: list[tuple[str, dict[str, Any]]] = []
 
         async def write(conn: AsyncConnection) -> list[int]:
@@ -168,7 +176,7 @@ class PageWriter:
         )
         for event, fields in events:  # after COMMIT
             (log.warning if event != "ambiguous match" else log.error)(event, **fields)
-        return PageResult(decisions, to_charge)
+        return PageResult(decisions, to_charge + unpaid)
 
     # -- read ---------------------------------------------------------------------------------
 
@@ -286,10 +294,6 @@ class PageWriter:
                 await conn.execute(trading_order.update().where(o.id == order.id).values(**values))
             if d.kind is Kind.ORDER or d.rule is Rule.BINDING:
                 self._check_profit(order, d.record, profit, events)
-            if d.rule is Rule.BINDING and d.kind is Kind.ORDER and _awaits_charge(order):
-                # bound on an earlier attempt whose charge never ran (a crash between the
-                # page's commit and its charge): charge it now; the consumer is idempotent
-                to_charge.append(order.id)
             if d.kind is Kind.AMBIGUOUS:
                 events.append(
                     (

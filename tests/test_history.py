@@ -13,10 +13,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import PowerConsumer, Source
+from exchange_adapters.options import AdapterOptions
+from exchange_adapters.registry import ExchangeRegistry
+from reconcile.consumer import PowerConsumer, PowerMode, Source
 from reconcile.db import Database
 from reconcile.errors import ConnectionLost
-from reconcile.history import HistorySync, order_sn_for
+from reconcile.history import HistorySync, SyncSettings, order_sn_for
 from reconcile.schema import binding, power_consume, stream_cursor, trading_order
 from tests.conftest import open_database
 from tests.history_kit import (
@@ -370,3 +372,36 @@ async def test_two_closes_a_minute_apart_are_two_orders_across_pages(
         summary = await sync.run_cycle()
     assert (summary.inserted, summary.ambiguous, summary.parts) == (2, 0, 0)
     assert len(await orders(server_db)) == 2
+
+
+async def test_a_bound_order_whose_charge_never_ran_is_charged_when_read_again(
+    any_db: Database, tmp_path: Path
+) -> None:
+    """A crash after a page's COMMIT and before its charge (and before the cursor moved): the
+    next cycle reads the records again, finds them bound (rule a, nothing to write) and must
+    charge the orders still waiting. The state is made by the real paths: a cycle that charges
+    nothing (power.mode off) writes the orders and bindings; its cursor is then dropped."""
+    await one_robot(any_db)
+    replay = write_replay(
+        tmp_path / "r.jsonl",
+        [
+            position(10, "C-1", closed=NOW - timedelta(hours=2), net="12.5"),
+            position(10, "C-2", closed=NOW - timedelta(hours=1), net="-3.25"),
+        ],
+    )
+    async with ExchangeRegistry({"replay": AdapterOptions(path=replay)}) as registry:
+        uncharged = PowerConsumer(any_db, RULES, PowerMode.OFF)
+        first = await HistorySync(any_db, uncharged, registry, SyncSettings()).run_cycle()
+        assert (first.inserted, first.charged, len(await consumes(any_db))) == (2, 0, 0)
+
+        async def crash_before_the_cursor(conn: AsyncConnection) -> None:
+            await conn.execute(stream_cursor.delete())
+
+        await any_db.transaction(crash_before_the_cursor, what="forget the cursor")
+        charging = PowerConsumer(any_db, RULES)
+        again = await HistorySync(any_db, charging, registry, SyncSettings()).run_cycle()
+    assert (again.records, again.inserted, again.matched, again.charged) == (2, 0, 2, 1)
+    [charge] = await consumes(any_db)
+    won = next(o for o in await orders(any_db) if o.realized_profit > 0)
+    assert charge.order_id == won.id and charge.consume_power == Decimal("1.25")
+    await assert_ledger_consistent(any_db, {})
