@@ -13,7 +13,6 @@ from typing import Any
 import click
 import structlog
 
-from daemon import forkserver
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from daemon.cli_exchange import exchange
 from daemon.cli_migrate import migrate
@@ -104,9 +103,6 @@ def sweep(
         workers=workers or base.workers,
     )
     fixed = processes or config.sweep.process_count()
-    if (fixed is None or fixed > 1) and not config.database.url.startswith("sqlite"):
-        # the worker processes' imports, beside this one's start-up (see daemon.parallel)
-        forkserver.start()  # if daemon.entry has not
 
     async def job() -> int:
         async with open_core(config) as core:

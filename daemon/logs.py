@@ -104,15 +104,10 @@ class _Writer:
         return len(self._lines) + self._writing
 
     def put(self, line: bytes) -> None:
-        with self._cond:
-            if len(self._lines) >= HARD_LIMIT:
-                self._dropped += 1
-                return
-            self._lines.append(line)
-            if len(self._lines) == 1:
-                self._cond.notify_all()
+        self.put_many([line])
 
     def put_many(self, lines: list[bytes]) -> None:
+        """Queue ``lines`` in order; those past ``HARD_LIMIT`` are counted as dropped."""
         with self._cond:
             room = max(0, HARD_LIMIT - len(self._lines))
             if len(lines) > room:

@@ -68,8 +68,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
@@ -104,7 +104,7 @@ async def sweep_in_processes(
 ) -> SweepSummary:
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    forkserver.start()  # normally running already (daemon.entry)
+    forkserver.start()  # running already when the command came through daemon.entry
     with ProcessPoolExecutor(
         max_workers=processes,
         mp_context=multiprocessing.get_context(forkserver.START_METHOD),

@@ -3,7 +3,7 @@
 ``write(logger, events)`` logs each ``(event, fields)`` at INFO through structlog, one call per
 line, unless the process around the core installed a writer for whole batches (the daemon
 does: ``daemon.logs`` renders a transaction's lines in one pass through the same processors,
-the sweep writing 500 of them per page). Either way the lines are the same events with the same
+the sweep writing a page's worth at a time). Either way the lines are the same events with the same
 fields; the core itself never imports the daemon.
 """
 
