@@ -26,6 +26,7 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.exchanges_config import ExchangesConfig
+from daemon.render import render_table
 from daemon.runtime import Core, open_core, open_history_sync
 from reconcile.audit import AuditReport
 from reconcile.audit import audit as run_audit
@@ -149,15 +150,9 @@ def reset_sqlite(url: str) -> None:
 
 
 def table(rows: Sequence[Sequence[object]], out: Out) -> None:
-    """Text columns; columns of numbers right-aligned."""
-    cells = [[f"{c:f}" if isinstance(c, Decimal) else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    right = [all(isinstance(r[i], int | Decimal) for r in rows[1:]) for i in range(len(widths))]
-    for row in cells:
-        parts = (
-            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
-        )
-        out(("  " + "  ".join(parts)).rstrip())
+    """``rows[0]`` the headers; columns of numbers right-aligned (daemon.render)."""
+    for line in render_table([str(h) for h in rows[0]], rows[1:]).splitlines():
+        out(("  " + line).rstrip())
 
 
 def print_audit(report: AuditReport, out: Out) -> None:
