@@ -129,6 +129,7 @@ class _Settlement:
 
     results: list[ChargeResult] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    skips: list[dict[str, Any]] = field(default_factory=list)  # toogo_reconcile_skip rows
 
     def log(self) -> None:
         lines.write(log, self.events)
@@ -432,9 +433,10 @@ class PowerConsumer:
             flag.update(o.id for o in to_charge)
         if flag:
             await self._flag(conn, sorted(flag), now)
-        skips = [fields for event, fields in out.events if event == "skip duplicate"]
-        if skips:  # in the same transaction as the decision: report's skipped duplicates
-            await conn.execute(skipped_duplicate.insert(), [_skip_row(f, now) for f in skips])
+        if out.skips:  # in the same transaction as the decision: report's skipped duplicates
+            await conn.execute(
+                skipped_duplicate.insert(), [{**row, "created_at": now} for row in out.skips]
+            )
         return out
 
     async def _shadow(
@@ -508,6 +510,11 @@ class PowerConsumer:
         if conflict:
             fields.update(conflict=True, would_charge=charge.consume_power)
         out.events.append(("skip duplicate", fields))
+        out.skips.append(
+            {"user_id": order.user_id, "order_id": order.id, "source": str(source),
+             "consume_power": found, "would_charge": charge.consume_power if conflict else None,
+             "repaired_flag": int(repaired)}
+        )  # fmt: skip
         return ChargeResult(
             order.id, Outcome.SKIPPED_DUPLICATE, consume_power=found, conflict=conflict
         )
@@ -619,19 +626,6 @@ class PowerConsumer:
 
 def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _skip_row(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """A ``skip duplicate`` event's row in ``toogo_reconcile_skip``."""
-    return {
-        "user_id": fields["user_id"],
-        "order_id": fields["order_id"],
-        "source": fields["source"],
-        "consume_power": fields["consume_power"],
-        "would_charge": fields.get("would_charge"),
-        "repaired_flag": int(fields["repaired_flag"]),
-        "created_at": now,
-    }
 
 
 async def _existing_consumes(
