@@ -3,7 +3,7 @@
     .venv/bin/python bench/time_to_charge.py [--rate 50] [--seconds 120] [--users 200]
 
 An "engine" commits closed profitable orders at a steady rate into a fresh database (upstream's
-DDL, ../shared/upstream-schema) while `toogo-reconcile run` runs with the shipped schedule
+DDL, tests/fixtures/upstream) while `toogo-reconcile run` runs with the shipped schedule
 (config.yaml's `schedule:` section, unchanged; only database.url differs and no exchange is
 polled). For every order: engine COMMIT (taken when the COMMIT returns) to the daemon's charge
 COMMIT (the `power consumed` audit line is written after its COMMIT, so its timestamp is an upper

@@ -1,6 +1,6 @@
 """What the daemon needs of the live schema, checked once at start-up by introspection.
 
-Upstream's DDL is the contract (``../shared/upstream-schema``): every column the daemon reads or
+Upstream's DDL is the contract (``tests/fixtures/upstream``): every column the daemon reads or
 writes is declared in :mod:`reconcile.schema` with upstream's name, type family and nullability.
 Of those, the columns in :data:`OPTIONAL` are absent on some installs (they come with upstream's
 ``add_missing_order_fields.sql``): the daemon uses them where the live schema has them and skips

@@ -74,7 +74,7 @@ ID = BigInteger().with_variant(
 metadata = MetaData()
 
 # Each column below exists in upstream's DDL with the same name, type family and nullability
-# (tests/test_schema_contract.py checks it against ../shared/upstream-schema). Server defaults are
+# (tests/test_schema_contract.py checks it against tests/fixtures/upstream). Server defaults are
 # upstream's where it has one; a NOT NULL column without a default in upstream has none here, so
 # every writer must supply it. Columns marked OPTIONAL are absent on some installs: the daemon
 # reads and writes them only where the live schema has them (see reconcile/contract.py).

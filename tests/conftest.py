@@ -65,13 +65,15 @@ def mysql_url(mysql_available: bool) -> Iterator[str]:
     """A fresh, uniquely named, empty database; dropped afterwards."""
     name = f"trc_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
     admin = mysql_admin()
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     try:
-        yield f"{MYSQL_BASE}/{name}"
-    finally:
         with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        try:
+            yield f"{MYSQL_BASE}/{name}"
+        finally:
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
         admin.close()
 
 
@@ -155,7 +157,11 @@ async def open_database(url: str, *, unique_key: bool = True, **kw: object) -> D
             await create_hotgo_schema(conn, with_unique_key=unique_key)
             await create_own_schema(conn)
 
-    await db.transaction(create, what="create test schema")
+    try:
+        await db.transaction(create, what="create test schema")
+    except BaseException:  # a set-up that fails or skips leaves no connection behind
+        await db.close()
+        raise
     return db
 
 

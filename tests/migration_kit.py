@@ -86,7 +86,11 @@ async def legacy_database(url: str, *, power_columns: bool = True, **settings: A
         else:
             await create_upstream_schema(conn, with_unique_key=False, own=False)
 
-    await db.transaction(create, what="create legacy schema")
+    try:
+        await db.transaction(create, what="create legacy schema")
+    except BaseException:  # a set-up that fails or skips leaves no connection behind
+        await db.close()
+        raise
     return db
 
 

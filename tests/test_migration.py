@@ -44,9 +44,10 @@ pytestmark = pytest.mark.mysql
 @pytest.fixture
 async def legacy_db(server_url: str) -> AsyncIterator[tuple[Database, Legacy]]:
     db = await legacy_database(server_url)
-    legacy = await seed_legacy(db)
-    yield db, legacy
-    await db.close()
+    try:
+        yield db, await seed_legacy(db)
+    finally:
+        await db.close()
 
 
 # -- check --------------------------------------------------------------------------------------

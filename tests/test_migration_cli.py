@@ -39,9 +39,11 @@ class Setup:
 @pytest.fixture
 async def setup(server_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
     db = await legacy_database(server_url)
-    legacy = await seed_legacy(db)
-    yield Setup(db, legacy, write_config(tmp_path / "config.yaml", server_url))
-    await db.close()
+    try:
+        legacy = await seed_legacy(db)
+        yield Setup(db, legacy, write_config(tmp_path / "config.yaml", server_url))
+    finally:
+        await db.close()
 
 
 def stderr_events(err: str) -> list[dict[str, object]]:

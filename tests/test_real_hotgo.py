@@ -1,7 +1,7 @@
 """The daemon on the real hotgo: upstream's own DDL, rows shaped the way upstream's engine writes
 them, `run --once` twice against a fake Bybit (real ccxt).
 
-What is real here: the schema (tests/upstream.py loads ../shared/upstream-schema) and the shape
+What is real here: the schema (tests/upstream.py loads tests/fixtures/upstream) and the shape
 of the engine's rows, as DESIGN.md records them from lilei800/toogo_v2 - the opening order's id in
 exchange_order_id, the closing order's id in close_order_id (where the column exists), a POS-…
 placeholder for positions the engine back-filled, TO… order numbers, DATETIMEs written in

@@ -1,20 +1,17 @@
-"""Upstream Toogo's own DDL as the schema of the server tests (``../shared/upstream-schema``).
+"""Upstream Toogo's own DDL as the schema of the server tests (``tests/fixtures/upstream``).
 
 The tests that prove behaviour on MariaDB create hotgo's tables from
-``hotgo_mysql_as_applied.sql`` - what a real install has (see its SOURCE.md) - never from the
-project's own definitions, which serve only the embedded SQLite default. The file sits beside the
-project root in CI; without it the MySQL tests cannot say anything about the real schema, so under
-TOOGO_REQUIRE_MYSQL=1 its absence is a failure.
+``hotgo_mysql_as_applied.sql`` - what a real install has (see SOURCE.md beside it) - never from
+the project's own definitions, which serve only the embedded SQLite default. The files are part of
+the repository, so a missing one is a broken checkout: an error, never a skip.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,23 +30,16 @@ from reconcile.schema import (
     wallet_log,
 )
 
-UPSTREAM_DIR = Path(
-    os.environ.get(
-        "TOOGO_UPSTREAM_SCHEMA", Path(__file__).resolve().parents[2] / "shared" / "upstream-schema"
-    )
-)
+UPSTREAM_DIR = Path(__file__).resolve().parent / "fixtures" / "upstream"
 MYSQL_DDL = UPSTREAM_DIR / "hotgo_mysql_as_applied.sql"
 PG_DDL = UPSTREAM_DIR / "create_trading_core_pg.sql"
 
 
-def _ddl_missing(message: str, require_env: str) -> NoReturn:
-    """Fail (under ``require_env=1``) or skip the test that needs a missing DDL file. pytest is
-    imported only here: bench/ loads the DDL through this module without pytest."""
-    import pytest
-
-    if os.environ.get(require_env) == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+def _read(path: Path) -> str:
+    """A DDL file of the repository; its absence is a broken checkout, not a reason to skip."""
+    if not path.is_file():
+        raise FileNotFoundError(f"upstream's DDL is missing from the checkout: {path}")
+    return path.read_text(encoding="utf-8")
 
 
 #: columns of add_missing_order_fields.sql that some installs lack (DESIGN.md)
@@ -59,12 +49,7 @@ CLOSE_ID_COLUMNS = ("close_order_id", "close_client_order_id")
 @functools.cache
 def mysql_create_statements() -> tuple[str, ...]:
     """The CREATE TABLE statements of upstream's MySQL schema, as mysqldump wrote them."""
-    if not MYSQL_DDL.is_file():
-        _ddl_missing(
-            f"upstream's DDL is missing: {MYSQL_DDL} (shared/upstream-schema)",
-            "TOOGO_REQUIRE_MYSQL",
-        )
-    body = MYSQL_DDL.read_text(encoding="utf-8")
+    body = _read(MYSQL_DDL)
     statements = [s.strip() for s in re.split(r";\s*\n", body)]
     creates = tuple(s for s in statements if s.startswith("CREATE TABLE"))
     assert len(creates) >= 8, f"{MYSQL_DDL}: only {len(creates)} CREATE TABLE statements"
@@ -112,13 +97,8 @@ PG_POWER_INDEX = (
 @functools.cache
 def pg_statements() -> tuple[str, ...]:
     """The statements of upstream's PostgreSQL DDL for the trading tables, one by one."""
-    if not PG_DDL.is_file():
-        _ddl_missing(
-            f"upstream's PostgreSQL DDL is missing: {PG_DDL} (shared/upstream-schema)",
-            "TOOGO_REQUIRE_POSTGRES",
-        )
     body = "\n".join(
-        line for line in PG_DDL.read_text(encoding="utf-8").splitlines()
+        line for line in _read(PG_DDL).splitlines()
         if not line.lstrip().startswith("--")
     )  # fmt: skip
     statements = [s.strip() for s in body.split(";")]
