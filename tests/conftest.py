@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -34,10 +35,36 @@ REQUIRE_MYSQL = os.environ.get("TOOGO_REQUIRE_MYSQL") == "1"
 PG_BASE = os.environ.get("TOOGO_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432")
 REQUIRE_POSTGRES = os.environ.get("TOOGO_REQUIRE_POSTGRES") == "1"
 SERVERS = ("mysql", "postgresql")
+
+#: TOOGO_REQUIRE_*=1 (CI) -> what the reason of a skip names when that requirement is missing
+REQUIREMENTS = {
+    "TOOGO_REQUIRE_MYSQL": re.compile(r"mariadb|mysql", re.IGNORECASE),
+    "TOOGO_REQUIRE_POSTGRES": re.compile(r"postgres|initdb", re.IGNORECASE),
+    "TOOGO_REQUIRE_SYSTEMD": re.compile(r"systemd", re.IGNORECASE),
+    "TOOGO_REQUIRE_PROMETHEUS": re.compile(r"prometheus|promtool", re.IGNORECASE),
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under TOOGO_REQUIRE_X=1 a skip whose reason names X is a failure, wherever it was raised:
+    CI must not pass because a server or a tool went missing."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.skipped or call.excinfo is None or hasattr(report, "wasxfail"):
+        return
+    reason = str(call.excinfo.value)
+    required = [env for env, names in REQUIREMENTS.items()
+                if os.environ.get(env) == "1" and names.search(reason)]  # fmt: skip
+    if required:
+        report.outcome = "failed"
+        report.longrepr = f"skipped although {', '.join(required)}=1: {reason}"
+
+
 FAST_RETRY = RetryPolicy(attempts=8, initial=0.01, maximum=0.2)
 
 
-def _server() -> tuple[str, int, str]:
+def mysql_server() -> tuple[str, int, str]:
     from sqlalchemy.engine import make_url
 
     url = make_url(MYSQL_BASE)
@@ -45,7 +72,7 @@ def _server() -> tuple[str, int, str]:
 
 
 def mysql_admin() -> pymysql.connections.Connection:
-    host, port, user = _server()
+    host, port, user = mysql_server()
     return pymysql.connect(host=host, port=port, user=user, password="", autocommit=True)
 
 
