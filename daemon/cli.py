@@ -15,13 +15,14 @@ import structlog
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from daemon.cli_exchange import exchange
+from daemon.cli_held import held
 from daemon.cli_migrate import migrate
 from daemon.cli_ops import demo, doctor
 from daemon.cli_report import report_command
 from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core, open_history_sync
 from reconcile.audit import audit as run_audit
-from reconcile.consumer import Outcome, Source
+from reconcile.consumer import Source
 from reconcile.errors import OrderNotFound
 from reconcile.sweep import AUTO_PROCESSES_FROM, auto_processes, backlog_at_least
 from reconcile.sweep import sweep as run_sweep
@@ -153,7 +154,7 @@ def consume(ctx: click.Context, order_id: int) -> None:
         fields: dict[str, Any] = {"order_id": order_id, "outcome": str(result.outcome)}
         if result.consume_power is not None:
             fields["consume_power"] = result.consume_power
-        if result.outcome is Outcome.NOT_ELIGIBLE:
+        if result.reason is not None:  # not eligible, a leg, held
             fields["reason"] = result.reason
         log.info("consume result", **fields)
         return EXIT_OK
@@ -166,6 +167,7 @@ cli.add_command(exchange)
 cli.add_command(doctor)
 cli.add_command(demo)
 cli.add_command(report_command)
+cli.add_command(held)
 
 
 @cli.command("run")

@@ -82,6 +82,12 @@ class Metrics:
             "Age of the oldest eligible order not yet charged (look-back window); 0 when none",
             registry=r,
         )
+        self.held = Gauge(
+            "toogo_held_orders",
+            "Closed profitable orders held uncharged: possibly another order's closing leg, or"
+            " awaiting the exchange sync (toogo-reconcile held list)",
+            registry=r,
+        )
         self.audit_violations = Gauge(
             "toogo_audit_violations", "Violations of each ledger invariant at the last audit",
             ["check"], registry=r,

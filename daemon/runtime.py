@@ -17,6 +17,7 @@ from reconcile.corrections import CorrectionMode
 from reconcile.db import Database
 from reconcile.errors import ConfigError
 from reconcile.history import HistorySync, SyncSettings
+from reconcile.trades import TradeJudge
 
 log = structlog.get_logger("daemon")
 
@@ -47,7 +48,9 @@ async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIter
         mode = config.power.mode
         if mode is not PowerMode.CHARGE:
             log.info("power mode", mode=str(mode))
-        yield Core(db=db, consumer=PowerConsumer(db, rules, mode), schema=schema)
+        # a row opened within the sync's match tolerance of another's close may be its leg
+        judge = TradeJudge(db, tolerance=sync_settings(config).match_tolerance)
+        yield Core(db=db, consumer=PowerConsumer(db, rules, mode, judge), schema=schema)
 
 
 def sync_settings(config: Config) -> SyncSettings:

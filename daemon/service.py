@@ -348,6 +348,7 @@ class Service:
         first = gauges.oldest_eligible
         metrics.backlog_age.set(max(0.0, (now - first).total_seconds()) if first else 0.0)
         metrics.quarantined.set(gauges.quarantined)
+        metrics.held.set(gauges.held)
         metrics.cursor_lag.clear()  # a platform no longer polled has no lag, not its last one
         for platform, oldest in gauges.oldest_cursor.items():
             metrics.cursor_lag.labels(platform).set((now - oldest).total_seconds())

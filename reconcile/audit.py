@@ -11,14 +11,21 @@
    a lock and writes an absolute balance: a daemon debit between its read and write is lost, and
    this is where it shows) - every such wallet is listed with both figures;
 6. no eligible order (closed, profitable, unconsumed) waits longer than one compensation
-   interval - the backlog;
+   interval - the backlog; a closing leg (reconcile.trades) or a dismissed row is not eligible,
+   and a held one is listed by check 10 instead;
 7. no closed profitable unconsumed order has the engine's placeholder close time (2006): those
    are never charged, so they are listed;
 8. no unusable exchange record waits in quarantine (its close is neither recorded nor charged);
 9. every correction is an entry: its own power_consume_adjust ledger row (same user and order,
    change = −delta), every such ledger row has its correction, and each order's revisions run
    1, 2, ... each starting where the previous ended (revision 1 at the consume row's profit and
-   charge), delta = new_charge − old_charge.
+   charge), delta = new_charge − old_charge;
+10. no row is held (possibly another row's closing leg, or awaiting the exchange sync) for
+    longer than one compensation interval - each waits for the sync or an operator
+    (``held charge`` / ``held dismiss``), so each is listed with its reason;
+11. no closing leg carries a charge (reconcile.trades, rules operator, close_order_id and
+    exchange_record): every leg an earlier release or hotgo's own charging charged is listed
+    with its user, amount and trade - an over-charge for the runbook to refund.
 
 Each check reports a count and a few examples. Sums run in SQL on MySQL (exact DECIMAL); on
 SQLite, which holds decimals as text, they are added up in Python.
@@ -45,11 +52,14 @@ from reconcile.schema import (
     quarantine,
     table_names,
     trading_order,
+    verdict,
     wallet,
     wallet_log,
 )
+from reconcile.trades import TradeJudge, Verdict, settled_rows
 
 EXAMPLES = 10
+JUDGED_PER_READ = 1000  # rows judged per statement set (reconcile.trades)
 LEDGER_TYPES = (CONSUME, REFUND, REFUND_REVERSAL, ADJUST)
 
 
@@ -85,10 +95,11 @@ async def audit(db: Database, *, backlog_after: timedelta) -> AuditReport:
                 await _sums(conn, not db.dialect.text_decimals, corrections),
                 chains,
                 await _wallets(balances, last),
-                await _backlog(conn, db, backlog_after),
+                *await _backlog(conn, db, backlog_after),
                 await _placeholder_close_times(conn, db),
                 await _quarantined(conn),
                 await _corrections(conn, corrections),
+                await _charged_legs(conn, db, corrections),
             ]
         )
 
@@ -276,19 +287,70 @@ async def _placeholder_close_times(conn: AsyncConnection, db: Database) -> Check
     return check
 
 
-async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -> Check:
+async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -> list[Check]:
+    """Checks 6 and 10: the eligible orders older than ``older_than``, each judged (legs and
+    dismissed rows are not eligible; a held row is listed apart, with its reason)."""
     check = Check("backlog", f"no eligible order unconsumed for longer than {older_than}")
+    held = Check("held", f"no row held for longer than {older_than} (see `held list`)")
     o = trading_order.c
     cutoff = db.to_db_time(datetime.now(UTC) - older_than)
+    own = verdict.name in await table_names(conn)  # before `migrate up`: no verdicts
     waiting = (
         select(o.id.label("order_id"), o.user_id, o.close_time, o.realized_profit)
-        .where(*eligible_sql(db.dialect), o.close_time < cutoff)
-        .order_by(o.close_time)
+        .where(
+            *eligible_sql(db.dialect),
+            o.close_time < cutoff,
+            *((~settled_rows(o.id),) if own else ()),
+        )
+        .order_by(o.close_time, o.id)
     )
-    check.violations = (
-        await conn.execute(select(func.count()).select_from(waiting.subquery()))
-    ).scalar_one()
-    check.examples = [dict(r._mapping) for r in await conn.execute(waiting.limit(EXAMPLES))]
+    judge = TradeJudge(db)
+    rows = [dict(r._mapping) for r in await conn.execute(waiting)]
+    for start in range(0, len(rows), JUDGED_PER_READ):
+        part = rows[start : start + JUDGED_PER_READ]
+        judged = await judge.judge(conn, [r["order_id"] for r in part], record=False)
+        for row in part:
+            judgement = judged.get(row["order_id"])
+            if judgement is not None and judgement.verdict is Verdict.HELD:
+                _add(held, {**row, "rule": str(judgement.rule), "reason": judgement.reason})
+            elif judgement is None or judgement.charge:
+                _add(check, row)
+    return [check, held]
+
+
+def _add(check: Check, example: dict[str, Any]) -> None:
+    check.violations += 1
+    if len(check.examples) < EXAMPLES:
+        check.examples.append(example)
+
+
+async def _charged_legs(conn: AsyncConnection, db: Database, present: bool) -> Check:
+    """Check 11: the charged rows that are closing legs. Only a row with an exchange order id
+    can be one (a POS-... placeholder is a position the engine back-filled, never a leg)."""
+    check = Check("charged_legs", "no closing leg of another row's trade carries a charge")
+    if not present:  # before `migrate up`: the daemon's tables (and its verdicts) are not there
+        return check
+    o, c = trading_order.c, power_consume.c
+    stmt = (
+        select(c.order_id, c.user_id, c.consume_power, o.order_sn)
+        .join(trading_order, o.id == c.order_id)
+        .where(
+            o.exchange_order_id.is_not(None),
+            o.exchange_order_id != "",
+            ~o.exchange_order_id.like("POS-%"),
+        )
+        .order_by(c.order_id)
+    )
+    rows = [dict(r._mapping) for r in await conn.execute(stmt)]
+    judge = TradeJudge(db)
+    for start in range(0, len(rows), JUDGED_PER_READ):
+        part = rows[start : start + JUDGED_PER_READ]
+        judged = await judge.judge(conn, [r["order_id"] for r in part], record=False)
+        for row in part:
+            judgement = judged.get(row["order_id"])
+            if judgement is not None and judgement.verdict is Verdict.LEG:
+                _add(check, {**row, "trade_order_id": judgement.trade_order_id,
+                             "rule": str(judgement.rule)})  # fmt: skip
     return check
 
 

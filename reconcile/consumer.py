@@ -66,6 +66,7 @@ from reconcile.schema import (
     toogo_user,
     trading_order,
 )
+from reconcile.trades import TradeJudge, Verdict, settled_rows
 
 log = structlog.get_logger("reconcile.consumer")
 
@@ -76,6 +77,7 @@ class Source(StrEnum):
     REALTIME = "realtime"
     SWEEP = "sweep"
     HISTORY = "history"
+    OPERATOR = "operator"  # `held charge`: an operator's decision on a held row
 
 
 class PowerMode(StrEnum):
@@ -92,6 +94,8 @@ class Outcome(StrEnum):
     SKIPPED_DUPLICATE = "skipped_duplicate"
     NOT_ELIGIBLE = "not_eligible"
     WOULD_CHARGE = "would_charge"  # shadow mode: recorded in the shadow table
+    LEG = "leg"  # a closing leg of another row's trade (reconcile.trades): never charged
+    HELD = "held"  # possibly a leg, or awaiting the exchange sync: not charged yet
 
 
 OFF_REASON = "charging is off (power.mode: off)"
@@ -187,10 +191,17 @@ async def load_power_rules(db: Database, override: PowerOverride) -> PowerRules:
 class PowerConsumer:
     """Charges orders exactly once. Safe under any concurrency, by construction."""
 
-    def __init__(self, db: Database, rules: PowerRules, mode: PowerMode = PowerMode.CHARGE) -> None:
+    def __init__(
+        self,
+        db: Database,
+        rules: PowerRules,
+        mode: PowerMode = PowerMode.CHARGE,
+        judge: TradeJudge | None = None,
+    ) -> None:
         self.db = db
         self.rules = rules
         self.mode = mode
+        self.judge = judge or TradeJudge(db)
 
     @property
     def sweep_passes(self) -> tuple[int, ...]:
@@ -283,6 +294,7 @@ class PowerConsumer:
         )
         if self.mode is PowerMode.SHADOW:
             scan = shadow.unrecorded(scan)
+        scan = scan.where(~settled_rows(o.id))  # legs and dismissed rows: never charged
         page = Page()
 
         async def unit(conn: AsyncConnection) -> _Settlement:
@@ -388,7 +400,9 @@ class PowerConsumer:
         if not eligible:
             return out
         if self.mode is PowerMode.SHADOW:
-            await self._shadow(conn, eligible, source, now, out)
+            trades = await self._trades_only(conn, eligible, out)
+            if trades:
+                await self._shadow(conn, trades, source, now, out)
             return out
 
         stale = (
@@ -424,6 +438,7 @@ class PowerConsumer:
             else:
                 to_charge.append(order)
 
+        to_charge = await self._trades_only(conn, to_charge, out)
         if to_charge:
             if in_sql:
                 await self._debit_in_sql(conn, to_charge, source, now, out)
@@ -438,6 +453,40 @@ class PowerConsumer:
                 skipped_duplicate.insert(), [{**row, "created_at": now} for row in out.skips]
             )
         return out
+
+    async def _trades_only(
+        self, conn: AsyncConnection, orders: list[OrderRow], out: _Settlement
+    ) -> list[OrderRow]:
+        """Those of ``orders`` that are trades; a leg or a held row gets its result here
+        (reconcile.trades decides; a leg found now is recorded in this transaction)."""
+        if not orders:
+            return orders
+        judged = await self.judge.judge(conn, [o.id for o in orders])
+        trades: list[OrderRow] = []
+        for order in orders:
+            judgement = judged.get(order.id)
+            if judgement is None or judgement.charge:
+                trades.append(order)
+                continue
+            outcome = {Verdict.LEG: Outcome.LEG, Verdict.HELD: Outcome.HELD}.get(
+                judgement.verdict, Outcome.NOT_ELIGIBLE
+            )
+            out.results.append(ChargeResult(order.id, outcome, reason=judgement.reason))
+            if judgement.new:
+                out.events.append(
+                    (
+                        "leg recognized",
+                        {
+                            "order_id": order.id,
+                            "user_id": order.user_id,
+                            "order_sn": order.order_sn,
+                            "trade_order_id": judgement.trade_order_id,
+                            "rule": str(judgement.rule),
+                            "profit": order.realized_profit,
+                        },
+                    )
+                )
+        return trades
 
     async def _shadow(
         self,

@@ -14,6 +14,10 @@ b. **order id** - one of the record's own exchange order ids (binance/bybit ``or
    bitget ids where the payload has them), or its record key, equals ``close_order_id`` or
    ``exchange_order_id`` of an order of the stream's robots: the exchange itself says so. (The
    record key covers orders the first release inserted or filled, which it keyed by record key.)
+   An engine row whose ``exchange_order_id`` is the record's closing order and which opened when
+   the record closed (within ``match_tolerance``) is that order's **leg** (upstream's
+   ``SyncOrderHistoryToDB`` writes one per closing order, reconcile.trades): never the record's
+   order. It is reported in ``Decision.legs`` and left out of every rule below.
 c. **close time** - a closed order of those robots, same symbol and direction, not yet bound to
    another record, with a real close time within ``match_tolerance`` of the record's, *whatever
    its exchange_order_id*: the engine recorded this close. Nearest close time wins, then nearest
@@ -40,7 +44,7 @@ matched on its close time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -99,6 +103,8 @@ class Decision:
     rule: Rule
     order: Candidate | None = None  # None: insert
     kind: Kind | None = None  # the binding to write (None: none, e.g. rule a or not closable)
+    #: engine rows opened by the record's closing order: legs of the trade the record closes
+    legs: tuple[Candidate, ...] = ()
 
     @property
     def closes(self) -> bool:
@@ -163,24 +169,38 @@ def _decide_one(
         return Decision(record, Rule.BINDING, orders.get(bound[record.record_key]))
     # b. the exchange's own order ids (and the order_sn of an order inserted for this record)
     refs = [*record.exchange_order_ids, record.record_key, *((own_sn,) if own_sn else ())]
+    matched = {c.id: c for ref in refs for c in by_id.get(ref, ())}
+    legs = tuple(c for c in matched.values() if _opened_by_close(c, record, close_time, tol))
     by_ref = sorted(
-        {c.id: c for ref in refs for c in by_id.get(ref, ())}.values(),
+        (c for c in matched.values() if c not in legs),
         key=lambda c: (c.close_order_id not in refs, c.id),
     )
     if by_ref:
         order = by_ref[0]
         if order.bound:
-            return _part_or_ambiguous(record, order, tol)
+            return replace(_part_or_ambiguous(record, order, tol), legs=legs)
         if order.status == Status.CLOSED:
-            return Decision(record, Rule.ORDER_ID, order, Kind.ORDER)
+            return Decision(record, Rule.ORDER_ID, order, Kind.ORDER, legs)
         if order.status == Status.OPEN:
-            return Decision(record, Rule.OPEN, order, Kind.ORDER)
-        return Decision(record, Rule.NOT_CLOSABLE, order)  # pending, cancelled, failed
+            return Decision(record, Rule.OPEN, order, Kind.ORDER, legs)
+        return Decision(record, Rule.NOT_CLOSABLE, order, legs=legs)  # pending, cancelled, failed
+    return replace(_by_time(record, close_time, orders, symbol, tol, legs), legs=legs)
+
+
+def _by_time(
+    record: ClosedPosition,
+    close_time: datetime,
+    orders: dict[int, Candidate],
+    symbol: str,
+    tol: Tolerances,
+    legs: tuple[Candidate, ...],
+) -> Decision:
+    """Rules c-f: the record's evidence is its time, symbol, direction and size."""
     # the engine's orders: an order the daemon inserted for another record is that record's
     same = [
         c
         for c in orders.values()
-        if c.symbol == symbol and c.direction == record.direction and not c.own
+        if c.symbol == symbol and c.direction == record.direction and not c.own and c not in legs
     ]
     # c. the engine recorded this close: nearest close time, then nearest quantity, lowest id
     window = [
@@ -192,7 +212,10 @@ def _decide_one(
     ]
     free = [c for c in window if not c.bound]
     if free:
-        best = min(free, key=lambda c: _nearness(c, record, close_time))
+        # a row shaped like another's closing leg (reconcile.trades, rule shape) comes last
+        best = min(
+            free, key=lambda c: (_leg_shaped(c, same, tol), *_nearness(c, record, close_time))
+        )
         return Decision(record, Rule.CLOSE_TIME, best, Kind.ORDER)
     # d. a part of a position the engine recorded as one order
     spanning = [
@@ -218,6 +241,30 @@ def _decide_one(
         return Decision(record, Rule.OPEN, best, Kind.ORDER)
     # f. a position the local table never saw
     return Decision(record, Rule.INSERT, None, Kind.ORDER)
+
+
+def _opened_by_close(
+    c: Candidate, record: ClosedPosition, close_time: datetime, tol: Tolerances
+) -> bool:
+    """An engine row opened by the record's own closing order: its leg, not its order."""
+    return (
+        not c.own
+        and bool(c.exchange_order_id)
+        and c.exchange_order_id in record.exchange_order_ids
+        and abs(c.open_time - close_time) <= tol.match
+    )
+
+
+def _leg_shaped(c: Candidate, others: Sequence[Candidate], tol: Tolerances) -> bool:
+    """``c`` opened inside another closed row's lifetime, no larger than it (see trades)."""
+    return any(
+        t.id != c.id
+        and t.status == Status.CLOSED
+        and real_close_time(t.close_time)
+        and t.open_time < c.open_time <= t.close_time + tol.match  # type: ignore[operator]
+        and c.quantity <= t.quantity
+        for t in others
+    )
 
 
 def _part_or_ambiguous(record: ClosedPosition, order: Candidate, tol: Tolerances) -> Decision:

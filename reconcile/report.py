@@ -19,6 +19,10 @@ skipped_duplicates      ``toogo_reconcile_skip`` (one row per ``skip duplicate``
 refunds, refunded       ``toogo_reconcile_refund`` not reversed                   the refund
 corrections, corrected  ``hg_toogo_wallet_log`` ``power_consume_adjust`` rows     the entry
 quarantined             ``toogo_reconcile_quarantine``                            first seen
+trades, legs, held      closed orders, each judged by reconcile.trades: a trade,  close_time
+                        a closing leg of another row's trade, or held (possibly
+                        a leg, or awaiting the exchange sync); a dismissed row
+                        counts in none
 unseen_closes           closed orders of a stream with no binding of any kind,    close_time
                         closed where the exchange has been read: after the
                         stream's first poll less ``sync.lookback`` (bounded by
@@ -74,14 +78,19 @@ from reconcile.schema import (
     trading_robot,
     wallet_log,
 )
+from reconcile.trades import TradeJudge, Verdict
 
 ZERO = Decimal(0)
+JUDGED_PER_READ = 1000
 CORRECTION = ledger.ADJUST  # the ledger's change type of a correction (reconcile.corrections)
 #: binding rules of a record bound to a local order that existed (``backfill``: `migrate up`)
 MATCH_RULES = ("order_id", "close_time", "backfill")
 
 #: what each figure means (the command's --help, README "Reports")
 COLUMNS: dict[str, str] = {
+    "trades": "closed orders that are trades (reconcile.trades: one per exchange close)",
+    "legs": "closed orders that are the closing leg of another order's trade (never charged)",
+    "held": "closed orders held uncharged: possibly a leg, or awaiting the exchange sync",
     "closes_seen": "exchange records the history sync bound (= matched + closed + inserted"
     " + parts + ambiguous)",
     "matched": "records matched to a local order the engine had closed",
@@ -119,6 +128,9 @@ class Scope:
 
 @dataclass
 class Figures:
+    trades: int = 0
+    legs: int = 0
+    held: int = 0
     closes_seen: int = 0
     matched: int = 0
     closed: int = 0
@@ -222,6 +234,7 @@ class _Reader:
                 cell = grid[(values.pop("account_id"), values.pop("user_id"))]
                 for name, value in values.items():
                     setattr(cell, name, getattr(cell, name) + _figure(name, value))
+        await self._judged(conn, grid)
         a = trading_api_config.c
         ids = sorted(k for k, _ in grid if k is not None)
         labels: dict[int, tuple[str | None, int | None]] = {
@@ -326,6 +339,41 @@ class _Reader:
         source = quarantine.outerjoin(trading_api_config, a.id == q.account_id)
         figures = [func.count().label("quarantined")]
         return self._grouped(source, q.account_id, a.user_id, q.first_seen, self.utc, figures)
+
+    async def _judged(self, conn: AsyncConnection, grid: dict[Cell, Figures]) -> None:
+        """trades / legs / held: every closed order of the period judged (read-only), a
+        thousand per statement set."""
+        o, rb = trading_order.c, trading_robot.c
+        source = trading_order.outerjoin(trading_robot, rb.id == o.robot_id)
+        scoped = [
+            *((rb.api_config_id == self.scope.account_id,) if self.scope.account_id else ()),
+            *((o.user_id == self.scope.user_id,) if self.scope.user_id is not None else ()),
+        ]
+        stmt = (
+            select(o.id, rb.api_config_id, o.user_id)
+            .select_from(source)
+            .where(
+                o.status == int(Status.CLOSED),
+                o.close_time >= self.local[0],
+                o.close_time < self.local[1],
+                *scoped,
+            )
+            .order_by(o.id)
+        )
+        rows = list(await conn.execute(stmt))
+        judge = TradeJudge(self.db, tolerance=self.sync.match_tolerance)
+        for start in range(0, len(rows), JUDGED_PER_READ):
+            part = rows[start : start + JUDGED_PER_READ]
+            judged = await judge.judge(conn, [r.id for r in part], record=False)
+            for order_id, account_id, user_id in part:
+                judgement = judged.get(order_id)
+                if judgement is None:
+                    continue
+                figure = {Verdict.TRADE: "trades", Verdict.LEG: "legs", Verdict.HELD: "held"}
+                name = figure.get(judgement.verdict)
+                if name is not None:
+                    cell = grid[(account_id, user_id)]
+                    setattr(cell, name, getattr(cell, name) + 1)
 
     async def _unseen_closes(self, conn: AsyncConnection) -> Select[Any]:
         """Closed orders with no binding of any kind, of a stream the exchange was read for

@@ -434,10 +434,47 @@ shadow_charge = Table(
     Index("idx_shadow_created", "created_at"),
 )
 
+record_order_id = Table(
+    # The exchange order ids a record names (binance's and bybit's closing orderId), one row each,
+    # written with the record: which local row was opened by a closing order (reconcile.trades,
+    # rule exchange_record). Keyed like the record.
+    "toogo_reconcile_record_order",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("platform", String(20), nullable=False),
+    Column("account_id", BigInteger, nullable=False),
+    Column("record_key", String(128), nullable=False),
+    Column("exchange_order_id", String(100), nullable=False),
+    UniqueConstraint(
+        "platform", "account_id", "record_key", "exchange_order_id", name="uk_record_order"
+    ),
+    Index("idx_record_order_id", "exchange_order_id"),
+)
+
+verdict = Table(
+    # What a closed row of hg_trading_order is, where that is not simply "a trade"
+    # (reconcile.trades): a leg of another row's trade (found by the daemon, never charged), or an
+    # operator's decision on a held row: charge it as a trade, or dismiss it. One row per order.
+    "toogo_reconcile_verdict",
+    own_metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("order_id", BigInteger, nullable=False),
+    Column("verdict", String(10), nullable=False),  # leg | trade | dismissed
+    Column("rule", String(20), nullable=False),
+    Column("trade_order_id", BigInteger, nullable=True),  # a leg's trade
+    Column("actor", String(64), nullable=False),  # daemon, or the operator's --by
+    Column("note", String(255), nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("order_id", name="uk_verdict_order"),
+    Index("idx_verdict_kind", "verdict", "order_id"),
+)
+
 OWN_TABLES = (
     stream_cursor,
     binding,
     exchange_record,
+    record_order_id,
+    verdict,
     quarantine,
     refund,
     skipped_duplicate,

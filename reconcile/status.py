@@ -31,6 +31,7 @@ from reconcile.schema import (
     trading_order,
     trading_robot,
 )
+from reconcile.trades import TradeJudge, Verdict, settled_rows
 
 # -- where a database URL points ------------------------------------------------------------------
 
@@ -88,20 +89,28 @@ class Gauges:
     oldest_cursor: dict[str, datetime] = field(default_factory=dict)
     #: the close time of the oldest order in the backlog (aware), None when there is none
     oldest_eligible: datetime | None = None
+    #: rows held by reconcile.trades (possibly a leg, awaiting the sync): not in the backlog
+    held: int = 0
+
+
+#: the oldest backlog rows judged per refresh (reconcile.trades): a held row further back still
+#: counts in the backlog until the backlog before it shrinks
+HELD_SCAN = 5000
 
 
 async def read_gauges(db: Database, *, lookback: timedelta, running_status: int) -> Gauges:
-    """The backlog, its oldest order, the quarantine and the cursors' lag. The lag counts only
+    """The backlog (less legs, dismissed and held rows), its oldest order, the held rows, the
+    quarantine and the cursors' lag. The lag counts only
     the cursors of streams the history sync still polls (a running robot, not deleted, on an
     enabled account: the sync's own choice): a stopped robot's cursor stays where it was and
     would otherwise read as a stream falling ever further behind."""
     o, c, r, a = trading_order.c, stream_cursor.c, trading_robot.c, trading_api_config.c
     since = db.to_db_time(datetime.now(UTC) - lookback)
-    backlog_query = (
-        select(func.count(), func.min(o.close_time))
-        .select_from(trading_order)
-        .where(*eligible_sql(db.dialect), o.close_time >= since)
-    )
+    waiting = (*eligible_sql(db.dialect), o.close_time >= since, ~settled_rows(o.id))
+    backlog_query = select(func.count()).select_from(trading_order).where(*waiting)
+    # the oldest rows of the backlog, judged: the held ones are counted apart
+    oldest_query = select(o.id, o.close_time).where(*waiting).order_by(o.close_time, o.id)
+    judge = TradeJudge(db)
     polled = (
         select(r.id)
         .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
@@ -117,16 +126,28 @@ async def read_gauges(db: Database, *, lookback: timedelta, running_status: int)
     )
     lag_query = select(c.platform, func.min(c.complete_until)).where(polled).group_by(c.platform)
 
-    async def read(conn: AsyncConnection) -> tuple[int, datetime | None, dict[str, datetime]]:
-        backlog, oldest = (await conn.execute(backlog_query)).one()
+    async def read(
+        conn: AsyncConnection,
+    ) -> tuple[int, int, datetime | None, dict[str, datetime]]:
+        backlog = int((await conn.execute(backlog_query)).scalar_one())
+        rows = list(await conn.execute(oldest_query.limit(HELD_SCAN)))
+        judged = await judge.judge(conn, [r.id for r in rows], record=False)
+        held = {i for i, j in judged.items() if j.verdict is Verdict.HELD}
+        oldest = next((t for i, t in rows if i not in held), None)
+        if oldest is None and backlog > len(rows):  # every row scanned is held
+            oldest = rows[-1].close_time
         lags = await conn.execute(lag_query)
         cursors = {p: t.replace(tzinfo=UTC) for p, t in lags if t is not None}
-        return int(backlog), oldest and db.from_db_time(oldest), cursors
+        return backlog - len(held), len(held), oldest and db.from_db_time(oldest), cursors
 
-    backlog, oldest, cursors = await db.transaction(read, what="refresh metrics")
+    backlog, held, oldest, cursors = await db.transaction(read, what="refresh metrics")
     quarantined = await quarantine.unresolved_count(db)
     return Gauges(
-        backlog=backlog, quarantined=quarantined, oldest_cursor=cursors, oldest_eligible=oldest
+        backlog=backlog,
+        quarantined=quarantined,
+        oldest_cursor=cursors,
+        oldest_eligible=oldest,
+        held=held,
     )
 
 

@@ -50,6 +50,8 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
     skipped_duplicate: int = 0
     not_eligible: int = 0
     would_charge: int = 0  # shadow mode
+    legs: int = 0  # closing legs of other rows' trades (reconcile.trades): never charged
+    held: int = 0  # possibly legs, or awaiting the exchange sync: not charged yet
     failed: int = 0
     pages: int = 0
     elapsed: float = 0.0
@@ -64,6 +66,10 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
             self.skipped_duplicate += 1
         elif result.outcome is Outcome.WOULD_CHARGE:
             self.would_charge += 1
+        elif result.outcome is Outcome.LEG:
+            self.legs += 1
+        elif result.outcome is Outcome.HELD:
+            self.held += 1
         else:
             self.not_eligible += 1
 
@@ -79,6 +85,8 @@ class SweepSummary:  # counts of one pass; ``merge`` adds up the passes of sever
         self.skipped_duplicate += other.skipped_duplicate
         self.not_eligible += other.not_eligible
         self.would_charge += other.would_charge
+        self.legs += other.legs
+        self.held += other.held
         self.failed += other.failed
         self.pages += other.pages
         self.interrupted |= other.interrupted

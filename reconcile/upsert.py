@@ -41,7 +41,9 @@ from reconcile.errors import DatabaseError
 from reconcile.matching import Candidate, Decision, Kind, Rule, Tolerances, decide
 from reconcile.orders import Status, ineligibility, real_close_time
 from reconcile.records import ClosedPosition, ProfitBasis, profit_of
-from reconcile.schema import binding, exchange_record, trading_order
+from reconcile.schema import binding, exchange_record, record_order_id, trading_order
+from reconcile.trades import Judgement, Verdict, record_legs
+from reconcile.trades import Rule as TradeRule
 
 log = structlog.get_logger("reconcile.history")
 
@@ -49,6 +51,7 @@ PROFIT_QUANTUM = Decimal("0.0001")  # hg_trading_order.realized_profit is DECIMA
 PRICE_QUANTUM = Decimal("0.0001")
 QTY_QUANTUM = Decimal("0.00000001")
 CLOSE_REASON = "exchange_sync"
+LEG_RULE = TradeRule.EXCHANGE_RECORD
 
 
 class Conflict(DatabaseError):
@@ -301,6 +304,13 @@ class PageWriter:
                         self._fields(d, action="bound as ambiguous; nothing inserted"),
                     )
                 )
+        legs = [
+            Judgement(leg.id, Verdict.LEG, LEG_RULE, order_of.get(d.record.record_key))
+            for d, _ in plan
+            for leg in d.legs
+        ]
+        if legs:  # rows the records' closing orders opened: never charged (reconcile.trades)
+            await record_legs(conn, self.db, legs)
         bindings = [
             {
                 "platform": self.stream.platform,
@@ -319,6 +329,20 @@ class PageWriter:
             await conn.execute(binding.insert(), bindings)
             records = [self._record_row(d.record, t, now) for d, t in plan if d.kind is not None]
             await conn.execute(exchange_record.insert(), records)
+            order_ids = [
+                {
+                    "platform": self.stream.platform,
+                    "account_id": self.stream.account_id,
+                    "record_key": d.record.record_key,
+                    "exchange_order_id": ref,
+                }
+                for d, _ in plan
+                if d.kind is not None
+                for ref in sorted(set(d.record.exchange_order_ids))
+                if ref
+            ]
+            if order_ids:  # the rows these closing orders opened are legs (reconcile.trades)
+                await conn.execute(record_order_id.insert(), order_ids)
         return to_charge
 
     def _record_row(

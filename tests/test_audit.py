@@ -166,7 +166,7 @@ async def test_audit_command(mysql_url: str, tmp_path: Path) -> None:
         cfg = write_config(tmp_path / "c.yaml", mysql_url)
         code, out, err = await run_cli(cfg, "audit")
         assert code == 0, err
-        assert out.count("✓") == 9
+        assert out.count("✓") == 11  # the nine ledger checks, held rows, charged legs
         await flag_without_consume(db)
         code, out, _ = await run_cli(cfg, "audit", "--json")
         assert code == 1

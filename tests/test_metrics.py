@@ -150,7 +150,7 @@ async def test_the_metrics_the_alert_rules_read(
         for line in clean.splitlines()
         if line.startswith("toogo_audit_violations{")
     }
-    assert len(audit_checks) == 9, audit_checks
+    assert len(audit_checks) == 11, audit_checks  # the ledger checks, held, charged_legs
     assert all(sample(clean, "toogo_audit_violations", check=c) == 0 for c in audit_checks)
     for kind in ("charge_failed", "stream_failed", "job_failed", "sweep_aborted"):
         assert sample(clean, "toogo_failures_total", kind=kind) == 0, clean

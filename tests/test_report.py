@@ -46,22 +46,25 @@ def figures(**given: Any) -> dict[str, Any]:
 
 #: the hand count of what `seed` plants, for the default period (the last 7 days)
 ACCOUNT_10 = figures(
+    trades=5,  # E1, E2 (closed by rec2), rec3's inserted order, E5, E6: no legs among them
     closes_seen=3, matched=1, closed=1, inserted=1,  # rec1 -> E1, rec2 closes E2, rec3 inserted
     charges=5, charged="3.41",  # E2 0.98, rec3 0.98 (sync); E1 0.95, E5 0.2 (sweep); E6 0.3 (hotgo)
     skipped_duplicates=1,  # E6: charged by hotgo, flag lost
     corrections=1, corrected="-0.03", profit_mismatches=1,  # E1: 9.5 locally, 9.8 on binance
     quarantined=1, unseen_closes=2,  # E5, E6: closed locally, no exchange record
 )  # fmt: skip
-ACCOUNT_20 = figures(charges=1, charged="0.5", refunds=1, refunded="0.5")  # L, deduped
-NO_ACCOUNT = figures(charges=1, charged="0.1")  # E8: its robot is gone
-USER_7 = figures(**{**ACCOUNT_10, "charges": 6, "charged": Decimal("3.51")})
+ACCOUNT_20 = figures(trades=1, charges=1, charged="0.5", refunds=1, refunded="0.5")  # L
+NO_ACCOUNT = figures(trades=1, charges=1, charged="0.1")  # E8: its robot is gone
+USER_7 = figures(**{**ACCOUNT_10, "trades": 6, "charges": 6, "charged": Decimal("3.51")})
 USER_8 = ACCOUNT_20
 TOTAL = figures(
-    **{**ACCOUNT_10, "charges": 7, "charged": Decimal("4.01"), "refunds": 1,
+    **{**ACCOUNT_10, "trades": 7, "charges": 7, "charged": Decimal("4.01"), "refunds": 1,
        "refunded": Decimal("0.5")}
 )  # fmt: skip
 #: --since 30d --until 5d: E7's charge and its correction, 10 days old
-OLD_ACCOUNT_10 = figures(charges=1, charged="0.4", corrections=1, corrected="0.05")
+OLD_ACCOUNT_10 = figures(
+    trades=1, charges=1, charged="0.4", corrections=1, corrected="0.05"
+)  # fmt: skip
 
 
 @dataclass

@@ -37,6 +37,7 @@ from reconcile.schema import (
     binding,
     exchange_record,
     power_consume,
+    record_order_id,
     shadow_charge,
     stream_cursor,
     table_names,
@@ -44,6 +45,7 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
+from reconcile.schema import verdict as trade_verdict
 from reconcile.shadow import Verdict, compare
 from reconcile.sweep import SweepSettings, sweep
 from tests.fake_exchanges import FAKES, FakeExchange
@@ -312,8 +314,12 @@ async def test_off_mode_writes_nothing_but_orders_and_bindings(
     server_db: Database, server_url: str, tmp_path: Path
 ) -> None:
     async with beside_the_engine(server_db, server_url, tmp_path, "off") as (planted, cfg):
-        # the orders, their bindings with the records bound, the cursors: nothing else
-        reconciled = {trading_order.name, binding.name, exchange_record.name, stream_cursor.name}
+        # the orders, their bindings with the records bound (and the records' order ids, and
+        # the legs those ids reveal), the cursors: nothing else
+        reconciled = {
+            trading_order.name, binding.name, exchange_record.name, record_order_id.name,
+            trade_verdict.name, stream_cursor.name,
+        }  # fmt: skip
         before = await dump(server_db, skip=reconciled)
         flags = await power_columns(server_db)
 

@@ -76,6 +76,16 @@ async def drop_close_id_columns(conn: AsyncConnection) -> None:
         await conn.execute(text(f"ALTER TABLE {trading_order.name} DROP COLUMN {column}"))
 
 
+#: the close-id columns as add_missing_order_fields.sql adds them, for PostgreSQL: upstream's
+#: PostgreSQL DDL lacks them, but its engine writes them (CloseOrder, order_status_sync.go
+#: 1834-1990), so an install the engine runs on has them
+PG_CLOSE_ID_COLUMNS = (
+    "ALTER TABLE hg_trading_order"
+    " ADD COLUMN IF NOT EXISTS close_order_id VARCHAR(100) NULL,"
+    " ADD COLUMN IF NOT EXISTS close_client_order_id VARCHAR(100) NULL"
+)
+
+
 #: the hg_toogo_* tables, for which upstream published no PostgreSQL DDL (see pg_statements)
 TOOGO_TABLES = (power_consume, wallet, wallet_log, toogo_user, toogo_config)
 

@@ -1,0 +1,325 @@
+"""reconcile.trades rule by rule, on MariaDB and PostgreSQL with upstream's DDL.
+
+Each test writes a trade row as upstream's engine closes it (opening id in exchange_order_id,
+closing id in close_order_id: robot_engine.go 7206-7248, order_status_sync.go 1834-1990) and, where
+the rule is about one, its closing leg as ``SyncOrderHistoryToDB`` inserts it (robot.go 1110-1286:
+the closing order's id as exchange_order_id, its price and time as open_price/open_time, ``short``
+for a SELL) and the position check closes it (order_status_sync.go 1122-1168: close_reason
+手动平仓(同步检测), the fill's PnL or a ticker estimate). The consumer then charges what it is
+given; what it charged is read back from hg_toogo_power_consume. tests/test_trades_legs.py runs the
+whole daemon on such data.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconcile.consumer import Outcome, PowerConsumer, Source
+from reconcile.db import Database
+from reconcile.held import decide, list_held
+from reconcile.pricing import PowerRules
+from reconcile.schema import (
+    binding,
+    power_consume,
+    record_order_id,
+    stream_cursor,
+    verdict,
+)
+from reconcile.trades import Rule, TradeJudge, Verdict, symbol_key
+from tests.history_kit import add_account, add_robot
+from tests.seed import engine_order_id, insert_order
+from tests.upstream import PG_CLOSE_ID_COLUMNS
+
+pytestmark = pytest.mark.mysql
+
+RULES = PowerRules(Decimal("0.10"), Decimal("0.01"), vip_discount=False)
+LEG_REASON = "手动平仓(同步检测)"
+
+
+async def trade_and_leg(
+    db: Database,
+    *,
+    robot_id: int = 100,
+    leg_robot_id: int | None = None,
+    direction: str = "long",
+    leg_direction: str = "short",
+    leg_profit: str = "3.0000",
+    close_ids: bool = True,
+) -> tuple[int, int, str]:
+    """A closed trade and its closing leg, both profitable; (trade id, leg id, closing id)."""
+    now = db.now()
+    opened, closed = now - timedelta(hours=2), now - timedelta(minutes=30)
+    closing = engine_order_id()
+    trade = await insert_order(
+        db, user_id=7, robot_id=robot_id, direction=direction, open_time=opened,
+        close_time=closed, open_price=Decimal("60000"), close_price=Decimal("60300"),
+        quantity=Decimal("0.01"), realized_profit=Decimal("3.0000"),
+        **({"close_order_id": closing} if close_ids else {}),
+    )  # fmt: skip
+    leg = await insert_order(
+        db, user_id=7, robot_id=leg_robot_id or robot_id, direction=leg_direction,
+        exchange_order_id=closing, open_price=Decimal("60300"), open_time=closed,
+        created_at=closed, quantity=Decimal("0.01"), leverage=0, margin=Decimal("0"),
+        close_time=closed + timedelta(seconds=40), close_price=Decimal("60300"),
+        realized_profit=Decimal(leg_profit), close_reason=LEG_REASON,
+        **({"close_order_id": closing} if close_ids else {}),
+    )  # fmt: skip
+    return trade, leg, closing
+
+
+async def charged(db: Database) -> dict[int, Decimal]:
+    async def read(conn: AsyncConnection) -> dict[int, Decimal]:
+        c = power_consume.c
+        return {
+            r.order_id: r.consume_power
+            for r in await conn.execute(select(c.order_id, c.consume_power))
+        }
+
+    return await db.transaction(read, what="read charges")
+
+
+async def insert(db: Database, table: Any, **values: Any) -> None:
+    async def ins(conn: AsyncConnection) -> None:
+        await conn.execute(table.insert().values(**values))
+
+    await db.transaction(ins, what=f"seed {table.name}")
+
+
+async def verdicts(db: Database) -> dict[int, tuple[str, str, int | None]]:
+    async def read(conn: AsyncConnection) -> dict[int, tuple[str, str, int | None]]:
+        v = verdict.c
+        rows = await conn.execute(select(v.order_id, v.verdict, v.rule, v.trade_order_id))
+        return {r.order_id: (r.verdict, r.rule, r.trade_order_id) for r in rows}
+
+    return await db.transaction(read, what="read verdicts")
+
+
+@pytest.fixture
+async def account(server_db: Database) -> Database:
+    if server_db.dialect.is_postgresql:
+
+        async def columns(conn: AsyncConnection) -> None:
+            await conn.exec_driver_sql(PG_CLOSE_ID_COLUMNS)
+
+        await server_db.transaction(columns, what="the close-id columns")
+    await add_account(server_db, 10, user_id=7)
+    await add_robot(server_db, 100, user_id=7, account_id=10)
+    await add_robot(server_db, 101, user_id=7, account_id=10)  # a second robot, same account
+    return server_db
+
+
+async def test_a_leg_named_by_the_trades_close_order_id_is_never_charged(account: Database) -> None:
+    db = account
+    trade, leg, _ = await trade_and_leg(db, leg_robot_id=101)  # the leg under the other robot
+    consumer = PowerConsumer(db, RULES)
+    batch = await consumer.charge_many([leg, trade], Source.SWEEP)
+    outcomes = {r.order_id: r for r in batch.results}
+    assert outcomes[trade].outcome is Outcome.CHARGED
+    assert outcomes[leg].outcome is Outcome.LEG and f"of order {trade}" in str(outcomes[leg].reason)
+    assert set(await charged(db)) == {trade}
+    assert (await verdicts(db))[leg] == ("leg", "close_order_id", trade)
+    # once recorded, the leg stays a leg: a second pass charges nothing and says why
+    again = await consumer.charge(leg, Source.REALTIME)
+    assert again.outcome is Outcome.LEG and set(await charged(db)) == {trade}
+
+
+async def test_a_close_order_id_on_another_account_is_no_evidence(account: Database) -> None:
+    db = account
+    await add_account(db, 11, user_id=7)
+    await add_robot(db, 110, user_id=7, account_id=11)
+    trade, leg, _ = await trade_and_leg(db, leg_robot_id=110)  # same id, another account
+    results = (await PowerConsumer(db, RULES).charge_many([trade, leg], Source.SWEEP)).results
+    assert {r.order_id: r.outcome for r in results} == {
+        trade: Outcome.CHARGED,
+        leg: Outcome.CHARGED,
+    }
+
+
+async def test_the_exchange_record_of_the_trade_names_its_leg(account: Database) -> None:
+    """No close-id columns on this install; the sync bound binance's close (orderId = the closing
+    order) to the trade, so the row that order opened is its leg."""
+    db = account
+    trade, leg, closing = await trade_and_leg(db, close_ids=False)
+    now = db.now()
+    await insert(db, binding, platform="binance", account_id=10, record_key=closing,
+                 order_id=trade, primary_order_id=trade, kind="order", rule="close_time",
+                 created_at=now)  # fmt: skip
+    await insert(db, record_order_id, platform="binance", account_id=10, record_key=closing,
+                 exchange_order_id=closing)  # fmt: skip
+    results = (await PowerConsumer(db, RULES).charge_many([trade, leg], Source.SWEEP)).results
+    outcomes = {r.order_id: r.outcome for r in results}
+    assert outcomes == {trade: Outcome.CHARGED, leg: Outcome.LEG}
+    assert (await verdicts(db))[leg] == ("leg", "exchange_record", trade)
+
+
+@pytest.mark.parametrize(
+    ("direction", "leg_direction"),
+    [("long", "short"), ("short", "long"), ("short", "short")],
+    ids=["long-sell", "short-oneway-buy", "short-hedge"],
+)
+async def test_a_row_shaped_like_a_leg_is_held_not_charged(
+    account: Database, direction: str, leg_direction: str
+) -> None:
+    """No close ids, no sync: the leg is only "possibly" one (it opened at the trade's close, in
+    its closing direction, as large): held. The trade itself is charged."""
+    db = account
+    trade, leg, _ = await trade_and_leg(
+        db, direction=direction, leg_direction=leg_direction, close_ids=False
+    )
+    consumer = PowerConsumer(db, RULES)
+    results = {
+        r.order_id: r for r in (await consumer.charge_many([trade, leg], Source.SWEEP)).results
+    }
+    assert results[trade].outcome is Outcome.CHARGED
+    assert results[leg].outcome is Outcome.HELD
+    assert f"possibly the closing leg of order {trade}" in str(results[leg].reason)
+    assert set(await charged(db)) == {trade} and leg not in await verdicts(db)
+    listed = await list_held(db, consumer.judge, since=db.now() - timedelta(days=1))
+    assert [(h.order_id, h.rule, h.trade_order_id) for h in listed] == [(leg, "shape", trade)]
+
+
+async def test_a_long_followed_by_a_long_is_not_a_leg(account: Database) -> None:
+    db = account
+    trade, second, _ = await trade_and_leg(db, leg_direction="long", close_ids=False)
+    results = (await PowerConsumer(db, RULES).charge_many([trade, second], Source.SWEEP)).results
+    assert {r.outcome for r in results} == {Outcome.CHARGED}
+
+
+async def test_a_row_bound_by_the_sync_is_a_trade_even_if_shaped_like_a_leg(
+    account: Database,
+) -> None:
+    db = account
+    trade, second, _ = await trade_and_leg(db, close_ids=False)
+    await insert(db, binding, platform="binance", account_id=10, record_key="r-2",
+                 order_id=second, primary_order_id=second, kind="order", rule="close_time",
+                 created_at=db.now())  # fmt: skip
+    results = (await PowerConsumer(db, RULES).charge_many([trade, second], Source.SWEEP)).results
+    assert {r.outcome for r in results} == {Outcome.CHARGED}
+
+
+async def test_a_close_the_sync_has_not_read_yet_waits_for_it(account: Database) -> None:
+    db = account
+    closed = db.now() - timedelta(minutes=1)
+    order = await insert_order(db, user_id=7, robot_id=100, close_time=closed,
+                               open_time=closed - timedelta(hours=1))  # fmt: skip
+    behind = datetime.now(UTC) - timedelta(minutes=5)  # the cursor, in UTC, before the close
+
+    async def cursor(until: datetime, updated: datetime) -> None:
+        await insert(db, stream_cursor, platform="binance", account_id=10, symbol="BTCUSDT",
+                     complete_until=until.replace(tzinfo=None), keys_at_cursor=json.dumps([]),
+                     updated_at=updated)  # fmt: skip
+
+    await cursor(behind, db.now())
+    consumer = PowerConsumer(db, RULES)
+    held = await consumer.charge(order, Source.REALTIME)
+    assert held.outcome is Outcome.HELD and "awaiting the exchange sync" in str(held.reason)
+
+    async def advance(conn: AsyncConnection) -> None:
+        await conn.execute(
+            stream_cursor.update().values(complete_until=datetime.now(UTC).replace(tzinfo=None))
+        )
+
+    await db.transaction(advance, what="the sync read past the close")
+    assert (await consumer.charge(order, Source.REALTIME)).outcome is Outcome.CHARGED
+
+
+async def test_a_stream_the_daemon_stopped_syncing_holds_nothing(account: Database) -> None:
+    db = account
+    order = await insert_order(db, user_id=7, robot_id=100)
+    stale = db.now() - timedelta(days=2)
+    await insert(db, stream_cursor, platform="binance", account_id=10, symbol="BTCUSDT",
+                 complete_until=datetime(2020, 1, 1), keys_at_cursor="[]",
+                 updated_at=stale)  # fmt: skip
+    assert (
+        await PowerConsumer(db, RULES).charge(order, Source.REALTIME)
+    ).outcome is Outcome.CHARGED
+
+
+async def test_an_operator_charges_or_dismisses_a_held_row_once(account: Database) -> None:
+    db = account
+    trade, leg, _ = await trade_and_leg(db, close_ids=False)
+    _, leg2, _ = await trade_and_leg(db, close_ids=False)
+    consumer = PowerConsumer(db, RULES)
+    await consumer.charge_many([trade, leg, leg2], Source.SWEEP)
+
+    first = await decide(db, leg, Verdict.TRADE, actor="ops-anna", note="ticket 42")
+    assert first.changed
+    assert (await consumer.charge(leg, Source.OPERATOR)).outcome is Outcome.CHARGED
+    again = await decide(db, leg, Verdict.TRADE, actor="ops-anna", note=None)
+    assert not again.changed
+    assert (await consumer.charge(leg, Source.OPERATOR)).outcome is Outcome.SKIPPED_DUPLICATE
+
+    assert (await decide(db, leg2, Verdict.DISMISSED, actor="ops-ben", note=None)).changed
+    dismissed = await consumer.charge(leg2, Source.SWEEP)
+    assert dismissed.outcome is Outcome.NOT_ELIGIBLE and "dismissed" in str(dismissed.reason)
+    recorded = await verdicts(db)
+    assert recorded[leg] == ("trade", "operator", None)
+    assert recorded[leg2] == ("dismissed", "operator", None)
+    from reconcile.errors import PermanentError
+
+    with pytest.raises(PermanentError, match="recorded as dismissed"):
+        await decide(db, leg2, Verdict.TRADE, actor="ops-anna", note=None)
+    with pytest.raises(PermanentError, match="charged already"):
+        await decide(db, trade, Verdict.DISMISSED, actor="ops-anna", note=None)
+    assert set(await charged(db)) == {trade, leg}
+
+
+async def test_the_sweep_passes_over_recorded_legs(account: Database) -> None:
+    from reconcile.sweep import SweepSettings, sweep
+
+    db = account
+    trade, leg, _ = await trade_and_leg(db)
+    consumer = PowerConsumer(db, RULES)
+    first = await sweep(consumer, SweepSettings(lookback=timedelta(days=1)))
+    assert (first.charged, first.legs, first.held) == (1, 1, 0)
+    second = await sweep(consumer, SweepSettings(lookback=timedelta(days=1)))
+    assert (second.charged, second.legs, second.held, second.not_eligible) == (0, 0, 0, 0)
+
+    async def count(conn: AsyncConnection) -> int:
+        return int(
+            (await conn.execute(select(func.count()).select_from(power_consume))).scalar_one()
+        )
+
+    assert await db.transaction(count, what="count") == 1
+    assert leg in await verdicts(db) and trade not in await verdicts(db)
+
+
+def test_symbols_compare_in_every_format() -> None:
+    names = ("BTCUSDT", "BTC_USDT", "BTC-USDT-SWAP", "BTC/USDT:USDT", "btc_usdt")
+    assert {symbol_key(s) for s in names} == {"BTCUSDT"}
+    assert Rule("shape") is Rule.SHAPE and isinstance(TradeJudge, type)
+
+
+async def test_audit_lists_a_leg_an_earlier_release_charged(account: Database) -> None:
+    """The first releases charged every closed profitable row: a leg too. The audit names it,
+    with its user, amount and trade; the daemon never charges it (nor anything) again."""
+    from reconcile.audit import audit
+
+    db = account
+    trade, leg, _ = await trade_and_leg(db)
+    old_release = PowerConsumer(db, RULES, judge=TradeJudge(db))
+    # as the earlier release did: no judgement at all, every closed profitable row charged
+    old_release.judge.judge = _every_row_a_trade  # type: ignore[method-assign]
+    await old_release.charge_many([trade, leg], Source.SWEEP)
+    assert set(await charged(db)) == {trade, leg}
+
+    report = await audit(db, backlog_after=timedelta(hours=1))
+    check = next(c for c in report.checks if c.name == "charged_legs")
+    assert not report.ok and check.violations == 1
+    [example] = check.examples
+    assert (example["order_id"], example["user_id"], example["trade_order_id"]) == (leg, 7, trade)
+    assert example["consume_power"] == Decimal("0.30000000") and example["rule"] == "close_order_id"
+    again = await PowerConsumer(db, RULES).charge_many([trade, leg], Source.SWEEP)
+    assert {r.outcome for r in again.results} == {Outcome.SKIPPED_DUPLICATE}
+    assert len(await charged(db)) == 2
+
+
+async def _every_row_a_trade(conn: AsyncConnection, order_ids: Any, **_: Any) -> dict[int, Any]:
+    return {}
