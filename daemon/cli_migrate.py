@@ -9,8 +9,9 @@ stderr as log lines. Every command that changes something only prints its plan u
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import click
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from reconcile import migration as m
 from reconcile.db import Database
+from reconcile.trades import ChargedLeg
 
 TOP_USERS = 20
 REFUND_HELP = "Credit each user's over-charge back to power, one ledger row per order."
@@ -135,12 +137,55 @@ def render_check(r: m.CheckReport) -> None:
             f"last backup: #{b.id} ({b.kind}, {b.created_at:%Y-%m-%d %H:%M:%S}{state}) "
             f"{b.consume_table} ({b.consume_rows} rows), {b.wallet_table} ({b.wallet_rows} rows)"
         )
+    render_legs(r.charged_legs)
     for problem in r.problems:
         out(f"  ✗ {problem}")
     if r.ready:
         out("ready: yes")
     else:
         out("ready: no - `toogo-reconcile migrate up --refund` shows the plan")
+
+
+def render_legs(legs: Sequence[ChargedLeg]) -> None:
+    """The closing legs that carry a charge (README "One trade, one charge"), per order."""
+    total = sum((leg.consume_power for leg in legs), Decimal(0))
+    users = len({leg.user_id for leg in legs})
+    out(f"charged closing legs: {len(legs)} orders, {m.money(total)} power, {users} users")
+    if legs:
+        out(f"  {'order_id':>12} {'user_id':>10} {'trade':>12} {'rule':<16} {'amount':>20}")
+        for leg in legs[:TOP_USERS]:
+            trade = str(leg.trade_order_id or "")
+            out(
+                f"  {leg.order_id:>12} {leg.user_id:>10} {trade:>12} {leg.rule:<16}"
+                f" {leg.consume_power!s:>20}"
+            )
+        if len(legs) > TOP_USERS:
+            out(f"  ... {len(legs) - TOP_USERS} more (`check --json` lists all)")
+
+
+def render_legs_result(r: m.LegsResult) -> None:
+    if r.dry_run:
+        if r.legs:
+            out(
+                f"  refund {m.money(sum((x.consume_power for x in r.legs), Decimal(0)))} power"
+                f" charged on {len(r.legs)} closing legs (with --refund: consume rows backed up"
+                " and deleted, one power_consume_refund ledger row each)"
+            )
+        else:
+            out("  nothing to do: no closing leg carries a charge")
+        return
+    if not r.changed:
+        out(
+            f"legs: {len(r.legs)} charged closing legs"
+            + (" - not refunded (no --refund)" if r.legs and not r.already_refunded else "")
+        )
+        return
+    b = r.backup
+    out(
+        f"legs: refunded {m.money(r.refunded_amount)} power on {r.refunded_rows} closing legs"
+        f" to {len(r.users)} users" + (f" (backup #{b.id}: {b.consume_table})" if b else "")
+    )
+    out("undo: toogo-reconcile migrate rollback --yes (puts the legs' consume rows back)")
 
 
 def render_dedupe(r: m.DedupeResult) -> None:
@@ -441,6 +486,9 @@ def up(
         out("== add-unique-key")
         if result.add_key is not None:
             render_add_key(result.add_key, after_dedupe=True)
+        out("== charged closing legs")
+        if result.legs is not None:
+            render_legs_result(result.legs)
         if result.dry_run:
             out("== verify (after --yes)")
             return EXIT_OK

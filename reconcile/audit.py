@@ -56,7 +56,7 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
-from reconcile.trades import TradeJudge, Verdict, settled_rows
+from reconcile.trades import TradeJudge, Verdict, charged_legs, settled_rows
 
 EXAMPLES = 10
 JUDGED_PER_READ = 1000  # rows judged per statement set (reconcile.trades)
@@ -325,32 +325,16 @@ def _add(check: Check, example: dict[str, Any]) -> None:
 
 
 async def _charged_legs(conn: AsyncConnection, db: Database, present: bool) -> Check:
-    """Check 11: the charged rows that are closing legs. Only a row with an exchange order id
-    can be one (a POS-... placeholder is a position the engine back-filled, never a leg)."""
+    """Check 11: the charged rows that are closing legs (reconcile.trades.charged_legs)."""
     check = Check("charged_legs", "no closing leg of another row's trade carries a charge")
     if not present:  # before `migrate up`: the daemon's tables (and its verdicts) are not there
         return check
-    o, c = trading_order.c, power_consume.c
-    stmt = (
-        select(c.order_id, c.user_id, c.consume_power, o.order_sn)
-        .join(trading_order, o.id == c.order_id)
-        .where(
-            o.exchange_order_id.is_not(None),
-            o.exchange_order_id != "",
-            ~o.exchange_order_id.like("POS-%"),
-        )
-        .order_by(c.order_id)
-    )
-    rows = [dict(r._mapping) for r in await conn.execute(stmt)]
-    judge = TradeJudge(db)
-    for start in range(0, len(rows), JUDGED_PER_READ):
-        part = rows[start : start + JUDGED_PER_READ]
-        judged = await judge.judge(conn, [r["order_id"] for r in part], record=False)
-        for row in part:
-            judgement = judged.get(row["order_id"])
-            if judgement is not None and judgement.verdict is Verdict.LEG:
-                _add(check, {**row, "trade_order_id": judgement.trade_order_id,
-                             "rule": str(judgement.rule)})  # fmt: skip
+    for leg in await charged_legs(conn, db):
+        _add(check, {
+            "order_id": leg.order_id, "user_id": leg.user_id, "order_sn": leg.order_sn,
+            "consume_power": leg.consume_power, "trade_order_id": leg.trade_order_id,
+            "rule": leg.rule,
+        })  # fmt: skip
     return check
 
 

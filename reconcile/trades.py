@@ -46,6 +46,7 @@ from reconcile.db import Database
 from reconcile.orders import Status
 from reconcile.schema import (
     binding,
+    power_consume,
     record_order_id,
     stream_cursor,
     trading_api_config,
@@ -362,6 +363,52 @@ def _gap(a: datetime | None, b: datetime) -> float:
     return (a - b).total_seconds() if a is not None else float("inf")
 
 
+@dataclass(frozen=True)
+class ChargedLeg:
+    """A closing leg that carries a charge (an earlier release's, or hotgo's own)."""
+
+    consume_id: int
+    order_id: int
+    user_id: int
+    order_sn: str
+    consume_power: Decimal
+    trade_order_id: int | None
+    rule: str
+
+
+JUDGED_PER_READ = 1000
+
+
+async def charged_legs(conn: AsyncConnection, db: Database) -> list[ChargedLeg]:
+    """Every charged row that is a closing leg (rules 1-3: read-only), by order id. Only a row
+    with an exchange order id can be one (a ``POS-…`` placeholder is a position the engine
+    back-filled, never a leg); they are judged a thousand at a time."""
+    o, c = trading_order.c, power_consume.c
+    stmt = (
+        select(c.id, c.order_id, c.user_id, o.order_sn, c.consume_power)
+        .join(trading_order, o.id == c.order_id)
+        .where(
+            o.exchange_order_id.is_not(None),
+            o.exchange_order_id != "",
+            ~o.exchange_order_id.like("POS-%"),
+        )
+        .order_by(c.order_id, c.id)
+    )
+    rows = list(await conn.execute(stmt))
+    judge = TradeJudge(db)
+    out: list[ChargedLeg] = []
+    for start in range(0, len(rows), JUDGED_PER_READ):
+        part = rows[start : start + JUDGED_PER_READ]
+        judged = await judge.judge(conn, sorted({r.order_id for r in part}), record=False)
+        for consume_id, order_id, user_id, order_sn, power in part:
+            j = judged.get(order_id)
+            if j is not None and j.verdict is Verdict.LEG:
+                leg = ChargedLeg(consume_id, order_id, user_id, order_sn, power,
+                                 j.trade_order_id, str(j.rule))  # fmt: skip
+                out.append(leg)
+    return out
+
+
 def settled_rows(order_id: Any) -> Any:
     """EXISTS: the order is a leg or dismissed (the sweep's scan passes over those)."""
     v = verdict.c
@@ -391,10 +438,12 @@ async def record_legs(conn: AsyncConnection, db: Database, legs: Sequence[Judgem
 
 
 __all__ = [
+    "ChargedLeg",
     "Judgement",
     "Rule",
     "TradeJudge",
     "Verdict",
+    "charged_legs",
     "record_legs",
     "settled_rows",
     "symbol_key",

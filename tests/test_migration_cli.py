@@ -78,10 +78,13 @@ async def test_check_json_prints_exactly_one_object_with_the_exact_figures(setup
         "toogo_reconcile_cursor": False,
         "toogo_reconcile_quarantine": False,
         "toogo_reconcile_record": False,
+        "toogo_reconcile_record_order": False,
         "toogo_reconcile_refund": False,
         "toogo_reconcile_shadow": False,
         "toogo_reconcile_skip": False,
+        "toogo_reconcile_verdict": False,
     }
+    assert doc["charged_legs"] == [] and doc["charged_legs_amount"] == "0"
     assert any(e.get("event") == "migrate check" for e in stderr_events(err))
 
     code, out, _ = await run_cli(setup.config, "migrate", "check")
@@ -216,7 +219,7 @@ async def test_sqlite_is_refused_as_a_configuration_error(tmp_path: Path) -> Non
 async def test_rollback_of_an_unknown_backup_exits_1(setup: Setup) -> None:
     assert (await run_cli(setup.config, "migrate", "up", "--refund", "--yes"))[0] == 0
     code, _, err = await run_cli(setup.config, "migrate", "rollback", "--backup-id", "99")
-    assert code == 1 and "no dedupe backup #99" in err
+    assert code == 1 and "no dedupe or legs backup #99" in err
     code, out, _ = await run_cli(setup.config, "migrate", "rollback", "--backup-id", "1")
     assert code == 0 and "backup #1" in out
 

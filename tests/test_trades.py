@@ -323,3 +323,102 @@ async def test_audit_lists_a_leg_an_earlier_release_charged(account: Database) -
 
 async def _every_row_a_trade(conn: AsyncConnection, order_ids: Any, **_: Any) -> dict[int, Any]:
     return {}
+
+
+async def test_migrate_up_refunds_the_charged_legs_once_and_rollback_puts_them_back(
+    account: Database, server_url: str, tmp_path: Any
+) -> None:
+    from reconcile import migration as m
+    from reconcile.audit import audit
+    from reconcile.schema import trading_order, wallet, wallet_log
+    from tests.procs import run_cli, write_config
+    from tests.seed import set_wallet
+
+    db = account
+    await set_wallet(db, 7, Decimal("100"))
+    trade, leg, _ = await trade_and_leg(db)
+    old_release = PowerConsumer(db, RULES)
+    old_release.judge.judge = _every_row_a_trade  # type: ignore[method-assign]
+    await old_release.charge_many([trade, leg], Source.SWEEP)  # 0.3 each
+
+    async def state(conn: AsyncConnection) -> tuple[Decimal, list[tuple[str, Decimal]], Any]:
+        power = (await conn.execute(select(wallet.c.power).where(wallet.c.user_id == 7))).scalar()
+        w = wallet_log.c
+        log_rows = await conn.execute(
+            select(w.change_type, w.change_amount).where(w.related_id == leg).order_by(w.id)
+        )
+        o = trading_order.c
+        flags = (
+            await conn.execute(select(o.power_consumed, o.power_amount).where(o.id == leg))
+        ).one()
+        return power, [tuple(r) for r in log_rows], tuple(flags)
+
+    cfg = write_config(tmp_path / "c.yaml", server_url)
+    _, out, err = await run_cli(cfg, "migrate", "check", "--json")
+    listed = json.loads(out)["charged_legs"]
+    assert [(x["order_id"], x["user_id"], x["trade_order_id"], x["amount"]) for x in listed] == [
+        (leg, 7, trade, "0.30000000")
+    ], err
+
+    result = await m.up(db, refund_overcharge=True, dry_run=False)
+    assert result.ok and result.legs is not None and result.legs.refunded_rows == 1
+    power, ledger_rows, flags = await db.transaction(state, what="read")
+    assert power == Decimal("99.70000000")  # 100 - 0.3 (trade) - 0.3 (leg) + 0.3 (refund)
+    assert ledger_rows == [("power_consume", Decimal("-0.30000000")),
+                           ("power_consume_refund", Decimal("0.30000000"))]  # fmt: skip
+    assert flags == (0, Decimal("0E-8")) or flags == (0, Decimal(0))
+    assert set(await charged(db)) == {trade}
+    assert (await audit(db, backlog_after=timedelta(hours=1))).ok
+    again = await m.up(db, refund_overcharge=True, dry_run=False)
+    assert not again.changed and (await db.transaction(state, what="read"))[0] == power
+    assert (await PowerConsumer(db, RULES).charge(leg, Source.SWEEP)).outcome is Outcome.LEG
+
+    undone = await m.rollback(db, dry_run=False, reverse_refunds=True)
+    assert undone.restored_rows == 1 and undone.reversed_rows == 1
+    assert undone.key_drop is None  # a legs backup: uk_user_order stays
+    power, ledger_rows, flags = await db.transaction(state, what="read")
+    assert power == Decimal("99.40000000") and flags[0] == 1 and flags[1] == Decimal("0.3")
+    assert ledger_rows[-1] == ("power_consume_refund_reversal", Decimal("-0.30000000"))
+    report = await audit(db, backlog_after=timedelta(hours=1))
+    assert [c.name for c in report.checks if not c.ok] == ["charged_legs"]
+
+
+async def test_an_upgrade_back_fills_the_order_ids_of_the_records_kept_before(
+    account: Database,
+) -> None:
+    """Records bound by a release without toogo_reconcile_record_order: `migrate up` reads their
+    order ids from the normalized JSON kept with them, so rule exchange_record sees their legs."""
+    from reconcile import migration as m
+    from reconcile.schema import exchange_record
+
+    db = account
+    trade, leg, closing = await trade_and_leg(db, close_ids=False)
+    now = db.now()
+    await insert(db, binding, platform="binance", account_id=10, record_key=closing,
+                 order_id=trade, primary_order_id=trade, kind="order", rule="close_time",
+                 created_at=now)  # fmt: skip
+    normalized = json.dumps({"record_key": closing, "exchange_order_ids": [closing]})
+    await insert(db, exchange_record, platform="binance", account_id=10, record_key=closing,
+                 symbol="BTCUSDT", close_time=now, profit=Decimal("3"), profit_basis="fees",
+                 normalized_json=normalized, raw_json="{}", created_at=now)  # fmt: skip
+
+    async def drop(conn: AsyncConnection) -> None:  # the release before this one
+        for table in (record_order_id, verdict):
+            await conn.exec_driver_sql(f"DROP TABLE {table.name}")
+
+    await db.transaction(drop, what="the tables of the release before")
+    assert (await m.up(db, dry_run=False)).ok
+
+    async def ids(conn: AsyncConnection) -> list[tuple[Any, ...]]:
+        ro = record_order_id.c
+        rows = await conn.execute(select(ro.platform, ro.account_id, ro.exchange_order_id))
+        return [tuple(r) for r in rows]
+
+    assert await db.transaction(ids, what="read") == [("binance", 10, closing)]
+    assert (await m.up(db, dry_run=False)).ok  # idempotent: nothing written twice
+    assert await db.transaction(ids, what="read") == [("binance", 10, closing)]
+    results = (await PowerConsumer(db, RULES).charge_many([trade, leg], Source.SWEEP)).results
+    assert {r.order_id: r.outcome for r in results} == {
+        trade: Outcome.CHARGED,
+        leg: Outcome.LEG,
+    }

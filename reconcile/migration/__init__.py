@@ -7,8 +7,10 @@ PostgreSQL; what differs on PostgreSQL is in ``_pg``).
     add_unique_key  online DDL (ALGORITHM=INPLACE / CONCURRENTLY): order columns and indexes,
                     uk_user_order, the daemon's own tables
     verify          no duplicates and the key exists
-    up              check -> backup + dedupe -> add_unique_key -> verify; idempotent
-    rollback        drop uk_user_order, restore the last dedupe's rows (same ids)
+    refund_legs     refund the charges on closing legs (reconcile.trades) an earlier release made
+    up              check -> backup + dedupe -> add_unique_key -> legs -> verify; idempotent
+    rollback        drop uk_user_order, restore the last dedupe's rows (same ids); or put back
+                    the last legs refund's consume rows
 
 Every destructive function is a dry run unless told otherwise; each returns a typed result.
 Each step is one transaction (DML) or one atomic statement (DDL), ordered so that a failure
@@ -42,6 +44,7 @@ from reconcile.migration._ddl import (
     verify,
 )
 from reconcile.migration._dedupe import DedupeResult, dedupe
+from reconcile.migration._legs import LegsResult, refund_legs
 from reconcile.migration._rollback import RollbackResult, rollback
 from reconcile.migration._runbook import CheckReport, RefundTotals, UpResult, check, up
 
@@ -59,6 +62,7 @@ __all__ = [
     "DuplicateGroup",
     "Duplicates",
     "DuplicatesRemain",
+    "LegsResult",
     "RefundTotals",
     "RollbackResult",
     "SchemaState",
@@ -73,6 +77,7 @@ __all__ = [
     "dump_tables",
     "dump_tool",
     "money",
+    "refund_legs",
     "rollback",
     "up",
     "verify",

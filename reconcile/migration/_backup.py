@@ -52,7 +52,7 @@ log = structlog.get_logger("reconcile.migration")
 @dataclass(frozen=True)
 class BackupInfo:
     id: int
-    kind: str  # 'backup' | 'dedupe'
+    kind: str  # 'backup' | 'dedupe' | 'legs'
     consume_table: str
     wallet_table: str
     consume_rows: int
@@ -233,15 +233,15 @@ def _info(row: Any) -> BackupInfo:
 async def get_backup(
     conn: AsyncConnection,
     *,
-    kind: str | None = None,
+    kind: str | tuple[str, ...] | None = None,
     backup_id: int | None = None,
     lock: bool = False,
 ) -> BackupInfo | None:
-    """The registry row with this id, or the newest one (of ``kind``)."""
+    """The registry row with this id, or the newest one (of ``kind``, or of any of them)."""
     b = migration_backup.c
     stmt = select(migration_backup).order_by(b.id.desc()).limit(1)
     if kind is not None:
-        stmt = stmt.where(b.kind == kind)
+        stmt = stmt.where(b.kind.in_([kind] if isinstance(kind, str) else list(kind)))
     if backup_id is not None:
         stmt = stmt.where(b.id == backup_id)
     if lock:

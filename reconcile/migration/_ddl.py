@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import TextClause, text
+from sqlalchemy import TextClause, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -45,6 +46,8 @@ from reconcile.schema import (
     UNIQUE_KEY,
     binding,
     create_own_schema,
+    exchange_record,
+    record_order_id,
     sweep_index_columns,
     trading_api_config,
     trading_robot,
@@ -54,6 +57,7 @@ log = structlog.get_logger("reconcile.migration")
 
 ONLINE = "ALGORITHM=INPLACE, LOCK=NONE"
 _NOT_ONLINE = frozenset({1845, 1846})  # ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON)
+BACKFILL_PAGE = 1000  # records read per statement by _backfill_record_orders
 
 
 @dataclass(frozen=True)
@@ -389,13 +393,14 @@ PG_BACKFILL_BINDINGS = _pg.backfill_bindings_sql(
 
 
 async def _own_tables(db: Database, sql: str) -> DdlStep:
-    async def create(conn: AsyncConnection) -> int:
+    async def create(conn: AsyncConnection) -> tuple[int, int]:
         await create_own_schema(conn)
         backfill = PG_BACKFILL_BINDINGS if _pg.is_pg(conn) else BACKFILL_BINDINGS
-        return int((await conn.execute(text(backfill))).rowcount)
+        bindings = int((await conn.execute(text(backfill))).rowcount)
+        return bindings, await _backfill_record_orders(db, conn)
 
     started = time.monotonic()
-    backfilled = await db.transaction(create, what="migrate create own tables")
+    backfilled, order_ids = await db.transaction(create, what="migrate create own tables")
     seconds = time.monotonic() - started
     log.info(
         "migrate step",
@@ -403,8 +408,42 @@ async def _own_tables(db: Database, sql: str) -> DdlStep:
         status="done",
         seconds=round(seconds, 3),
         bindings_backfilled=backfilled,
+        record_order_ids_backfilled=order_ids,
     )
     return DdlStep("own tables", sql, seconds=seconds, done=True)
+
+
+async def _backfill_record_orders(db: Database, conn: AsyncConnection) -> int:
+    """The exchange order ids of the records kept before toogo_reconcile_record_order existed
+    (their normalized JSON has them), so rule exchange_record of reconcile.trades sees the legs
+    of trades synced before the upgrade. Idempotent: existing rows are left alone."""
+    r = exchange_record.c
+    insert = db.dialect.upsert(
+        record_order_id, key=("platform", "account_id", "record_key", "exchange_order_id")
+    )
+    written, after = 0, 0
+    while True:
+        page = list(
+            await conn.execute(
+                select(r.id, r.platform, r.account_id, r.record_key, r.normalized_json)
+                .where(r.id > after)
+                .order_by(r.id)
+                .limit(BACKFILL_PAGE)
+            )
+        )
+        if not page:
+            return written
+        after = page[-1].id
+        rows = [
+            {"platform": p.platform, "account_id": p.account_id, "record_key": p.record_key,
+             "exchange_order_id": str(ref)[:100]}
+            for p in page
+            for ref in sorted(set(json.loads(p.normalized_json).get("exchange_order_ids") or ()))
+            if ref
+        ]  # fmt: skip
+        if rows:
+            await conn.execute(insert, rows)
+            written += len(rows)
 
 
 async def drop_unique_key(db: Database, options: DdlOptions) -> DdlStep:

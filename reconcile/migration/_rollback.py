@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy import case, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import ledger
@@ -41,7 +41,8 @@ from reconcile.migration._common import (
     schema_state,
 )
 from reconcile.migration._ddl import DdlOptions, DdlStep, drop_unique_key
-from reconcile.schema import UNIQUE_KEY, migration_backup, refund
+from reconcile.migration._legs import KIND as LEGS
+from reconcile.schema import UNIQUE_KEY, migration_backup, power_consume, refund, trading_order
 
 log = structlog.get_logger("reconcile.migration")
 
@@ -84,10 +85,10 @@ async def _plan(conn: AsyncConnection, backup_id: int | None) -> _Plan:
         if backup_id is not None:
             raise SchemaNotReady(f"no backup #{backup_id}: there is no backup registry")
         return _Plan(state.unique_key, None, 0, 0, ZERO)
-    info = await get_backup(conn, kind="dedupe", backup_id=backup_id)
+    info = await get_backup(conn, kind=("dedupe", LEGS), backup_id=backup_id)
     if info is None:
         if backup_id is not None:
-            raise SchemaNotReady(f"no dedupe backup #{backup_id} in the registry")
+            raise SchemaNotReady(f"no dedupe or legs backup #{backup_id} in the registry")
         return _Plan(state.unique_key, None, 0, 0, ZERO)
     table = quote(conn, backup_table_name(info.consume_table))
     if info.consume_table not in state.tables:
@@ -137,8 +138,9 @@ async def rollback(
     }
     if dry_run:
         return RollbackResult(dry_run=True, **base)
-    key_drop = await drop_unique_key(db, options or DdlOptions())
     info = plan.backup
+    legs = info is not None and info.kind == LEGS  # a leg's only consume row: no duplicate
+    key_drop = None if legs else await drop_unique_key(db, options or DdlOptions())
     if info is None or (
         not plan.to_restore
         and info.rolled_back_at is not None
@@ -146,7 +148,7 @@ async def rollback(
     ):
         log.info(
             "migrate rollback done",
-            key_dropped=key_drop.done,
+            key_dropped=bool(key_drop and key_drop.done),
             restored_rows=0,
             backup_id=info.id if info else None,
         )
@@ -164,7 +166,7 @@ async def rollback(
     log.info(
         "migrate rollback done",
         backup_id=info.id,
-        key_dropped=key_drop.done,
+        key_dropped=bool(key_drop and key_drop.done),
         restored_rows=restored,
         reversed_refund_rows=rows,
         reversed_amount=amount,
@@ -189,7 +191,7 @@ async def _restore(
     if locked is None:
         raise SchemaNotReady(f"backup #{info.id} vanished from the registry")
     state = await schema_state(conn)
-    if state.unique_key or UNIQUE_KEY in state.invalid_indexes:
+    if locked.kind != LEGS and (state.unique_key or UNIQUE_KEY in state.invalid_indexes):
         raise SchemaNotReady(f"{CONSUME} got uk_user_order back during the rollback; re-run")
     now = db.now()
     # wallets before consume rows, as the consumer and the dedupe lock them
@@ -205,6 +207,19 @@ async def _restore(
             )
         )
         restored = result.rowcount
+        if locked.kind == LEGS:  # the legs are charged again: their flags say so again
+            o = trading_order.c
+            charged = (
+                select(func.max(power_consume.c.consume_power))
+                .where(power_consume.c.order_id == o.id)
+                .scalar_subquery()
+            )
+            restored_orders = text(f"SELECT order_id FROM {source}")  # noqa: S608
+            await conn.execute(
+                trading_order.update()
+                .where(o.id.in_(restored_orders))
+                .values(power_consumed=1, power_amount=charged)
+            )
         await conn.execute(
             migration_backup.update()
             .where(migration_backup.c.id == locked.id)

@@ -34,7 +34,9 @@ from reconcile.migration._ddl import (
     verify,
 )
 from reconcile.migration._dedupe import DedupeResult, dedupe
+from reconcile.migration._legs import LegsResult, refund_legs
 from reconcile.schema import POWER_INDEX, SWEEP_INDEX, UNIQUE_KEY, migration_backup, refund
+from reconcile.trades import ChargedLeg, charged_legs
 
 log = structlog.get_logger("reconcile.migration")
 
@@ -59,6 +61,8 @@ class CheckReport:
     problems: tuple[str, ...] = ()
     #: those of ``problems`` that `migrate up` cannot mend
     by_hand: tuple[str, ...] = ()
+    #: closing legs that carry a charge (reconcile.trades): over-charges `up --refund` refunds
+    charged_legs: tuple[ChargedLeg, ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -89,6 +93,21 @@ class CheckReport:
             "pending_ddl": list(self.pending_ddl),
             "schema_problems": list(self.problems),
             "schema_problems_by_hand": list(self.by_hand),
+            "charged_legs": [
+                {
+                    "order_id": leg.order_id,
+                    "user_id": leg.user_id,
+                    "order_sn": leg.order_sn,
+                    "consume_id": leg.consume_id,
+                    "amount": money(leg.consume_power),
+                    "trade_order_id": leg.trade_order_id,
+                    "rule": leg.rule,
+                }
+                for leg in self.charged_legs
+            ],
+            "charged_legs_amount": money(
+                sum((leg.consume_power for leg in self.charged_legs), ZERO)
+            ),
             "ready": self.ready,
         }
 
@@ -124,7 +143,8 @@ async def check(db: Database) -> CheckReport:
             else (UNIQUE_KEY,)
         )
         live = await inspect_live(conn)
-        return CheckReport(dups, state, totals, last, pending, live.problems, live.by_hand)
+        legs = tuple(await charged_legs(conn, db))
+        return CheckReport(dups, state, totals, last, pending, live.problems, live.by_hand, legs)
 
     started = time.monotonic()
     report = await db.transaction(read, what="migrate check")
@@ -149,10 +169,15 @@ class UpResult:
     verify: VerifyResult | None = None
     dump: DumpResult | None = None
     seconds: float = 0.0
+    legs: LegsResult | None = None  # the charged closing legs (refunded with --refund)
 
     @property
     def changed(self) -> bool:
-        return any(d.changed for d in self.dedupes) or bool(self.add_key and self.add_key.changed)
+        return (
+            any(d.changed for d in self.dedupes)
+            or bool(self.add_key and self.add_key.changed)
+            or bool(self.legs and self.legs.changed)
+        )
 
     @property
     def ok(self) -> bool:
@@ -177,7 +202,8 @@ async def up(
     if dry_run:
         plan = await dedupe(db, refund_overcharge=refund_overcharge, dry_run=True)
         keys = await add_unique_key(db, dry_run=True, options=options)
-        return UpResult(dry_run=True, before=before, dedupes=(plan,), add_key=keys)
+        legs = LegsResult(dry_run=True, legs=list(before.charged_legs))
+        return UpResult(dry_run=True, before=before, dedupes=(plan,), add_key=keys, legs=legs)
     dumped = await dump_tables(db, dump) if dump is not None else None
     rounds: list[DedupeResult] = []
     add_key: AddKeyResult | None = None
@@ -192,6 +218,8 @@ async def up(
             log.warning(
                 "duplicates reappeared", round=round_no, duplicate_groups=exc.groups, retry=True
             )
+    # the closing legs an earlier release charged: refunded with --refund, else only listed
+    legs = await refund_legs(db, dry_run=not refund_overcharge)
     verified = await verify(db)
     seconds = time.monotonic() - started
     result = UpResult(
@@ -202,6 +230,7 @@ async def up(
         verify=verified,
         dump=dumped,
         seconds=seconds,
+        legs=legs,
     )
     log.info("migrate up done", ok=verified.ok, changed=result.changed, seconds=round(seconds, 3))
     return result
