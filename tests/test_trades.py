@@ -74,6 +74,16 @@ async def trade_and_leg(
     return trade, leg, closing
 
 
+async def synced_trade_and_leg(db: Database) -> tuple[int, int, str]:
+    """A trade and its leg without close ids, the trade bound by the sync to binance's close
+    (record key = the closing orderId, as the binance adapter keys it)."""
+    trade, leg, closing = await trade_and_leg(db, close_ids=False)
+    await insert(db, binding, platform="binance", account_id=10, record_key=closing,
+                 order_id=trade, primary_order_id=trade, kind="order", rule="close_time",
+                 created_at=db.now())  # fmt: skip
+    return trade, leg, closing
+
+
 async def charged(db: Database) -> dict[int, Decimal]:
     async def read(conn: AsyncConnection) -> dict[int, Decimal]:
         c = power_consume.c
@@ -146,11 +156,7 @@ async def test_the_exchange_record_of_the_trade_names_its_leg(account: Database)
     """No close-id columns on this install; the sync bound binance's close (orderId = the closing
     order) to the trade, so the row that order opened is its leg."""
     db = account
-    trade, leg, closing = await trade_and_leg(db, close_ids=False)
-    now = db.now()
-    await insert(db, binding, platform="binance", account_id=10, record_key=closing,
-                 order_id=trade, primary_order_id=trade, kind="order", rule="close_time",
-                 created_at=now)  # fmt: skip
+    trade, leg, closing = await synced_trade_and_leg(db)
     await insert(db, record_order_id, platform="binance", account_id=10, record_key=closing,
                  exchange_order_id=closing)  # fmt: skip
     results = (await PowerConsumer(db, RULES).charge_many([trade, leg], Source.SWEEP)).results
@@ -392,11 +398,8 @@ async def test_an_upgrade_back_fills_the_order_ids_of_the_records_kept_before(
     from reconcile.schema import exchange_record
 
     db = account
-    trade, leg, closing = await trade_and_leg(db, close_ids=False)
+    trade, leg, closing = await synced_trade_and_leg(db)
     now = db.now()
-    await insert(db, binding, platform="binance", account_id=10, record_key=closing,
-                 order_id=trade, primary_order_id=trade, kind="order", rule="close_time",
-                 created_at=now)  # fmt: skip
     normalized = json.dumps({"record_key": closing, "exchange_order_ids": [closing]})
     await insert(db, exchange_record, platform="binance", account_id=10, record_key=closing,
                  symbol="BTCUSDT", close_time=now, profit=Decimal("3"), profit_basis="fees",

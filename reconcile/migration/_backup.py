@@ -212,6 +212,21 @@ async def register(conn: AsyncConnection, **values: Any) -> int:
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
+async def finish(
+    conn: AsyncConnection, backup_id: int, consume_rows: int, wallet_rows: int
+) -> BackupInfo:
+    """Record how many rows the backup tables got; the registry row as it now stands."""
+    await conn.execute(
+        migration_backup.update()
+        .where(migration_backup.c.id == backup_id)
+        .values(consume_rows=consume_rows, wallet_rows=wallet_rows)
+    )
+    info = await get_backup(conn, backup_id=backup_id)
+    if info is None:  # cannot happen: registered in this transaction
+        raise RuntimeError(f"backup #{backup_id} vanished from the registry")
+    return info
+
+
 def _info(row: Any) -> BackupInfo:
     m = row._mapping
     return BackupInfo(

@@ -40,7 +40,7 @@ from reconcile.migration._backup import (
     drop_unregistered,
     dump_tables,
     ensure_registry,
-    get_backup,
+    finish,
     register,
 )
 from reconcile.migration._common import (
@@ -54,7 +54,7 @@ from reconcile.migration._common import (
     scan_duplicates,
     schema_state,
 )
-from reconcile.schema import migration_backup, power_consume, refund
+from reconcile.schema import power_consume, refund
 
 log = structlog.get_logger("reconcile.migration")
 
@@ -271,12 +271,7 @@ async def _apply(
         )
         await _record_refunds(conn, dups, refunds, ledger_ids, backup_id, now)
         progress("refunded", orders=len(entries), amount=out.refunded_amount)
-    await conn.execute(
-        migration_backup.update()
-        .where(migration_backup.c.id == backup_id)
-        .values(consume_rows=n_consume, wallet_rows=n_wallet)
-    )
-    out.backup = await get_backup(conn, backup_id=backup_id)
+    out.backup = await finish(conn, backup_id, n_consume, n_wallet)
     return out
 
 

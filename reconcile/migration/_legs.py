@@ -36,11 +36,11 @@ from reconcile.migration._backup import (
     create_backup_tables,
     drop_unregistered,
     ensure_registry,
-    get_backup,
+    finish,
     register,
 )
 from reconcile.migration._common import CONSUME, WALLET, ZERO, chunks, require_server
-from reconcile.schema import migration_backup, power_consume, refund, trading_order
+from reconcile.schema import power_consume, refund, trading_order
 from reconcile.trades import ChargedLeg, Judgement, Rule, Verdict, charged_legs, record_legs
 
 log = structlog.get_logger("reconcile.migration")
@@ -213,12 +213,7 @@ async def _apply(
                 .where(f.consume_id == leg.consume_id)
                 .values(reversed=0, reversed_at=None, reversal_wallet_log_id=None, **values)
             )
-    await conn.execute(
-        migration_backup.update()
-        .where(migration_backup.c.id == backup_id)
-        .values(consume_rows=n_consume, wallet_rows=n_wallet)
-    )
-    out.backup = await get_backup(conn, backup_id=backup_id)
+    out.backup = await finish(conn, backup_id, n_consume, n_wallet)
     return out
 
 
