@@ -30,6 +30,7 @@ from reconcile.schema import (
     power_consume,
     record_order_id,
     stream_cursor,
+    trading_order,
     verdict,
 )
 from reconcile.trades import Rule, TradeJudge, Verdict, symbol_key
@@ -336,7 +337,7 @@ async def test_migrate_up_refunds_the_charged_legs_once_and_rollback_puts_them_b
 ) -> None:
     from reconcile import migration as m
     from reconcile.audit import audit
-    from reconcile.schema import trading_order, wallet, wallet_log
+    from reconcile.schema import wallet, wallet_log
     from tests.procs import run_cli, write_config
     from tests.seed import set_wallet
 
@@ -425,3 +426,74 @@ async def test_an_upgrade_back_fills_the_order_ids_of_the_records_kept_before(
         trade: Outcome.CHARGED,
         leg: Outcome.LEG,
     }
+
+
+@pytest.mark.parametrize("close_ids", [True, False], ids=["close_order_id", "no_close_ids"])
+@pytest.mark.parametrize("leg_status", [1, 2], ids=["leg_open", "leg_closed"])
+def test_the_sync_binds_a_close_to_its_trade_never_to_its_leg(
+    close_ids: bool, leg_status: int
+) -> None:
+    """binance's record names the closing order; the leg row carries that id as its
+    exchange_order_id (robot.go 1110-1286), opened at the close. Rule b used to bind the record
+    to the leg (and, while the leg was still open, close and charge it). Now the record binds
+    the trade (by close_order_id, or by close time without it) and names the leg."""
+    from reconcile.matching import Candidate, Kind, Rule, Tolerances, decide
+    from reconcile.records import ClosedPosition
+
+    closed = datetime(2026, 12, 1, 12, 0, 0)
+    common: dict[str, Any] = {"robot_id": 100, "symbol": "BTCUSDT", "hold_duration": None,
+                              "power_consumed": 0, "bound": False}  # fmt: skip
+    trade = Candidate(
+        id=1, order_sn="TO20261201110000AAAAAA", status=2, direction="long",
+        exchange_order_id="700001", close_order_id="800001" if close_ids else None,
+        quantity=Decimal("0.01"), open_time=closed - timedelta(hours=1), close_time=closed,
+        close_price=Decimal("60300"), realized_profit=Decimal("3"), **common,
+    )  # fmt: skip
+    leg = Candidate(
+        id=2, order_sn="TO20261201120000BBBBBB", status=leg_status, direction="short",
+        exchange_order_id="800001", close_order_id="800001" if close_ids else None,
+        quantity=Decimal("0.01"), open_time=closed,
+        close_time=closed + timedelta(seconds=40) if leg_status == 2 else None,
+        close_price=Decimal("60300") if leg_status == 2 else None,
+        realized_profit=Decimal("3") if leg_status == 2 else None, **common,
+    )  # fmt: skip
+    record = ClosedPosition(
+        platform="binance", account_id=10, symbol="BTC/USDT:USDT", direction="long",
+        size=Decimal("0.01"), open_price=Decimal("60000"), close_price=Decimal("60300"),
+        gross_pnl=Decimal("3"), fee=Decimal("-0.1"), funding=Decimal(0),
+        net_profit=Decimal("2.9"), open_time=None, close_time=closed.replace(tzinfo=UTC),
+        record_key="800001", exchange_order_ids=("800001",),
+    )  # fmt: skip
+    [decision] = decide(
+        [record], [closed], [trade, leg], {}, "BTCUSDT", Tolerances(timedelta(seconds=120)), {}
+    )
+    assert decision.order is not None and decision.order.id == trade.id
+    assert decision.kind is Kind.ORDER
+    assert decision.rule is (Rule.ORDER_ID if close_ids else Rule.CLOSE_TIME)
+    assert [c.id for c in decision.legs] == [leg.id]
+
+
+async def test_report_counts_trades_legs_and_held_rows_per_account(account: Database) -> None:
+    from reconcile.history import SyncSettings
+    from reconcile.report import Period, Scope, report
+
+    db = account
+    trade, leg, _ = await trade_and_leg(db)  # a leg by close id: recorded
+    other, shaped, _ = await trade_and_leg(db, robot_id=101)
+    await insert_order(db, user_id=7, robot_id=101, direction="short",
+                       realized_profit=Decimal("-1"))  # a losing trade: still a trade  # fmt: skip
+
+    async def forget_close_id(conn: AsyncConnection) -> None:  # `shaped` is only possibly a leg
+        o = trading_order.c
+        stmt = trading_order.update().where(o.id == other).values(close_order_id=None)
+        await conn.execute(stmt)
+
+    await db.transaction(forget_close_id, what="forget a close id")
+    await PowerConsumer(db, RULES).charge_many([trade, leg, other, shaped], Source.SWEEP)
+    now = datetime.now(UTC)
+    got = await report(db, Period(now - timedelta(days=1), now + timedelta(minutes=1)), Scope(),
+                       sync=SyncSettings())  # fmt: skip
+    [line] = got.accounts
+    figures = line.figures
+    assert line.id == 10
+    assert (figures.trades, figures.legs, figures.held, figures.charges) == (3, 1, 1, 2)
