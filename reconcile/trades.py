@@ -160,12 +160,16 @@ class TradeJudge:
             return out
         neighbours = await self._neighbours(conn, todo, close_columns)
         by_close_id = _index_close_ids(neighbours)
+        by_stream: dict[tuple[tuple[str, int], str], list[_Row]] = defaultdict(list)
+        for other in neighbours:  # rule 5 compares a row with its own stream's rows only
+            by_stream[(other.account, other.symbol)].append(other)
         recorded = await self._recorded_closes(conn, todo) if own else {}
         bound = await self._bound(conn, [r.id for r in todo]) if own else set()
         cursors = await self._cursors(conn, todo) if own else {}
         found: list[Judgement] = []
         for row in todo:
-            judgement = self._one(row, by_close_id, recorded, bound, neighbours, cursors)
+            same = by_stream.get((row.account, row.symbol), [])
+            judgement = self._one(row, by_close_id, recorded, bound, same, cursors)
             out[row.id] = judgement
             if judgement.verdict is Verdict.LEG:
                 judgement = replace(judgement, new=True)
