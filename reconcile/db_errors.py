@@ -17,6 +17,7 @@ from reconcile.errors import (
     ConnectionLost,
     DatabaseError,
     Deadlock,
+    DefinitionChanging,
     DuplicateKey,
     LockWaitTimeout,
 )
@@ -24,6 +25,9 @@ from reconcile.errors import (
 _DEADLOCK = 1213
 _LOCK_WAIT_TIMEOUT = 1205
 _DUPLICATE_KEY = 1062
+# 1412: table definition has changed, retry the transaction; 1684: a table skipped (DESCRIBE,
+# information_schema) since its definition is being modified by a concurrent DDL statement
+_DEFINITION_CHANGING = frozenset({1412, 1684})
 # 2002/2003: cannot connect; 2006: server has gone away; 2013: lost connection during query;
 # 1927: connection killed (MariaDB); 4031: disconnected by the server for inactivity.
 _CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 1927, 4031})
@@ -88,6 +92,8 @@ def map_db_errors(what: str) -> Iterator[None]:
             raise Deadlock(message) from exc
         if code == _LOCK_WAIT_TIMEOUT:
             raise LockWaitTimeout(message) from exc
+        if code in _DEFINITION_CHANGING:
+            raise DefinitionChanging(message) from exc
         if code == _DUPLICATE_KEY or (
             isinstance(exc, sa_exc.IntegrityError) and "UNIQUE constraint failed" in str(exc.orig)
         ):

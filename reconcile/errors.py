@@ -11,6 +11,7 @@ Catching a parent class *is* the retry decision::
     │       ├── Deadlock                  MySQL 1213
     │       ├── LockWaitTimeout           MySQL 1205
     │       ├── ConnectionLost            MySQL 2006/2013/2003, outcome of a COMMIT unknown
+    │       ├── DefinitionChanging        MySQL 1412/1684: concurrent DDL on a table read
     │       └── RowsMissing               a row the unit needs must first be created on its own
     ├── PermanentError            never retried
     │   ├── ExchangeRejected          authentication, permission, bad symbol, bad request
@@ -74,6 +75,11 @@ class Deadlock(DatabaseTemporaryError):
 
 class LockWaitTimeout(DatabaseTemporaryError):
     """A row lock was not granted in time (1205)."""
+
+
+class DefinitionChanging(DatabaseTemporaryError):
+    """A table's definition changed, or is being changed by concurrent DDL, under the transaction
+    (1412, 1684: `migrate up` creating the daemon's tables while a charge reads them)."""
 
 
 class ConnectionLost(DatabaseTemporaryError):

@@ -77,7 +77,7 @@ async def test_embedded_default_and_demo_from_a_fresh_clone(tmp_path: Path) -> N
     assert (tmp_path / "toogo-reconcile.db").is_file()  # the configured database.url
     assert_story(events(out))
     audit = [ln for ln in out.splitlines() if ln[:2] in ("✓ ", "✗ ")]
-    assert len(audit) == 9 and all(ln.startswith("✓") for ln in audit), out
+    assert len(audit) == 11 and all(ln.startswith("✓") for ln in audit), out
     assert "Demo complete." in out and "Traceback" not in err
     summary = out[out.index("== 4. Result") :].splitlines()
     balances = {row.split()[0]: row.split()[1:] for row in summary if row.startswith("  100")}

@@ -497,3 +497,27 @@ async def test_report_counts_trades_legs_and_held_rows_per_account(account: Data
     figures = line.figures
     assert line.id == 10
     assert (figures.trades, figures.legs, figures.held, figures.charges) == (3, 1, 1, 2)
+
+
+async def test_a_table_created_under_a_snapshot_is_a_temporary_error(mysql_url: str) -> None:
+    """`migrate up` creates the daemon's tables while the daemon may charge: a read of a table
+    whose definition changed under the transaction (MariaDB 1412; 1684 from DESCRIBE during the
+    DDL) is DefinitionChanging, which Database.transaction runs again."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from reconcile.db_errors import map_db_errors
+    from reconcile.errors import DatabaseTemporaryError, DefinitionChanging
+
+    engine = create_async_engine(mysql_url, isolation_level="REPEATABLE READ")
+    try:
+        async with engine.connect() as reader, engine.connect() as ddl:
+            await reader.execute(text("START TRANSACTION WITH CONSISTENT SNAPSHOT"))
+            await ddl.execute(text("CREATE TABLE made_later (id INT PRIMARY KEY)"))
+            await ddl.commit()
+            with pytest.raises(DefinitionChanging) as raised, map_db_errors("read"):
+                await reader.execute(text("SELECT * FROM made_later"))
+            assert isinstance(raised.value, DatabaseTemporaryError)
+            await reader.rollback()
+    finally:
+        await engine.dispose()
