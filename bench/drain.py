@@ -45,6 +45,10 @@ from tests.upstream import create_upstream_pg_schema, create_upstream_schema  # 
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 LOOKBACK_DAYS = 7  # the shipped sweep.lookback: the reference charges the same window
+#: BENCH_ENGINE_IDS=1: every order carries an opening order id in exchange_order_id, as the
+#: engine's rows do - each is then judged in full by reconcile.trades (rules close_order_id,
+#: exchange_record and shape need one); without it the orders have none (a leg always has one)
+ENGINE_IDS = os.environ.get("BENCH_ENGINE_IDS") == "1"
 SHIPPED_PAGE = SweepConfig().page_size
 
 T = TypeVar("T")
@@ -138,11 +142,15 @@ class MySQLServer:
                 SELECT seq, 2 + seq % 4, (seq * 37) % 5000 / 100, CONCAT('B', seq)
                 FROM seq_1_to_{users}
                 WHERE seq % 5 = 0""")
+            ids = ("exchange_order_id, ", "CONCAT('1', LPAD(seq, 17, '0')), ")
+            if not ENGINE_IDS:
+                ids = ("", "")
             cur.execute(f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
-                direction, open_price, close_price, quantity, leverage, margin, realized_profit,
-                open_time, close_time, status, power_consumed, power_amount, created_at,
-                updated_at)
+                {ids[0]}direction, open_price, close_price, quantity, leverage, margin,
+                realized_profit, open_time, close_time, status, power_consumed, power_amount,
+                created_at, updated_at)
                 SELECT 1 + seq % {users}, 1000 + seq % {users}, CONCAT('TO', seq), 'BTCUSDT',
+                    {ids[1]}
                     'long', 100, 101, 0.01, 10, 0.1, 1 + (seq * 7919) % 500000 / 10000,
                     NOW() - INTERVAL (seq % 500000 + 3600) SECOND,
                     NOW() - INTERVAL (seq % 500000) SECOND, 2, 0, 0, NOW(), NOW()
@@ -264,6 +272,9 @@ class PostgresServer:
         divisions where MySQL's `/` gives decimals, intervals from make_interval. VACUUM
         ANALYZE afterwards (MySQL's path runs ANALYZE TABLE): fresh statistics, and no
         autovacuum of the just-loaded table landing in the middle of the measurement."""
+        ids = ("exchange_order_id, ", "'1' || LPAD(g::text, 17, '0'), ")
+        if not ENGINE_IDS:
+            ids = ("", "")
         self.execute(
             name,
             f"""INSERT INTO hg_toogo_wallet (user_id, power, gift_power, total_power_consume,
@@ -275,10 +286,11 @@ class PostgresServer:
                 FROM generate_series(1, {users}) g
                 WHERE g % 5 = 0""",
             f"""INSERT INTO hg_trading_order (user_id, robot_id, order_sn, symbol,
-                direction, open_price, close_price, quantity, leverage, margin, realized_profit,
-                open_time, close_time, status, power_consumed, power_amount, created_at,
-                updated_at)
+                {ids[0]}direction, open_price, close_price, quantity, leverage, margin,
+                realized_profit, open_time, close_time, status, power_consumed, power_amount,
+                created_at, updated_at)
                 SELECT 1 + g % {users}, 1000 + g % {users}, 'TO' || g, 'BTCUSDT',
+                    {ids[1]}
                     'long', 100, 101, 0.01, 10, 0.1, 1 + (g * 7919) % 500000 / 10000.0,
                     NOW() - make_interval(secs => g % 500000 + 3600),
                     NOW() - make_interval(secs => g % 500000), 2, 0, 0, NOW(), NOW()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -115,8 +115,7 @@ def symbol_key(symbol: str | None) -> str:
     return text.removesuffix("SWAP")
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):  # a named tuple: a page builds thousands (rows and neighbours)
     id: int
     robot_id: int
     account: tuple[str, int]  # ("account", api_config_id), or ("robot", id) without one
@@ -158,18 +157,24 @@ class TradeJudge:
         todo = [r for r in subjects.values() if r.id not in out]
         if not todo:
             return out
-        neighbours = await self._neighbours(conn, todo, close_columns)
+        # a leg always carries its closing order's id (SyncOrderHistoryToDB skips an order
+        # without one, robot.go 1152-1160); a POS-... placeholder is a position back-filled
+        maybe_legs = [
+            r for r in todo if r.exchange_order_id and not r.exchange_order_id.startswith("POS-")
+        ]
+        neighbours = await self._neighbours(conn, maybe_legs, close_columns) if maybe_legs else []
         by_close_id = _index_close_ids(neighbours)
         by_stream: dict[tuple[tuple[str, int], str], list[_Row]] = defaultdict(list)
         for other in neighbours:  # rule 5 compares a row with its own stream's rows only
             by_stream[(other.account, other.symbol)].append(other)
-        recorded = await self._recorded_closes(conn, todo) if own else {}
+        recorded = await self._recorded_closes(conn, maybe_legs) if own and maybe_legs else {}
         bound = await self._bound(conn, [r.id for r in todo]) if own else set()
         cursors = await self._cursors(conn, todo) if own else {}
+        fresh_since = self.db.now() - self.sync_fresh
         found: list[Judgement] = []
         for row in todo:
             same = by_stream.get((row.account, row.symbol), [])
-            judgement = self._one(row, by_close_id, recorded, bound, same, cursors)
+            judgement = self._one(row, by_close_id, recorded, bound, same, cursors, fresh_since)
             out[row.id] = judgement
             if judgement.verdict is Verdict.LEG:
                 judgement = replace(judgement, new=True)
@@ -197,6 +202,7 @@ class TradeJudge:
         bound: set[int],
         neighbours: list[_Row],
         cursors: dict[tuple[str, int, str], tuple[datetime, datetime | None]],
+        fresh_since: datetime,
     ) -> Judgement:
         ref = row.exchange_order_id
         if ref:
@@ -216,7 +222,7 @@ class TradeJudge:
         cursor = cursors.get((row.platform, row.account[1], row.symbol))
         if cursor is not None and row.close_time is not None:
             complete_until, updated_at = cursor
-            fresh = updated_at is not None and updated_at >= self.db.now() - self.sync_fresh
+            fresh = updated_at is not None and updated_at >= fresh_since
             if fresh and row.close_time > complete_until:
                 return Judgement(row.id, Verdict.HELD, Rule.AWAITING_SYNC)
         return Judgement(row.id, Verdict.TRADE, Rule.LOCAL)
@@ -353,6 +359,11 @@ class TradeJudge:
             local = self.db.to_db_time(until.replace(tzinfo=UTC))
             out[(platform.lower(), int(account_id), symbol_key(symbol))] = (local, updated)
         return out
+
+
+def _may_be_a_leg(row: _Row) -> bool:
+    ref = row.exchange_order_id
+    return bool(ref) and not ref.startswith("POS-")
 
 
 def _index_close_ids(rows: Iterable[_Row]) -> dict[tuple[tuple[str, int], str], list[_Row]]:
