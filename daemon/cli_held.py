@@ -78,7 +78,9 @@ def charge_command(ctx: click.Context, order_id: int, actor: str, note: str | No
 
     async def job() -> int:
         async with open_core(config) as core:
-            decided = await decide(core.db, order_id, Verdict.TRADE, actor=actor, note=note)
+            decided = await decide(
+                core.db, order_id, Verdict.TRADE, actor=actor, note=note, judge=core.consumer.judge
+            )
             result = await core.consumer.charge(order_id, Source.OPERATOR)
         fields: dict[str, Any] = {
             "order_id": order_id,

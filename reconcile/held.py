@@ -11,7 +11,8 @@ binds the row's close (a trade) or finds it a leg; otherwise an operator decides
 
 Each decision is one row of ``toogo_reconcile_verdict`` (one per order): repeating it changes
 nothing; contradicting a recorded verdict (charging a dismissed row or a leg the daemon found,
-dismissing a charged or a charged-as-trade row) is refused with the recorded verdict named.
+dismissing a charged or a charged-as-trade row) is refused with the recorded verdict named, and
+so is charging a row the rules prove a leg (close id, exchange record) before it was recorded.
 """
 
 from __future__ import annotations
@@ -98,9 +99,18 @@ class Decided:
 
 
 async def decide(
-    db: Database, order_id: int, kind: Verdict, *, actor: str, note: str | None
+    db: Database,
+    order_id: int,
+    kind: Verdict,
+    *,
+    actor: str,
+    note: str | None,
+    judge: TradeJudge | None = None,
 ) -> Decided:
-    """Record an operator's ``trade`` or ``dismissed`` for one order (see the module's doc)."""
+    """Record an operator's ``trade`` or ``dismissed`` for one order (see the module's doc).
+    A row the rules prove a leg (close id, exchange record) is never charged: ``trade`` on it
+    is refused, as for a leg recorded already."""
+    judge = judge or TradeJudge(db)
     if kind not in (Verdict.TRADE, Verdict.DISMISSED):
         raise ValueError(f"an operator decides trade or dismissed, not {kind}")
     actor = actor.strip()
@@ -129,6 +139,12 @@ async def decide(
                 f"order {order_id} is recorded as {recorded.verdict}{of} (rule {recorded.rule},"
                 f" by {recorded.actor} at {recorded.created_at}); refused"
             )
+        if kind is Verdict.TRADE:
+            judged = (await judge.judge(conn, [order_id], record=False)).get(order_id)
+            if judged is not None and judged.verdict is Verdict.LEG:
+                raise PermanentError(
+                    f"order {order_id} is {judged.reason}: a leg is never charged; refused"
+                )
         if kind is Verdict.DISMISSED:
             c = power_consume.c
             charged = (

@@ -275,6 +275,11 @@ async def test_an_operator_charges_or_dismisses_a_held_row_once(account: Databas
         await decide(db, leg2, Verdict.TRADE, actor="ops-anna", note=None)
     with pytest.raises(PermanentError, match="charged already"):
         await decide(db, trade, Verdict.DISMISSED, actor="ops-anna", note=None)
+    # a leg the rules prove (here by the trade's close_order_id) is never charged, even by hand
+    proven_trade, proven_leg, _ = await trade_and_leg(db, close_ids=True)
+    with pytest.raises(PermanentError, match="a leg is never charged"):
+        await decide(db, proven_leg, Verdict.TRADE, actor="ops-anna", note=None)
+    assert proven_leg not in await verdicts(db) and proven_trade not in await charged(db)
     assert set(await charged(db)) == {trade, leg}
 
 
