@@ -49,7 +49,11 @@ async def open_core(config: Config, *, require_schema: bool = True) -> AsyncIter
         if mode is not PowerMode.CHARGE:
             log.info("power mode", mode=str(mode))
         # a row opened within the sync's match tolerance of another's close may be its leg
-        judge = TradeJudge(db, tolerance=sync_settings(config).match_tolerance)
+        judge = TradeJudge(
+            db,
+            tolerance=sync_settings(config).match_tolerance,
+            running_status=config.robots.running_status,
+        )
         yield Core(db=db, consumer=PowerConsumer(db, rules, mode, judge), schema=schema)
 
 

@@ -21,7 +21,8 @@ upstream lines it answers to - the one place they are written down):
 3. ``exchange_record`` - an exchange close bound to another row names it: a leg;
 4. ``bound`` - an exchange close is bound to it: a trade;
 5. ``shape`` - opened inside another closed row's lifetime, in its closing direction: held;
-6. ``awaiting_sync`` - its stream is synced and not yet read past its close: held;
+6. ``awaiting_sync`` - its stream is polled (a running robot, an enabled account, a cursor
+   advanced within ``sync_fresh``) and not yet read past its close: held;
 7. ``local`` - otherwise: a trade.
 
 Legs found by rules 2 and 3 are written to ``toogo_reconcile_verdict`` in the transaction that
@@ -42,6 +43,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile.accounts import STATUS_NORMAL
 from reconcile.db import Database
 from reconcile.orders import Status
 from reconcile.schema import (
@@ -134,11 +136,17 @@ class TradeJudge:
     """Judges rows inside the charging transaction (the rows are locked by the caller)."""
 
     def __init__(
-        self, db: Database, *, tolerance: timedelta = TOLERANCE, sync_fresh: timedelta = SYNC_FRESH
+        self,
+        db: Database,
+        *,
+        tolerance: timedelta = TOLERANCE,
+        sync_fresh: timedelta = SYNC_FRESH,
+        running_status: int = 2,
     ) -> None:
         self.db = db
         self.tolerance = tolerance
         self.sync_fresh = sync_fresh
+        self.running_status = running_status  # robots.running_status
         self._close_columns: tuple[str, ...] | None = None
         self._own_tables = False
 
@@ -349,9 +357,24 @@ class TradeJudge:
         accounts = sorted({r.account[1] for r in rows if r.account[0] == "account"})
         if not accounts:
             return {}
-        c = stream_cursor.c
+        c, r, a = stream_cursor.c, trading_robot.c, trading_api_config.c
+        # a stream the sync still polls (the sync's own choice): a running robot, not deleted,
+        # on an enabled account; a stopped robot's last close is not waited for
+        polled = (
+            select(r.id)
+            .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
+            .where(
+                r.api_config_id == c.account_id,
+                r.symbol == c.symbol,
+                r.status == self.running_status,
+                r.deleted_at.is_(None),
+                a.status == STATUS_NORMAL,
+                a.deleted_at.is_(None),
+            )
+            .exists()
+        )
         stmt = select(c.platform, c.account_id, c.symbol, c.complete_until, c.updated_at).where(
-            c.account_id.in_(accounts), c.complete_until.is_not(None)
+            c.account_id.in_(accounts), c.complete_until.is_not(None), polled
         )
         out: dict[tuple[str, int, str], tuple[datetime, datetime | None]] = {}
         for platform, account_id, symbol, until, updated in await conn.execute(stmt):

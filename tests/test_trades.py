@@ -31,6 +31,7 @@ from reconcile.schema import (
     record_order_id,
     stream_cursor,
     trading_order,
+    trading_robot,
     verdict,
 )
 from reconcile.trades import Rule, TradeJudge, Verdict, symbol_key
@@ -526,3 +527,23 @@ async def test_a_table_created_under_a_snapshot_is_a_temporary_error(mysql_url: 
             await reader.rollback()
     finally:
         await engine.dispose()
+
+
+async def test_a_stream_no_longer_polled_holds_nothing(account: Database) -> None:
+    """The robot stopped right after its last close: the sync no longer polls the stream, so
+    that close is not waited for (it is charged at once, rule local)."""
+    db = account
+    closed = db.now() - timedelta(minutes=1)
+    order = await insert_order(db, user_id=7, robot_id=100, close_time=closed,
+                               open_time=closed - timedelta(hours=1))  # fmt: skip
+    behind = (datetime.now(UTC) - timedelta(minutes=5)).replace(tzinfo=None)
+    await insert(db, stream_cursor, platform="binance", account_id=10, symbol="BTCUSDT",
+                 complete_until=behind, keys_at_cursor="[]", updated_at=db.now())  # fmt: skip
+
+    async def stop(conn: AsyncConnection) -> None:
+        r = trading_robot.c
+        await conn.execute(trading_robot.update().where(r.api_config_id == 10).values(status=4))
+
+    await db.transaction(stop, what="stop the robots")
+    result = await PowerConsumer(db, RULES).charge(order, Source.REALTIME)
+    assert result.outcome is Outcome.CHARGED
