@@ -119,6 +119,7 @@ def render_check(r: m.CheckReport) -> None:
         out(f"  hg_trading_order.{col}".ljust(52) + _present(ok))
     out("  hg_trading_order.idx_power_consumed".ljust(52) + _present(s.power_index))
     out("  hg_trading_order.idx_reconcile_sweep".ljust(52) + _present(s.sweep_index))
+    out("  hg_trading_order.idx_reconcile_robot_close".ljust(52) + _present(s.robot_close_index))
     for index in s.invalid_indexes:
         out(
             f"  ✗ index {index} is INVALID (left by a failed CONCURRENTLY build): "

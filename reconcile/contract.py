@@ -25,6 +25,7 @@ from reconcile.errors import SchemaNotReady
 from reconcile.schema import (
     HOTGO_TABLES,
     OWN_TABLES,
+    ROBOT_CLOSE_INDEX,
     SWEEP_INDEX,
     UNIQUE_KEY,
     create_embedded_schema,
@@ -106,6 +107,10 @@ async def inspect_live(conn: AsyncConnection) -> LiveSchema:
             insp, trading_order.name
         ):
             problems.append(f"{trading_order.name} index {SWEEP_INDEX} missing: {_MIGRATE}")
+        if trading_order.name in tables and ROBOT_CLOSE_INDEX not in _index_names(
+            insp, trading_order.name
+        ):
+            problems.append(f"{trading_order.name} index {ROBOT_CLOSE_INDEX} missing: {_MIGRATE}")
         for own in OWN_TABLES:
             if own.name not in tables:
                 problems.append(f"{own.name} missing (the daemon's own table): {_MIGRATE}")

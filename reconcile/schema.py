@@ -35,6 +35,10 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 UNIQUE_KEY = "uk_user_order"
 SWEEP_INDEX = "idx_reconcile_sweep"
+#: the rows of some robots closed since a time (reconcile.trades reads a page's neighbours so):
+#: a range per robot, where upstream's idx_robot_id would read each robot's whole history
+ROBOT_CLOSE_INDEX = "idx_reconcile_robot_close"
+ROBOT_CLOSE_COLUMNS = ("robot_id", "close_time")
 POWER_INDEX = "idx_power_consumed"
 
 
@@ -514,6 +518,11 @@ async def add_unique_key(conn: AsyncConnection) -> None:
 async def create_own_schema(conn: AsyncConnection) -> None:
     """Create the daemon's own tables and the sweep index on hg_trading_order, if absent."""
     await conn.run_sync(own_metadata.create_all)
+    if not await index_exists(conn, trading_order.name, ROBOT_CLOSE_INDEX):
+        cols = ", ".join(ROBOT_CLOSE_COLUMNS)
+        await conn.execute(
+            text(f"CREATE INDEX {ROBOT_CLOSE_INDEX} ON {trading_order.name} ({cols})")
+        )
     if not await index_exists(conn, trading_order.name, SWEEP_INDEX):
         cols = ", ".join(sweep_index_columns(conn.dialect.name))
         await conn.execute(text(f"CREATE INDEX {SWEEP_INDEX} ON {trading_order.name} ({cols})"))

@@ -258,7 +258,8 @@ class TradeJudge:
                 live = inspect(sync_conn)
                 names = {c["name"] for c in live.get_columns(trading_order.name)}
                 close = tuple(n for n in ("close_order_id", "close_client_order_id") if n in names)
-                return close, live.has_table(verdict.name)
+                own = (verdict, binding, record_order_id, stream_cursor)
+                return close, all(live.has_table(t.name) for t in own)
 
             close, self._own_tables = await conn.run_sync(read)
             self._close_columns = close

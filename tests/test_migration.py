@@ -196,6 +196,7 @@ async def test_dry_runs_change_nothing(legacy_db: tuple[Database, Legacy]) -> No
     assert plan.add_key is not None and [s.name for s in plan.add_key.steps] == [
         "uk_user_order",
         "idx_reconcile_sweep",
+        "idx_reconcile_robot_close",
         "own tables",
     ]
     await m.dedupe(db, refund_overcharge=True)
@@ -258,6 +259,7 @@ async def test_add_unique_key_completes_an_older_order_table(server_url: str) ->
             "idx_power_consumed",
             "uk_user_order",
             "idx_reconcile_sweep",
+            "idx_reconcile_robot_close",
             "own tables",
         ]
         result = await m.add_unique_key(db)

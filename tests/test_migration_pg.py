@@ -126,6 +126,7 @@ async def test_upstreams_raw_schema_gets_the_power_columns_and_nothing_else(pg_u
         assert hotgo_added == {
             ("hg_trading_order", "idx_power_consumed"),
             ("hg_trading_order", "idx_reconcile_sweep"),
+            ("hg_trading_order", "idx_reconcile_robot_close"),
             (CONSUME, "uk_user_order"),
         }
         power = [d for t, n, d in await indexes(db) if n == "idx_power_consumed"]

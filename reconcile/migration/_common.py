@@ -16,6 +16,7 @@ from reconcile.errors import ConfigError, SchemaNotReady
 from reconcile.migration import _pg
 from reconcile.schema import (
     POWER_INDEX,
+    ROBOT_CLOSE_INDEX,
     SWEEP_INDEX,
     UNIQUE_KEY,
     own_metadata,
@@ -125,7 +126,12 @@ def backup_table_name(name: str) -> str:
 # -- the schema, as the server's catalog describes it ---------------------------------------------
 
 #: the indexes the runbook builds, by table
-OUR_INDEXES = ((ORDERS, POWER_INDEX), (CONSUME, UNIQUE_KEY), (ORDERS, SWEEP_INDEX))
+OUR_INDEXES = (
+    (ORDERS, POWER_INDEX),
+    (CONSUME, UNIQUE_KEY),
+    (ORDERS, SWEEP_INDEX),
+    (ORDERS, ROBOT_CLOSE_INDEX),
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ class SchemaState:
     power_index: bool
     sweep_index: bool
     own_tables: dict[str, bool]
+    robot_close_index: bool
     consume_engine: str | None
     #: PostgreSQL: indexes of ours left invalid by a failed CONCURRENTLY build (absent for
     #: everything else; the step that builds one drops it first)
@@ -202,6 +209,7 @@ async def schema_state(conn: AsyncConnection) -> SchemaState:
         order_columns={c: c in order_cols for c in ORDER_COLUMNS},
         power_index=(ORDERS, POWER_INDEX) in indexes,
         sweep_index=(ORDERS, SWEEP_INDEX) in indexes,
+        robot_close_index=(ORDERS, ROBOT_CLOSE_INDEX) in indexes,
         own_tables={name: name in engines for name in OWN_TABLE_NAMES},
         consume_engine=engines.get(CONSUME),
         invalid_indexes=tuple(n for t, n in OUR_INDEXES if (t, n) in set(found) - set(indexes)),

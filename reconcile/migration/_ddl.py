@@ -42,6 +42,8 @@ from reconcile.migration._common import (
 )
 from reconcile.schema import (
     POWER_INDEX,
+    ROBOT_CLOSE_COLUMNS,
+    ROBOT_CLOSE_INDEX,
     SWEEP_INDEX,
     UNIQUE_KEY,
     binding,
@@ -242,6 +244,9 @@ def planned_ddl(state: SchemaState, *, pg: bool = False) -> list[tuple[str, str]
     if not state.sweep_index:
         columns = ", ".join(sweep_index_columns("postgresql"))
         steps.append((SWEEP_INDEX, index(SWEEP_INDEX, ORDERS, columns)))
+    if not state.robot_close_index:
+        columns = ", ".join(ROBOT_CLOSE_COLUMNS)
+        steps.append((ROBOT_CLOSE_INDEX, index(ROBOT_CLOSE_INDEX, ORDERS, columns)))
     missing_own = [t for t, present in state.own_tables.items() if not present]
     if missing_own:
         steps.append(("own tables", f"CREATE TABLE IF NOT EXISTS {', '.join(missing_own)}"))

@@ -35,7 +35,14 @@ from reconcile.migration._ddl import (
 )
 from reconcile.migration._dedupe import DedupeResult, dedupe
 from reconcile.migration._legs import LegsResult, refund_legs
-from reconcile.schema import POWER_INDEX, SWEEP_INDEX, UNIQUE_KEY, migration_backup, refund
+from reconcile.schema import (
+    POWER_INDEX,
+    ROBOT_CLOSE_INDEX,
+    SWEEP_INDEX,
+    UNIQUE_KEY,
+    migration_backup,
+    refund,
+)
 from reconcile.trades import ChargedLeg, charged_legs
 
 log = structlog.get_logger("reconcile.migration")
@@ -82,6 +89,7 @@ class CheckReport:
             "unique_key_problem": s.unique_key_problem,
             "trading_order": {**s.order_columns, POWER_INDEX: s.power_index},
             "sweep_index": {SWEEP_INDEX: s.sweep_index},
+            "robot_close_index": {ROBOT_CLOSE_INDEX: s.robot_close_index},
             "invalid_indexes": list(s.invalid_indexes),
             "own_tables": s.own_tables,
             "refunds": {
