@@ -7,6 +7,8 @@ this module only reads them from the database.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,7 +16,7 @@ from reconcile.credentials import AesKey, aes_key_from_environment, decrypt_valu
 from reconcile.db import Database
 from reconcile.errors import PermanentError
 from reconcile.records import ApiAccount
-from reconcile.schema import trading_api_config
+from reconcile.schema import stream_cursor, trading_api_config, trading_robot
 
 STATUS_NORMAL = 1
 STATUS_DISABLED = 2
@@ -82,3 +84,22 @@ async def load_account(
 
 
 __all__ = ["STATUS_DISABLED", "STATUS_NORMAL", "AccountNotFound", "ApiAccount", "load_account"]
+
+
+def polled(running_status: int) -> Any:
+    """EXISTS, correlated to toogo_reconcile_cursor: the history sync still polls that stream
+    (its own choice): a running robot, not deleted, on an enabled account, trades that symbol."""
+    c, r, a = stream_cursor.c, trading_robot.c, trading_api_config.c
+    return (
+        select(r.id)
+        .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
+        .where(
+            r.api_config_id == c.account_id,
+            r.symbol == c.symbol,
+            r.status == running_status,
+            r.deleted_at.is_(None),
+            a.status == STATUS_NORMAL,
+            a.deleted_at.is_(None),
+        )
+        .exists()
+    )

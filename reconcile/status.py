@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import quarantine
-from reconcile.accounts import STATUS_NORMAL, ApiAccount
+from reconcile.accounts import STATUS_NORMAL, ApiAccount, polled
 from reconcile.contract import inspect_live
 from reconcile.db import Database
 from reconcile.errors import ConfigError
@@ -104,27 +104,17 @@ async def read_gauges(db: Database, *, lookback: timedelta, running_status: int)
     the cursors of streams the history sync still polls (a running robot, not deleted, on an
     enabled account: the sync's own choice): a stopped robot's cursor stays where it was and
     would otherwise read as a stream falling ever further behind."""
-    o, c, r, a = trading_order.c, stream_cursor.c, trading_robot.c, trading_api_config.c
+    o, c = trading_order.c, stream_cursor.c
     since = db.to_db_time(datetime.now(UTC) - lookback)
     waiting = (*eligible_sql(db.dialect), o.close_time >= since, ~settled_rows(o.id))
     backlog_query = select(func.count()).select_from(trading_order).where(*waiting)
     # the oldest rows of the backlog, judged: the held ones are counted apart
     oldest_query = select(o.id, o.close_time).where(*waiting).order_by(o.close_time, o.id)
     judge = TradeJudge(db)
-    polled = (
-        select(r.id)
-        .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
-        .where(
-            r.api_config_id == c.account_id,
-            r.symbol == c.symbol,
-            r.status == running_status,
-            r.deleted_at.is_(None),
-            a.status == STATUS_NORMAL,
-            a.deleted_at.is_(None),
-        )
-        .exists()
+    stream_polled = polled(running_status)
+    lag_query = (
+        select(c.platform, func.min(c.complete_until)).where(stream_polled).group_by(c.platform)
     )
-    lag_query = select(c.platform, func.min(c.complete_until)).where(polled).group_by(c.platform)
 
     async def read(
         conn: AsyncConnection,

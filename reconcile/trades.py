@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.accounts import STATUS_NORMAL
+from reconcile.accounts import polled
 from reconcile.db import Database
 from reconcile.orders import Status
 from reconcile.schema import (
@@ -358,24 +358,10 @@ class TradeJudge:
         accounts = sorted({r.account[1] for r in rows if r.account[0] == "account"})
         if not accounts:
             return {}
-        c, r, a = stream_cursor.c, trading_robot.c, trading_api_config.c
-        # a stream the sync still polls (the sync's own choice): a running robot, not deleted,
-        # on an enabled account; a stopped robot's last close is not waited for
-        polled = (
-            select(r.id)
-            .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
-            .where(
-                r.api_config_id == c.account_id,
-                r.symbol == c.symbol,
-                r.status == self.running_status,
-                r.deleted_at.is_(None),
-                a.status == STATUS_NORMAL,
-                a.deleted_at.is_(None),
-            )
-            .exists()
-        )
+        c = stream_cursor.c
+        # a stream the sync no longer polls (a stopped robot): its last close is not waited for
         stmt = select(c.platform, c.account_id, c.symbol, c.complete_until, c.updated_at).where(
-            c.account_id.in_(accounts), c.complete_until.is_not(None), polled
+            c.account_id.in_(accounts), c.complete_until.is_not(None), polled(self.running_status)
         )
         out: dict[tuple[str, int, str], tuple[datetime, datetime | None]] = {}
         for platform, account_id, symbol, until, updated in await conn.execute(stmt):
