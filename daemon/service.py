@@ -249,7 +249,11 @@ class Service:
         backlog_after = self.config.schedule.compensation_sweep
 
         async def work() -> tuple[bool, str]:
-            report = await audit(core.db, backlog_after=backlog_after)
+            # charged legs: those charged within the look-back (the whole history is the
+            # `audit` command's and `migrate check`'s, run once after an upgrade)
+            report = await audit(
+                core.db, backlog_after=backlog_after, legs_within=self.config.sweep.lookback
+            )
             violations = {c.name: c.violations for c in report.checks}
             if self.metrics is not None:
                 for check, count in violations.items():

@@ -404,8 +404,11 @@ class ChargedLeg:
 JUDGED_PER_READ = 1000
 
 
-async def charged_legs(conn: AsyncConnection, db: Database) -> list[ChargedLeg]:
-    """Every charged row that is a closing leg (rules 1-3: read-only), by order id. Only a row
+async def charged_legs(
+    conn: AsyncConnection, db: Database, *, charged_since: datetime | None = None
+) -> list[ChargedLeg]:
+    """Every charged row that is a closing leg (rules 1-3: read-only), by order id; with
+    ``charged_since`` (database time) only those whose consume row is that recent. Only a row
     with an exchange order id can be one (a ``POS-…`` placeholder is a position the engine
     back-filled, never a leg); they are judged a thousand at a time."""
     o, c = trading_order.c, power_consume.c
@@ -416,6 +419,7 @@ async def charged_legs(conn: AsyncConnection, db: Database) -> list[ChargedLeg]:
             o.exchange_order_id.is_not(None),
             o.exchange_order_id != "",
             ~o.exchange_order_id.like("POS-%"),
+            *((c.created_at >= charged_since,) if charged_since is not None else ()),
         )
         .order_by(c.order_id, c.id)
     )

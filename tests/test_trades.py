@@ -329,6 +329,16 @@ async def test_audit_lists_a_leg_an_earlier_release_charged(account: Database) -
     [example] = check.examples
     assert (example["order_id"], example["user_id"], example["trade_order_id"]) == (leg, 7, trade)
     assert example["consume_power"] == Decimal("0.30000000") and example["rule"] == "close_order_id"
+    # the daemon's periodic audit judges only recent charges; the command, the whole history
+
+    async def age(conn: AsyncConnection) -> None:
+        await conn.execute(power_consume.update().values(created_at=db.now() - timedelta(days=10)))
+
+    await db.transaction(age, what="charged ten days ago")
+    recent = await audit(db, backlog_after=timedelta(hours=1), legs_within=timedelta(days=7))
+    assert next(c for c in recent.checks if c.name == "charged_legs").violations == 0
+    whole = await audit(db, backlog_after=timedelta(hours=1))
+    assert next(c for c in whole.checks if c.name == "charged_legs").violations == 1
     again = await PowerConsumer(db, RULES).charge_many([trade, leg], Source.SWEEP)
     assert {r.outcome for r in again.results} == {Outcome.SKIPPED_DUPLICATE}
     assert len(await charged(db)) == 2
