@@ -170,7 +170,11 @@ class TradeJudge:
         maybe_legs = [
             r for r in todo if r.exchange_order_id and not r.exchange_order_id.startswith("POS-")
         ]
-        neighbours = await self._neighbours(conn, maybe_legs, close_columns) if maybe_legs else []
+        neighbours = (
+            await self._neighbours(conn, maybe_legs, close_columns, known=subjects)
+            if maybe_legs
+            else []
+        )
         by_close_id = _index_close_ids(neighbours)
         by_stream: dict[tuple[tuple[str, int], str], list[_Row]] = defaultdict(list)
         for other in neighbours:  # rule 5 compares a row with its own stream's rows only
@@ -303,10 +307,16 @@ class TradeJudge:
         return out
 
     async def _neighbours(
-        self, conn: AsyncConnection, rows: list[_Row], close_columns: tuple[str, ...]
+        self,
+        conn: AsyncConnection,
+        rows: list[_Row],
+        close_columns: tuple[str, ...],
+        *,
+        known: dict[int, _Row],
     ) -> list[_Row]:
         """The rows of the same accounts (every robot of each) that may be the trade of one of
-        ``rows``: opened no later, closed no earlier than its open minus the tolerance."""
+        ``rows``: opened no later, closed no earlier than its open minus the tolerance; and the
+        rows ``known`` already (the page's own: not read twice)."""
         accounts = {r.account[1] for r in rows if r.account[0] == "account"}
         robots = {r.robot_id for r in rows}
         if accounts:
@@ -317,8 +327,13 @@ class TradeJudge:
         o = trading_order.c
         lowest = min(r.open_time for r in rows) - self.tolerance
         highest = max(r.open_time for r in rows)
-        where = o.robot_id.in_(sorted(robots)) & (o.close_time >= lowest) & (o.open_time <= highest)
-        return list((await self._rows(conn, where, close_columns)).values())
+        where = (
+            o.robot_id.in_(sorted(robots))
+            & (o.close_time >= lowest)
+            & (o.open_time <= highest)
+            & o.id.not_in(sorted(known))
+        )
+        return [*known.values(), *(await self._rows(conn, where, close_columns)).values()]
 
     async def _recorded_closes(
         self, conn: AsyncConnection, rows: list[_Row]
