@@ -59,7 +59,6 @@ from reconcile.schema import (
 from reconcile.trades import TradeJudge, Verdict, charged_legs, settled_rows
 
 EXAMPLES = 10
-JUDGED_PER_READ = 1000  # rows judged per statement set (reconcile.trades)
 LEDGER_TYPES = (CONSUME, REFUND, REFUND_REVERSAL, ADJUST)
 
 
@@ -310,17 +309,14 @@ async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -
         )
         .order_by(o.close_time, o.id)
     )
-    judge = TradeJudge(db)
     rows = [dict(r._mapping) for r in await conn.execute(waiting)]
-    for start in range(0, len(rows), JUDGED_PER_READ):
-        part = rows[start : start + JUDGED_PER_READ]
-        judged = await judge.judge(conn, [r["order_id"] for r in part], record=False)
-        for row in part:
-            judgement = judged.get(row["order_id"])
-            if judgement is not None and judgement.verdict is Verdict.HELD:
-                _add(held, {**row, "rule": str(judgement.rule), "reason": judgement.reason})
-            elif judgement is None or judgement.charge:
-                _add(check, row)
+    judged = await TradeJudge(db).judge_all(conn, [r["order_id"] for r in rows])
+    for row in rows:
+        judgement = judged.get(row["order_id"])
+        if judgement is not None and judgement.verdict is Verdict.HELD:
+            _add(held, {**row, "rule": str(judgement.rule), "reason": judgement.reason})
+        elif judgement is None or judgement.charge:
+            _add(check, row)
     return [check, held]
 
 

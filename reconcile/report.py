@@ -81,7 +81,6 @@ from reconcile.schema import (
 from reconcile.trades import TradeJudge, Verdict
 
 ZERO = Decimal(0)
-JUDGED_PER_READ = 1000
 CORRECTION = ledger.ADJUST  # the ledger's change type of a correction (reconcile.corrections)
 #: binding rules of a record bound to a local order that existed (``backfill``: `migrate up`)
 MATCH_RULES = ("order_id", "close_time", "backfill")
@@ -341,8 +340,7 @@ class _Reader:
         return self._grouped(source, q.account_id, a.user_id, q.first_seen, self.utc, figures)
 
     async def _judged(self, conn: AsyncConnection, grid: dict[Cell, Figures]) -> None:
-        """trades / legs / held: every closed order of the period judged (read-only), a
-        thousand per statement set."""
+        """trades / legs / held: every closed order of the period judged (read-only)."""
         o, rb = trading_order.c, trading_robot.c
         source = trading_order.outerjoin(trading_robot, rb.id == o.robot_id)
         scoped = [
@@ -362,18 +360,14 @@ class _Reader:
         )
         rows = list(await conn.execute(stmt))
         judge = TradeJudge(self.db, tolerance=self.sync.match_tolerance)
-        for start in range(0, len(rows), JUDGED_PER_READ):
-            part = rows[start : start + JUDGED_PER_READ]
-            judged = await judge.judge(conn, [r.id for r in part], record=False)
-            for order_id, account_id, user_id in part:
-                judgement = judged.get(order_id)
-                if judgement is None:
-                    continue
-                figure = {Verdict.TRADE: "trades", Verdict.LEG: "legs", Verdict.HELD: "held"}
-                name = figure.get(judgement.verdict)
-                if name is not None:
-                    cell = grid[(account_id, user_id)]
-                    setattr(cell, name, getattr(cell, name) + 1)
+        judged = await judge.judge_all(conn, [r.id for r in rows])
+        figure = {Verdict.TRADE: "trades", Verdict.LEG: "legs", Verdict.HELD: "held"}
+        for order_id, account_id, user_id in rows:
+            judgement = judged.get(order_id)
+            name = figure.get(judgement.verdict) if judgement is not None else None
+            if name is not None:
+                cell = grid[(account_id, user_id)]
+                setattr(cell, name, getattr(cell, name) + 1)
 
     async def _unseen_closes(self, conn: AsyncConnection) -> Select[Any]:
         """Closed orders with no binding of any kind, of a stream the exchange was read for

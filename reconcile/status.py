@@ -121,7 +121,7 @@ async def read_gauges(db: Database, *, lookback: timedelta, running_status: int)
     ) -> tuple[int, int, datetime | None, dict[str, datetime]]:
         backlog = int((await conn.execute(backlog_query)).scalar_one())
         rows = list(await conn.execute(oldest_query.limit(HELD_SCAN)))
-        judged = await judge.judge(conn, [r.id for r in rows], record=False)
+        judged = await judge.judge_all(conn, [r.id for r in rows])
         held = {i for i, j in judged.items() if j.verdict is Verdict.HELD}
         oldest = next((t for i, t in rows if i not in held), None)
         if oldest is None and backlog > len(rows):  # every row scanned is held

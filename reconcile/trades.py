@@ -63,6 +63,8 @@ SYNC_FRESH = timedelta(days=1)
 TOLERANCE = timedelta(seconds=120)
 #: a leg is never larger than its trade (quantities are DECIMAL(15,8))
 SIZE_SLACK = Decimal("1.000001")
+#: rows judged per statement set by the read-only views (judge_all)
+JUDGED_PER_READ = 1000
 
 
 class Verdict(StrEnum):
@@ -194,6 +196,18 @@ class TradeJudge:
                 found.append(judgement)
         if found and own and record:
             await record_legs(conn, self.db, found)
+        return out
+
+    async def judge_all(
+        self, conn: AsyncConnection, order_ids: Sequence[int]
+    ) -> dict[int, Judgement]:
+        """:meth:`judge` for the read-only views, however many rows: a thousand per statement
+        set (``JUDGED_PER_READ``), nothing written."""
+        ids = sorted(set(order_ids))
+        out: dict[int, Judgement] = {}
+        for start in range(0, len(ids), JUDGED_PER_READ):
+            part = ids[start : start + JUDGED_PER_READ]
+            out.update(await self.judge(conn, part, record=False))
         return out
 
     async def _decided(self, conn: AsyncConnection, ids: list[int]) -> dict[int, Judgement]:
@@ -416,16 +430,13 @@ class ChargedLeg:
     rule: str
 
 
-JUDGED_PER_READ = 1000
-
-
 async def charged_legs(
     conn: AsyncConnection, db: Database, *, charged_since: datetime | None = None
 ) -> list[ChargedLeg]:
     """Every charged row that is a closing leg (rules 1-3: read-only), by order id; with
     ``charged_since`` (database time) only those whose consume row is that recent. Only a row
     with an exchange order id can be one (a ``POS-…`` placeholder is a position the engine
-    back-filled, never a leg); they are judged a thousand at a time."""
+    back-filled, never a leg)."""
     o, c = trading_order.c, power_consume.c
     stmt = (
         select(c.id, c.order_id, c.user_id, o.order_sn, c.consume_power)
@@ -439,17 +450,14 @@ async def charged_legs(
         .order_by(c.order_id, c.id)
     )
     rows = list(await conn.execute(stmt))
-    judge = TradeJudge(db)
+    judged = await TradeJudge(db).judge_all(conn, [r.order_id for r in rows])
     out: list[ChargedLeg] = []
-    for start in range(0, len(rows), JUDGED_PER_READ):
-        part = rows[start : start + JUDGED_PER_READ]
-        judged = await judge.judge(conn, sorted({r.order_id for r in part}), record=False)
-        for consume_id, order_id, user_id, order_sn, power in part:
-            j = judged.get(order_id)
-            if j is not None and j.verdict is Verdict.LEG:
-                leg = ChargedLeg(consume_id, order_id, user_id, order_sn, power,
-                                 j.trade_order_id, str(j.rule))  # fmt: skip
-                out.append(leg)
+    for consume_id, order_id, user_id, order_sn, power in rows:
+        j = judged.get(order_id)
+        if j is not None and j.verdict is Verdict.LEG:
+            leg = ChargedLeg(consume_id, order_id, user_id, order_sn, power,
+                             j.trade_order_id, str(j.rule))  # fmt: skip
+            out.append(leg)
     return out
 
 
