@@ -3,7 +3,9 @@
 Three jobs on an APScheduler AsyncIOScheduler, each coalescing and never overlapping itself; a
 failing job is logged and tried again at its next run without touching the others:
 
-- the history sync (``schedule.history_sync``, 60 s);
+- the history sync (``schedule.history_sync``, 60 s); on MySQL/PostgreSQL its own loop of
+  one-interval runs, each claiming due accounts from the schedule the daemons share
+  (reconcile.fleet) every ``sync.tick``;
 - a realtime sweep of the last ``schedule.realtime_window`` of closes (``schedule.realtime_sweep``,
   5 s) - it charges what the engine's realtime call missed within seconds;
 - the compensation sweep over ``sweep.lookback`` (``schedule.compensation_sweep``, 1 h);
@@ -28,6 +30,7 @@ exit 0. SIGHUP is not supported (logged): restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -98,11 +101,14 @@ class Service:
         async with AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(self.config))
             core.db.attempt_timeout = self._attempt_timeout()
-            history = await stack.enter_async_context(
-                open_history_sync(self.config, core, min_interval=schedule.history_sync * 0.9)
-            )
+            history = await stack.enter_async_context(open_history_sync(self.config, core))
+            # several daemons share the accounts through the database's poll schedule: the
+            # history sync claims due accounts every tick, in runs of one interval back to back
+            fleet = core.db.dialect.concurrent
             if self.metrics is not None:
                 self.metrics.expect(platforms=self.config.exchanges)
+                # the budgets' series exist at 0 from the start: a first 418 is an increase
+                self.metrics.requests_made(history.provider)
                 self.metrics.charging.set(int(self.config.power.mode is PowerMode.CHARGE))
             if self.metrics is not None and self.config.metrics.listen:
                 runner = await self.metrics.serve(self.config.metrics.listen)
@@ -131,6 +137,8 @@ class Service:
                 # the audit first runs one interval in: not beside the start's first sweep, and
                 # not on the backlog of the downtime that sweep is about to charge
                 first = started + timedelta(seconds=every) if name == "audit" else started
+                if name == "history_sync" and fleet:
+                    continue  # its own loop, below
                 scheduler.add_job(
                     self._scheduled, "interval", args=(name, make), id=name, name=name,
                     seconds=every, coalesce=True, max_instances=1, misfire_grace_time=None,
@@ -146,6 +154,10 @@ class Service:
                 metrics=self.config.metrics.listen,
             )
             background = [asyncio.create_task(self._health(core))]
+            if fleet:
+                background.append(
+                    asyncio.create_task(self._history_loop(history, schedule.history_sync))
+                )
             if self.metrics is not None:
                 background.append(asyncio.create_task(self._gauges(core, self.metrics)))
             await self.stop.wait()
@@ -214,10 +226,33 @@ class Service:
         jobs = "; ".join(f"{k}: {v}" for k, v in sorted(self._status.items()))
         self.notifier.send(STATUS=f"{self._outage}; {jobs}" if self._outage else jobs or "running")
 
-    def _history(self, history: HistorySync) -> Job:
+    async def _history_loop(self, history: HistorySync, span: timedelta) -> None:
+        """The history sync on a shared database: runs of one interval (each claims due accounts
+        every tick, see HistorySync.run_for), back to back until the stop; a run that ended
+        early (it failed) is followed by the next one at its interval. Drained at shutdown
+        like a scheduled job."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                await self._job("history_sync", self._history(history, span))
+                rest = span.total_seconds() - (time.monotonic() - started)
+                if rest > 0 and not self.stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), rest)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    def _history(self, history: HistorySync, span: timedelta | None = None) -> Job:
         async def work() -> tuple[bool, str]:
             try:
-                s = await history.run_cycle(self.stop)
+                if span is None:
+                    s = await history.run_cycle(self.stop)
+                else:
+                    s = await history.run_for(span, self.stop)
             finally:
                 if self.metrics is not None:
                     self.metrics.requests_made(history.provider)

@@ -1,12 +1,15 @@
 """History sync: reconcile every running robot's closed positions into hg_trading_order.
 
 Robots sharing an API account and a symbol form one **stream**: one request sequence however
-many robots share it. Each account is polled by one instance at a time (MySQL ``GET_LOCK``, held
-while its streams run; correctness never depends on it). Each stream keeps a cursor in
-``toogo_reconcile_cursor``: the close time up to which it is known complete and the record keys
-seen at that instant. A cycle fetches from the cursor minus ``overlap`` to now (a new stream, or
-one whose cursor is older than ``lookback``, from now − lookback); the cursor advances only
-after every record of the window is committed.
+many robots share it. Daemons sharing a database share the accounts through the poll schedule
+(:mod:`reconcile.fleet`): each claims due accounts under a short lease, so an account is polled
+by one instance at a time and once per interval between them (correctness never depends on it).
+Each stream keeps a cursor in ``toogo_reconcile_cursor``: the close time up to which it is known
+complete and the record keys seen at that instant. A poll fetches from the cursor minus
+``overlap`` to now (a new stream, or one whose cursor is older than ``lookback``, from now −
+lookback); the cursor advances only after every record of the window is committed. An account's
+cursors are read in the transaction that claims it and written, with the release of its lease,
+in one transaction once its streams ran.
 
 A window is upserted a page of records at a time, in a constant number of statements per page:
 one plain read of the page's bindings and candidate orders (no locking reads: on upstream's
@@ -38,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import quarantine
@@ -47,23 +50,35 @@ from reconcile.consumer import Outcome, PowerConsumer, Source
 from reconcile.contract import LiveSchema, inspect_live
 from reconcile.corrections import CorrectionMode, Corrector
 from reconcile.credentials import AesKey, aes_key_from_environment
-from reconcile.db import Database, map_db_errors
+from reconcile.db import Database
+from reconcile.dialect import PROPOSED
 from reconcile.errors import (
-    ConnectionLost,
     DatabaseError,
     DuplicateKey,
     PermanentError,
     ReconcileError,
     TemporaryError,
 )
+from reconcile.fleet import PollLeases, chunks
 from reconcile.matching import Decision, Kind, Rule, Tolerances
-from reconcile.records import ClosedPosition, ClosedPositionSource, ProfitBasis, SourceProvider
+from reconcile.records import (
+    ApiAccount,
+    ClosedPosition,
+    ClosedPositionSource,
+    ProfitBasis,
+    SourceProvider,
+)
 from reconcile.schema import stream_cursor, trading_api_config, trading_robot
 from reconcile.upsert import Conflict, PageResult, PageWriter, StreamRef, order_sn_for
 
 log = structlog.get_logger("reconcile.history")
 
 PAGE_ATTEMPTS = 3  # reads and decisions of one page before it is split
+
+#: a stream's cursor: complete until, and the record keys at that instant
+Cursor = tuple[datetime, frozenset[str]]
+#: an account's cursors by (platform, symbol)
+Cursors = dict[tuple[str, str], Cursor]
 
 
 @dataclass(frozen=True)
@@ -73,9 +88,12 @@ class SyncSettings:
     overlap: timedelta = timedelta(minutes=10)
     match_tolerance: timedelta = timedelta(seconds=120)
     concurrency: int = 8
-    #: skip a stream whose cursor another instance advanced less than this long ago, so that
-    #: several daemons poll each account once per interval between them (0: always poll)
-    min_interval: timedelta = timedelta(0)
+    #: an account is polled once per interval (``schedule.history_sync``), whatever the daemons
+    interval: timedelta = timedelta(seconds=60)
+    #: a claimed account is held this long, renewed while its poll runs (``sync.lease``)
+    lease: timedelta = timedelta(seconds=30)
+    #: how often a daemon looks for due accounts (``sync.tick``)
+    tick: timedelta = timedelta(seconds=1)
     #: platforms with a source; None: every platform (a replay source serves them all)
     platforms: frozenset[str] | None = None
     #: records upserted per transaction
@@ -178,32 +196,124 @@ class HistorySync:
         )
         # read once, here, not from the environment at every account load
         self.aes_key = aes_key if aes_key is not None else aes_key_from_environment()
+        # the shared poll schedule (MySQL/MariaDB, PostgreSQL); SQLite runs one instance
+        self.leases = (
+            PollLeases(db, interval=settings.interval, lease=settings.lease)
+            if db.dialect.concurrent
+            else None
+        )
+        # accounts as last loaded, by a digest of their row: reloaded (and decrypted) on change
+        self._accounts: dict[int, tuple[str, ApiAccount]] = {}
 
     async def run_cycle(self, stop: asyncio.Event | None = None) -> SyncSummary:
-        """One pass over every stream. A failing stream never stops the others; ``stop`` ends
-        the pass after the streams in flight."""
+        """One pass over every stream, due or not (``sync``, ``run --once``): each account whose
+        lease no other instance holds is claimed (its next poll due one interval on), polled and
+        released. A failing stream never stops the others; ``stop`` ends the pass after the
+        streams in flight."""
         started = time.monotonic()
         requests_before = self.provider.requests()
         summary = SyncSummary()
-        by_account = await self._streams(summary)
-        gate = asyncio.Semaphore(self.settings.concurrency)
+        async with self._renewing():
+            by_account, prints = await self._streams(summary)
+            cursors = await self._claim(by_account)
+            busy = sorted(a for a in by_account if a not in cursors)
+            for account_id in busy:
+                summary.skipped_streams += len(by_account[account_id])
+                log.info(
+                    "account busy elsewhere",
+                    account_id=account_id,
+                    streams=len(by_account[account_id]),
+                )
+            gate = asyncio.Semaphore(self.settings.concurrency)
 
-        async def account(account_id: int, streams: list[Stream]) -> None:
-            async with gate:
-                if stop is not None and stop.is_set():
-                    summary.skipped_streams += len(streams)
-                    return
-                await self._sync_account(account_id, streams, summary)
+            async def account(account_id: int) -> None:
+                streams = by_account[account_id]
+                async with gate:
+                    if stop is not None and stop.is_set():
+                        summary.skipped_streams += len(streams)
+                        await self._finish(account_id, [])
+                        return
+                    await self._sync_account(
+                        account_id, streams, summary, cursors[account_id], prints.get(account_id)
+                    )
 
-        await asyncio.gather(*(account(a, s) for a, s in sorted(by_account.items())))
+            await asyncio.gather(*(account(a) for a in sorted(cursors)))
+        return self._summarize(summary, started, requests_before)
+
+    async def run_for(self, span: timedelta, stop: asyncio.Event | None = None) -> SyncSummary:
+        """The daemon's history sync for ``span`` (one interval): put the running accounts on
+        the shared schedule, then every ``tick`` claim due accounts, up to the free places of
+        ``concurrency`` (when at least half are free: a claim is one transaction for many),
+        poll them and release them; then let the polls in flight finish. SQLite: one
+        :meth:`run_cycle`."""
+        leases = self.leases
+        if leases is None:
+            return await self.run_cycle(stop)
+        started = time.monotonic()
+        requests_before = self.provider.requests()
+        summary = SyncSummary()
+        deadline = started + span.total_seconds()
+        tick = self.settings.tick.total_seconds()
+        places = self.settings.concurrency
+        running: set[asyncio.Task[None]] = set()
+        stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
+        failure: ReconcileError | None = None
+        try:
+            async with self._renewing():
+                by_account, _ = await self._streams(SyncSummary())
+                await leases.refresh(list(by_account))
+                while True:
+                    running = {t for t in running if not t.done()}
+                    now = time.monotonic()
+                    claiming = now < deadline and not stopped.done() and failure is None
+                    if not claiming and not running:
+                        break
+                    free = places - len(running)
+                    if claiming and free >= max(1, places // 2):
+                        try:
+                            batch = await self._claim_due(leases, free, summary)
+                        except ReconcileError as exc:  # raised once the polls in flight end
+                            failure, batch = exc, {}
+                        for account_id, (streams, cursors, fingerprint) in batch.items():
+                            running.add(asyncio.create_task(self._sync_account(
+                                account_id, streams, summary, cursors, fingerprint, stop
+                            )))  # fmt: skip
+                        if len(batch) == free:
+                            continue  # more may be due: claim again once places are free
+                    wake = min(tick, max(0.0, deadline - now)) if claiming else None
+                    await asyncio.wait(
+                        {*running, stopped}, timeout=wake, return_when=asyncio.FIRST_COMPLETED
+                    )
+        finally:
+            stopped.cancel()
+            if running:  # cancelled (shutdown timeout): the accounts' transactions are shielded
+                await asyncio.gather(*running, return_exceptions=True)
+        if failure is not None:
+            raise failure
+        return self._summarize(summary, started, requests_before)
+
+    def _summarize(self, summary: SyncSummary, started: float, requests_before: int) -> SyncSummary:
         summary.requests = self.provider.requests() - requests_before
         summary.elapsed = round(time.monotonic() - started, 3)
         log.info("history sync summary", **summary.figures())
         return summary
 
-    # -- which streams ------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _renewing(self) -> AsyncIterator[None]:
+        """The leases held are renewed while the block runs."""
+        if self.leases is None:
+            yield
+            return
+        renewer = asyncio.create_task(self.leases.keep_renewed())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
 
-    async def _streams(self, summary: SyncSummary) -> dict[int, list[Stream]]:
+    # -- which streams, which accounts are ours -----------------------------------------------
+
+    def _robots(self, account_ids: Sequence[int] | None = None) -> Select[Any]:
         r, a = trading_robot.c, trading_api_config.c
         stmt = (
             select(
@@ -215,6 +325,10 @@ class HistorySync:
                 a.id.label("account_id"),
                 a.user_id.label("account_user_id"),
                 a.platform,
+                a.base_url,
+                a.api_key,
+                a.secret_key,
+                a.passphrase,
             )
             .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
             .where(
@@ -225,46 +339,110 @@ class HistorySync:
             )
             .order_by(r.id)
         )
+        return stmt if account_ids is None else stmt.where(a.id.in_(account_ids))
+
+    async def _streams(
+        self, summary: SyncSummary
+    ) -> tuple[dict[int, list[Stream]], dict[int, str]]:
+        """Every running stream by account, and each account row's digest."""
 
         async def read(conn: AsyncConnection) -> list[Any]:
-            return list(await conn.execute(stmt))
+            return list(await conn.execute(self._robots()))
 
         rows = await self.db.transaction(read, what="read running robots")
+        by_account, prints = self._group(rows, loud=True)
+        summary.streams = sum(len(s) for s in by_account.values())
+        return by_account, prints
+
+    def _group(
+        self, rows: Sequence[Any], *, loud: bool
+    ) -> tuple[dict[int, list[Stream]], dict[int, str]]:
         grouped: dict[tuple[str, int, str], list[Robot]] = defaultdict(list)
+        prints: dict[int, str] = {}
         unconfigured: set[str] = set()
         for row in rows:
             platform = str(row.platform).strip().lower()
             if row.user_id != row.account_user_id:
-                log.error(
-                    "robot account mismatch",
-                    robot_id=row.id,
-                    robot_user_id=row.user_id,
-                    account_id=row.account_id,
-                    account_user_id=row.account_user_id,
-                    action="skipped: never charge the wrong wallet",
-                )
+                if loud:
+                    log.error(
+                        "robot account mismatch",
+                        robot_id=row.id,
+                        robot_user_id=row.user_id,
+                        account_id=row.account_id,
+                        account_user_id=row.account_user_id,
+                        action="skipped: never charge the wrong wallet",
+                    )
                 continue
             if self.settings.platforms is not None and platform not in self.settings.platforms:
                 unconfigured.add(platform)
                 continue
             robot = Robot(row.id, row.tenant_id, row.user_id, row.symbol, row.leverage)
             grouped[(platform, row.account_id, row.symbol)].append(robot)
-        if unconfigured:
+            prints[row.account_id] = _digest(row)
+        if unconfigured and loud:
             log.warning("robots on unconfigured platforms skipped", platforms=sorted(unconfigured))
         by_account: dict[int, list[Stream]] = defaultdict(list)
         for (platform, account_id, symbol), robots in sorted(grouped.items()):
             by_account[account_id].append(Stream(platform, account_id, symbol, tuple(robots)))
-        summary.streams = sum(len(s) for s in by_account.values())
-        return by_account
+        return dict(by_account), prints
 
-    # -- one account: its lock, its client, its streams ---------------------------------------
+    async def _claim(self, by_account: dict[int, list[Stream]]) -> dict[int, Cursors]:
+        """Claim every account of ``by_account`` no other instance holds (all of them without
+        a schedule); their cursors, read in the claiming transaction."""
+        leases, ids = self.leases, sorted(by_account)
+        since = time.monotonic()
+
+        async def claim(conn: AsyncConnection) -> dict[int, Cursors]:
+            got = ids if leases is None else await leases.claim(conn, ids, schedule=True)
+            return await _read_cursors(conn, got)
+
+        cursors = await self.db.transaction(claim, what="claim accounts")
+        if leases is not None:
+            leases.hold(cursors, since)
+        return cursors
+
+    async def _claim_due(
+        self, leases: PollLeases, limit: int, summary: SyncSummary
+    ) -> dict[int, tuple[list[Stream], Cursors, str | None]]:
+        """Claim up to ``limit`` due accounts; with their streams and cursors, read in the same
+        transaction (4 statements for the lot)."""
+        since = time.monotonic()
+
+        async def claim(conn: AsyncConnection) -> tuple[list[int], list[Any], dict[int, Cursors]]:
+            ids = await leases.claim_due(conn, limit)
+            if not ids:
+                return [], [], {}
+            rows = list(await conn.execute(self._robots(ids)))
+            return ids, rows, await _read_cursors(conn, ids)
+
+        ids, rows, cursors = await self.db.transaction(claim, what="claim due accounts")
+        leases.hold(ids, since)
+        by_account, prints = self._group(rows, loud=False)
+        idle = [a for a in ids if a not in by_account]  # no running robot since the refresh
+        if idle:
+            await self.db.transaction(
+                lambda conn: leases.release(conn, idle), what="release idle accounts"
+            )
+            leases.forget(idle)
+        summary.streams += sum(len(s) for s in by_account.values())
+        return {a: (s, cursors.get(a, {}), prints.get(a)) for a, s in by_account.items()}
+
+    # -- one account: its lease, its client, its streams --------------------------------------
 
     async def _sync_account(
-        self, account_id: int, streams: list[Stream], summary: SyncSummary
+        self,
+        account_id: int,
+        streams: list[Stream],
+        summary: SyncSummary,
+        cursors: Cursors,
+        fingerprint: str | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
-        """One account's streams; any failure (the lock, the account, a stream) is counted and
-        logged here, never raised: one account never stops the others."""
+        """One account's streams, then its cursors and its lease in one transaction; any
+        failure (the lease, the account, a stream) is counted and logged here, never raised:
+        one account never stops the others."""
         pending = list(streams)
+        advanced: list[tuple[Stream, datetime, list[str]]] = []
         try:
             async with self._account_lock(account_id) as held:
                 if not held:
@@ -272,13 +450,18 @@ class HistorySync:
                     pending.clear()
                     log.info("account busy elsewhere", account_id=account_id, streams=len(streams))
                     return
-                account = await load_account(self.db, account_id, aes_key=self.aes_key)
+                account = await self._account(account_id, fingerprint)
                 source = self.provider.source_for(account)
                 basis = self.provider.profit_basis(account)
                 while pending:
                     stream = pending[0]
+                    if (stop is not None and stop.is_set()) or not self._holding(account_id):
+                        break  # shutting down, or the lease lapsed (a stall): the rest waits
                     try:
-                        await self._sync_stream(stream, source, basis, summary)
+                        key = (stream.platform, stream.symbol)
+                        cursor = await self._sync_stream(stream, cursors.get(key), source, basis,
+                                                         summary)  # fmt: skip
+                        advanced.append((stream, *cursor))
                     except ReconcileError as exc:
                         summary.failed_streams += 1
                         log.error(
@@ -291,49 +474,111 @@ class HistorySync:
                             will_retry="next cycle",
                         )
                     pending.pop(0)
-        except ReconcileError as exc:  # the lock, the account, or releasing the lock
-            summary.failed_streams += len(pending)
+                summary.skipped_streams += len(pending)
+                pending.clear()
+                await self._finish(account_id, advanced)
+        except ReconcileError as exc:  # the lease, the account, or the cursors' transaction
+            summary.failed_streams += len(pending) + len(advanced)
             log.error(
                 "account failed",
                 account_id=account_id,
-                streams=len(pending),
+                streams=len(pending) + len(advanced),
                 error=_err(exc),
                 will_retry="next cycle",
             )
+        finally:
+            if self.leases is not None:
+                self.leases.forget([account_id])
+
+    def _holding(self, account_id: int) -> bool:
+        return self.leases is None or self.leases.valid(account_id)
+
+    async def _account(self, account_id: int, fingerprint: str | None) -> ApiAccount:
+        """The account, decrypted once per version of its row (``fingerprint``)."""
+        known = self._accounts.get(account_id)
+        if fingerprint is not None and known is not None and known[0] == fingerprint:
+            return known[1]
+        account = await load_account(self.db, account_id, aes_key=self.aes_key)
+        if fingerprint is not None:
+            self._accounts[account_id] = (fingerprint, account)
+        return account
 
     @asynccontextmanager
     async def _account_lock(self, account_id: int) -> AsyncIterator[bool]:
-        # GET_LOCK names are server-wide: qualify with the database, so instances serving two
-        # hotgo databases on one server do not lock each other out (names are <= 64 chars)
-        schema = hashlib.sha256(str(self.db.engine.url.database).encode()).hexdigest()[:16]
-        name = f"toogo-reconcile:{schema}:account:{account_id}"
-        dialect = self.db.dialect
-        if not dialect.concurrent:  # the embedded default runs one instance
+        """Whether this instance may poll the account now. In a cycle its lease was claimed
+        with the others; outside one (a quarantine retry) the lease is claimed here, its due
+        time untouched, and released on exit. SQLite runs one instance: always."""
+        leases = self.leases
+        if leases is None:
             yield True
             return
-        async with self.db.session_connection() as conn:
-            got = await dialect.try_lock(conn, name)
-            try:
-                yield got
-            finally:
-                if got:
-                    try:
-                        with map_db_errors("release the account lock"):
-                            await dialect.unlock(conn, name)
-                    except ConnectionLost:
-                        # the server ends a lost session's locks itself: nothing is held
-                        log.info("account lock gone with its connection", account_id=account_id)
+        if account_id in leases.held:
+            yield leases.valid(account_id)
+            return
+        since = time.monotonic()
+        got = await self.db.transaction(
+            lambda conn: leases.claim(conn, [account_id], schedule=False),
+            what="claim an account's lease",
+        )
+        if not got:
+            yield False
+            return
+        leases.hold(got, since)
+        try:
+            yield True
+        finally:
+            leases.forget(got)
+            await self.db.transaction(
+                lambda conn: leases.release(conn, got), what="release an account's lease"
+            )
+
+    async def _finish(
+        self, account_id: int, advanced: list[tuple[Stream, datetime, list[str]]]
+    ) -> None:
+        """The account's advanced cursors and the release of its lease: one transaction."""
+        now = self.db.now()
+        rows = [
+            {
+                "platform": stream.platform,
+                "account_id": stream.account_id,
+                "symbol": stream.symbol,
+                # cursors are kept in UTC whatever database.timezone says: they never meet hotgo
+                "complete_until": until.astimezone(UTC).replace(tzinfo=None),
+                "keys_at_cursor": json.dumps(keys),
+                "updated_at": now,
+            }
+            for stream, until, keys in advanced
+        ]
+        leases = self.leases
+        if not rows and leases is None:
+            return
+        upsert = self.db.dialect.upsert(
+            stream_cursor,
+            key=("platform", "account_id", "symbol"),
+            update=dict.fromkeys(("complete_until", "keys_at_cursor", "updated_at"), PROPOSED),
+        )
+
+        async def write(conn: AsyncConnection) -> None:
+            if rows:
+                await conn.execute(upsert, rows)
+            if leases is not None:
+                await leases.release(conn, [account_id])
+
+        await self.db.transaction(write, what="advance stream cursors", account_id=account_id)
 
     # -- one stream ---------------------------------------------------------------------------
 
     async def _sync_stream(
-        self, stream: Stream, source: ClosedPositionSource, basis: ProfitBasis, summary: SyncSummary
-    ) -> None:
+        self,
+        stream: Stream,
+        cursor: Cursor | None,
+        source: ClosedPositionSource,
+        basis: ProfitBasis,
+        summary: SyncSummary,
+    ) -> tuple[datetime, list[str]]:
+        """The stream's window from ``cursor`` to now, upserted and charged; the cursor to write
+        (by the caller, with the account's others, once every stream ran)."""
         now = datetime.now(UTC)
-        cursor, fresh = await self._read_cursor(stream)
-        if fresh:
-            summary.skipped_streams += 1
-            return
         floor = now - self.settings.lookback
         since = floor if cursor is None or cursor[0] < floor else cursor[0] - self.settings.overlap
         window = await source.fetch_closed(stream.symbol, since, now)
@@ -355,7 +600,7 @@ class HistorySync:
         newest = max((r.close_time for r in records), default=None)
         complete_until = now if newest is None or newest < now else newest
         keys = sorted(r.record_key for r in records if r.close_time == complete_until)
-        await self._write_cursor(stream, complete_until, keys)
+        return complete_until, keys
 
     async def reconcile_records(
         self, key: tuple[str, int, str], records: Sequence[ClosedPosition]
@@ -365,7 +610,7 @@ class HistorySync:
         rules and writes as the cycle. The stream must be running; its cursor is not moved."""
         platform, account_id, symbol = key
         summary = SyncSummary()
-        streams = (await self._streams(summary)).get(account_id, [])
+        streams = (await self._streams(summary))[0].get(account_id, [])
         stream = next((s for s in streams if s.platform == platform and s.symbol == symbol), None)
         if stream is None:
             raise PermanentError(
@@ -453,53 +698,27 @@ class HistorySync:
         first = await self._upsert_page(stream, page[:half], basis, schema, summary)
         return first + await self._upsert_page(stream, page[half:], basis, schema, summary)
 
-    async def _read_cursor(
-        self, stream: Stream
-    ) -> tuple[tuple[datetime, frozenset[str]] | None, bool]:
-        """(complete_until and the keys at it, or None for a new stream; whether another
-        instance advanced it within ``min_interval``)."""
-        c = stream_cursor.c
 
-        async def read(conn: AsyncConnection) -> Any:
-            stmt = select(c.complete_until, c.keys_at_cursor, c.updated_at).where(
-                c.platform == stream.platform,
-                c.account_id == stream.account_id,
-                c.symbol == stream.symbol,
-            )
-            return (await conn.execute(stmt)).one_or_none()
+async def _read_cursors(conn: AsyncConnection, account_ids: Sequence[int]) -> dict[int, Cursors]:
+    """The cursors of ``account_ids``' streams (every account given has an entry)."""
+    c = stream_cursor.c
+    found: dict[int, Cursors] = {a: {} for a in account_ids}
+    for ids in chunks(sorted(found)):
+        stmt = select(c.platform, c.account_id, c.symbol, c.complete_until, c.keys_at_cursor)
+        for row in await conn.execute(stmt.where(c.account_id.in_(ids))):
+            if row.complete_until is not None:
+                keys = frozenset(json.loads(row.keys_at_cursor or "[]"))
+                cursor = (row.complete_until.replace(tzinfo=UTC), keys)
+                found[int(row.account_id)][(row.platform, row.symbol)] = cursor
+    return found
 
-        row = await self.db.transaction(read, what="read stream cursor")
-        if row is None or row.complete_until is None:
-            return None, False
-        keys = frozenset(json.loads(row.keys_at_cursor or "[]"))
-        interval = self.settings.min_interval
-        fresh = (
-            bool(interval)
-            and row.updated_at is not None
-            and (self.db.now() - row.updated_at < interval)
-        )
-        return (row.complete_until.replace(tzinfo=UTC), keys), fresh
 
-    async def _write_cursor(self, stream: Stream, until: datetime, keys: list[str]) -> None:
-        values = {
-            "platform": stream.platform,
-            "account_id": stream.account_id,
-            "symbol": stream.symbol,
-            # cursors are kept in UTC whatever database.timezone says: they never meet hotgo
-            "complete_until": until.astimezone(UTC).replace(tzinfo=None),
-            "keys_at_cursor": json.dumps(keys),
-            "updated_at": self.db.now(),
-        }
-        changed = {k: values[k] for k in ("complete_until", "keys_at_cursor", "updated_at")}
-
-        upsert = self.db.dialect.upsert(
-            stream_cursor, key=("platform", "account_id", "symbol"), update=changed
-        )
-
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(upsert, values)
-
-        await self.db.transaction(write, what="advance stream cursor")
+def _digest(row: Any) -> str:
+    """A digest of an account row's fields (credentials included, as stored): the account is
+    loaded again when it changes. Never logged."""
+    fields = (row.account_user_id, row.platform, row.base_url, row.api_key, row.secret_key,
+              row.passphrase)  # fmt: skip
+    return hashlib.sha256(repr(fields).encode()).hexdigest()
 
 
 def _err(exc: BaseException) -> str:

@@ -76,6 +76,7 @@ async def test_check_json_prints_exactly_one_object_with_the_exact_figures(setup
         "toogo_reconcile_binding": False,
         "toogo_reconcile_correction": False,
         "toogo_reconcile_cursor": False,
+        "toogo_reconcile_poll": False,
         "toogo_reconcile_quarantine": False,
         "toogo_reconcile_record": False,
         "toogo_reconcile_record_order": False,

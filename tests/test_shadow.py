@@ -318,7 +318,7 @@ async def test_off_mode_writes_nothing_but_orders_and_bindings(
         # the legs those ids reveal), the cursors: nothing else
         reconciled = {
             trading_order.name, binding.name, exchange_record.name, record_order_id.name,
-            trade_verdict.name, stream_cursor.name,
+            trade_verdict.name, stream_cursor.name, "toogo_reconcile_poll",
         }  # fmt: skip
         before = await dump(server_db, skip=reconciled)
         flags = await power_columns(server_db)
