@@ -599,12 +599,14 @@ async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> No
                   f"{scenario.streams} streams ({scenario.shared_streams} shared by several "
                   f"robots), {len(scenario.expected)} closed positions ({winners} profitable) "
                   f"over {args.days} days; fakes filled in {fill_s:.1f} s")  # fmt: skip
+            # the accounts' base_url points each at its fake
             if args.rate_limit_ms is None:
-                options = AdapterOptions(timeout=10.0)
-                print("ccxt rate limits: each exchange's real one (production defaults)")
+                options = AdapterOptions(timeout=10.0, account_base_url=True)
+                print("budgets: each exchange's real one (production defaults)")
             else:
-                options = AdapterOptions(timeout=10.0, rate_limit_ms=args.rate_limit_ms)
-                print(f"ccxt rate limits: CHANGED to {args.rate_limit_ms} ms for every exchange")
+                options = AdapterOptions(timeout=10.0, rate_limit_ms=args.rate_limit_ms,
+                                         account_base_url=True)  # fmt: skip
+                print(f"ccxt rate limits: ADDED at {args.rate_limit_ms} ms for every exchange")
             sql = SqlStats(db) if args.sql_stats else None
             async with ExchangeRegistry({p: options for p in PLATFORMS}) as registry:
                 provider = TimedProvider(registry)

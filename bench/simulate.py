@@ -93,7 +93,7 @@ def say(*parts: object) -> None:
 
 
 def daemon_config(path: Path, port: int, metrics_port: int) -> Path:
-    exchange = {"timeout": "2s", "cooldown": "20s",
+    exchange = {"timeout": "2s", "cooldown": "20s", "use_account_base_url": True,
                 "retry": {"attempts": 3, "initial": "50ms", "max": "300ms",
                           "retry_after_max": "2s"}}  # fmt: skip
     data = {

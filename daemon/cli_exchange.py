@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, load, run
-from daemon.runtime import open_core, open_history_sync
+from daemon.runtime import open_core, open_history_sync, resolve_proxy
 from reconcile import quarantine as quarantined
 from reconcile.accounts import AccountNotFound, load_account
 from reconcile.db import Database
@@ -68,9 +68,14 @@ def closed(
                 account = await load_account(db, account_id)
             except AccountNotFound as exc:
                 fail(str(exc), EXIT_USAGE)
+            proxy = await resolve_proxy(config, db)
         try:
             window = await closed_positions_for_account(
-                account, config.exchanges.adapter_options(), symbol, datetime.now(UTC) - since
+                account,
+                config.exchanges.adapter_options(),
+                symbol,
+                datetime.now(UTC) - since,
+                proxy=proxy,
             )
         except UnknownSymbol as exc:
             fail(str(exc), EXIT_USAGE)

@@ -12,7 +12,7 @@ import re
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -23,11 +23,12 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from daemon.durations import Duration
 from daemon.durations import parse_duration as parse_duration  # re-exported
-from daemon.exchanges_config import ExchangesConfig
+from daemon.exchanges_config import ExchangesConfig, ProxyConfig
 from reconcile.consumer import PowerMode
 from reconcile.corrections import CorrectionMode
 from reconcile.db import DatabaseSettings, RetryPolicy
@@ -155,7 +156,27 @@ class SyncConfig(_Model):
     lookback: Duration = timedelta(days=7)
     overlap: Duration = timedelta(minutes=10)
     match_tolerance: Duration = timedelta(seconds=120)
-    concurrency: int = Field(8, ge=1, le=256)  # accounts synced at once
+    #: accounts polled at once by one daemon; auto: sized by the exchanges' budgets
+    concurrency: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("concurrency must be auto or 1-256")
+        return value
+
+    #: how long a daemon holds an account it claimed, renewed while its poll runs; a dead
+    #: daemon's poll in flight is free again after it. Null: half of schedule.history_sync
+    lease: Duration | None = None
+    #: how often a daemon looks for due accounts. Null: 1 s, or a tenth of the interval if less
+    tick: Duration | None = None
+
+    def lease_for(self, interval: timedelta) -> timedelta:
+        return self.lease if self.lease is not None else interval / 2
+
+    def tick_for(self, interval: timedelta) -> timedelta:
+        return self.tick if self.tick is not None else min(timedelta(seconds=1), interval / 10)
 
 
 class ScheduleConfig(_Model):
@@ -193,10 +214,23 @@ class Config(_Model):
     robots: RobotsConfig = RobotsConfig()
     sync: SyncConfig = SyncConfig()
     exchanges: ExchangesConfig = ExchangesConfig()
+    proxy: ProxyConfig = ProxyConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     metrics: MetricsConfig = MetricsConfig()
     shutdown_timeout: Duration = timedelta(seconds=30)
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _sync_fits_the_interval(self) -> Self:
+        """A lease outlasting the interval would let a dead daemon's accounts wait longer than
+        one interval; a tick as long as the lease would claim too rarely to renew in time."""
+        interval = self.schedule.history_sync
+        lease, tick = self.sync.lease_for(interval), self.sync.tick_for(interval)
+        if lease >= interval:
+            raise ValueError(f"sync.lease ({lease}) must be shorter than schedule.history_sync")
+        if tick >= lease:
+            raise ValueError(f"sync.tick ({tick}) must be shorter than sync.lease ({lease})")
+        return self
 
     def database_settings(self) -> DatabaseSettings:
         """The database's settings; closing the pool waits up to ``shutdown_timeout``."""

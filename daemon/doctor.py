@@ -3,9 +3,13 @@
 Checks, in order: the configuration; the database (reachable; never shows a password); its
 schema; time zones (``database.timezone`` against the server's clock); the API accounts'
 credentials (an AES key is needed only when some value is ``ENC:``, and it must decrypt all of
-them); every configured exchange, probed with a cheap public call (its markets) through each
-account's ``base_url``; the replay path, read and parsed. Each check yields a :class:`Line`;
-a check that cannot run because an earlier one failed is skipped, not failed.
+them); the proxy exchange requests leave through (``proxy.source``: the engine's
+``hg_trading_proxy_config`` row by default; its password is never shown); every configured
+exchange, probed with a cheap public call (its markets) through that proxy, on the host the
+account would call, with a warning for an account whose ``base_url`` names another API of that
+exchange (a spot host for the futures client); the replay path, read and parsed. Each check
+yields a :class:`Line`; a check that cannot run because an earlier one failed is skipped, not
+failed.
 
 Accounts examined: those of running robots (what the daemon polls), or with ``all_accounts``
 every enabled account. Nothing is written anywhere: a SQLite file that does not exist yet is
@@ -28,13 +32,14 @@ from urllib.parse import urlsplit
 
 from daemon.config import Config
 from exchange_adapters.base import CcxtAdapter
+from exchange_adapters.clients import host_for
 from exchange_adapters.errors import UnknownSymbol
-from exchange_adapters.options import CCXT_PLATFORMS, REPLAY
+from exchange_adapters.options import CCXT_PLATFORMS, REPLAY, AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
 from exchange_adapters.replay import read_file, replay_files
 from exchange_adapters.symbols import to_unified
 from reconcile import quarantine
-from reconcile.accounts import ApiAccount
+from reconcile.accounts import ApiAccount, load_proxy
 from reconcile.contract import future_order_times
 from reconcile.credentials import (
     KEY_ENV,
@@ -47,7 +52,7 @@ from reconcile.credentials import (
 )
 from reconcile.db import Database, RetryPolicy
 from reconcile.errors import ConfigError, ReconcileError
-from reconcile.records import Secret
+from reconcile.records import Proxy, Secret
 from reconcile.status import (
     SchemaStatus,
     schema_status,
@@ -108,6 +113,8 @@ class Doctor:
     async def run(self) -> bool:
         """All checks; True when none failed."""
         accounts: list[_Account] | None = None
+        self.proxy: Proxy | None = None
+        self.proxy_ok = True
         async with self._database() as db:
             if db is not None:
                 try:
@@ -120,6 +127,7 @@ class Doctor:
                         self.emit(Mark.SKIP, "credentials", "not checked: no hotgo tables")
                 except ReconcileError as exc:
                     self.emit(Mark.FAIL, "database", f"failed during the checks: {exc}")
+            await self._proxy(db)
         self._credentials(accounts)
         await self._exchanges(accounts)
         return not self.failed
@@ -326,6 +334,40 @@ class Doctor:
                 "value(s)",
             )
 
+    # -- the proxy -----------------------------------------------------------------------------
+
+    async def _proxy(self, db: Database | None) -> None:
+        section = self.config.proxy
+        if section.source == "none":
+            self.emit(Mark.OK, "proxy", "none (proxy.source: none): exchange requests go direct")
+            return
+        try:
+            if section.source == "config":
+                self.proxy = section.configured()
+            elif db is None:
+                self.emit(
+                    Mark.SKIP,
+                    "proxy",
+                    "not checked: no database to read hg_trading_proxy_config from",
+                )
+                self.proxy_ok = False
+                return
+            else:
+                self.proxy = await load_proxy(db)
+        except ReconcileError as exc:
+            self.proxy_ok = False
+            self.emit(Mark.FAIL, "proxy", str(exc))
+            return
+        if self.proxy is None:
+            self.emit(
+                Mark.OK,
+                "proxy",
+                "none: hg_trading_proxy_config has no enabled global row (user_id 0, tenant_id 0),"
+                " so the engine and the daemon go direct",
+            )
+        else:
+            self.emit(Mark.OK, "proxy", f"{self.proxy.label}: every exchange request uses it")
+
     # -- exchanges ---------------------------------------------------------------------------------
 
     async def _exchanges(self, accounts: list[_Account] | None) -> None:
@@ -340,15 +382,11 @@ class Doctor:
             )
             for platform, opts in self.config.exchanges.adapter_options().items()
         }
-        async with ExchangeRegistry(options) as registry:
+        if self.proxy_ok:
+            await self._probe_all(options, accounts)
+        else:
             for platform in (p for p in CCXT_PLATFORMS if p in enabled):
-                mine = [a for a in accounts or [] if a.account.platform == platform]
-                if accounts is None:
-                    self.emit(Mark.SKIP, platform, "not checked: no accounts (database unusable)")
-                elif not mine:
-                    self.emit(Mark.SKIP, platform, f"enabled; none of the {self.scope} uses it")
-                for acct in mine:
-                    self.emit(*await self._probe(registry, platform, acct))
+                self.emit(Mark.SKIP, platform, "not checked: the proxy is not known or usable")
         if REPLAY in enabled:
             await self._replay(accounts)
         others = sorted(
@@ -363,12 +401,30 @@ class Doctor:
                 "and no replay - their robots are skipped by the history sync",
             )
 
+    async def _probe_all(
+        self, options: dict[str, AdapterOptions], accounts: list[_Account] | None
+    ) -> None:
+        enabled = self.config.exchanges.enabled()
+        async with ExchangeRegistry(options, proxy=self.proxy) as registry:
+            for platform in (p for p in CCXT_PLATFORMS if p in enabled):
+                mine = [a for a in accounts or [] if a.account.platform == platform]
+                if accounts is None:
+                    self.emit(Mark.SKIP, platform, "not checked: no accounts (database unusable)")
+                elif not mine:
+                    self.emit(Mark.SKIP, platform, f"enabled; none of the {self.scope} uses it")
+                for acct in mine:
+                    self.emit(*await self._probe(registry, platform, acct))
+                    misroute = _misroute(platform, acct.account, options[platform])
+                    if misroute:
+                        self.emit(Mark.WARN, platform, misroute)
+
     async def _probe(
         self, registry: ExchangeRegistry, platform: str, acct: _Account
     ) -> tuple[Mark, str, str]:
         account = acct.account
-        via = _host(account.base_url)
-        label = f"account {account.id} via {via}"
+        via = _host(host_for(registry.platforms[platform], account))
+        through = f" through {self.proxy.label}" if self.proxy is not None else ""
+        label = f"account {account.id} via {via}{through}"
         try:
             source = registry.source_for(account)
             if not isinstance(source, CcxtAdapter):
@@ -434,6 +490,36 @@ def _with_secrets(acct: _Account, key: AesKey | None) -> ApiAccount:
         api_key=value("api_key"),
         secret=value("secret_key"),
         passphrase=value("passphrase") if stored["passphrase"] else None,
+    )
+
+
+#: the hosts the futures clients call, per platform (ccxt's own, the engine's), and the domain
+#: of each exchange: another host of that domain is another of its APIs (spot, options, ...)
+FUTURES_HOSTS = {
+    "binance": ({"fapi.binance.com"}, "binance.com"),
+    "okx": ({"www.okx.com", "aws.okx.com", "my.okx.com"}, "okx.com"),
+    "gate": ({"api.gateio.ws", "fx-api.gateio.ws"}, "gateio.ws"),
+    "bitget": ({"api.bitget.com"}, "bitget.com"),
+    "bybit": ({"api.bybit.com", "api.bytick.com"}, "bybit.com"),
+}
+
+
+def _misroute(platform: str, account: ApiAccount, options: AdapterOptions) -> str | None:
+    """A warning when the account's base_url names another API of its exchange (upstream's
+    platform list offers https://api.binance.com, the spot host, for binance)."""
+    hosts, domain = FUTURES_HOSTS.get(platform, (set(), ""))
+    host = (urlsplit(account.base_url or "").hostname or "").lower()
+    if not host or not domain or host in hosts or not host.endswith(domain):
+        return None
+    used = options.account_base_url and not options.base_url
+    effect = (
+        "it is honoured (use_account_base_url: true): requests go to the wrong API"
+        if used
+        else "ignored, as the engine ignores it (ccxt's host is called)"
+    )
+    return (
+        f"account {account.id}: base_url {account.base_url} is not a {platform} futures host "
+        f"({', '.join(sorted(hosts))}); {effect}"
     )
 
 

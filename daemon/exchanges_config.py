@@ -13,32 +13,52 @@
         # rate_limit: 50ms         # ccxt rateLimit override (per unit of endpoint cost)
         # api_key_env: BINANCE_API_KEY   # names of environment variables; when given they
         # secret_env: BINANCE_SECRET     # replace the credentials stored in hg_trading_api_config
+        budget_share: 0.4          # the daemon's part of each budget (the rest: the engine's)
+        # budget: {limit: 2400, window: 60s}     # per IP (egress): replaces the platform's own
+        # account_budget: {limit: 10, window: 2s}  # per account (UID): replaces the platform's
+        # base_url: https://fapi.binance.com   # every account of the platform calls this host
+        # use_account_base_url: false          # honour hg_trading_api_config.base_url (the engine
+        #                                      # ignores it; so do we unless this is true)
       okx: {passphrase_env: OKX_PASSPHRASE, api_key_env: OKX_KEY, secret_env: OKX_SECRET}
       replay:
         path: demo/closed_positions.jsonl
+
+    proxy:                         # where exchange requests leave through
+      source: database             # database: hg_trading_proxy_config's global row, as the engine
+                                   # (none there: direct) | config: the fields below | none
+      # type: socks5               # socks5 | http
+      # address: 127.0.0.1:10808   # host:port
+      # username: reconcile
+      # password_env: TOOGO_PROXY_PASSWORD   # the name of a variable holding the password
 
 ``ExchangesConfig.adapter_options()`` gives ``exchange_adapters`` its plain options.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from daemon.durations import Duration
+from exchange_adapters.budgets import DEFAULT_SHARE
 from exchange_adapters.options import (
     REPLAY,
     AdapterOptions,
+    BudgetOptions,
     CredentialEnv,
     Platform,
     RetryOptions,
 )
-from reconcile.records import ProfitBasis
+from reconcile.accounts import parse_address
+from reconcile.errors import ConfigError
+from reconcile.records import ProfitBasis, Proxy, Secret
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -62,6 +82,25 @@ class ExchangeRetryConfig(_Model):
         return self
 
 
+class BudgetConfig(_Model):
+    """One budget as the exchange states it: ``limit`` per ``window``, the daemon's ``share``."""
+
+    limit: float = Field(gt=0)
+    window: Duration
+    share: float | None = Field(None, gt=0, le=1)
+
+    @field_validator("window")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("window must be positive")
+        return value
+
+    def options(self, default_share: float) -> BudgetOptions:
+        share = self.share if self.share is not None else default_share
+        return BudgetOptions(limit=self.limit, window=self.window.total_seconds(), share=share)
+
+
 class ExchangeConfig(_Model):
     """Options of one platform, ``exchanges.<platform>``."""
 
@@ -76,6 +115,21 @@ class ExchangeConfig(_Model):
     secret_env: str | None = None
     passphrase_env: str | None = None
     path: Path | None = None
+    base_url: str | None = None
+    use_account_base_url: bool = False
+    budget_share: float = Field(DEFAULT_SHARE, gt=0, le=1)
+    budget: BudgetConfig | None = None
+    account_budget: BudgetConfig | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL with a host")
+        return value
 
     @field_validator("api_key_env", "secret_env", "passphrase_env")
     @classmethod
@@ -107,6 +161,13 @@ class ExchangeConfig(_Model):
                 else None
             ),
             path=self.path,
+            base_url=self.base_url,
+            account_base_url=self.use_account_base_url,
+            budget_share=self.budget_share,
+            budget=self.budget.options(self.budget_share) if self.budget else None,
+            account_budget=(
+                self.account_budget.options(self.budget_share) if self.account_budget else None
+            ),
         )
 
 
@@ -155,3 +216,51 @@ class ExchangesConfig(RootModel[dict[Platform, ExchangeConfig]]):
     def adapter_options(self) -> dict[str, AdapterOptions]:
         """Plain options per enabled platform, for ``exchange_adapters.ExchangeRegistry``."""
         return {p.value: config.adapter_options() for p, config in self.root.items()}
+
+
+class ProxyConfig(_Model):
+    """``proxy:``: where exchange requests leave through.
+
+    ``source: database`` (default) uses the engine's own global proxy from
+    ``hg_trading_proxy_config``, so the daemon leaves through the same egress as the engine;
+    ``config`` uses the fields here (overriding the database); ``none`` goes direct.
+    """
+
+    source: Literal["database", "config", "none"] = "database"
+    type: Literal["socks5", "http"] | None = None
+    address: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ProxyConfig:
+        given = [n for n in ("type", "address", "username", "password_env") if getattr(self, n)]
+        if self.source != "config":
+            if given:
+                raise ValueError(f"{', '.join(given)}: apply only with source: config")
+            return self
+        if self.type is None or self.address is None:
+            raise ValueError("source: config needs type and address")
+        parse_address(self.address, field="proxy.address")
+        if self.password_env is not None:
+            if not _ENV_NAME.match(self.password_env):
+                raise ValueError(f"password_env: {self.password_env!r} is not a variable name")
+            if not self.username:
+                raise ValueError("password_env needs username")
+        return self
+
+    def configured(self, environ: Mapping[str, str] | None = None) -> Proxy | None:
+        """The proxy this section names (``source: config``), its password read now."""
+        if self.source != "config" or self.type is None or self.address is None:
+            return None
+        host, port = parse_address(self.address, field="proxy.address")
+        password = None
+        if self.password_env is not None:
+            env = os.environ if environ is None else environ
+            value = env.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"proxy.password_env: environment variable {self.password_env} is not set"
+                )
+            password = Secret(value)
+        return Proxy(self.type, host, port, self.username or None, password, origin="config")

@@ -18,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from structlog.typing import EventDict, WrappedLogger
 
 from daemon.logs import queued
@@ -31,6 +33,73 @@ class CountsRequests(Protocol):
     """A source provider that counts its HTTP requests per platform (the exchange registry)."""
 
     def requests_by_platform(self) -> Mapping[str, int]: ...
+
+
+@runtime_checkable
+class HasBudgets(Protocol):
+    """A source provider keeping the exchanges' budgets (the exchange registry)."""
+
+    budgets: Any
+
+
+#: ban statuses always exported (0 until one comes): a rule over them is never silently empty
+BAN_STATUSES = ("403", "418", "429")
+
+
+class BudgetCollector(Collector):
+    """The exchange budgets, read at each scrape (a ban shows at once, not after the cycle):
+
+    - ``toogo_exchange_weight_used_total{platform,egress}``: the daemon's own request weight;
+    - ``toogo_exchange_budget_wait_seconds_total{platform,egress}``: time requests waited for
+      the budget or a ban (per-account budgets under ``egress="accounts"``);
+    - ``toogo_exchange_rate_limited_total{platform,egress,status}``: answers that stop the
+      egress (429, 418, bybit's 403);
+    - ``toogo_exchange_ip_weight{platform,egress}``: the exchange's last reading of the IP's
+      use in its window (Binance ``X-MBX-USED-WEIGHT-1M``), the engine's included;
+    - ``toogo_exchange_banned{platform,egress}``: 1 while no request may go through.
+    """
+
+    def __init__(self) -> None:
+        self.budgets: Any = None
+
+    def collect(self) -> Iterable[Any]:
+        used = CounterMetricFamily(
+            "toogo_exchange_weight_used",
+            "Request weight the daemon spent",
+            labels=["platform", "egress"],
+        )
+        waited = CounterMetricFamily(
+            "toogo_exchange_budget_wait_seconds", "Seconds requests waited for a budget or a ban",
+            labels=["platform", "egress"],
+        )  # fmt: skip
+        limited = CounterMetricFamily(
+            "toogo_exchange_rate_limited", "Answers that stop the egress (429, 418, 403 ban)",
+            labels=["platform", "egress", "status"],
+        )  # fmt: skip
+        observed = GaugeMetricFamily(
+            "toogo_exchange_ip_weight", "The exchange's reading of the IP's used weight",
+            labels=["platform", "egress"],
+        )  # fmt: skip
+        banned = GaugeMetricFamily(
+            "toogo_exchange_banned", "1 while the exchange bans this egress",
+            labels=["platform", "egress"],
+        )  # fmt: skip
+        if self.budgets is not None:
+            now = time.time()
+            for (platform, egress), stats in sorted(self.budgets.egress_stats().items()):
+                used.add_metric([platform, egress], stats.spent)
+                waited.add_metric([platform, egress], stats.waited)
+                for status in sorted({*BAN_STATUSES, *map(str, stats.refused)}):
+                    limited.add_metric(
+                        [platform, egress, status], stats.refused.get(int(status), 0)
+                    )
+                if stats.observed is not None:
+                    observed.add_metric([platform, egress], stats.observed)
+                banned.add_metric([platform, egress], 1.0 if now < stats.banned_until else 0.0)
+            for platform, stats in sorted(self.budgets.account_totals().items()):
+                used.add_metric([platform, "accounts"], stats.spent)
+                waited.add_metric([platform, "accounts"], stats.waited)
+        yield from (used, waited, limited, observed, banned)
 
 
 class Metrics:
@@ -105,6 +174,8 @@ class Metrics:
             "toogo_log_queued_lines", "Log lines waiting for a slow reader (stdout, journald)",
             registry=r,
         )  # fmt: skip
+        self.budgets = BudgetCollector()
+        r.register(self.budgets)
         self.healthy = True
         self.health_detail = "starting"
         self._requests_seen: dict[str, int] = {}
@@ -125,6 +196,8 @@ class Metrics:
 
     def requests_made(self, provider: object) -> None:
         """After a history cycle: add the requests ``provider`` made since the last call."""
+        if isinstance(provider, HasBudgets):
+            self.budgets.budgets = provider.budgets
         if not isinstance(provider, CountsRequests):
             return
         for platform, total in provider.requests_by_platform().items():

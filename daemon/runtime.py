@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import timedelta
 
 import structlog
 
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
+from reconcile.accounts import load_proxy
 from reconcile.consumer import PowerConsumer, PowerMode, load_power_rules
 from reconcile.contract import LiveSchema, ensure_schema, future_order_times
 from reconcile.corrections import CorrectionMode
 from reconcile.db import Database
 from reconcile.errors import ConfigError
 from reconcile.history import HistorySync, SyncSettings
+from reconcile.records import Proxy
 from reconcile.trades import TradeJudge
 
 log = structlog.get_logger("daemon")
@@ -65,7 +66,12 @@ def sync_settings(config: Config) -> SyncSettings:
         lookback=config.sync.lookback,
         overlap=config.sync.overlap,
         match_tolerance=config.sync.match_tolerance,
-        concurrency=config.sync.concurrency,
+        # auto: sized by the exchanges' budgets once the clients open (open_history_sync)
+        concurrency=config.sync.concurrency if isinstance(config.sync.concurrency, int) else 8,
+        # the poll schedule several daemons share (reconcile.fleet)
+        interval=config.schedule.history_sync,
+        lease=config.sync.lease_for(config.schedule.history_sync),
+        tick=config.sync.tick_for(config.schedule.history_sync),
         # a correction is a charge: in shadow and off modes the daemon writes none
         corrections=config.power.corrections if charging else CorrectionMode.LOG,
         # a replay source serves accounts of every platform not enabled on its own
@@ -73,14 +79,32 @@ def sync_settings(config: Config) -> SyncSettings:
     )
 
 
+async def resolve_proxy(config: Config, db: Database) -> Proxy | None:
+    """The proxy exchange requests leave through (``proxy.source``): the engine's global row in
+    hg_trading_proxy_config, the configured one, or none. Read once, when the clients open: a
+    changed row takes effect at the next start."""
+    section = config.proxy
+    if section.source == "none":
+        return None
+    if section.source == "config":
+        proxy = section.configured()
+    else:
+        proxy = await load_proxy(db)
+    if proxy is not None:
+        log.info("exchange proxy", proxy=proxy.label)
+    return proxy
+
+
 @asynccontextmanager
-async def open_history_sync(
-    config: Config, core: Core, *, min_interval: timedelta = timedelta(0)
-) -> AsyncIterator[HistorySync]:
+async def open_history_sync(config: Config, core: Core) -> AsyncIterator[HistorySync]:
     """The history sync with its exchange clients; the clients close on exit."""
     # imported here: ccxt costs ~1.5 s to import, and most commands never need it
     from exchange_adapters.registry import ExchangeRegistry
 
-    settings = replace(sync_settings(config), min_interval=min_interval)
-    async with ExchangeRegistry(config.exchanges.adapter_options()) as registry:
+    settings = sync_settings(config)
+    proxy = await resolve_proxy(config, core.db)
+    async with ExchangeRegistry(config.exchanges.adapter_options(), proxy=proxy) as registry:
+        if config.sync.concurrency == "auto":
+            settings = replace(settings, concurrency=registry.concurrency())
+            log.info("sync concurrency", accounts_at_once=settings.concurrency, sized_by="budgets")
         yield HistorySync(core.db, core.consumer, registry, settings, schema=core.schema)

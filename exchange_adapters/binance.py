@@ -41,6 +41,7 @@ from exchange_adapters.base import (
     ms_to_datetime,
     positive_decimal,
 )
+from exchange_adapters.budgets import BudgetOptions, Limits
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import ClosedPosition, NetOf
@@ -61,6 +62,15 @@ SPEC = PlatformSpec(
     # -1021 timestamp outside recvWindow (clock skew), -1008 server overloaded
     temporary_codes=frozenset({"-1000", "-1001", "-1007", "-1008", "-1021"}),
     contract_size=_contract_size,
+    # per IP: 2,400 request weight a minute, userTrades 5, exchangeInfo 1; every answer
+    # reports the IP's use in X-MBX-USED-WEIGHT-1M; 429 past it, 418 (banned) for whoever
+    # carries on (developers.binance.com, USDⓈ-M Futures "General Info", "Account Trade List")
+    limits=Limits(
+        egress=BudgetOptions(limit=2400, window=60.0),
+        weights={"fapiPrivateGetUserTrades": 5, "fapiPublicGetExchangeInfo": 1},
+        used_header="X-MBX-USED-WEIGHT-1M",
+        bans={429: 60.0, 418: 120.0},
+    ),
 )
 
 

@@ -38,6 +38,7 @@ from exchange_adapters.base import (
     optional_decimal,
     positive_decimal,
 )
+from exchange_adapters.budgets import BudgetOptions, Limits
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import ClosedPosition, NetOf
@@ -59,6 +60,9 @@ SPEC = PlatformSpec(
     # 45001: service unavailable; 40725: service busy
     temporary_codes=frozenset({"40008", "40010", "40015", "45001", "40725"}),
     contract_size=_contract_size,
+    # per account (UID): history-position 20 requests per second (bitget.com API docs, "Get
+    # Historical Position")
+    limits=Limits(account=BudgetOptions(limit=20, window=1.0)),
 )
 
 

@@ -39,6 +39,7 @@ from exchange_adapters.base import (
     optional_decimal,
     positive_decimal,
 )
+from exchange_adapters.budgets import BudgetOptions, Limits
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import ClosedPosition, NetOf
@@ -55,6 +56,12 @@ SPEC = PlatformSpec(
     # 10000 server timeout, 10016 internal/system error, 10002 timestamp/recv_window (clock)
     temporary_codes=frozenset({"10000", "10016", "10002"}),
     contract_size=_contract_size,
+    # per IP: 600 requests per 5 s; past it a 403 and a ban of at least 10 minutes
+    # (bybit-exchange.github.io/docs/v5/rate-limit)
+    limits=Limits(
+        egress=BudgetOptions(limit=600, window=5.0),
+        bans={429: 5.0, 403: 600.0},
+    ),
 )
 
 

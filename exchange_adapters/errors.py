@@ -6,6 +6,7 @@
     RateLimitExceeded, DDoSProtection, HTTP 429/418 ->  RateLimited (retry_after from Retry-After)
     exchange code listed as temporary by adapter    ->  ExchangeUnavailable
     InvalidNonce (clock skew, expired timestamp)    ->  ExchangeUnavailable
+    aiohttp_socks/python_socks proxy errors         ->  ExchangeUnavailable (the SOCKS5 proxy)
     NetworkError (timeout, 5xx, maintenance, ...)   ->  ExchangeUnavailable
     bare ExchangeError from an aiohttp ClientError  ->  ExchangeUnavailable (e.g. body cut off)
     BadResponse, NullResponse                       ->  BadExchangeResponse
@@ -35,7 +36,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import aiohttp_socks
 import ccxt.async_support as ccxt
+import python_socks
 
 from reconcile.errors import (
     BadExchangeResponse,
@@ -210,3 +213,19 @@ def map_ccxt_errors(
         yield
     except ccxt.BaseError as exc:
         raise translate(exc, where=where, capture=capture, temporary_codes=temporary_codes) from exc
+    except (aiohttp_socks.ProxyError, python_socks.ProxyError) as exc:
+        # the SOCKS5 proxy refused us (bad credentials) or could not reach the host: ccxt
+        # passes aiohttp_socks' errors through unwrapped. Temporary: the proxy may be fixed,
+        # and the stream's cursor holds until then.
+        raise ExchangeUnavailable(
+            f"{where}: the SOCKS5 proxy refused: {sanitize(str(exc))}"
+        ) from exc
+    except (
+        aiohttp_socks.ProxyConnectionError,
+        aiohttp_socks.ProxyTimeoutError,
+        python_socks.ProxyConnectionError,
+        python_socks.ProxyTimeoutError,
+    ) as exc:
+        raise ExchangeUnavailable(
+            f"{where}: the SOCKS5 proxy is unreachable: {sanitize(str(exc))}"
+        ) from exc

@@ -36,6 +36,7 @@ from exchange_adapters.base import (
     optional_decimal,
     positive_decimal,
 )
+from exchange_adapters.budgets import BudgetOptions, Limits
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import ClosedPosition, NetOf
@@ -60,6 +61,9 @@ SPEC = PlatformSpec(
     # transient server failures that may come with a 4xx status
     temporary_codes=frozenset({"REQUEST_EXPIRED", "SERVER_ERROR", "INTERNAL", "TOO_BUSY"}),
     contract_size=_contract_size,
+    # per account (UID): futures private endpoints 200 requests per 10 s (gate.io API v4,
+    # "Frequency limit rule")
+    limits=Limits(account=BudgetOptions(limit=200, window=10.0)),
 )
 
 

@@ -41,6 +41,7 @@ from exchange_adapters.base import (
     optional_decimal,
     positive_decimal,
 )
+from exchange_adapters.budgets import BudgetOptions, Limits
 from exchange_adapters.clients import MarketInfo, PlatformSpec
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import ClosedPosition, NetOf
@@ -59,6 +60,9 @@ SPEC = PlatformSpec(
     # 50026 system error, 50102 timestamp expired (clock skew)
     temporary_codes=frozenset({"50001", "50004", "50013", "50026", "50102"}),
     contract_size=_contract_size,
+    # per account (UID): positions-history 10 requests per 2 s (okx.com/docs-v5, "Get
+    # positions history")
+    limits=Limits(account=BudgetOptions(limit=10, window=2.0)),
 )
 
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from exchange_adapters.budgets import DEFAULT_SHARE, BudgetOptions
 from reconcile.records import ProfitBasis
 
 
@@ -32,6 +33,18 @@ REPLAY: str = Platform.REPLAY.value
 #: The exchanges served through ccxt.
 CCXT_PLATFORMS: tuple[str, ...] = tuple(p.value for p in Platform if p is not Platform.REPLAY)
 PLATFORMS: tuple[str, ...] = tuple(p.value for p in Platform)
+
+
+__all__ = [
+    "CCXT_PLATFORMS",
+    "PLATFORMS",
+    "REPLAY",
+    "AdapterOptions",
+    "BudgetOptions",
+    "CredentialEnv",
+    "Platform",
+    "RetryOptions",
+]
 
 
 @dataclass(frozen=True)
@@ -76,3 +89,13 @@ class AdapterOptions:
     close_delay_ms: int | None = None
     #: Replay only: a JSON Lines / CSV file, or a directory of them.
     path: Path | None = None
+    #: Every account of the platform calls this host instead of ccxt's (tests, benchmarks, a
+    #: mirror). None: ccxt's own hosts, the ones the engine calls.
+    base_url: str | None = None
+    #: Honour ``hg_trading_api_config.base_url`` (the engine ignores it: off by default).
+    account_base_url: bool = False
+    #: The daemon's part of the platform's budgets (the rest is the engine's).
+    budget_share: float = DEFAULT_SHARE
+    #: Replace the platform's per-IP (egress) budget / per-account budget (None: the spec's).
+    budget: BudgetOptions | None = None
+    account_budget: BudgetOptions | None = None

@@ -3,15 +3,19 @@
 ``ExchangeRegistry`` is reconcile's :class:`~reconcile.records.SourceProvider` (the history sync
 is given the registry itself).
 
-``ExchangeRegistry`` keeps one adapter (one ccxt client) per (platform, API account) for every
-enabled platform, and one replay store per replay path. An account whose platform is enabled
-is served by that exchange; otherwise, when ``replay`` is enabled, by the replay files (that is
-the embedded default); otherwise its platform is a configuration error.
+``ExchangeRegistry`` keeps one adapter (a light client) per (platform, API account) for every
+enabled platform over one shared ccxt :class:`~exchange_adapters.clients.Transport` per
+(platform, host), all leaving through one egress (the proxy, or ``direct``), and one replay
+store per replay path. The process's budgets (:class:`~exchange_adapters.budgets.Budgets`) are
+the registry's: one per platform for the egress, one per account. An account whose platform is
+enabled is served by that exchange; otherwise, when ``replay`` is enabled, by the replay files
+(that is the embedded default); otherwise its platform is a configuration error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,8 +29,9 @@ import structlog
 from exchange_adapters.base import CcxtAdapter, Context, RecordUnusable, market_from_context
 from exchange_adapters.binance import BinanceAdapter
 from exchange_adapters.bitget import BitgetAdapter
+from exchange_adapters.budgets import DIRECT, Budget, BudgetOptions, Budgets
 from exchange_adapters.bybit import BybitAdapter
-from exchange_adapters.clients import ExchangeClient, MarketCache
+from exchange_adapters.clients import ExchangeClient, MarketCache, PlatformSpec, Transport, host_for
 from exchange_adapters.gate import GateAdapter
 from exchange_adapters.okx import OkxAdapter
 from exchange_adapters.options import CCXT_PLATFORMS, PLATFORMS, REPLAY, AdapterOptions
@@ -38,11 +43,19 @@ from reconcile.records import (
     ClosedPositionSource,
     ClosedWindow,
     ProfitBasis,
+    Proxy,
     Secret,
     UnusableRecord,
 )
 
 log = structlog.get_logger("exchange_adapters")
+
+#: the latency one polling place is sized for: a proxy and a distant exchange, up to a second
+SLOT_LATENCY = 1.0
+#: places for a platform whose budgets are per account only
+ACCOUNT_BOUND_SLOTS = 32
+REPLAY_SLOTS = 8
+MAX_SLOTS = 64
 
 
 def _by_platform(*classes: type[CcxtAdapter[Any]]) -> dict[str, type[CcxtAdapter[Any]]]:
@@ -93,13 +106,22 @@ class ExchangeRegistry:
         platforms: Mapping[str, AdapterOptions],
         *,
         environ: Mapping[str, str] | None = None,
+        proxy: Proxy | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         unknown = set(platforms) - set(PLATFORMS)
         if unknown:
             raise ConfigError(f"exchanges: unknown platform(s) {', '.join(sorted(unknown))}")
         self.platforms = dict(platforms)
         self.markets = MarketCache()
+        self.proxy = proxy
+        self.egress = proxy.egress if proxy is not None else DIRECT
+        self.budgets = budgets if budgets is not None else Budgets()
+        self._transports: dict[tuple[str, str | None], Transport] = {}
         self._environ = environ
+        for platform in CCXT_PLATFORMS:  # made now: their metrics exist at 0 from the start
+            if platform in self.platforms:
+                self._egress_budget(ADAPTERS[platform].spec, self.platforms[platform])
         self._adapters: dict[tuple[str, int], tuple[ApiAccount, CcxtAdapter[Any]]] = {}
         self._retired: list[CcxtAdapter[Any]] = []
         self._replay: dict[Path, ReplayStore] = {}
@@ -125,10 +147,58 @@ class ExchangeRegistry:
         if known is not None:
             self._retired.append(known[1])
         resolved = apply_env_credentials(account, options, self._environ)
-        client = ExchangeClient(adapter_class.spec, resolved, options, self.markets)
+        spec = adapter_class.spec
+        client = ExchangeClient(
+            spec,
+            resolved,
+            options,
+            self.markets,
+            self._transport(spec, options, host_for(options, account)),
+            egress_budget=self._egress_budget(spec, options),
+            account_budget=self.budgets.for_account(
+                platform, account.id, _budget(spec.limits.account, options, "account_budget")
+            ),
+        )
         adapter = adapter_class(client)
         self._adapters[key] = (account, adapter)
         return adapter
+
+    def _egress_budget(self, spec: PlatformSpec, options: AdapterOptions) -> Budget | None:
+        budget = _budget(spec.limits.egress, options, "budget")
+        return self.budgets.for_egress(spec.platform, self.egress, spec.limits, budget)
+
+    def _transport(
+        self, spec: PlatformSpec, options: AdapterOptions, host: str | None
+    ) -> Transport:
+        key = (spec.platform, host)
+        transport = self._transports.get(key)
+        if transport is None:
+            transport = Transport(spec, options, base_url=host, proxy=self.proxy)
+            self._transports[key] = transport
+        return transport
+
+    def concurrency(self) -> int:
+        """Accounts worth polling at once (``sync.concurrency: auto``), sized by the budgets.
+
+        A platform counted per IP (Binance, Bybit) gets as many places as its share of the
+        egress budget sends requests of its closed-position endpoint in ``SLOT_LATENCY``, plus
+        one: more would only wait in the budget's queue while holding their leases. A platform
+        counted per account (OKX, Gate, Bitget) is not bounded by the egress: it gets
+        ``ACCOUNT_BOUND_SLOTS``. Replay reads files: ``REPLAY_SLOTS``. At most ``MAX_SLOTS``.
+        """
+        total = 0
+        for platform, options in self.platforms.items():
+            adapter = ADAPTERS.get(platform)
+            if adapter is None:
+                total += REPLAY_SLOTS
+                continue
+            egress = _budget(adapter.spec.limits.egress, options, "budget")
+            if egress is None:
+                total += ACCOUNT_BOUND_SLOTS
+                continue
+            per_second = egress.rate / adapter.spec.limits.weight(adapter.endpoint.method)
+            total += math.ceil(per_second * SLOT_LATENCY) + 1
+        return max(1, min(MAX_SLOTS, total))
 
     def options_for(self, account: ApiAccount) -> AdapterOptions:
         """The options serving ``account`` (its platform's, or replay's): e.g. ``profit_basis``."""
@@ -173,7 +243,9 @@ class ExchangeRegistry:
         adapters = [a for _, a in self._adapters.values()] + self._retired
         self._adapters.clear()
         self._retired.clear()
-        results = await asyncio.gather(*(a.close() for a in adapters), return_exceptions=True)
+        closing = [a.close() for a in adapters] + [t.close() for t in self._transports.values()]
+        self._transports.clear()
+        results = await asyncio.gather(*closing, return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
                 log.warning("exchange client close failed", error=type(result).__name__)
@@ -190,17 +262,31 @@ class ExchangeRegistry:
         await self.close()
 
 
+def _budget(
+    default: BudgetOptions | None, options: AdapterOptions, name: str
+) -> BudgetOptions | None:
+    """The configured budget, else the platform's with the configured share."""
+    configured: BudgetOptions | None = getattr(options, name)
+    if configured is not None:
+        return configured
+    if default is None:
+        return None
+    return BudgetOptions(limit=default.limit, window=default.window, share=options.budget_share)
+
+
 async def closed_positions_for_account(
     account: ApiAccount,
     platforms: Mapping[str, AdapterOptions],
     symbol: str,
     since: datetime,
     until: datetime | None = None,
+    *,
+    proxy: Proxy | None = None,
 ) -> ClosedWindow:
     """One-shot (the CLI's ``exchange closed``): the account's closed positions of ``symbol``
     with since <= close_time < until (default now), sorted by close time, and the unusable
     records of that window."""
-    async with ExchangeRegistry(platforms) as registry:
+    async with ExchangeRegistry(platforms, proxy=proxy) as registry:
         source = registry.source_for(account)
         return await source.fetch_closed(symbol, since, until or datetime.now(UTC))
 

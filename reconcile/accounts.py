@@ -14,9 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.credentials import AesKey, aes_key_from_environment, decrypt_value, is_encrypted
 from reconcile.db import Database
-from reconcile.errors import PermanentError
-from reconcile.records import ApiAccount
-from reconcile.schema import stream_cursor, trading_api_config, trading_robot
+from reconcile.errors import ConfigError, PermanentError
+from reconcile.records import ApiAccount, Proxy
+from reconcile.schema import (
+    stream_cursor,
+    table_names,
+    trading_api_config,
+    trading_proxy_config,
+    trading_robot,
+)
 
 STATUS_NORMAL = 1
 STATUS_DISABLED = 2
@@ -83,7 +89,81 @@ async def load_account(
     return account
 
 
-__all__ = ["STATUS_DISABLED", "STATUS_NORMAL", "AccountNotFound", "ApiAccount", "load_account"]
+async def load_proxy(db: Database, *, aes_key: AesKey | None = None) -> Proxy | None:
+    """The engine's global proxy, read as the engine reads it (upstream
+    ``server/internal/logic/toogo/exchange_manager.go`` 130-170): the ``hg_trading_proxy_config``
+    row with user_id 0, tenant_id 0 and enabled 1 (the lowest id if several); ``proxy_address``
+    is ``host:port``; username and password only when ``auth_enabled`` is 1 and a username is
+    set, the password decrypted like the API keys. None when there is no such row or no table.
+
+    Unlike the engine, a password that does not decrypt is an error (:class:`ConfigError`)
+    rather than an empty password, and an address without a port is refused.
+    """
+    t = trading_proxy_config
+
+    async def read(conn: AsyncConnection) -> Any:
+        if t.name not in await table_names(conn):
+            return None
+        stmt = (
+            select(
+                t.c.id,
+                t.c.proxy_type,
+                t.c.proxy_address,
+                t.c.auth_enabled,
+                t.c.username,
+                t.c.password,
+            )
+            .where(t.c.user_id == 0, t.c.tenant_id == 0, t.c.enabled == 1)
+            .order_by(t.c.id)
+            .limit(1)
+        )
+        return (await conn.execute(stmt)).one_or_none()
+
+    row = await db.transaction(read, what="read the engine's proxy")
+    if row is None:
+        return None
+    where = f"hg_trading_proxy_config {row.id}"
+    kind = str(row.proxy_type or "socks5").strip().lower()
+    if kind not in ("socks5", "http"):
+        raise ConfigError(f"{where}: proxy_type {kind!r} is neither socks5 nor http")
+    host, port = parse_address(str(row.proxy_address or ""), field=f"{where} proxy_address")
+    username = str(row.username or "").strip()
+    password = None
+    if int(row.auth_enabled or 0) == 1 and username:
+        stored = str(row.password or "")
+        key = aes_key
+        if key is None and is_encrypted(stored):
+            key = aes_key_from_environment()
+        password = decrypt_value(stored, key, field=f"{where} password")
+    else:
+        username = ""
+    return Proxy(
+        kind="socks5" if kind == "socks5" else "http",
+        host=host,
+        port=port,
+        username=username or None,
+        password=password,
+        origin=where,
+    )
+
+
+def parse_address(address: str, *, field: str) -> tuple[str, int]:
+    """``host:port`` as the engine splits it (at the first colon); the port must be 1-65535."""
+    host, sep, port_text = address.strip().partition(":")
+    if not host or not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{field}: {address!r} is not host:port")
+    return host, int(port_text)
+
+
+__all__ = [
+    "STATUS_DISABLED",
+    "STATUS_NORMAL",
+    "AccountNotFound",
+    "ApiAccount",
+    "load_account",
+    "load_proxy",
+    "parse_address",
+]
 
 
 def polled(running_status: int) -> Any:

@@ -18,6 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 Direction = Literal["long", "short"]
 
@@ -63,6 +64,43 @@ class ApiAccount:
         self, *, api_key: Secret, secret: Secret, passphrase: Secret | None
     ) -> ApiAccount:
         return replace(self, api_key=api_key, secret=secret, passphrase=passphrase)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """Where exchange requests leave through: the engine's global proxy
+    (``hg_trading_proxy_config``) or the one configured under ``proxy:``.
+
+    ``kind`` is ``socks5`` (host names resolved by the proxy, as the engine's Go client does) or
+    ``http``. The ``repr`` and :attr:`label` never show the password.
+    """
+
+    kind: Literal["socks5", "http"]
+    host: str
+    port: int
+    username: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+    #: where it was read: ``hg_trading_proxy_config <id>`` or ``config``
+    origin: str = "config"
+
+    @property
+    def label(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        return f"{self.kind}://{user}{self.host}:{self.port} ({self.origin})"
+
+    @property
+    def egress(self) -> str:
+        """The egress this proxy stands for, credential-free: budgets are kept per egress."""
+        return f"{self.kind}://{self.host}:{self.port}"
+
+    def url(self) -> str:
+        """The proxy URL with its credentials, for the HTTP client only (never log it)."""
+        scheme = "socks5h" if self.kind == "socks5" else "http"  # socks5h: the proxy resolves
+        auth = ""
+        if self.username:
+            secret = self.password.get() if self.password is not None else ""
+            auth = f"{quote(self.username, safe='')}:{quote(secret, safe='')}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}"
 
 
 class NetOf(StrEnum):

@@ -29,6 +29,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -238,6 +239,23 @@ toogo_config = Table(
     UniqueConstraint("group", "key", name="uk_group_key"),
 )
 
+#: the engine's global proxy (user_id 0, tenant_id 0, enabled 1), read as the engine reads it
+#: (upstream server/internal/logic/toogo/exchange_manager.go 130-170). Optional: an install
+#: without the table has no proxy; the contract does not require it.
+trading_proxy_config = Table(
+    "hg_trading_proxy_config",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("tenant_id", BigInteger, nullable=False, server_default="0"),
+    Column("user_id", BigInteger, nullable=False),
+    Column("enabled", SmallInteger, nullable=True, server_default="0"),
+    Column("proxy_type", String(20), nullable=True, server_default="socks5"),
+    Column("proxy_address", String(255), nullable=True, server_default="127.0.0.1:10808"),
+    Column("auth_enabled", SmallInteger, nullable=True, server_default="0"),
+    Column("username", String(100), nullable=True),
+    Column("password", String(500), nullable=True),
+)
+
 HOTGO_TABLES = (
     trading_robot,
     trading_api_config,
@@ -248,6 +266,8 @@ HOTGO_TABLES = (
     toogo_user,
     toogo_config,
 )
+#: hotgo tables the daemon reads when present (checked against upstream's DDL like the others)
+OPTIONAL_HOTGO_TABLES = (trading_proxy_config,)
 
 # ---------------------------------------------------------------------------------------------
 # The daemon's own tables (created by `toogo-reconcile migrate add-unique-key`, never at start-up)
@@ -265,6 +285,24 @@ stream_cursor = Table(
     Column("keys_at_cursor", Text, nullable=True),
     Column("updated_at", DateTime, nullable=True),
     UniqueConstraint("platform", "account_id", "symbol", name="uk_stream"),
+)
+
+#: microsecond DATETIME on MySQL (its DATETIME keeps whole seconds): due times a second apart
+PRECISE_TIME = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+poll_schedule = Table(
+    # The history sync's shared schedule (reconcile.fleet): one row per API account with running
+    # robots; the daemons sharing a database claim due rows (FOR UPDATE SKIP LOCKED) under a
+    # short lease. Times are the database server's clock, in UTC; ``due_at`` far in the future:
+    # the account has no running robot any more.
+    "toogo_reconcile_poll",
+    own_metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("due_at", PRECISE_TIME, nullable=False),  # may next be polled from then on
+    Column("owner", String(64), nullable=True),  # the daemon holding the lease: host:pid:random
+    Column("lease_until", PRECISE_TIME, nullable=True),
+    Column("polled_at", PRECISE_TIME, nullable=True),  # the last poll's start (its claim)
+    Index("idx_poll_due", "due_at"),
 )
 
 binding = Table(
@@ -475,6 +513,7 @@ verdict = Table(
 
 OWN_TABLES = (
     stream_cursor,
+    poll_schedule,
     binding,
     exchange_record,
     record_order_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.db import Database
 from reconcile.schema import stream_cursor
-from tests.fake_exchanges import FAKES, FakeExchange
+from tests.fake_exchanges import FAKES, FakeExchange, Fault
 from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import add_account, add_robot
 from tests.private_mariadb import free_port
@@ -78,13 +78,16 @@ async def seed_stream(db: Database, fake: FakeExchange) -> None:
 
 @asynccontextmanager
 async def live_daemon(
-    db: Database, url: str, tmp_path: Path, **schedule: str
+    db: Database, url: str, tmp_path: Path, *, faults: Sequence[Fault] = (), **schedule: str
 ) -> AsyncIterator[int]:
     """`run` on a seeded backlog and a fake Binance stream (``seed_stream``) with ``schedule``,
-    its gauges refreshed every 500 ms; the port of its /metrics. Stopped with SIGTERM."""
+    its gauges refreshed every 500 ms; the port of its /metrics. Stopped with SIGTERM. The
+    fake serves ``faults`` to the first closed-position requests."""
     await seed_backlog(db, orders=40, users=8, seed=11, losing_ratio=0.0)
     port = free_port()
     async with FAKES["binance"]() as binance:
+        for fault in faults:
+            binance.fail(fault)
         await seed_stream(db, binance)
         config = daemon_config(tmp_path / "c.yaml", url, port, binance, **schedule)
         proc = await start_cli(config, "run")

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exchange_adapters.binance import SPEC as BINANCE
+from exchange_adapters.budgets import BudgetOptions
 from exchange_adapters.bybit import SPEC as BYBIT
 from exchange_adapters.clients import build_exchange, override_hosts
 from exchange_adapters.errors import UnknownSymbol
@@ -149,23 +150,43 @@ async def test_one_client_per_account_shared_by_robots_and_markets_loaded_once()
             assert registry.requests() == 3
 
 
-async def test_robots_on_one_account_share_the_rate_limit_bucket() -> None:
-    """ccxt's leaky bucket is per instance: binance userTrades costs 5 x 50 ms."""
-    async with FakeBinance() as fake:
-        options = fast_options(rate_limit_ms=None)
-        async with ExchangeRegistry({"binance": options}) as registry:
+async def test_robots_on_one_account_share_its_budget_and_accounts_do_not() -> None:
+    """OKX counts positions-history per account (UID): robots on one account share that
+    account's budget; another account has its own. Budget: 2 requests a second, all ours."""
+    async with FakeOkx() as fake:
+        options = fast_options(account_budget=BudgetOptions(limit=2, window=1.0, share=1.0))
+        async with ExchangeRegistry({"okx": options}) as registry:
             shared = registry.source_for(account_for(fake, 1))
-            await shared.fetch_closed("BTCUSDT", SINCE, UNTIL)  # warm up: markets
+            await shared.fetch_closed("BTCUSDT", SINCE, UNTIL)  # warm up: markets; 1 token left
             fake.reset_counts()
             await asyncio.gather(*(shared.fetch_closed("BTCUSDT", SINCE, UNTIL) for _ in range(3)))
             times = sorted(s.at for s in fake.seen("closed"))
             assert len(times) == 3
-            assert times[-1] - times[0] >= 0.4  # ≥ 2 × 250 ms apart (a little slack)
+            assert times[-1] - times[0] >= 0.9  # 2 refills at 2 a second: ≥ 1 s (some slack)
             fake.reset_counts()
             others = [registry.source_for(account_for(fake, n)) for n in (11, 12, 13)]
             await asyncio.gather(*(s.fetch_closed("BTCUSDT", SINCE, UNTIL) for s in others))
             times = sorted(s.at for s in fake.seen("closed"))
-            assert times[-1] - times[0] < 0.2  # separate accounts, separate buckets
+            assert times[-1] - times[0] < 0.3  # separate accounts, separate budgets
+
+
+async def test_accounts_share_the_egress_budget_and_one_transport() -> None:
+    """Binance counts weight per IP: every account through one egress shares one budget
+    (userTrades weighs 5; here 10 a second, all ours), and one ccxt instance serves them."""
+    async with FakeBinance() as fake:
+        options = fast_options(budget=BudgetOptions(limit=10, window=1.0, share=1.0))
+        async with ExchangeRegistry({"binance": options}) as registry:
+            sources = [registry.source_for(account_for(fake, n)) for n in (1, 2, 3, 4)]
+            await sources[0].fetch_closed("BTCUSDT", SINCE, UNTIL)  # markets (1) + 5
+            fake.reset_counts()
+            await asyncio.gather(*(s.fetch_closed("BTCUSDT", SINCE, UNTIL) for s in sources))
+            times = sorted(s.at for s in fake.seen("closed"))
+            assert len(times) == 4
+            assert times[-1] - times[0] >= 1.2  # 20 weight at 10 a second, 4 left in hand
+            transports = {id(s.client._transport) for s in sources}  # type: ignore[attr-defined]
+            assert len(transports) == 1
+            stats = registry.budgets.egress_stats()[("binance", "direct")]
+            assert stats.spent == 1 + 5 * 5
 
 
 async def test_max_concurrent_requests_per_account() -> None:

@@ -23,7 +23,7 @@ from reconcile.consumer import PowerConsumer, Source
 from reconcile.db import Database
 from reconcile.schema import stream_cursor, trading_order
 from reconcile.status import read_gauges
-from tests.fake_exchanges import FAKES
+from tests.fake_exchanges import FAKES, Fault
 from tests.history_kit import RULES
 from tests.metrics_kit import ACCOUNT, live_daemon, sample, scrape, seed_stream
 from tests.private_mariadb import free_port
@@ -155,9 +155,22 @@ async def test_the_metrics_the_alert_rules_read(
     for kind in ("charge_failed", "stream_failed", "job_failed", "sweep_aborted"):
         assert sample(clean, "toogo_failures_total", kind=kind) == 0, clean
     assert sample(clean, "toogo_exchange_errors_total", platform="binance") == 0
+    # the egress budget: its series at 0 from the start (a first 418 is an increase), and the
+    # weight the sync spent (markets 1, userTrades 5 each)
+    direct = {"platform": "binance", "egress": "direct"}
+    for status in ("403", "418", "429"):
+        assert sample(clean, "toogo_exchange_rate_limited_total", **direct, status=status) == 0
+    assert sample(clean, "toogo_exchange_banned", **direct) == 0
+    assert (sample(clean, "toogo_exchange_weight_used_total", **direct) or 0) >= 6
     # the synced stream's requests (it was 0 for ever: nothing incremented it)
     assert (sample(clean, "toogo_exchange_requests_total", platform="binance") or 0) >= 1
-    assert (sample(clean, "toogo_charges_total", source="history") or 0) >= 1
+    # the stream's profitable close reached the history path's charge: charged there, or found
+    # charged by the start's compensation sweep, which runs beside the first sync (exactly once)
+    by_history = sum(
+        sample(clean, name, source="history") or 0
+        for name in ("toogo_charges_total", "toogo_skipped_duplicates_total")
+    )
+    assert by_history >= 1
     assert sample(clean, "toogo_charges_total", source="realtime") == 0
     start = sample(clean, "process_start_time_seconds")
     assert start is not None and started - 5 < start < started + 30
@@ -247,3 +260,29 @@ async def test_shadow_mode_counts_would_be_charges_and_says_it_charges_nothing(
     assert sample(text, "toogo_charges_total", source="sweep") == 0
     assert sample(text, "toogo_charging") == 0
     assert sample(text, "toogo_backlog_orders") == eligible  # hotgo has charged none of them
+
+
+async def test_a_ban_shows_at_once_and_nothing_is_sent_during_it(
+    mysql_db: Database, mysql_url: str, tmp_path: Path
+) -> None:
+    """The fake bans the IP (418, Retry-After one hour) at the first closed-position request:
+    the counter and the ban gauge show it while the ban lasts, and the sync sends nothing more
+    (its streams fail at once, cursors held) - what ToogoExchangeBanned fires on."""
+    schedule = {"history_sync": "1s", "realtime_sweep": "1h", "compensation_sweep": "1h"}
+    async with (
+        live_daemon(mysql_db, mysql_url, tmp_path, faults=[Fault.ban("3600")], **schedule) as port,
+        aiohttp.ClientSession() as http,
+    ):
+        direct = {"platform": "binance", "egress": "direct"}
+        banned = await scrape_until(
+            http,
+            port,
+            lambda t: sample(t, "toogo_exchange_rate_limited_total", **direct, status="418") == 1,
+        )
+        assert sample(banned, "toogo_exchange_banned", **direct) == 1
+        used = sample(banned, "toogo_exchange_weight_used_total", **direct)
+        await asyncio.sleep(3)  # three more runs of the sync
+        later = await scrape(http, port)
+    assert sample(later, "toogo_exchange_weight_used_total", **direct) == used  # nothing sent
+    assert sample(later, "toogo_exchange_rate_limited_total", **direct, status="418") == 1
+    assert (sample(later, "toogo_failures_total", kind="stream_failed") or 0) >= 2

@@ -27,9 +27,11 @@ FAST_RETRY = RetryOptions(attempts=3, initial=0.001, maximum=0.005, retry_after_
 
 
 def fast_options(**overrides: Any) -> AdapterOptions:
-    """Tiny retry waits, a 5 ms ccxt rate limit and no close delay: the suite stays fast."""
+    """Tiny retry waits, a 5 ms ccxt rate limit and no close delay: the suite stays fast. The
+    accounts' base_url points them at their fake (``account_base_url``)."""
     settings: dict[str, Any] = {"retry": FAST_RETRY, "timeout": 2.0, "rate_limit_ms": 5,
-                                "cooldown": 60.0, "close_delay_ms": 0}  # fmt: skip
+                                "cooldown": 60.0, "close_delay_ms": 0,
+                                "account_base_url": True}  # fmt: skip
     settings.update(overrides)
     return AdapterOptions(**settings)
 
