@@ -42,6 +42,7 @@ REQUIREMENTS = {
     "TOOGO_REQUIRE_POSTGRES": re.compile(r"postgres|initdb", re.IGNORECASE),
     "TOOGO_REQUIRE_SYSTEMD": re.compile(r"systemd", re.IGNORECASE),
     "TOOGO_REQUIRE_PROMETHEUS": re.compile(r"prometheus|promtool", re.IGNORECASE),
+    "TOOGO_REQUIRE_PROXIES": re.compile(r"microsocks|tinyproxy", re.IGNORECASE),
 }
 
 
