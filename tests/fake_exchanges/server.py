@@ -225,6 +225,16 @@ class FakeExchange(ABC):
     @abstractmethod
     def not_envelope_body(self) -> Any: ...
 
+    def admit(self, route: _Route, request: web.Request) -> web.StreamResponse | None:
+        """Called on every request's arrival, before faults and authentication: an answer here
+        refuses the request (an exchange's request-weight limit). None (the default) serves it."""
+        return None
+
+    def stamp(self, route: _Route, request: web.Request, response: web.StreamResponse) -> None:
+        """Called with every answer before it is sent (headers such as the used weight); a
+        response already under way (a dropped connection) can no longer take headers."""
+        return None
+
     def route(self, method: str, path: str, endpoint: str, handler: Handler, *,
               private: bool) -> _Route:  # fmt: skip
         return _Route(method, path, endpoint, private, handler)
@@ -265,12 +275,18 @@ class FakeExchange(ABC):
                     at=time.monotonic(),
                 )
             )
+            refused = self.admit(route, request)
+            if refused is not None:
+                self.stamp(route, request, refused)
+                return refused
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                return await self._answer(route, request)
+                response = await self._answer(route, request)
             finally:
                 self.in_flight -= 1
+            self.stamp(route, request, response)
+            return response
 
         return handle
 
