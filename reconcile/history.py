@@ -243,7 +243,7 @@ class HistorySync:
     async def run_for(self, span: timedelta, stop: asyncio.Event | None = None) -> SyncSummary:
         """The daemon's history sync for ``span`` (one interval): put the running accounts on
         the shared schedule, then every ``tick`` claim due accounts, up to the free places of
-        ``concurrency`` (when at least half are free: a claim is one transaction for many),
+        ``concurrency`` (when at least a quarter are free: a claim is one transaction for many),
         poll them and release them; then let the polls in flight finish. SQLite: one
         :meth:`run_cycle`."""
         leases = self.leases
@@ -269,7 +269,7 @@ class HistorySync:
                     if not claiming and not running:
                         break
                     free = places - len(running)
-                    if claiming and free >= max(1, places // 2):
+                    if claiming and free >= max(1, places // 4):
                         try:
                             batch = await self._claim_due(leases, free, summary)
                         except ReconcileError as exc:  # raised once the polls in flight end
