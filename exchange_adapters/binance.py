@@ -66,10 +66,10 @@ SPEC = PlatformSpec(
     # reports the IP's use in X-MBX-USED-WEIGHT-1M; 429 past it, 418 (banned) for whoever
     # carries on (developers.binance.com, USDⓈ-M Futures "General Info", "Account Trade List")
     limits=Limits(
-        egress=BudgetOptions(limit=2400, window=60.0),
+        egress=BudgetOptions(limit=2400, window=60),
         weights={"fapiPrivateGetUserTrades": 5, "fapiPublicGetExchangeInfo": 1},
         used_header="X-MBX-USED-WEIGHT-1M",
-        bans={429: 60.0, 418: 120.0},
+        bans={429: 60, 418: 120},
     ),
 )
 

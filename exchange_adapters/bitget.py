@@ -62,7 +62,7 @@ SPEC = PlatformSpec(
     contract_size=_contract_size,
     # per account (UID): history-position 20 requests per second (bitget.com API docs, "Get
     # Historical Position")
-    limits=Limits(account=BudgetOptions(limit=20, window=1.0)),
+    limits=Limits(account=BudgetOptions(limit=20, window=1)),
 )
 
 

@@ -59,8 +59,8 @@ SPEC = PlatformSpec(
     # per IP: 600 requests per 5 s; past it a 403 and a ban of at least 10 minutes
     # (bybit-exchange.github.io/docs/v5/rate-limit)
     limits=Limits(
-        egress=BudgetOptions(limit=600, window=5.0),
-        bans={429: 5.0, 403: 600.0},
+        egress=BudgetOptions(limit=600, window=5),
+        bans={429: 5, 403: 600},
     ),
 )
 

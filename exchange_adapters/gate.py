@@ -63,7 +63,7 @@ SPEC = PlatformSpec(
     contract_size=_contract_size,
     # per account (UID): futures private endpoints 200 requests per 10 s (gate.io API v4,
     # "Frequency limit rule")
-    limits=Limits(account=BudgetOptions(limit=200, window=10.0)),
+    limits=Limits(account=BudgetOptions(limit=200, window=10)),
 )
 
 

@@ -62,7 +62,7 @@ SPEC = PlatformSpec(
     contract_size=_contract_size,
     # per account (UID): positions-history 10 requests per 2 s (okx.com/docs-v5, "Get
     # positions history")
-    limits=Limits(account=BudgetOptions(limit=10, window=2.0)),
+    limits=Limits(account=BudgetOptions(limit=10, window=2)),
 )
 
 

@@ -51,7 +51,7 @@ from reconcile.records import (
 log = structlog.get_logger("exchange_adapters")
 
 #: the latency one polling place is sized for: a proxy and a distant exchange, up to a second
-SLOT_LATENCY = 1.0
+SLOT_LATENCY = 1
 #: places for a platform whose budgets are per account only
 ACCOUNT_BOUND_SLOTS = 32
 REPLAY_SLOTS = 8
