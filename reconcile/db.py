@@ -231,8 +231,9 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def session_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A connection of its own, outside the pool, for session state held a while (GET_LOCK):
-        holding a pooled one while also running transactions could starve the pool."""
+        """A connection of its own, outside the pool, for session state held a while (the
+        runbook's autocommit DDL on PostgreSQL): holding a pooled one while also running
+        transactions could starve the pool."""
         await self._ready()
         if self._session_engine is None:
             self._session_engine = create_async_engine(

@@ -8,7 +8,6 @@ text). Adding a database means adding a dialect here and its error codes in ``re
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -21,13 +20,11 @@ from sqlalchemy import (
     case,
     not_,
     or_,
-    text,
     true,
     tuple_,
     type_coerce,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
 
@@ -44,7 +41,7 @@ PROPOSED: Final = _Proposed()
 @dataclass(frozen=True)
 class Dialect:
     name: str
-    #: several instances may share the database: account locks, SKIP LOCKED pages, the runbook
+    #: several instances may share the database: the poll schedule, SKIP LOCKED pages, the runbook
     concurrent: bool
     #: DECIMAL columns hold exact decimal text (SQLite), so SQL arithmetic on them is float
     text_decimals: bool
@@ -121,27 +118,6 @@ class Dialect:
             index_elements=list(key),
             set_={k: ins_c.excluded[k] if v is PROPOSED else v for k, v in update.items()},
         )
-
-    async def try_lock(self, conn: AsyncConnection, name: str) -> bool:
-        """Take the session-level named lock ``name`` without waiting (not concurrent: always)."""
-        if not self.concurrent:
-            return True
-        if self.is_postgresql:  # session-level advisory lock, keyed by the name's hash
-            stmt = text("SELECT pg_try_advisory_lock(:k)")
-            return bool((await conn.execute(stmt, {"k": _lock_key(name)})).scalar())
-        got = (await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})).scalar()
-        return bool(got == 1)
-
-    async def unlock(self, conn: AsyncConnection, name: str) -> None:
-        if self.is_postgresql:
-            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
-        elif self.concurrent:
-            await conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
-
-
-def _lock_key(name: str) -> int:
-    """A signed 64-bit advisory-lock key for ``name`` (PostgreSQL's locks are keyed by bigint)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 __all__ = ["PROPOSED", "Dialect"]

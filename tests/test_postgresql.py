@@ -1,5 +1,5 @@
-"""What is PostgreSQL's own: TIMESTAMPTZ columns, hg_toogo_* transferred either way, the
-advisory account lock, and the commands an operator runs first (doctor, demo).
+"""What is PostgreSQL's own: TIMESTAMPTZ columns, hg_toogo_* transferred either way, and
+the commands an operator runs first (doctor, demo).
 
 The schema is upstream's PostgreSQL DDL for the trading tables (tests/upstream.py); everything
 shared with MariaDB is proved by the parametrized suites (server_db / any_db)."""
@@ -92,18 +92,6 @@ async def test_charges_on_hg_toogo_tables_transferred_as_timestamptz(pg_url: str
         assert abs(stamp - now) < timedelta(minutes=1)  # local time, not shifted by 8 h
     finally:
         await db.close()
-
-
-async def test_advisory_account_lock_is_held_per_session(server_db: Database) -> None:
-    """The account lock is session-level (pg_try_advisory_lock / GET_LOCK): a second session
-    cannot take it until the first releases it."""
-    dialect = server_db.dialect
-    async with server_db.session_connection() as one, server_db.session_connection() as two:
-        assert await dialect.try_lock(one, "toogo-reconcile:test:account:1")
-        assert not await dialect.try_lock(two, "toogo-reconcile:test:account:1")
-        assert await dialect.try_lock(two, "toogo-reconcile:test:account:2")
-        await dialect.unlock(one, "toogo-reconcile:test:account:1")
-        assert await dialect.try_lock(two, "toogo-reconcile:test:account:1")
 
 
 async def test_doctor_and_demo_on_postgresql(pg_url: str, tmp_path: Path) -> None:
