@@ -15,9 +15,10 @@ import structlog
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from daemon.cli_exchange import exchange
+from daemon.cli_grants import grants
 from daemon.cli_held import held
 from daemon.cli_migrate import migrate
-from daemon.cli_ops import demo, doctor
+from daemon.cli_ops import demo, doctor, prune
 from daemon.cli_report import report_command
 from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core, open_history_sync
@@ -168,6 +169,8 @@ cli.add_command(doctor)
 cli.add_command(demo)
 cli.add_command(report_command)
 cli.add_command(held)
+cli.add_command(grants)
+cli.add_command(prune)
 
 
 @cli.command("run")

@@ -20,6 +20,7 @@ import click
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from reconcile import migration as m
 from reconcile.db import Database
+from reconcile.grants import require_migration_role
 from reconcile.trades import ChargedLeg
 
 TOP_USERS = 20
@@ -27,13 +28,19 @@ REFUND_HELP = "Credit each user's over-charge back to power, one ledger row per 
 CONSUME = "hg_toogo_power_consume"
 
 
-def _execute(ctx: click.Context, work: Callable[[Database], Awaitable[int]]) -> None:
+def _execute(
+    ctx: click.Context, work: Callable[[Database], Awaitable[int]], *, changes: str | None = None
+) -> None:
     """Load the config (progress events to stderr: stdout carries the report), open the
-    database without requiring the schema the migration is there to create, run ``work``."""
+    database without requiring the schema the migration is there to create, run ``work``.
+    A command that ``changes`` the schema first checks the migration role (exit 1 without it,
+    before anything is read for the plan or written)."""
     config = load(ctx, logs_to_stderr=True)
 
     async def job() -> int:
         async with Database(config.database_settings()) as db:
+            if changes is not None:
+                await require_migration_role(db, changes)
             return await work(db)
 
     run(job)
@@ -402,7 +409,7 @@ def backup(ctx: click.Context, dump: Path | None) -> None:
         render_backup(await m.backup(db, dump=dump), db)
         return EXIT_OK
 
-    _execute(ctx, work)
+    _execute(ctx, work, changes="migrate backup")
 
 
 @migrate.command()
@@ -417,7 +424,7 @@ def dedupe(ctx: click.Context, refund: bool, yes: bool, dump: Path | None) -> No
         render_dedupe(await m.dedupe(db, refund_overcharge=refund, dry_run=not yes, dump=dump))
         return EXIT_OK
 
-    _execute(ctx, work)
+    _execute(ctx, work, changes="migrate dedupe")
 
 
 @migrate.command("add-unique-key")
@@ -438,7 +445,7 @@ def add_unique_key(
         render_add_key(await m.add_unique_key(db, dry_run=not yes, options=options))
         return EXIT_OK
 
-    _execute(ctx, work)
+    _execute(ctx, work, changes="migrate add-unique-key")
 
 
 @migrate.command()
@@ -502,7 +509,7 @@ def up(
         )
         return EXIT_OK if result.ok else EXIT_FAILED
 
-    _execute(ctx, work)
+    _execute(ctx, work, changes="migrate up")
 
 
 @migrate.command()
@@ -544,4 +551,4 @@ def rollback(
         )
         return EXIT_OK
 
-    _execute(ctx, work)
+    _execute(ctx, work, changes="migrate rollback")

@@ -91,3 +91,38 @@ def demo(ctx: click.Context, target: str | None, force: bool) -> None:
         return EXIT_OK if ok else EXIT_FAILED
 
     run(job)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Count what would go; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def prune(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Prune the daemon's own tables by `retention:` now (what the `retention` job does).
+
+    Prints per part the rows that went (or, with --dry-run, would go): old raw payloads
+    emptied, old exchange records, skip and shadow rows, resolved quarantine rows, cursors of
+    streams no longer polled. Never touches hotgo's tables. docs/retention.md.
+    """
+    import json
+
+    from daemon.runtime import open_core
+    from reconcile.retention import Pruner
+
+    config = load(ctx, logs_to_stderr=True)
+
+    async def job() -> int:
+        async with open_core(config) as core:
+            pruner = Pruner(core.db, config.retention.settings(config.robots.running_status))
+            summary = await pruner.run(dry_run=dry_run)
+        if as_json:
+            click.echo(json.dumps({"dry_run": dry_run, **summary.counts}))
+            return EXIT_OK
+        verb = "would go" if dry_run else "pruned"
+        for part, count in summary.counts.items():
+            age = getattr(config.retention, part)
+            kept = "kept forever" if age is None else f"older than {age}"
+            click.echo(f"{part}: {count} {verb} ({kept})")
+        return EXIT_OK
+
+    run(job)

@@ -35,6 +35,7 @@ from reconcile.db import DatabaseSettings, RetryPolicy
 from reconcile.errors import ConfigError
 from reconcile.pricing import PowerOverride
 from reconcile.records import Secret
+from reconcile.retention import RetentionSettings
 from reconcile.sweep import SweepSettings
 
 DEFAULT_CONFIG = "config.yaml"
@@ -185,6 +186,33 @@ class ScheduleConfig(_Model):
     realtime_window: Duration = timedelta(minutes=15)
     compensation_sweep: Duration = timedelta(hours=1)
     audit: Duration | None = timedelta(minutes=15)  # the ledger audit for the metrics; null: off
+    retention: Duration | None = timedelta(hours=1)  # pruning of the own tables; null: off
+
+
+class RetentionConfig(_Model):
+    """How long the daemon's own tables keep what (docs/retention.md); null: forever."""
+
+    record_raw: Duration | None = timedelta(days=90)  # an exchange record's raw payload
+    records: Duration | None = timedelta(days=730)  # the record itself (and its order ids)
+    skips: Duration | None = timedelta(days=90)  # toogo_reconcile_skip
+    shadow: Duration | None = timedelta(days=90)  # toogo_reconcile_shadow
+    quarantine: Duration | None = timedelta(days=90)  # resolved quarantine rows
+    cursors: Duration | None = timedelta(days=30)  # cursors of streams no longer polled
+    batch_size: int = Field(1000, ge=1, le=10000)
+    pause: Duration = timedelta(milliseconds=50)  # between two batches
+
+    def settings(self, running_status: int) -> RetentionSettings:
+        return RetentionSettings(
+            record_raw=self.record_raw,
+            records=self.records,
+            skips=self.skips,
+            shadow=self.shadow,
+            quarantine=self.quarantine,
+            cursors=self.cursors,
+            batch_size=self.batch_size,
+            pause=self.pause,
+            running_status=running_status,
+        )
 
 
 class MetricsConfig(_Model):
@@ -216,6 +244,7 @@ class Config(_Model):
     exchanges: ExchangesConfig = ExchangesConfig()
     proxy: ProxyConfig = ProxyConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     shutdown_timeout: Duration = timedelta(seconds=30)
     logging: LoggingConfig = LoggingConfig()
@@ -230,6 +259,18 @@ class Config(_Model):
             raise ValueError(f"sync.lease ({lease}) must be shorter than schedule.history_sync")
         if tick >= lease:
             raise ValueError(f"sync.tick ({tick}) must be shorter than sync.lease ({lease})")
+        return self
+
+    @model_validator(mode="after")
+    def _records_outlive_the_lookbacks(self) -> Self:
+        """The charging rules read exchange records (their order ids) of every order the
+        sweep or the sync may still look at: a record must outlive both look-backs."""
+        keep = self.retention.records
+        for name, lookback in (("sweep", self.sweep.lookback), ("sync", self.sync.lookback)):
+            if keep is not None and keep <= lookback:
+                raise ValueError(
+                    f"retention.records ({keep}) must be longer than {name}.lookback ({lookback})"
+                )
         return self
 
     def database_settings(self) -> DatabaseSettings:

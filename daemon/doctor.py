@@ -38,7 +38,7 @@ from exchange_adapters.options import CCXT_PLATFORMS, REPLAY, AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
 from exchange_adapters.replay import read_file, replay_files
 from exchange_adapters.symbols import to_unified
-from reconcile import quarantine
+from reconcile import grants, quarantine, retention
 from reconcile.accounts import ApiAccount, load_proxy
 from reconcile.contract import future_order_times
 from reconcile.credentials import (
@@ -119,8 +119,12 @@ class Doctor:
             if db is not None:
                 try:
                     tables = await self._schema(db)
+                    await self._privileges(db)
                     await self._time_zone(db, tables)
                     await self._quarantine(db, tables)
+                    if tables.has_quarantine:  # the own tables (the schema line says if not)
+                        sizes = retention.describe(await retention.table_sizes(db))
+                        self.emit(Mark.OK, "table sizes", f"own tables, rows (oldest): {sizes}")
                     if tables.has_accounts:
                         accounts = await self._accounts(db)
                     else:
@@ -199,6 +203,35 @@ class Doctor:
         else:
             self.emit(Mark.FAIL, "schema", "; ".join(problems))
         return status
+
+    async def _privileges(self, db: Database) -> None:
+        """The user's grants against the roles of ``reconcile.grants``."""
+        found = await grants.privileges(db)
+        if found is None:
+            return  # the embedded SQLite has no users
+        pg = db.dialect.is_postgresql
+        v = grants.judge(found, grants.database_name(db), postgresql=pg)
+        if v.missing:
+            self.emit(Mark.FAIL, "privileges", f"{found.user} lacks {', '.join(v.missing)}")
+        if v.superuser:
+            self.emit(
+                Mark.WARN, "privileges", "runs as a superuser: more than the runtime role needs"
+            )
+        elif v.role == "migration":
+            self.emit(
+                Mark.OK,
+                "privileges",
+                f"{found.user} matches the migration role (the "
+                "runbook's); the daemon needs only `toogo-reconcile grants --role runtime`",
+            )
+        elif v.excess:
+            self.emit(
+                Mark.WARN,
+                "privileges",
+                f"{found.user} has more than the runtime role needs: {', '.join(v.excess)}",
+            )
+        elif v.role == "runtime":
+            self.emit(Mark.OK, "privileges", f"{found.user}: exactly the runtime role")
 
     async def _quarantine(self, db: Database, tables: SchemaStatus) -> None:
         if not tables.has_quarantine:

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from structlog.typing import EventDict, WrappedLogger
 
 from daemon.logs import queued
+from reconcile.retention import TableSize
 
 #: the events counted by toogo_failures_total, as its ``kind`` label (spaces as underscores)
 FAILURE_EVENTS = ("charge failed", "stream failed", "job failed", "sweep aborted")
@@ -103,6 +104,12 @@ class BudgetCollector(Collector):
 
 
 class Metrics:
+    def table_sizes(self, sizes: Iterable[TableSize]) -> None:
+        """The own tables' row counts and oldest rows (0: empty), from the retention job."""
+        for size in sizes:
+            self.table_rows.labels(size.table).set(size.rows)
+            self.table_oldest.labels(size.table).set(size.oldest_seconds or 0.0)
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -129,6 +136,14 @@ class Metrics:
         self.last_success = Gauge(
             "toogo_last_success_timestamp_seconds", "When a job last succeeded", ["job_name"],
             registry=r,
+        )  # fmt: skip
+        self.table_rows = Gauge(
+            "toogo_table_rows", "Rows in each of the daemon's own tables (retention job)",
+            ["table"], registry=r,
+        )  # fmt: skip
+        self.table_oldest = Gauge(
+            "toogo_table_oldest_seconds", "Age of the oldest row of each own table (lowest id)",
+            ["table"], registry=r,
         )  # fmt: skip
         self.job_interval = Gauge(
             "toogo_job_interval_seconds", "How often a job is scheduled (schedule.*)",

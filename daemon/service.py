@@ -10,7 +10,10 @@ failing job is logged and tried again at its next run without touching the other
   5 s) - it charges what the engine's realtime call missed within seconds;
 - the compensation sweep over ``sweep.lookback`` (``schedule.compensation_sweep``, 1 h);
 - the ledger audit (``schedule.audit``, 15 min, first one interval after the start; null:
-  none), for ``toogo_audit_violations``.
+  none), for ``toogo_audit_violations``;
+- the retention (``schedule.retention``, 1 h, first one interval after the start; null: none):
+  prunes the daemon's own tables by ``retention:`` (reconcile.retention) in small batches, then
+  sets ``toogo_table_rows`` and ``toogo_table_oldest_seconds``.
 
 systemd: READY=1 once the database answers and the scheduler runs; WATCHDOG=1 every half
 ``WATCHDOG_USEC`` only while the event loop turns and the database answers; STATUS= with the last
@@ -50,6 +53,7 @@ from reconcile.consumer import PowerMode, Source
 from reconcile.errors import ReconcileError
 from reconcile.history import HistorySync
 from reconcile.pacing import Availability
+from reconcile.retention import Pruner, table_sizes
 from reconcile.status import read_gauges
 from reconcile.sweep import SweepSettings, sweep
 
@@ -130,13 +134,22 @@ class Service:
             }
             if schedule.audit is not None:
                 jobs["audit"] = (schedule.audit.total_seconds(), lambda: self._audit(core))
+            if schedule.retention is not None:
+                pruner = Pruner(
+                    core.db, self.config.retention.settings(self.config.robots.running_status)
+                )
+                jobs["retention"] = (
+                    schedule.retention.total_seconds(),
+                    lambda: self._retention(pruner),
+                )
             started = datetime.now(UTC)
             for name, (every, make) in jobs.items():
                 if self.metrics is not None:
                     self.metrics.job_interval.labels(name).set(every)
                 # the audit first runs one interval in: not beside the start's first sweep, and
                 # not on the backlog of the downtime that sweep is about to charge
-                first = started + timedelta(seconds=every) if name == "audit" else started
+                late = name in ("audit", "retention")
+                first = started + timedelta(seconds=every) if late else started
                 if name == "history_sync" and fleet:
                     continue  # its own loop, below
                 scheduler.add_job(
@@ -299,6 +312,18 @@ class Service:
             failing = {k: v for k, v in violations.items() if v}
             log.warning("audit violations", violations=failing, action="run toogo-reconcile audit")
             return True, f"{sum(failing.values())} violations"
+
+        return work
+
+    def _retention(self, pruner: Pruner) -> Job:
+        """Prunes the own tables in small batches (charges interleave between them; a stop
+        ends it between two), then measures them for the gauges."""
+
+        async def work() -> tuple[bool, str]:
+            summary = await pruner.run(self.stop)
+            if self.metrics is not None:
+                self.metrics.table_sizes(await table_sizes(pruner.db))
+            return True, f"{summary.total} rows pruned"
 
         return work
 

@@ -94,7 +94,7 @@ async def test_prometheus_evaluates_every_rule_on_a_live_daemon(
     needed = set().union(*(metric_names(r["expr"]) for r in every_rule))
     schedule = {"history_sync": "2s", "realtime_sweep": "1s", "compensation_sweep": "3s"}
     async with (
-        live_daemon(mysql_db, mysql_url, tmp_path, **schedule, audit="2s") as port,
+        live_daemon(mysql_db, mysql_url, tmp_path, **schedule, audit="2s", retention="2s") as port,
         aiohttp.ClientSession() as http,
         prometheus(tmp_path, f"127.0.0.1:{port}") as prom,
     ):
@@ -145,7 +145,7 @@ async def test_prometheus_evaluates_every_rule_on_a_live_daemon(
 
         since = await until(
             "toogo:seconds_since_last_success",
-            lambda: recorded("toogo:seconds_since_last_success", 4),
+            lambda: recorded("toogo:seconds_since_last_success", 5),
         )
         await until(
             "platform:toogo_exchange_errors:rate5m",
@@ -164,9 +164,15 @@ async def test_prometheus_evaluates_every_rule_on_a_live_daemon(
         assert results[quiet] == [], (quiet, results[quiet])
     for quiet in ("ToogoSweepStale", "ToogoHistorySyncStale", "ToogoCursorLag"):
         assert results[quiet] == [], (quiet, results[quiet])
-    # the recording rule sees the four jobs, under the job_name label (not exported_job)
+    # the recording rule sees the five jobs, under the job_name label (not exported_job)
     jobs = {s["metric"]["job_name"]: float(s["value"][1]) for s in since}
-    assert set(jobs) == {"history_sync", "realtime_sweep", "compensation_sweep", "audit"}
+    assert set(jobs) == {
+        "history_sync",
+        "realtime_sweep",
+        "compensation_sweep",
+        "audit",
+        "retention",
+    }
     assert all(0 <= v < 60 for v in jobs.values()), jobs
     assert all(s["metric"]["job"] == JOB for s in since)
     assert results["toogo:seconds_since_last_success"]  # the expression itself, too
