@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from exchange_adapters.errors import ResponseCapture, parse_retry_after
 from reconcile.errors import RateLimited
 
 log = structlog.get_logger("exchange_adapters")
@@ -168,21 +169,22 @@ class Budget:
             self._tokens -= min(cost, self._capacity)
             self.stats.spent += cost
 
-    def record(self, status: int | None, headers: Mapping[str, str]) -> None:
+    def record(self, answer: ResponseCapture) -> None:
         """Take one answer's reading of the IP's use and any ban it carries."""
         now = self._clock()
         if self.used_header is not None:
-            value = _header(headers, self.used_header)
+            value = answer.header(self.used_header)
             if value is not None:
                 try:
                     self.stats.observed = float(value)
                     self._observed_window = self._window_of(now)
                 except ValueError:
                     pass
+        status = answer.status
         if status is None or status not in self.bans:
             return
         self.stats.refused[status] = self.stats.refused.get(status, 0) + 1
-        retry_after = _retry_after(headers)
+        retry_after = parse_retry_after(answer.header("Retry-After"))
         seconds = retry_after if retry_after is not None else self.bans[status]
         until = now + seconds
         if until > self.stats.banned_until:
@@ -194,24 +196,6 @@ class Budget:
             retry_after_s=round(seconds, 3),
             action="no request through this egress until then",
         )
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = _header(headers, "Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class Budgets:

@@ -34,6 +34,7 @@ import structlog
 
 from exchange_adapters.budgets import Budget, Limits
 from exchange_adapters.errors import (
+    ResponseCapture,
     UnknownSymbol,
     capturing,
     install_response_hook,
@@ -340,10 +341,10 @@ class ExchangeClient:
                         raw = await call(view)
                     finally:
                         for budget in budgets:
-                            budget.record(capture.status, capture.headers)
+                            budget.record(capture)
             except ReconcileError as exc:
                 _redact(exc, self._transport.proxy)
-                refused = _proxy_refused(self._transport.proxy, capture.status, capture.headers)
+                refused = _proxy_refused(self._transport.proxy, capture)
                 if refused is not None:
                     raise ExchangeUnavailable(f"{where}: {refused}") from exc
                 raise
@@ -435,16 +436,15 @@ class ExchangeClient:
         await self.close()
 
 
-def _proxy_refused(
-    proxy: Proxy | None, status: int | None, headers: Mapping[str, str]
-) -> str | None:
+def _proxy_refused(proxy: Proxy | None, answer: ResponseCapture) -> str | None:
     """An HTTP proxy that refuses our credentials answers 407 with Proxy-Authenticate (tinyproxy:
     401, ``Server: tinyproxy/…``): say it is the proxy, not the exchange, that refused.
     Temporary: the account's key is not at fault, and the proxy may be fixed."""
+    status = answer.status
     if proxy is None or proxy.kind != "http" or status not in (401, 407):
         return None
-    lowered = {key.lower(): value for key, value in headers.items()}
-    by_proxy = "proxy-authenticate" in lowered or "proxy" in lowered.get("server", "").lower()
+    server = answer.header("Server") or ""
+    by_proxy = answer.header("Proxy-Authenticate") is not None or "proxy" in server.lower()
     if status == 407 or by_proxy:
         return f"the HTTP proxy {proxy.label} refused our credentials (HTTP {status})"
     return None

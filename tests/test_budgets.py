@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from exchange_adapters.budgets import Budget, BudgetOptions
+from exchange_adapters.errors import ResponseCapture
 from exchange_adapters.options import RetryOptions
 from exchange_adapters.registry import ExchangeRegistry
 from reconcile.errors import RateLimited, TemporaryError
@@ -34,6 +35,10 @@ class VirtualClock:
 
     async def sleep(self, seconds: float) -> None:
         self.now += seconds
+
+
+def answer(status: int, headers: dict[str, str] | None = None) -> ResponseCapture:
+    return ResponseCapture(status=status, headers=headers or {})
 
 
 def virtual_budget(options: BudgetOptions, **kwargs: object) -> tuple[Budget, VirtualClock]:
@@ -67,10 +72,10 @@ async def test_the_exchanges_reading_near_the_limit_pauses_until_the_window_turn
         BudgetOptions(limit=2400, window=60.0, share=0.4), used_header="X-MBX-USED-WEIGHT-1M"
     )
     clock.now = 1_800_000_010.0  # 10 s into a minute (1_800_000_000 is a whole minute)
-    budget.record(200, {"x-mbx-used-weight-1m": "2300"})
+    budget.record(answer(200, {"x-mbx-used-weight-1m": "2300"}))
     await budget.acquire(5)
     assert clock.now == pytest.approx(1_800_000_060.01)  # the next minute, not before
-    budget.record(200, {"X-MBX-USED-WEIGHT-1M": "1000"})
+    budget.record(answer(200, {"X-MBX-USED-WEIGHT-1M": "1000"}))
     before = clock.now
     await budget.acquire(5)
     assert clock.now == before  # room again: no wait
@@ -79,19 +84,19 @@ async def test_the_exchanges_reading_near_the_limit_pauses_until_the_window_turn
 async def test_a_ban_longer_than_max_wait_fails_at_once_and_sends_nothing() -> None:
     budget, _ = virtual_budget(BudgetOptions(limit=10, window=1.0, share=1.0), max_wait=30)
     budget.bans = {418: 120.0}
-    budget.record(418, {"Retry-After": "300"})
+    budget.record(answer(418, {"Retry-After": "300"}))
     with pytest.raises(RateLimited) as caught:
         await budget.acquire(1)
     assert caught.value.retry_after == pytest.approx(300)
     assert budget.stats.refused == {418: 1} and budget.stats.spent == 0
-    budget.record(429, {})  # not a ban status of this budget: counted nowhere
+    budget.record(answer(429))  # not a ban status of this budget: counted nowhere
     assert budget.stats.refused == {418: 1}
 
 
 async def test_a_short_ban_is_waited_out() -> None:
     budget, clock = virtual_budget(BudgetOptions(limit=10, window=1.0, share=1.0))
     budget.bans = {429: 60.0}
-    budget.record(429, {})  # no Retry-After: the platform's default
+    budget.record(answer(429))  # no Retry-After: the platform's default
     start = clock.now
     await budget.acquire(1)
     assert clock.now - start == pytest.approx(60.0)
