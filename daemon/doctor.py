@@ -35,7 +35,7 @@ from exchange_adapters.base import CcxtAdapter
 from exchange_adapters.clients import host_for
 from exchange_adapters.errors import UnknownSymbol
 from exchange_adapters.options import CCXT_PLATFORMS, REPLAY, AdapterOptions
-from exchange_adapters.registry import ExchangeRegistry
+from exchange_adapters.registry import ADAPTERS, ExchangeRegistry
 from exchange_adapters.replay import read_file, replay_files
 from exchange_adapters.symbols import to_unified
 from reconcile import grants, quarantine, retention
@@ -526,21 +526,13 @@ def _with_secrets(acct: _Account, key: AesKey | None) -> ApiAccount:
     )
 
 
-#: the hosts the futures clients call, per platform (ccxt's own, the engine's), and the domain
-#: of each exchange: another host of that domain is another of its APIs (spot, options, ...)
-FUTURES_HOSTS = {
-    "binance": ({"fapi.binance.com"}, "binance.com"),
-    "okx": ({"www.okx.com", "aws.okx.com", "my.okx.com"}, "okx.com"),
-    "gate": ({"api.gateio.ws", "fx-api.gateio.ws"}, "gateio.ws"),
-    "bitget": ({"api.bitget.com"}, "bitget.com"),
-    "bybit": ({"api.bybit.com", "api.bytick.com"}, "bybit.com"),
-}
-
-
 def _misroute(platform: str, account: ApiAccount, options: AdapterOptions) -> str | None:
     """A warning when the account's base_url names another API of its exchange (upstream's
     platform list offers https://api.binance.com, the spot host, for binance)."""
-    hosts, domain = FUTURES_HOSTS.get(platform, (set(), ""))
+    adapter = ADAPTERS.get(platform)
+    if adapter is None:
+        return None
+    hosts, domain = adapter.spec.futures_hosts, adapter.spec.domain
     host = (urlsplit(account.base_url or "").hostname or "").lower()
     if not host or not domain or host in hosts or not host.endswith(domain):
         return None

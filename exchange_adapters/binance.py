@@ -65,6 +65,8 @@ SPEC = PlatformSpec(
     # per IP: 2,400 request weight a minute, userTrades 5, exchangeInfo 1; every answer
     # reports the IP's use in X-MBX-USED-WEIGHT-1M; 429 past it, 418 (banned) for whoever
     # carries on (developers.binance.com, USDⓈ-M Futures "General Info", "Account Trade List")
+    futures_hosts=frozenset({"fapi.binance.com"}),
+    domain="binance.com",
     limits=Limits(
         egress=BudgetOptions(limit=2400, window=60),
         weights={"fapiPrivateGetUserTrades": 5, "fapiPublicGetExchangeInfo": 1},

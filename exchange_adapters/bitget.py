@@ -62,6 +62,8 @@ SPEC = PlatformSpec(
     contract_size=_contract_size,
     # per account (UID): history-position 20 requests per second (bitget.com API docs, "Get
     # Historical Position")
+    futures_hosts=frozenset({"api.bitget.com"}),
+    domain="bitget.com",
     limits=Limits(account=BudgetOptions(limit=20, window=1)),
 )
 

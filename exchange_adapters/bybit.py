@@ -58,6 +58,8 @@ SPEC = PlatformSpec(
     contract_size=_contract_size,
     # per IP: 600 requests per 5 s; past it a 403 and a ban of at least 10 minutes
     # (bybit-exchange.github.io/docs/v5/rate-limit)
+    futures_hosts=frozenset({"api.bybit.com", "api.bytick.com"}),
+    domain="bybit.com",
     limits=Limits(
         egress=BudgetOptions(limit=600, window=5),
         bans={429: 5, 403: 600},

@@ -75,6 +75,10 @@ class PlatformSpec:
     temporary_codes: frozenset[str]
     #: exact contract size from a ccxt market's raw ``info`` (never ccxt's float)
     contract_size: Callable[[Mapping[str, Any]], Decimal]
+    #: the hosts ccxt calls for this client (the engine's too), and the exchange's domain: another
+    #: host of that domain is another of its APIs (spot, options, ...)
+    futures_hosts: frozenset[str] = frozenset()
+    domain: str = ""
     #: what the exchange allows per IP and per account
     limits: Limits = field(default_factory=Limits)
 

@@ -63,6 +63,8 @@ SPEC = PlatformSpec(
     contract_size=_contract_size,
     # per account (UID): futures private endpoints 200 requests per 10 s (gate.io API v4,
     # "Frequency limit rule")
+    futures_hosts=frozenset({"api.gateio.ws", "fx-api.gateio.ws"}),
+    domain="gateio.ws",
     limits=Limits(account=BudgetOptions(limit=200, window=10)),
 )
 

@@ -62,6 +62,8 @@ SPEC = PlatformSpec(
     contract_size=_contract_size,
     # per account (UID): positions-history 10 requests per 2 s (okx.com/docs-v5, "Get
     # positions history")
+    futures_hosts=frozenset({"www.okx.com", "aws.okx.com", "my.okx.com"}),
+    domain="okx.com",
     limits=Limits(account=BudgetOptions(limit=10, window=2)),
 )
 

@@ -284,3 +284,25 @@ async def test_invalid_config_exits_2_with_a_line(tmp_path: Path) -> None:
     report = await doctor(cfg)
     assert report.code == 2
     assert report.failed("config") and "database.urll: unknown key" in report.line("config")
+
+
+async def test_a_base_url_naming_another_api_of_the_exchange_is_warned(
+    mysql_db: Database, mysql_url: str, tmp_path: Path, binance: FakeExchange
+) -> None:
+    """Upstream's platform list offers https://api.binance.com, Binance's spot host, for binance
+    (server/internal/logic/trading/api_config.go 484-490). The engine ignores base_url, and so
+    does the daemon by default, but doctor says which account names another API. The platform
+    is pointed at the fake (exchanges.binance.base_url): nothing leaves 127.0.0.1."""
+    await wire(mysql_db, binance, 10, base_url="https://api.binance.com")
+    await wire(mysql_db, binance, 11, base_url="https://fapi.binance.com")  # the futures host
+    exchanges = {"binance": {**FAST, "base_url": binance.url}}
+    cfg = write_config(tmp_path / "c.yaml", mysql_url, exchanges=exchanges)
+    report = await doctor(cfg, TOOGO_AES_KEY=AES)
+    assert report.code == 0, report.out
+    lines = [ln for ln in report.out.splitlines() if ln[2:14].strip() == "binance"]
+    assert [ln[0] for ln in lines] == ["✓", "!", "✓"], report.out
+    assert lines[1] == (
+        "! binance      account 10: base_url https://api.binance.com is not a binance futures "
+        "host (fapi.binance.com); ignored, as the engine ignores it (ccxt's host is called)"
+    )
+    assert all(f"via {binance.url}" in ln for ln in (lines[0], lines[2]))
