@@ -55,8 +55,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.exchanges_config import ExchangeConfig
-from reconcile.db import Database, DatabaseSettings
-from reconcile.schema import trading_api_config, trading_robot
+from reconcile.storage.db import Database, DatabaseSettings
+from reconcile.storage.schema import trading_api_config, trading_robot
 from tests.fake_exchanges.binance import THREE_DAYS, FakeBinance, IpWeightLimit
 from tests.fake_exchanges.harness import HOUR_MS, closed_record
 from tests.upstream import create_upstream_schema

@@ -260,8 +260,8 @@ async def seed(name: str, accounts: int, fake_url: str) -> None:
     its own user and wallet, one running robot each."""
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from reconcile.db import Database, DatabaseSettings
-    from reconcile.schema import (
+    from reconcile.storage.db import Database, DatabaseSettings
+    from reconcile.storage.schema import (
         create_hotgo_schema,
         create_own_schema,
         trading_api_config,
@@ -745,8 +745,8 @@ def cycle_run(ctx: Context, count: int) -> list[Figures]:
 # -- the profile -----------------------------------------------------------------------------------
 
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("database", ("sqlalchemy", "aiomysql", "pymysql", "asyncmy", "reconcile/db.py",
-                  "reconcile/fleet.py")),
+    ("database", ("sqlalchemy", "aiomysql", "pymysql", "asyncmy", "reconcile/storage/db.py",
+                  "reconcile/sync/fleet.py")),
     ("exchange/HTTP", ("ccxt", "aiohttp", "yarl", "multidict", "exchange_adapters", "hmac.py",
                        "base64.py", "urllib/parse", "http/cookies", "ssl.py", "json/")),
     ("logging", ("structlog", "daemon/logs.py", "logging/")),

@@ -73,17 +73,17 @@ from bench.drain import charge_set_based
 from daemon.logs import configure_logging
 from exchange_adapters.options import CCXT_PLATFORMS, AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.consumer import PowerConsumer
-from reconcile.db import Database, DatabaseSettings
-from reconcile.history import HistorySync, SyncSettings, SyncSummary, order_sn_for
-from reconcile.pricing import PowerRules
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.pricing import PowerRules
 from reconcile.records import ApiAccount, ClosedPositionSource, ClosedWindow
-from reconcile.schema import (
+from reconcile.storage.db import Database, DatabaseSettings
+from reconcile.storage.schema import (
     toogo_user,
     trading_api_config,
     trading_robot,
     wallet,
 )
+from reconcile.sync.history import HistorySync, SyncSettings, SyncSummary, order_sn_for
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import DAY_MS, closed_record, record_key_of
 from tests.upstream import create_upstream_schema

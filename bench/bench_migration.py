@@ -51,9 +51,9 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reconcile.consumer import PowerConsumer, Source  # noqa: E402
-from reconcile.db import Database, DatabaseSettings  # noqa: E402
-from reconcile.pricing import PowerRules  # noqa: E402
+from reconcile.charging.consumer import PowerConsumer, Source  # noqa: E402
+from reconcile.charging.pricing import PowerRules  # noqa: E402
+from reconcile.storage.db import Database, DatabaseSettings  # noqa: E402
 from tests.upstream import create_upstream_pg_schema, create_upstream_schema  # noqa: E402
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")

@@ -1,4 +1,4 @@
-"""Prune 1,000,000 exchange records while charges keep running (reconcile/retention.py).
+"""Prune 1,000,000 exchange records while charges keep running (reconcile/storage/retention.py).
 
     .venv/bin/python bench/bench_retention.py [--db URL] [--records 1000000] [--orders 30000]
                                               [--raw-bytes 1000] [--batch 1000] [--pause-ms 50]
@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from reconcile.consumer import Outcome, PowerConsumer, Source  # noqa: E402
-from reconcile.db import Database, DatabaseSettings  # noqa: E402
-from reconcile.pricing import PowerRules  # noqa: E402
-from reconcile.retention import Pruner, RetentionSettings  # noqa: E402
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source  # noqa: E402
+from reconcile.charging.pricing import PowerRules  # noqa: E402
+from reconcile.storage.db import Database, DatabaseSettings  # noqa: E402
+from reconcile.storage.retention import Pruner, RetentionSettings  # noqa: E402
 from tests.seed import assert_ledger_consistent, seed_backlog  # noqa: E402
 from tests.upstream import create_upstream_schema  # noqa: E402
 

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # `python bench/drain.py` puts bench/, not the ro
     sys.path.insert(0, str(ROOT))
 
 from daemon.config import SweepConfig  # noqa: E402
-from reconcile.db import Database, DatabaseSettings  # noqa: E402
+from reconcile.storage.db import Database, DatabaseSettings  # noqa: E402
 from tests.upstream import create_upstream_pg_schema, create_upstream_schema  # noqa: E402
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")

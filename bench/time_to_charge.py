@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reconcile.db import Database, DatabaseSettings  # noqa: E402
+from reconcile.storage.db import Database, DatabaseSettings  # noqa: E402
 from tests.upstream import create_upstream_schema  # noqa: E402
 
 HOUR = timedelta(hours=1)

@@ -22,11 +22,11 @@ from daemon.cli_ops import demo, doctor, prune
 from daemon.cli_report import report_command
 from daemon.parallel import sweep_in_processes
 from daemon.runtime import open_core, open_history_sync
-from reconcile.audit import audit as run_audit
-from reconcile.consumer import Source
+from reconcile.charging.consumer import Source
+from reconcile.charging.sweep import AUTO_PROCESSES_FROM, auto_processes, backlog_at_least
+from reconcile.charging.sweep import sweep as run_sweep
 from reconcile.errors import OrderNotFound
-from reconcile.sweep import AUTO_PROCESSES_FROM, auto_processes, backlog_at_least
-from reconcile.sweep import sweep as run_sweep
+from reconcile.views.audit import audit as run_audit
 
 log = structlog.get_logger("daemon.cli")
 

@@ -13,12 +13,12 @@ import click
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, load, run
 from daemon.runtime import open_core, open_history_sync, resolve_proxy
-from reconcile import quarantine as quarantined
-from reconcile.accounts import AccountNotFound, load_account
-from reconcile.db import Database
 from reconcile.errors import ReconcileError
-from reconcile.history import HistorySync
 from reconcile.records import ClosedPosition
+from reconcile.storage.db import Database
+from reconcile.sync import quarantine as quarantined
+from reconcile.sync.accounts import AccountNotFound, load_account
+from reconcile.sync.history import HistorySync
 
 
 @click.group()

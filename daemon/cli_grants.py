@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from daemon.cli_common import EXIT_USAGE, fail, load
-from reconcile import grants as g
-from reconcile.status import target
+from reconcile.storage import grants as g
+from reconcile.views.status import target
 
 
 @click.command("grants")

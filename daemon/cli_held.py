@@ -15,9 +15,9 @@ import structlog
 from daemon.cli_common import DURATION, EXIT_OK, load, run
 from daemon.render import cell, render_table
 from daemon.runtime import open_core
-from reconcile.consumer import Source
-from reconcile.held import decide, list_held
-from reconcile.trades import Verdict
+from reconcile.charging.consumer import Source
+from reconcile.charging.held import decide, list_held
+from reconcile.charging.trades import Verdict
 
 log = structlog.get_logger("daemon.cli")
 

@@ -19,9 +19,9 @@ import click
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
 from reconcile import migration as m
-from reconcile.db import Database
-from reconcile.grants import require_migration_role
-from reconcile.trades import ChargedLeg
+from reconcile.charging.trades import ChargedLeg
+from reconcile.storage.db import Database
+from reconcile.storage.grants import require_migration_role
 
 TOP_USERS = 20
 REFUND_HELP = "Credit each user's over-charge back to power, one ledger row per order."

@@ -107,7 +107,7 @@ def prune(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     import json
 
     from daemon.runtime import open_core
-    from reconcile.retention import Pruner
+    from reconcile.storage.retention import Pruner
 
     config = load(ctx, logs_to_stderr=True)
 

@@ -16,10 +16,10 @@ import click
 from daemon.cli_common import DURATION, EXIT_OK, EXIT_USAGE, fail, load, run
 from daemon.render import cell, render_csv, render_table, to_json
 from daemon.runtime import sync_settings
-from reconcile.contract import ensure_schema
-from reconcile.db import Database
-from reconcile.report import COLUMNS, Chain, Line, Period, Report, Scope, order_chain, report
-from reconcile.shadow import ShadowReport, Verdict, compare
+from reconcile.charging.shadow import ShadowReport, Verdict, compare
+from reconcile.storage.contract import ensure_schema
+from reconcile.storage.db import Database
+from reconcile.views.report import COLUMNS, Chain, Line, Period, Report, Scope, order_chain, report
 
 FORMATS = ("table", "json", "csv")
 FIGURES = tuple(COLUMNS)

@@ -29,14 +29,14 @@ from pydantic import (
 from daemon.durations import Duration
 from daemon.durations import parse_duration as parse_duration  # re-exported
 from daemon.exchanges_config import ExchangesConfig, ProxyConfig
-from reconcile.consumer import PowerMode
-from reconcile.corrections import CorrectionMode
-from reconcile.db import DatabaseSettings, RetryPolicy
+from reconcile.charging.consumer import PowerMode
+from reconcile.charging.corrections import CorrectionMode
+from reconcile.charging.pricing import PowerOverride
+from reconcile.charging.sweep import SweepSettings
 from reconcile.errors import ConfigError
-from reconcile.pricing import PowerOverride
 from reconcile.records import Secret
-from reconcile.retention import RetentionSettings
-from reconcile.sweep import SweepSettings
+from reconcile.storage.db import DatabaseSettings, RetryPolicy
+from reconcile.storage.retention import RetentionSettings
 
 DEFAULT_CONFIG = "config.yaml"
 

@@ -28,11 +28,10 @@ from daemon.config import Config
 from daemon.exchanges_config import ExchangesConfig
 from daemon.render import render_table
 from daemon.runtime import Core, open_core, open_history_sync
-from reconcile.audit import AuditReport
-from reconcile.audit import audit as run_audit
-from reconcile.consumer import Source
-from reconcile.db import Database
-from reconcile.demo_seed import (
+from reconcile.charging.consumer import Source
+from reconcile.charging.orders import STATUS_CLOSED, STATUS_OPEN
+from reconcile.charging.sweep import sweep as run_sweep
+from reconcile.demo.seed import (
     ACCOUNTS,
     FEE,
     ROBOTS,
@@ -48,10 +47,11 @@ from reconcile.demo_seed import (
     seed,
 )
 from reconcile.errors import ConfigError
-from reconcile.orders import STATUS_CLOSED, STATUS_OPEN
-from reconcile.status import target
-from reconcile.sweep import sweep as run_sweep
-from reconcile.upsert import CLOSE_REASON
+from reconcile.storage.db import Database
+from reconcile.sync.upsert import CLOSE_REASON
+from reconcile.views.audit import AuditReport
+from reconcile.views.audit import audit as run_audit
+from reconcile.views.status import target
 
 BUNDLED_AT = datetime(2026, 5, 17, 6, 40, tzinfo=UTC)  # "now" of demo/closed_positions.jsonl
 SQLITE_HEADER = b"SQLite format 3\x00"

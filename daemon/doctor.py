@@ -38,10 +38,14 @@ from exchange_adapters.options import CCXT_PLATFORMS, REPLAY, AdapterOptions
 from exchange_adapters.registry import ADAPTERS, ExchangeRegistry
 from exchange_adapters.replay import read_file, replay_files
 from exchange_adapters.symbols import to_unified
-from reconcile import grants, quarantine, retention
-from reconcile.accounts import ApiAccount, load_proxy
-from reconcile.contract import future_order_times
-from reconcile.credentials import (
+from reconcile.errors import ConfigError, ReconcileError
+from reconcile.records import Proxy, Secret
+from reconcile.storage import grants, retention
+from reconcile.storage.contract import future_order_times
+from reconcile.storage.db import Database, RetryPolicy
+from reconcile.sync import quarantine
+from reconcile.sync.accounts import ApiAccount, load_proxy
+from reconcile.sync.credentials import (
     KEY_ENV,
     KEY_FILE,
     AesKey,
@@ -50,10 +54,7 @@ from reconcile.credentials import (
     is_encrypted,
     is_upstream_default,
 )
-from reconcile.db import Database, RetryPolicy
-from reconcile.errors import ConfigError, ReconcileError
-from reconcile.records import Proxy, Secret
-from reconcile.status import (
+from reconcile.views.status import (
     SchemaStatus,
     schema_status,
     server_clock,

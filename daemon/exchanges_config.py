@@ -56,9 +56,9 @@ from exchange_adapters.options import (
     Platform,
     RetryOptions,
 )
-from reconcile.accounts import parse_address
 from reconcile.errors import ConfigError
 from reconcile.records import ProfitBasis, Proxy, Secret
+from reconcile.sync.accounts import parse_address
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

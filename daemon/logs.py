@@ -41,7 +41,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from reconcile import lines, pacing
+from reconcile.charging import lines
+from reconcile.storage import pacing
 
 _SECRET_WORDS = ("password", "secret", "api_key", "apikey", "passphrase", "token", "aes_key")
 _LEVELS = {

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from structlog.typing import EventDict, WrappedLogger
 
 from daemon.logs import queued
-from reconcile.retention import TableSize
+from reconcile.storage.retention import TableSize
 
 #: the events counted by toogo_failures_total, as its ``kind`` label (spaces as underscores)
 FAILURE_EVENTS = ("charge failed", "stream failed", "job failed", "sweep aborted")

@@ -32,8 +32,8 @@ from daemon import forkserver
 from daemon.config import Config
 from daemon.logs import configure_logging
 from daemon.runtime import open_core
-from reconcile.consumer import Source
-from reconcile.sweep import SweepSettings, SweepSummary, sweep
+from reconcile.charging.consumer import Source
+from reconcile.charging.sweep import SweepSettings, SweepSummary, sweep
 
 log = structlog.get_logger("daemon.parallel")
 

@@ -10,15 +10,15 @@ import structlog
 
 from daemon.config import Config
 from exchange_adapters.options import REPLAY
-from reconcile.accounts import load_proxy
-from reconcile.consumer import PowerConsumer, PowerMode, load_power_rules
-from reconcile.contract import LiveSchema, ensure_schema, future_order_times
-from reconcile.corrections import CorrectionMode
-from reconcile.db import Database
+from reconcile.charging.consumer import PowerConsumer, PowerMode, load_power_rules
+from reconcile.charging.corrections import CorrectionMode
+from reconcile.charging.trades import TradeJudge
 from reconcile.errors import ConfigError
-from reconcile.history import HistorySync, SyncSettings
 from reconcile.records import Proxy
-from reconcile.trades import TradeJudge
+from reconcile.storage.contract import LiveSchema, ensure_schema, future_order_times
+from reconcile.storage.db import Database
+from reconcile.sync.accounts import load_proxy
+from reconcile.sync.history import HistorySync, SyncSettings
 
 log = structlog.get_logger("daemon")
 

@@ -48,14 +48,14 @@ from daemon.config import Config
 from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval
 from daemon.runtime import Core, open_core, open_history_sync
-from reconcile.audit import audit
-from reconcile.consumer import PowerMode, Source
+from reconcile.charging.consumer import PowerMode, Source
+from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.errors import ReconcileError
-from reconcile.history import HistorySync
-from reconcile.pacing import Availability
-from reconcile.retention import Pruner, table_sizes
-from reconcile.status import read_gauges
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.storage.pacing import Availability
+from reconcile.storage.retention import Pruner, table_sizes
+from reconcile.sync.history import HistorySync
+from reconcile.views.audit import audit
+from reconcile.views.status import read_gauges
 
 log = structlog.get_logger("daemon.service")
 

@@ -26,8 +26,8 @@ import pytest
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database, DatabaseSettings, RetryPolicy
-from reconcile.schema import create_hotgo_schema, create_own_schema
+from reconcile.storage.db import Database, DatabaseSettings, RetryPolicy
+from reconcile.storage.schema import create_hotgo_schema, create_own_schema
 from tests.upstream import create_upstream_pg_schema, create_upstream_schema
 
 MYSQL_BASE = os.environ.get("TOOGO_TEST_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")

@@ -31,8 +31,8 @@ from typing import Any
 from sqlalchemy import Column, MetaData, Numeric, SmallInteger, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.schema import trading_order
+from reconcile.storage.db import Database
+from reconcile.storage.schema import trading_order
 from tests.seed import engine_order_sn
 
 PENDING, OPEN, CLOSED = 0, 1, 2  # order_status.go 26-28

@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.consumer import PowerConsumer
-from reconcile.db import Database
-from reconcile.history import HistorySync, SyncSettings
-from reconcile.pricing import PowerRules
-from reconcile.schema import trading_api_config, trading_robot
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.pricing import PowerRules
+from reconcile.storage.db import Database
+from reconcile.storage.schema import trading_api_config, trading_robot
+from reconcile.sync.history import HistorySync, SyncSettings
 from tests.fake_exchanges import FakeExchange
 from tests.fake_exchanges.harness import fast_options
 

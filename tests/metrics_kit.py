@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.schema import stream_cursor
+from reconcile.storage.db import Database
+from reconcile.storage.schema import stream_cursor
 from tests.fake_exchanges import FAKES, FakeExchange, Fault
 from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import add_account, add_robot

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.contract import inspect_live
-from reconcile.db import Database
-from reconcile.schema import (
+from reconcile.storage.contract import inspect_live
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     correction,
     power_consume,
     table_names,

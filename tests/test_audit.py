@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.audit import audit
-from reconcile.consumer import PowerConsumer
-from reconcile.corrections import Corrector, Sighting
-from reconcile.db import Database
-from reconcile.pricing import PowerRules
-from reconcile.schema import correction, power_consume, trading_order, wallet, wallet_log
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.corrections import Corrector, Sighting
+from reconcile.charging.pricing import PowerRules
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database
+from reconcile.storage.schema import correction, power_consume, trading_order, wallet, wallet_log
+from reconcile.views.audit import audit
 from tests.conftest import open_database
 from tests.procs import run_cli, write_config
 from tests.seed import insert_order, seed_backlog

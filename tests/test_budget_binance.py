@@ -39,10 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange_adapters import options as adapter_options
 from exchange_adapters.options import AdapterOptions, RetryOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.consumer import PowerConsumer
-from reconcile.db import Database
-from reconcile.history import HistorySync, SyncSettings, SyncSummary
-from reconcile.schema import power_consume, trading_api_config, trading_order, trading_robot
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, trading_api_config, trading_order, trading_robot
+from reconcile.sync.history import HistorySync, SyncSettings, SyncSummary
 from tests.fake_exchanges.binance import (
     THREE_DAYS,
     USED_WEIGHT_HEADER,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconcile.db import Database
+from reconcile.storage.db import Database
 from tests.conftest import open_database
 from tests.procs import run_cli, write_config
 from tests.seed import insert_order

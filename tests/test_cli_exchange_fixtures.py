@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconcile.db import Database
+from reconcile.storage.db import Database
 from tests.fake_exchanges import FAKES
 from tests.fake_exchanges.harness import at
 from tests.history_kit import add_account

@@ -12,11 +12,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import Outcome, PowerConsumer, Source
-from reconcile.db import Database
-from reconcile.pricing import PowerRules
-from reconcile.schema import power_consume
-from reconcile.sweep import SweepSettings, backlog_at_least, sweep
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from reconcile.charging.pricing import PowerRules
+from reconcile.charging.sweep import SweepSettings, backlog_at_least, sweep
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume
 from tests.procs import run_cli, start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
 

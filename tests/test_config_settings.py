@@ -8,9 +8,9 @@ from decimal import Decimal
 
 from daemon.config import Config
 from daemon.runtime import sync_settings
-from reconcile.corrections import CorrectionMode
-from reconcile.pricing import PowerOverride
-from reconcile.sweep import SweepSettings
+from reconcile.charging.corrections import CorrectionMode
+from reconcile.charging.pricing import PowerOverride
+from reconcile.charging.sweep import SweepSettings
 
 
 def test_typed_settings_follow_the_configuration() -> None:

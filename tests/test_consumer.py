@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.consumer import Outcome, PowerConsumer, Source, load_power_rules
-from reconcile.db import Database
+from reconcile.charging import ledger
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source, load_power_rules
+from reconcile.charging.pricing import PowerOverride, PowerRules
 from reconcile.errors import DuplicateKey, OrderNotFound
-from reconcile.pricing import PowerOverride, PowerRules
-from reconcile.schema import power_consume, toogo_config, trading_order, wallet, wallet_log
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, toogo_config, trading_order, wallet, wallet_log
 from tests.conftest import open_database
 from tests.seed import (
     assert_ledger_consistent,

@@ -16,13 +16,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.audit import audit
-from reconcile.consumer import PowerConsumer, Source
-from reconcile.corrections import CorrectionMode, Corrector, Sighting
-from reconcile.db import Database, DatabaseSettings
-from reconcile.pricing import Discount, compute_charge
-from reconcile.schema import (
+from reconcile.charging import ledger
+from reconcile.charging.consumer import PowerConsumer, Source
+from reconcile.charging.corrections import CorrectionMode, Corrector, Sighting
+from reconcile.charging.pricing import Discount, compute_charge
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database, DatabaseSettings
+from reconcile.storage.schema import (
     correction,
     power_consume,
     toogo_user,
@@ -30,7 +30,7 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.views.audit import audit
 from tests.conftest import FAST_RETRY
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import closed_record

@@ -17,17 +17,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.accounts import AccountNotFound, load_account
-from reconcile.credentials import (
+from reconcile.errors import ConfigError
+from reconcile.records import Secret
+from reconcile.storage.db import Database
+from reconcile.storage.schema import trading_api_config
+from reconcile.sync.accounts import AccountNotFound, load_account
+from reconcile.sync.credentials import (
     AesKey,
     aes_key_from_environment,
     decrypt_value,
     encrypt_value,
 )
-from reconcile.db import Database
-from reconcile.errors import ConfigError
-from reconcile.records import Secret
-from reconcile.schema import trading_api_config
 
 KEY_TEXT = "toogo-hotgo-aes-secret"  # 22 bytes: zero-padded to 32
 

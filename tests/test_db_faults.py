@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from reconcile.consumer import Outcome, PowerConsumer, Source
-from reconcile.db import Database, DatabaseSettings
-from reconcile.pricing import PowerRules
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from reconcile.charging.pricing import PowerRules
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database, DatabaseSettings
 from tests.conftest import FAST_RETRY, open_database
 from tests.seed import (
     assert_ledger_consistent,

@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database, DatabaseSettings, RetryPolicy
 from reconcile.errors import ConnectionLost
+from reconcile.storage.db import Database, DatabaseSettings, RetryPolicy
 from tests import private_postgres
 from tests.conftest import SERVERS, open_database
 from tests.history_kit import NOW, add_account, add_robot, position, write_replay

@@ -14,8 +14,8 @@ import yaml
 
 from daemon.config import load_config
 from daemon.doctor import Doctor
-from reconcile.credentials import AesKey, encrypt_value
-from reconcile.db import Database
+from reconcile.storage.db import Database
+from reconcile.sync.credentials import AesKey, encrypt_value
 from tests.conftest import mysql_admin, open_database
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.history_kit import add_account, add_robot, write_replay

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.audit import audit
-from reconcile.consumer import Outcome, PowerConsumer, Source
-from reconcile.credentials import UPSTREAM_DEFAULT_KEY, AesKey, encrypt_value
-from reconcile.db import Database
-from reconcile.schema import wallet, wallet_log
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from reconcile.storage.db import Database
+from reconcile.storage.schema import wallet, wallet_log
+from reconcile.sync.credentials import UPSTREAM_DEFAULT_KEY, AesKey, encrypt_value
+from reconcile.views.audit import audit
 from tests.conftest import open_database
 from tests.history_kit import (
     NOW,
@@ -75,7 +75,7 @@ async def test_the_sync_never_matches_on_a_placeholder_nor_closes_pending_or_fai
     assert (summary.inserted, summary.closed, summary.matched) == (1, 0, 0)
 
     async def statuses(conn: AsyncConnection) -> dict[int, Any]:
-        from reconcile.schema import trading_order as t
+        from reconcile.storage.schema import trading_order as t
 
         rows = await conn.execute(select(t.c.id, t.c.status, t.c.close_time))
         return {r.id: (r.status, r.close_time) for r in rows}

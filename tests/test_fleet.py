@@ -20,8 +20,8 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.exchanges_config import ExchangeConfig
-from reconcile.db import Database
-from reconcile.fleet import RETIRED, PollLeases, schedule_rows
+from reconcile.storage.db import Database
+from reconcile.sync.fleet import RETIRED, PollLeases, schedule_rows
 from tests.fake_exchanges import FakeBinance
 from tests.history_kit import add_account, add_robot
 from tests.procs import start_cli, write_config

@@ -16,9 +16,9 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import grants
-from reconcile.db import Database
-from reconcile.schema import trading_order
+from reconcile.storage import grants
+from reconcile.storage.db import Database
+from reconcile.storage.schema import trading_order
 from tests.conftest import mysql_admin, pg_admin, pg_dsn
 from tests.history_kit import add_account, add_robot, position, write_replay
 from tests.procs import run_cli, write_config

@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.consumer import PowerConsumer, PowerMode, Source
-from reconcile.db import Database
+from reconcile.charging.consumer import PowerConsumer, PowerMode, Source
 from reconcile.errors import ConnectionLost
-from reconcile.history import HistorySync, SyncSettings, order_sn_for
-from reconcile.schema import binding, power_consume, stream_cursor, trading_order
+from reconcile.storage.db import Database
+from reconcile.storage.schema import binding, power_consume, stream_cursor, trading_order
+from reconcile.sync.history import HistorySync, SyncSettings, order_sn_for
 from tests.conftest import open_database
 from tests.history_kit import (
     NOW,

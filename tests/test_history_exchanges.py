@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.schema import stream_cursor, trading_order
+from reconcile.storage.db import Database
+from reconcile.storage.schema import stream_cursor, trading_order
 from tests.fake_exchanges import FAKES, FakeExchange, Fault
 from tests.fake_exchanges.harness import FAST_RETRY, closed_record
 from tests.history_kit import sync_for, wire_account

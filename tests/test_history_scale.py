@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.schema import binding, power_consume, trading_order
+from reconcile.storage.db import Database
+from reconcile.storage.schema import binding, power_consume, trading_order
 from tests.history_kit import NOW, add_account, add_robot, history_sync, position, write_replay
 from tests.seed import assert_ledger_consistent, engine_order_id, engine_order_sn
 

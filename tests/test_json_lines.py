@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconcile.db import Database
+from reconcile.storage.db import Database
 from tests.procs import start_cli, write_config
 from tests.seed import seed_backlog
 from tests.test_service import POWER

@@ -83,7 +83,7 @@ async def test_a_transactions_lines_in_one_batch_read_as_one_by_one() -> None:
         from decimal import Decimal
         import structlog
         from daemon import logs
-        from reconcile import lines
+        from reconcile.charging import lines
         seen = []
         def count(_, method, event):
             seen.append((method, event["event"]))

@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import PowerConsumer, Source
-from reconcile.db import Database
-from reconcile.schema import stream_cursor, trading_order
-from reconcile.status import read_gauges
+from reconcile.charging.consumer import PowerConsumer, Source
+from reconcile.storage.db import Database
+from reconcile.storage.schema import stream_cursor, trading_order
+from reconcile.views.status import read_gauges
 from tests.fake_exchanges import FAKES, Fault
 from tests.history_kit import RULES
 from tests.metrics_kit import ACCOUNT, live_daemon, sample, scrape, seed_stream

@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import migration as m
-from reconcile.consumer import PowerConsumer, Source
-from reconcile.contract import inspect_live
-from reconcile.db import Database, DatabaseSettings
-from reconcile.dialect import Dialect
+from reconcile.charging.consumer import PowerConsumer, Source
+from reconcile.charging.pricing import PowerRules
 from reconcile.errors import DatabaseError
-from reconcile.pricing import PowerRules
+from reconcile.storage.contract import inspect_live
+from reconcile.storage.db import Database, DatabaseSettings
+from reconcile.storage.dialect import Dialect
 from tests.migration_kit import (
     CONSUME,
     Legacy,

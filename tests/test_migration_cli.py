@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconcile import migration as m
-from reconcile.db import Database
+from reconcile.storage.db import Database
 from tests.migration_kit import (
     CONSUME,
     Legacy,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from reconcile import migration as m
-from reconcile.db import Database, RetryPolicy
 from reconcile.errors import DatabaseError, LockWaitTimeout
+from reconcile.storage.db import Database, RetryPolicy
 from tests.migration_kit import (
     CONSUME,
     KEY_BUILD,

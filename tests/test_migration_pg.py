@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from reconcile import migration as m
-from reconcile.db import Database, DatabaseSettings
+from reconcile.storage.db import Database, DatabaseSettings
 from tests.conftest import pg_admin, pg_dsn
 from tests.migration_kit import (
     CONSUME,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from reconcile.pacing import Availability
+from reconcile.storage.pacing import Availability
 
 
 async def monitor(availability: Availability, answers: list[bool]) -> None:

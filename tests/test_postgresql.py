@@ -13,11 +13,11 @@ from pathlib import Path
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.audit import audit
-from reconcile.consumer import Outcome, PowerConsumer, Source
-from reconcile.db import Database, DatabaseSettings
-from reconcile.pricing import PowerRules
-from reconcile.schema import trading_order
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from reconcile.charging.pricing import PowerRules
+from reconcile.storage.db import Database, DatabaseSettings
+from reconcile.storage.schema import trading_order
+from reconcile.views.audit import audit
 from tests.conftest import FAST_RETRY, open_database
 from tests.procs import run_cli, write_config
 from tests.seed import assert_ledger_consistent, insert_order, set_wallet

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.pricing import Discount, PowerRules, charge_sql, compute_charge
+from reconcile.charging.pricing import Discount, PowerRules, charge_sql, compute_charge
+from reconcile.storage.db import Database
 
 Q = Decimal("0.00000001")
 profits = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("99999999999.9999"), places=4)

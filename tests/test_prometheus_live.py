@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from reconcile.db import Database
+from reconcile.storage.db import Database
 from tests.metrics_kit import live_daemon, scrape
 from tests.private_mariadb import free_port
 from tests.prometheus_kit import RULES, binary, dashboard_queries, metric_names, rules

@@ -29,13 +29,13 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.accounts import load_proxy
-from reconcile.consumer import PowerConsumer
-from reconcile.credentials import AesKey, encrypt_value
-from reconcile.db import Database
+from reconcile.charging.consumer import PowerConsumer
 from reconcile.errors import ConfigError, TemporaryError
-from reconcile.history import HistorySync, SyncSettings
-from reconcile.schema import power_consume, trading_order, trading_proxy_config
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, trading_order, trading_proxy_config
+from reconcile.sync.accounts import load_proxy
+from reconcile.sync.credentials import AesKey, encrypt_value
+from reconcile.sync.history import HistorySync, SyncSettings
 from tests.conftest import open_database
 from tests.fake_exchanges import FakeExchange
 from tests.fake_exchanges.harness import account_for, closed_record, fast_options

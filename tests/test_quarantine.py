@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import quarantine
-from reconcile.db import Database
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import UnusableRecord
-from reconcile.schema import OWN_TABLES, power_consume, stream_cursor, trading_order
-from reconcile.schema import quarantine as quarantine_table
+from reconcile.storage.db import Database
+from reconcile.storage.schema import OWN_TABLES, power_consume, stream_cursor, trading_order
+from reconcile.storage.schema import quarantine as quarantine_table
+from reconcile.sync import quarantine
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import sync_for, wire_account

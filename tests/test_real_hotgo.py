@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import PowerConsumer, Source
-from reconcile.db import Database
-from reconcile.schema import binding, power_consume, trading_order, wallet, wallet_log
+from reconcile.charging.consumer import PowerConsumer, Source
+from reconcile.storage.db import Database
+from reconcile.storage.schema import binding, power_consume, trading_order, wallet, wallet_log
 from tests.conftest import open_database
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges import bybit as wire
@@ -302,7 +302,7 @@ async def test_upgrade_from_the_first_release_inserts_and_charges_nothing_twice(
     derived from it): `migrate up` back-fills their bindings, so the next sync re-reads those
     records as bound - no second order, no second charge."""
     from reconcile import migration as m
-    from reconcile.upsert import order_sn_for
+    from reconcile.sync.upsert import order_sn_for
     from tests.history_kit import NOW, history_sync, position, write_replay
 
     db = await open_database(mysql_url)

@@ -20,13 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.registry import ExchangeRegistry
 from reconcile import migration as m
-from reconcile.consumer import PowerConsumer
-from reconcile.db import Database
-from reconcile.history import HistorySync, SyncSettings
-from reconcile.report import COLUMNS, Period, Scope
-from reconcile.report import report as read_report
-from reconcile.schema import correction, power_consume, wallet_log
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database
+from reconcile.storage.schema import correction, power_consume, wallet_log
+from reconcile.sync.history import HistorySync, SyncSettings
+from reconcile.views.report import COLUMNS, Period, Scope
+from reconcile.views.report import report as read_report
 from tests.conftest import open_database
 from tests.fake_exchanges import FAKES
 from tests.fake_exchanges.harness import closed_record, fast_options

@@ -1,4 +1,4 @@
-"""Retention of the daemon's own tables (reconcile/retention.py), on MariaDB and PostgreSQL:
+"""Retention of the daemon's own tables (reconcile/storage/retention.py), on MariaDB and PostgreSQL:
 exactly the rows older than each default go, hotgo's tables stay untouched, charges running
 beside the pruner stay exactly once."""
 
@@ -16,11 +16,12 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
-from reconcile.consumer import PowerConsumer, Source
-from reconcile.db import Database
-from reconcile.pricing import PowerRules
-from reconcile.retention import PRUNED_RAW, Pruner, RetentionSettings, describe, table_sizes
-from reconcile.schema import (
+from reconcile.charging.consumer import PowerConsumer, Source
+from reconcile.charging.pricing import PowerRules
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database
+from reconcile.storage.retention import PRUNED_RAW, Pruner, RetentionSettings, describe, table_sizes
+from reconcile.storage.schema import (
     binding,
     exchange_record,
     power_consume,
@@ -33,7 +34,6 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
-from reconcile.sweep import SweepSettings, sweep
 from tests.history_kit import add_account, add_robot
 from tests.procs import run_cli, write_config
 from tests.seed import (

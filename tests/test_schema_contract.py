@@ -1,6 +1,6 @@
 """Our table definitions against upstream's DDL, and the live-schema contract.
 
-The project's SQLAlchemy definitions (reconcile/schema.py) serve the embedded SQLite default; on
+The project's SQLAlchemy definitions (reconcile/storage/schema.py) serve the embedded SQLite default; on
 MySQL the truth is upstream's DDL (tests/fixtures/upstream). Every column we declare must exist
 there with the same type family and nullability, or the daemon reads or writes a column a real
 install does not have - the first release died on hg_trading_robot.margin exactly so.
@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import inspect, types
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.contract import OPTIONAL, inspect_live
-from reconcile.db import Database
-from reconcile.schema import HOTGO_TABLES, OPTIONAL_HOTGO_TABLES
+from reconcile.storage.contract import OPTIONAL, inspect_live
+from reconcile.storage.db import Database
+from reconcile.storage.schema import HOTGO_TABLES, OPTIONAL_HOTGO_TABLES
 
 pytestmark = pytest.mark.mysql
 

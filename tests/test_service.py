@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.schema import power_consume
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import add_account, add_robot

@@ -30,10 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import load_config
 from daemon.runtime import sync_settings
-from reconcile.consumer import Outcome, PowerConsumer, PowerMode, Source
-from reconcile.corrections import CorrectionMode
-from reconcile.db import Database
-from reconcile.schema import (
+from reconcile.charging.consumer import Outcome, PowerConsumer, PowerMode, Source
+from reconcile.charging.corrections import CorrectionMode
+from reconcile.charging.shadow import Verdict, compare
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     binding,
     exchange_record,
     power_consume,
@@ -45,9 +47,7 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
-from reconcile.schema import verdict as trade_verdict
-from reconcile.shadow import Verdict, compare
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.storage.schema import verdict as trade_verdict
 from tests.fake_exchanges import FAKES, FakeExchange
 from tests.history_kit import RULES, add_account, add_robot
 from tests.procs import run_cli, write_config

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 
 from daemon.logs import SOFT_LIMIT
-from reconcile.db import Database
+from reconcile.storage.db import Database
 from tests.procs import run_cli, start_cli, write_config
 from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
 from tests.test_service import POWER, consume_count

@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import PowerConsumer
-from reconcile.db import Database
-from reconcile.pricing import PowerRules
-from reconcile.schema import power_consume, trading_order
-from reconcile.sweep import SweepSettings, sweep
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.pricing import PowerRules
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, trading_order
 from tests.seed import (
     assert_ledger_consistent,
     eligible_ids,

@@ -21,11 +21,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import Outcome, PowerConsumer, Source
-from reconcile.db import Database
-from reconcile.held import decide, list_held
-from reconcile.pricing import PowerRules
-from reconcile.schema import (
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from reconcile.charging.held import decide, list_held
+from reconcile.charging.pricing import PowerRules
+from reconcile.charging.trades import Rule, TradeJudge, Verdict, symbol_key
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     binding,
     power_consume,
     record_order_id,
@@ -34,7 +35,6 @@ from reconcile.schema import (
     trading_robot,
     verdict,
 )
-from reconcile.trades import Rule, TradeJudge, Verdict, symbol_key
 from tests.history_kit import add_account, add_robot
 from tests.seed import engine_order_id, insert_order
 from tests.upstream import PG_CLOSE_ID_COLUMNS
@@ -285,7 +285,7 @@ async def test_an_operator_charges_or_dismisses_a_held_row_once(account: Databas
 
 
 async def test_the_sweep_passes_over_recorded_legs(account: Database) -> None:
-    from reconcile.sweep import SweepSettings, sweep
+    from reconcile.charging.sweep import SweepSettings, sweep
 
     db = account
     trade, leg, _ = await trade_and_leg(db)
@@ -313,7 +313,7 @@ def test_symbols_compare_in_every_format() -> None:
 async def test_audit_lists_a_leg_an_earlier_release_charged(account: Database) -> None:
     """The first releases charged every closed profitable row: a leg too. The audit names it,
     with its user, amount and trade; the daemon never charges it (nor anything) again."""
-    from reconcile.audit import audit
+    from reconcile.views.audit import audit
 
     db = account
     trade, leg, _ = await trade_and_leg(db)
@@ -352,8 +352,8 @@ async def test_migrate_up_refunds_the_charged_legs_once_and_rollback_puts_them_b
     account: Database, server_url: str, tmp_path: Any
 ) -> None:
     from reconcile import migration as m
-    from reconcile.audit import audit
-    from reconcile.schema import wallet, wallet_log
+    from reconcile.storage.schema import wallet, wallet_log
+    from reconcile.views.audit import audit
     from tests.procs import run_cli, write_config
     from tests.seed import set_wallet
 
@@ -412,7 +412,7 @@ async def test_an_upgrade_back_fills_the_order_ids_of_the_records_kept_before(
     """Records bound by a release without toogo_reconcile_record_order: `migrate up` reads their
     order ids from the normalized JSON kept with them, so rule exchange_record sees their legs."""
     from reconcile import migration as m
-    from reconcile.schema import exchange_record
+    from reconcile.storage.schema import exchange_record
 
     db = account
     trade, leg, closing = await synced_trade_and_leg(db)
@@ -453,8 +453,8 @@ def test_the_sync_binds_a_close_to_its_trade_never_to_its_leg(
     exchange_order_id (robot.go 1110-1286), opened at the close. Rule b used to bind the record
     to the leg (and, while the leg was still open, close and charge it). Now the record binds
     the trade (by close_order_id, or by close time without it) and names the leg."""
-    from reconcile.matching import Candidate, Kind, Rule, Tolerances, decide
     from reconcile.records import ClosedPosition
+    from reconcile.sync.matching import Candidate, Kind, Rule, Tolerances, decide
 
     closed = datetime(2026, 12, 1, 12, 0, 0)
     common: dict[str, Any] = {"robot_id": 100, "symbol": "BTCUSDT", "hold_duration": None,
@@ -490,8 +490,8 @@ def test_the_sync_binds_a_close_to_its_trade_never_to_its_leg(
 
 
 async def test_report_counts_trades_legs_and_held_rows_per_account(account: Database) -> None:
-    from reconcile.history import SyncSettings
-    from reconcile.report import Period, Scope, report
+    from reconcile.sync.history import SyncSettings
+    from reconcile.views.report import Period, Scope, report
 
     db = account
     trade, leg, _ = await trade_and_leg(db)  # a leg by close id: recorded
@@ -522,8 +522,8 @@ async def test_a_table_created_under_a_snapshot_is_a_temporary_error(mysql_url: 
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from reconcile.db_errors import map_db_errors
     from reconcile.errors import DatabaseTemporaryError, DefinitionChanging
+    from reconcile.storage.db_errors import map_db_errors
 
     engine = create_async_engine(mysql_url, isolation_level="REPEATABLE READ")
     try:

@@ -1,5 +1,5 @@
 """Issue 22: upstream's engine writes a second row ("leg") for every closing order of a trade;
-the daemon charges trades, never legs (reconcile/trades.py).
+the daemon charges trades, never legs (reconcile/charging/trades.py).
 
 The rows come from tests/engine_legs.py, which plays upstream's writers in their order (the
 engine's open and close, then the order-status sync's pass: SyncOrderHistoryToDB and the position
@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.schema import power_consume, trading_order, wallet, wallet_log
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, trading_order, wallet, wallet_log
 from tests.conftest import open_database
 from tests.engine_legs import (
     EngineKit,

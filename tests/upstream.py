@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.schema import (
+from reconcile.storage.schema import (
     UNIQUE_KEY,
     add_unique_key,
     create_own_schema,

@@ -23,8 +23,8 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.bench_history import AccountBooks, Book
-from reconcile.credentials import AesKey, encrypt_value
-from reconcile.schema import toogo_user, trading_api_config, trading_robot, wallet
+from reconcile.storage.schema import toogo_user, trading_api_config, trading_robot, wallet
+from reconcile.sync.credentials import AesKey, encrypt_value
 from tests.conftest import open_database
 from tests.fake_exchanges import FAKES, FakeExchange, Fault
 

@@ -17,7 +17,7 @@ Each step is one transaction (DML) or one atomic statement (DDL), ordered so tha
 leaves the database as before that step and re-running picks up where it stopped.
 """
 
-from reconcile.ledger import REFUND, REFUND_REVERSAL
+from reconcile.charging.ledger import REFUND, REFUND_REVERSAL
 from reconcile.migration._backup import (
     BackupInfo,
     BackupResult,

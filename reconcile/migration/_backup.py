@@ -24,9 +24,7 @@ import structlog
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.db import Database, DatabaseSettings
-from reconcile.dialect import Dialect
+from reconcile.charging import ledger
 from reconcile.errors import DatabaseError, ReconcileError
 from reconcile.migration import _pg
 from reconcile.migration._common import (
@@ -44,7 +42,9 @@ from reconcile.migration._common import (
     schema_state,
     table_names,
 )
-from reconcile.schema import UNIQUE_KEY, migration_backup, refund
+from reconcile.storage.db import Database, DatabaseSettings
+from reconcile.storage.dialect import Dialect
+from reconcile.storage.schema import UNIQUE_KEY, migration_backup, refund
 
 log = structlog.get_logger("reconcile.migration")
 

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
 from reconcile.errors import ConfigError, SchemaNotReady
 from reconcile.migration import _pg
-from reconcile.schema import (
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     POWER_INDEX,
     ROBOT_CLOSE_INDEX,
     SWEEP_INDEX,

@@ -28,7 +28,6 @@ from sqlalchemy import TextClause, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database, map_db_errors
 from reconcile.errors import DatabaseError, DuplicateKey, ReconcileError, SchemaNotReady
 from reconcile.migration import _pg
 from reconcile.migration._common import (
@@ -40,7 +39,8 @@ from reconcile.migration._common import (
     require_server,
     schema_state,
 )
-from reconcile.schema import (
+from reconcile.storage.db import Database, map_db_errors
+from reconcile.storage.schema import (
     POWER_INDEX,
     ROBOT_CLOSE_COLUMNS,
     ROBOT_CLOSE_INDEX,

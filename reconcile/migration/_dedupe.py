@@ -30,8 +30,7 @@ import structlog
 from sqlalchemy import bindparam, case, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.db import Database
+from reconcile.charging import ledger
 from reconcile.migration._backup import (
     BackupInfo,
     DumpResult,
@@ -54,7 +53,8 @@ from reconcile.migration._common import (
     scan_duplicates,
     schema_state,
 )
-from reconcile.schema import power_consume, refund
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, refund
 
 log = structlog.get_logger("reconcile.migration")
 

@@ -28,8 +28,15 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.db import Database
+from reconcile.charging import ledger
+from reconcile.charging.trades import (
+    ChargedLeg,
+    Judgement,
+    Rule,
+    Verdict,
+    charged_legs,
+    record_legs,
+)
 from reconcile.migration._backup import (
     BackupInfo,
     copy_rows,
@@ -40,8 +47,8 @@ from reconcile.migration._backup import (
     register,
 )
 from reconcile.migration._common import CONSUME, WALLET, ZERO, chunks, require_server
-from reconcile.schema import power_consume, refund, trading_order
-from reconcile.trades import ChargedLeg, Judgement, Rule, Verdict, charged_legs, record_legs
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, refund, trading_order
 
 log = structlog.get_logger("reconcile.migration")
 

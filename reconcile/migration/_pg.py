@@ -29,8 +29,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database, map_db_errors
 from reconcile.errors import ReconcileError
+from reconcile.storage.db import Database, map_db_errors
 
 log = structlog.get_logger("reconcile.migration")
 

@@ -26,8 +26,7 @@ import structlog
 from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.db import Database
+from reconcile.charging import ledger
 from reconcile.errors import SchemaNotReady
 from reconcile.migration._backup import BackupInfo, get_backup
 from reconcile.migration._common import (
@@ -42,7 +41,14 @@ from reconcile.migration._common import (
 )
 from reconcile.migration._ddl import DdlOptions, DdlStep, drop_unique_key
 from reconcile.migration._legs import KIND as LEGS
-from reconcile.schema import UNIQUE_KEY, migration_backup, power_consume, refund, trading_order
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
+    UNIQUE_KEY,
+    migration_backup,
+    power_consume,
+    refund,
+    trading_order,
+)
 
 log = structlog.get_logger("reconcile.migration")
 

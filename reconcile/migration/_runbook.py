@@ -12,8 +12,7 @@ import structlog
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.contract import inspect_live
-from reconcile.db import Database
+from reconcile.charging.trades import ChargedLeg, charged_legs
 from reconcile.migration._backup import BackupInfo, DumpResult, dump_tables, get_backup
 from reconcile.migration._common import (
     ZERO,
@@ -35,7 +34,9 @@ from reconcile.migration._ddl import (
 )
 from reconcile.migration._dedupe import DedupeResult, dedupe
 from reconcile.migration._legs import LegsResult, refund_legs
-from reconcile.schema import (
+from reconcile.storage.contract import inspect_live
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     POWER_INDEX,
     ROBOT_CLOSE_INDEX,
     SWEEP_INDEX,
@@ -43,7 +44,6 @@ from reconcile.schema import (
     migration_backup,
     refund,
 )
-from reconcile.trades import ChargedLeg, charged_legs
 
 log = structlog.get_logger("reconcile.migration")
 

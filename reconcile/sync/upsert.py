@@ -34,16 +34,16 @@ import structlog
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.contract import LiveSchema
-from reconcile.corrections import Sighting
-from reconcile.db import Database
+from reconcile.charging.corrections import Sighting
+from reconcile.charging.orders import Status, ineligibility, real_close_time
+from reconcile.charging.trades import Judgement, Verdict, record_legs
+from reconcile.charging.trades import Rule as TradeRule
 from reconcile.errors import DatabaseError
-from reconcile.matching import Candidate, Decision, Kind, Rule, Tolerances, decide
-from reconcile.orders import Status, ineligibility, real_close_time
 from reconcile.records import ClosedPosition, ProfitBasis, profit_of
-from reconcile.schema import binding, exchange_record, record_order_id, trading_order
-from reconcile.trades import Judgement, Verdict, record_legs
-from reconcile.trades import Rule as TradeRule
+from reconcile.storage.contract import LiveSchema
+from reconcile.storage.db import Database
+from reconcile.storage.schema import binding, exchange_record, record_order_id, trading_order
+from reconcile.sync.matching import Candidate, Decision, Kind, Rule, Tolerances, decide
 
 log = structlog.get_logger("reconcile.history")
 

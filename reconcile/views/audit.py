@@ -43,10 +43,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.ledger import ADJUST, CONSUME, REFUND, REFUND_REVERSAL
-from reconcile.orders import REAL_CLOSE_TIMES_FROM, eligible_sql, unconsumed_profit_sql
-from reconcile.schema import (
+from reconcile.charging.ledger import ADJUST, CONSUME, REFUND, REFUND_REVERSAL
+from reconcile.charging.orders import REAL_CLOSE_TIMES_FROM, eligible_sql, unconsumed_profit_sql
+from reconcile.charging.trades import TradeJudge, Verdict, charged_legs, settled_rows
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     correction,
     power_consume,
     quarantine,
@@ -56,7 +57,6 @@ from reconcile.schema import (
     wallet,
     wallet_log,
 )
-from reconcile.trades import TradeJudge, Verdict, charged_legs, settled_rows
 
 EXAMPLES = 10
 LEDGER_TYPES = (CONSUME, REFUND, REFUND_REVERSAL, ADJUST)

@@ -17,21 +17,22 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import quarantine
-from reconcile.accounts import STATUS_NORMAL, ApiAccount, polled
-from reconcile.contract import inspect_live
-from reconcile.db import Database
+from reconcile.charging.orders import eligible_sql
+from reconcile.charging.trades import TradeJudge, Verdict, settled_rows
 from reconcile.errors import ConfigError
-from reconcile.orders import eligible_sql
-from reconcile.schema import quarantine as quarantine_table
-from reconcile.schema import (
+from reconcile.records import ApiAccount
+from reconcile.storage.contract import inspect_live
+from reconcile.storage.db import Database
+from reconcile.storage.schema import quarantine as quarantine_table
+from reconcile.storage.schema import (
     stream_cursor,
     table_names,
     trading_api_config,
     trading_order,
     trading_robot,
 )
-from reconcile.trades import TradeJudge, Verdict, settled_rows
+from reconcile.storage.streams import STATUS_NORMAL, polled
+from reconcile.sync import quarantine
 
 # -- where a database URL points ------------------------------------------------------------------
 

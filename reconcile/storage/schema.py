@@ -82,7 +82,7 @@ metadata = MetaData()
 # (tests/test_schema_contract.py checks it against tests/fixtures/upstream). Server defaults are
 # upstream's where it has one; a NOT NULL column without a default in upstream has none here, so
 # every writer must supply it. Columns marked OPTIONAL are absent on some installs: the daemon
-# reads and writes them only where the live schema has them (see reconcile/contract.py).
+# reads and writes them only where the live schema has them (see reconcile/storage/contract.py).
 
 trading_robot = Table(
     "hg_trading_robot",
@@ -431,7 +431,7 @@ migration_backup = Table(
 
 correction = Table(
     # One row per correction of a charged order whose realized profit the exchange reported
-    # differently (``power.corrections: adjust``, reconcile/corrections.py): a further debit
+    # differently (``power.corrections: adjust``, reconcile/charging/corrections.py): a further debit
     # (delta > 0) or a credit (delta < 0) posted as its own power_consume_adjust ledger row.
     # The consume row is never rewritten; what the order has cost is the consume row's
     # consume_power plus the deltas. Revisions count 1, 2, ... per order; uk_correction_revision

@@ -25,11 +25,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
+from reconcile.charging.orders import eligible_sql
+from reconcile.charging.trades import TradeJudge, Verdict, settled_rows
 from reconcile.errors import OrderNotFound, PermanentError
-from reconcile.orders import eligible_sql
-from reconcile.schema import power_consume, trading_order, verdict
-from reconcile.trades import TradeJudge, Verdict, settled_rows
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, trading_order, verdict
 
 PAGE = 1000
 

@@ -39,9 +39,9 @@ from sqlalchemy import DateTime, Select, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from reconcile.db import Database
 from reconcile.errors import ReconcileError
-from reconcile.schema import poll_schedule
+from reconcile.storage.db import Database
+from reconcile.storage.schema import poll_schedule
 
 log = structlog.get_logger("reconcile.fleet")
 

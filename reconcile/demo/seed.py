@@ -18,10 +18,10 @@ from typing import Literal
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.db import Database
-from reconcile.orders import STATUS_CLOSED, STATUS_OPEN
-from reconcile.schema import (
+from reconcile.charging import ledger
+from reconcile.charging.orders import STATUS_CLOSED, STATUS_OPEN
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     create_hotgo_schema,
     create_own_schema,
     metadata,

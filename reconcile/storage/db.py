@@ -40,9 +40,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from reconcile import pacing
-from reconcile.db_errors import map_db_errors as map_db_errors  # re-exported
-from reconcile.dialect import Dialect
 from reconcile.errors import (
     ConfigError,
     ConnectionLost,
@@ -51,6 +48,9 @@ from reconcile.errors import (
     RowsMissing,
 )
 from reconcile.records import Secret
+from reconcile.storage import pacing
+from reconcile.storage.db_errors import map_db_errors as map_db_errors  # re-exported
+from reconcile.storage.dialect import Dialect
 
 log = structlog.get_logger("reconcile.db")
 

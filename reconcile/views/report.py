@@ -59,12 +59,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger
-from reconcile.db import Database
+from reconcile.charging import ledger
+from reconcile.charging.orders import Status
+from reconcile.charging.trades import TradeJudge, Verdict
 from reconcile.errors import OrderNotFound
-from reconcile.history import SyncSettings
-from reconcile.orders import Status
-from reconcile.schema import (
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     binding,
     correction,
     exchange_record,
@@ -78,7 +78,7 @@ from reconcile.schema import (
     trading_robot,
     wallet_log,
 )
-from reconcile.trades import TradeJudge, Verdict
+from reconcile.sync.history import SyncSettings
 
 ZERO = Decimal(0)
 CORRECTION = ledger.ADJUST  # the ledger's change type of a correction (reconcile.corrections)

@@ -37,11 +37,11 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.bulk import BulkWriter
-from reconcile.db import Database
-from reconcile.orders import OrderRow
-from reconcile.pricing import Charge
-from reconcile.schema import power_consume, shadow_charge, trading_order
+from reconcile.charging.orders import OrderRow
+from reconcile.charging.pricing import Charge
+from reconcile.storage.bulk import BulkWriter
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, shadow_charge, trading_order
 
 _COLUMNS = (
     "order_id",

@@ -4,7 +4,7 @@ actual privileges compared with them.
 
 The **runtime** role (``run``, ``sync``, ``sweep``, ``consume``, ``report``, ``audit``,
 ``held``, ``exchange``, ``doctor``, ``prune``) gets table-level DML only: no DDL, and DELETE only
-on the daemon's own tables that the retention prunes (reconcile/retention.py; never on
+on the daemon's own tables that the retention prunes (reconcile/storage/retention.py; never on
 hotgo's). Derived from the statements in ``consumer.py``,
 ``ledger.py``, ``bulk.py`` (charging), ``upsert.py``, ``history.py``, ``fleet.py``,
 ``trades.py``, ``quarantine.py``, ``corrections.py``, ``shadow.py``, ``held.py`` (writes) and
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
 from reconcile.errors import PermanentError
+from reconcile.storage.db import Database
 
 SEL, INS, UPD, DEL = "SELECT", "INSERT", "UPDATE", "DELETE"
 
@@ -48,7 +48,7 @@ RUNTIME: Mapping[str, tuple[str, ...]] = {
     "toogo_reconcile_cursor": (SEL, INS, UPD, DEL),  # DELETE: cursors no longer polled
     "toogo_reconcile_poll": (SEL, INS, UPD),
     "toogo_reconcile_binding": (SEL, INS),
-    # the retention (reconcile/retention.py) empties old raw payloads and deletes old rows
+    # the retention (reconcile/storage/retention.py) empties old raw payloads and deletes old rows
     "toogo_reconcile_record": (SEL, INS, UPD, DEL),
     "toogo_reconcile_record_order": (SEL, INS, DEL),
     "toogo_reconcile_verdict": (SEL, INS, UPD),

@@ -25,10 +25,10 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.consumer import Batch, ChargeResult, Outcome, PowerConsumer, Source
+from reconcile.charging.consumer import Batch, ChargeResult, Outcome, PowerConsumer, Source
+from reconcile.charging.orders import eligible_sql
 from reconcile.errors import ReconcileError
-from reconcile.orders import eligible_sql
-from reconcile.schema import trading_order
+from reconcile.storage.schema import trading_order
 
 log = structlog.get_logger("reconcile.sweep")
 

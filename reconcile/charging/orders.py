@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.dialect import Dialect
-from reconcile.schema import power_consume, trading_order
+from reconcile.storage.dialect import Dialect
+from reconcile.storage.schema import power_consume, trading_order
 
 
 class Status(IntEnum):

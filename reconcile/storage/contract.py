@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import Table, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
 from reconcile.errors import SchemaNotReady
-from reconcile.schema import (
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     HOTGO_TABLES,
     OWN_TABLES,
     ROBOT_CLOSE_INDEX,

@@ -8,7 +8,7 @@ quarantine --retry`` re-processes it (after an upgrade of the adapters, or after
 corrected it) and :func:`mark_resolved` records how. ``audit`` fails while any is unresolved
 (:func:`unresolved_count`); ``doctor`` and the metrics show the same count.
 
-The table ``toogo_reconcile_quarantine`` is one of the daemon's own tables (reconcile/schema.py,
+The table ``toogo_reconcile_quarantine`` is one of the daemon's own tables (reconcile/storage/schema.py,
 ``OWN_TABLES``): ``create_own_schema`` / ``migrate up`` create it and the schema check asks for
 it.
 """
@@ -28,10 +28,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.db import Database
-from reconcile.dialect import PROPOSED
 from reconcile.records import UnusableRecord
-from reconcile.schema import quarantine
+from reconcile.storage.db import Database
+from reconcile.storage.dialect import PROPOSED
+from reconcile.storage.schema import quarantine
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from reconcile.orders import Status, real_close_time
+from reconcile.charging.orders import Status, real_close_time
 from reconcile.records import ClosedPosition
 
 

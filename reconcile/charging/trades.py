@@ -43,10 +43,9 @@ from typing import Any, NamedTuple
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.accounts import polled
-from reconcile.db import Database
-from reconcile.orders import Status
-from reconcile.schema import (
+from reconcile.charging.orders import Status
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     binding,
     power_consume,
     record_order_id,
@@ -56,6 +55,7 @@ from reconcile.schema import (
     trading_robot,
     verdict,
 )
+from reconcile.storage.streams import polled
 
 #: how long after its last advance a stream still counts as synced (rule 6)
 SYNC_FRESH = timedelta(days=1)

@@ -46,12 +46,9 @@ import structlog
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger, lines, shadow
-from reconcile.bulk import BulkWriter
-from reconcile.db import Database
-from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
-from reconcile.orders import ORDER_COLUMNS, OrderRow, eligible_sql, fetch_orders
-from reconcile.pricing import (
+from reconcile.charging import ledger, lines, shadow
+from reconcile.charging.orders import ORDER_COLUMNS, OrderRow, eligible_sql, fetch_orders
+from reconcile.charging.pricing import (
     Charge,
     Discount,
     PowerOverride,
@@ -59,14 +56,17 @@ from reconcile.pricing import (
     charge_sql,
     compute_charge,
 )
-from reconcile.schema import (
+from reconcile.charging.trades import TradeJudge, Verdict, settled_rows
+from reconcile.errors import OrderNotFound, PermanentError, ReconcileError
+from reconcile.storage.bulk import BulkWriter
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     power_consume,
     skipped_duplicate,
     toogo_config,
     toogo_user,
     trading_order,
 )
-from reconcile.trades import TradeJudge, Verdict, settled_rows
 
 log = structlog.get_logger("reconcile.consumer")
 

@@ -44,14 +44,8 @@ import structlog
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import quarantine
-from reconcile.accounts import load_account
-from reconcile.consumer import Outcome, PowerConsumer, Source
-from reconcile.contract import LiveSchema, inspect_live
-from reconcile.corrections import CorrectionMode, Corrector
-from reconcile.credentials import AesKey, aes_key_from_environment
-from reconcile.db import Database
-from reconcile.dialect import PROPOSED
+from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from reconcile.charging.corrections import CorrectionMode, Corrector
 from reconcile.errors import (
     DatabaseError,
     DuplicateKey,
@@ -59,8 +53,6 @@ from reconcile.errors import (
     ReconcileError,
     TemporaryError,
 )
-from reconcile.fleet import PollLeases, chunks
-from reconcile.matching import Decision, Kind, Rule, Tolerances
 from reconcile.records import (
     ApiAccount,
     ClosedPosition,
@@ -68,8 +60,16 @@ from reconcile.records import (
     ProfitBasis,
     SourceProvider,
 )
-from reconcile.schema import stream_cursor, trading_api_config, trading_robot
-from reconcile.upsert import Conflict, PageResult, PageWriter, StreamRef, order_sn_for
+from reconcile.storage.contract import LiveSchema, inspect_live
+from reconcile.storage.db import Database
+from reconcile.storage.dialect import PROPOSED
+from reconcile.storage.schema import stream_cursor, trading_api_config, trading_robot
+from reconcile.sync import quarantine
+from reconcile.sync.accounts import load_account
+from reconcile.sync.credentials import AesKey, aes_key_from_environment
+from reconcile.sync.fleet import PollLeases, chunks
+from reconcile.sync.matching import Decision, Kind, Rule, Tolerances
+from reconcile.sync.upsert import Conflict, PageResult, PageWriter, StreamRef, order_sn_for
 
 log = structlog.get_logger("reconcile.history")
 

@@ -39,10 +39,10 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.bulk import BulkWriter
-from reconcile.db import Database
 from reconcile.errors import DatabaseError, DuplicateKey, RowsMissing
-from reconcile.schema import power_consume, trading_order, wallet, wallet_log
+from reconcile.storage.bulk import BulkWriter
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, trading_order, wallet, wallet_log
 
 CONSUME = "power_consume"
 REFUND = "power_consume_refund"

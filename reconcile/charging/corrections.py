@@ -40,10 +40,10 @@ import structlog
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile import ledger, lines
-from reconcile.db import Database
-from reconcile.pricing import Discount, PowerRules, compute_charge
-from reconcile.schema import correction, power_consume, trading_order
+from reconcile.charging import ledger, lines
+from reconcile.charging.pricing import Discount, PowerRules, compute_charge
+from reconcile.storage.db import Database
+from reconcile.storage.schema import correction, power_consume, trading_order
 
 log = structlog.get_logger("reconcile.corrections")
 

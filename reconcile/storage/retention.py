@@ -38,9 +38,8 @@ import structlog
 from sqlalchemy import Table, and_, func, not_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.accounts import polled
-from reconcile.db import Database
-from reconcile.schema import (
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     OWN_TABLES,
     exchange_record,
     quarantine,
@@ -49,6 +48,7 @@ from reconcile.schema import (
     skipped_duplicate,
     stream_cursor,
 )
+from reconcile.storage.streams import polled
 
 log = structlog.get_logger("reconcile.retention")
 

@@ -12,20 +12,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.credentials import AesKey, aes_key_from_environment, decrypt_value, is_encrypted
-from reconcile.db import Database
 from reconcile.errors import ConfigError, PermanentError
 from reconcile.records import ApiAccount, Proxy
-from reconcile.schema import (
-    stream_cursor,
+from reconcile.storage.db import Database
+from reconcile.storage.schema import (
     table_names,
     trading_api_config,
     trading_proxy_config,
-    trading_robot,
 )
-
-STATUS_NORMAL = 1
-STATUS_DISABLED = 2
+from reconcile.storage.streams import STATUS_DISABLED, STATUS_NORMAL
+from reconcile.sync.credentials import AesKey, aes_key_from_environment, decrypt_value, is_encrypted
 
 
 class AccountNotFound(PermanentError):
@@ -164,22 +160,3 @@ __all__ = [
     "load_proxy",
     "parse_address",
 ]
-
-
-def polled(running_status: int) -> Any:
-    """EXISTS, correlated to toogo_reconcile_cursor: the history sync still polls that stream
-    (its own choice): a running robot, not deleted, on an enabled account, trades that symbol."""
-    c, r, a = stream_cursor.c, trading_robot.c, trading_api_config.c
-    return (
-        select(r.id)
-        .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
-        .where(
-            r.api_config_id == c.account_id,
-            r.symbol == c.symbol,
-            r.status == running_status,
-            r.deleted_at.is_(None),
-            a.status == STATUS_NORMAL,
-            a.deleted_at.is_(None),
-        )
-        .exists()
-    )
