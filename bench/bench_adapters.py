@@ -26,12 +26,13 @@ from decimal import Decimal
 from typing import Any
 
 from exchange_adapters.base import CcxtAdapter
-from exchange_adapters.clients import ExchangeClient, MarketCache, MarketInfo
+from exchange_adapters.clients import ExchangeClient
+from exchange_adapters.markets import MarketCache, MarketInfo
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.registry import ADAPTERS, ExchangeRegistry
+from kits.fake_exchanges import DEFAULT_MARKETS, FAKES, FakeExchange
+from kits.fake_exchanges.harness import DAY_MS, T0, T0_MS, account_for, closed_record
 from reconcile.records import ClosedPositionSource
-from tests.fake_exchanges import DEFAULT_MARKETS, FAKES, FakeExchange
-from tests.fake_exchanges.harness import DAY_MS, T0, T0_MS, account_for, closed_record
 
 SYMBOLS = ("BTC_USDT", "ETHUSDT", "1000PEPE-USDT")
 OPTIONS = AdapterOptions(timeout=10.0)  # production defaults: real ccxt rate limits
@@ -95,12 +96,20 @@ async def bench_sync(accounts: int, symbols: int, per_day: int, limit: int) -> d
             "accounts": accounts,
             "streams": len(streams),
             "records_per_stream_7d": per_stream,
-            "cold": {"seconds": round(cold_s, 3), "creating_clients_s": round(clients_s, 3),
-                     "records": cold_records,
-                     "requests": sum(cold_requests.values()), "by_platform": cold_requests},
-            "quiet": {"seconds": round(quiet_s, 3), "records": quiet_records,
-                      "requests": sum(quiet_requests.values()), "by_platform": quiet_requests},
-        }  # fmt: skip
+            "cold": {
+                "seconds": round(cold_s, 3),
+                "creating_clients_s": round(clients_s, 3),
+                "records": cold_records,
+                "requests": sum(cold_requests.values()),
+                "by_platform": cold_requests,
+            },
+            "quiet": {
+                "seconds": round(quiet_s, 3),
+                "records": quiet_records,
+                "requests": sum(quiet_requests.values()),
+                "by_platform": quiet_requests,
+            },
+        }
     finally:
         for fake in fakes.values():
             await fake.stop()
@@ -128,12 +137,23 @@ def bench_normalize(records: int) -> dict[str, float]:
 
 
 def _market(adapter_class: type[CcxtAdapter]) -> MarketInfo:
-    ids = {"binance": "BTCUSDT", "okx": "BTC-USDT-SWAP", "gate": "BTC_USDT",
-           "bitget": "BTCUSDT", "bybit": "BTCUSDT"}  # fmt: skip
+    ids = {
+        "binance": "BTCUSDT",
+        "okx": "BTC-USDT-SWAP",
+        "gate": "BTC_USDT",
+        "bitget": "BTCUSDT",
+        "bybit": "BTCUSDT",
+    }
     sizes = {"okx": DEFAULT_MARKETS[0].okx_ct_val, "gate": DEFAULT_MARKETS[0].gate_multiplier}
     platform = adapter_class.spec.platform
-    return MarketInfo(symbol="BTC/USDT:USDT", id=ids[platform], settle="USDT", settle_id="USDT",
-                      contract_size=Decimal(sizes.get(platform, "1")), info={})  # fmt: skip
+    return MarketInfo(
+        symbol="BTC/USDT:USDT",
+        id=ids[platform],
+        settle="USDT",
+        settle_id="USDT",
+        contract_size=Decimal(sizes.get(platform, "1")),
+        info={},
+    )
 
 
 async def bench_paging(records: int) -> dict[str, dict[str, float]]:
@@ -153,8 +173,11 @@ async def bench_paging(records: int) -> dict[str, dict[str, float]]:
                 positions = window.records
                 elapsed = time.perf_counter() - started
             assert len(positions) == records, (platform, len(positions))
-            results[platform] = {"requests": fake.count("closed"), "seconds": round(elapsed, 3),
-                                 "records_per_s": round(records / elapsed)}  # fmt: skip
+            results[platform] = {
+                "requests": fake.count("closed"),
+                "seconds": round(elapsed, 3),
+                "records_per_s": round(records / elapsed),
+            }
     return results
 
 

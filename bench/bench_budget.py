@@ -8,7 +8,7 @@ Run from the repository root::
 The acceptance scenario of "never get the engine's IP banned", unscaled:
 
 1. a fake Binance USDⓈ-M on 127.0.0.1 that is one IP under Binance's documented request weight
-   (``tests/fake_exchanges/binance.py``, ``IpWeightLimit``: ``--limit`` weight per ``--window``
+   (``kits/fake_exchanges/binance.py``, ``IpWeightLimit``: ``--limit`` weight per ``--window``
    seconds, fixed clock windows, ``X-MBX-USED-WEIGHT-1M`` on every answer, 429 past the limit, 418
    and a ban of ``--ban`` seconds, doubling for repeat offenders, for not backing off), with the
    trading engine's steady load of ``--engine`` weight per window on the same IP;
@@ -55,11 +55,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.exchanges_config import ExchangeConfig
+from kits.fake_exchanges.binance import THREE_DAYS, FakeBinance, IpWeightLimit
+from kits.fake_exchanges.harness import HOUR_MS, closed_record
+from kits.upstream import create_upstream_schema
 from reconcile.storage.db import Database, DatabaseSettings
 from reconcile.storage.schema import trading_api_config, trading_robot
-from tests.fake_exchanges.binance import THREE_DAYS, FakeBinance, IpWeightLimit
-from tests.fake_exchanges.harness import HOUR_MS, closed_record
-from tests.upstream import create_upstream_schema
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +67,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def admin(name: str | None = None) -> pymysql.connections.Connection:
     url = make_url(SERVER)
-    return pymysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306,
-                           user=url.username or "root", password=url.password or "",
-                           database=name, autocommit=True)  # fmt: skip
+    return pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        database=name,
+        autocommit=True,
+    )
 
 
 def scalar(name: str, sql: str) -> int:
@@ -100,15 +105,35 @@ async def seed(url: str, fake: FakeBinance, accounts: int) -> int:
             records = fake.add_account(key, secret)
             records += closed_record("binance", close_ms=now_ms - 3 * HOUR_MS, profit="10")
             win = n % 2 == 0
-            records += closed_record("binance", close_ms=now_ms - 2 * HOUR_MS,
-                                     profit="7" if win else "-4", long=win)  # fmt: skip
+            records += closed_record(
+                "binance", close_ms=now_ms - 2 * HOUR_MS, profit="7" if win else "-4", long=win
+            )
             winners += 1 + win
-            configs.append({"id": n, "user_id": 10_000 + n, "platform": "binance",
-                            "api_name": f"bench binance {n}", "base_url": fake.url,
-                            "api_key": key, "secret_key": secret, "status": 1})  # fmt: skip
-            robots.append({"id": n, "tenant_id": 3, "user_id": 10_000 + n, "api_config_id": n,
-                           "exchange": "binance", "symbol": "BTCUSDT", "leverage": 10,
-                           "robot_name": f"bench robot {n}", "status": 2})  # fmt: skip
+            configs.append(
+                {
+                    "id": n,
+                    "user_id": 10_000 + n,
+                    "platform": "binance",
+                    "api_name": f"bench binance {n}",
+                    "base_url": fake.url,
+                    "api_key": key,
+                    "secret_key": secret,
+                    "status": 1,
+                }
+            )
+            robots.append(
+                {
+                    "id": n,
+                    "tenant_id": 3,
+                    "user_id": 10_000 + n,
+                    "api_config_id": n,
+                    "exchange": "binance",
+                    "symbol": "BTCUSDT",
+                    "leverage": 10,
+                    "robot_name": f"bench robot {n}",
+                    "status": 2,
+                }
+            )
 
         async def insert(conn: AsyncConnection) -> None:
             await conn.execute(trading_api_config.insert(), configs)
@@ -135,9 +160,17 @@ async def run_sync(config: Path, log_path: Path) -> tuple[int, float]:
     started = time.monotonic()
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "--config", str(config), "sync",
-            stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "daemon",
+            "--config",
+            str(config),
+            "sync",
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
         code = await proc.wait()
     return code, time.monotonic() - started
 
@@ -158,10 +191,17 @@ def read_log(log_path: Path) -> tuple[dict[str, Any], Counter[str]]:
 
 
 def command(args: argparse.Namespace) -> str:
-    parts = [".venv/bin/python", "-m", "bench.bench_budget", "--accounts", str(args.accounts),
-             "--limit", str(args.limit), "--window", f"{args.window:g}", "--engine",
-             f"{args.engine:g}", "--ban", f"{args.ban:g}",
-             "--phase", f"{args.phase:g}"]  # fmt: skip
+    options = {
+        "--accounts": str(args.accounts),
+        "--limit": str(args.limit),
+        "--window": f"{args.window:g}",
+        "--engine": f"{args.engine:g}",
+        "--ban": f"{args.ban:g}",
+        "--phase": f"{args.phase:g}",
+    }
+    parts = [".venv/bin/python", "-m", "bench.bench_budget"]
+    for option, value in options.items():
+        parts += [option, value]
     if args.binance:
         parts += ["--binance", args.binance]
     return shlex.join(parts)
@@ -172,8 +212,13 @@ async def bench(args: argparse.Namespace) -> int:
     name = f"trc_bench_budget_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin().cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    limit = IpWeightLimit(limit=args.limit, window=args.window, ban_min=args.ban,
-                          ban_max=max(args.ban, THREE_DAYS), engine_load=args.engine)  # fmt: skip
+    limit = IpWeightLimit(
+        limit=args.limit,
+        window=args.window,
+        ban_min=args.ban,
+        ban_max=max(args.ban, THREE_DAYS),
+        engine_load=args.engine,
+    )
     keep_log = args.log is not None
     tmp = Path(tempfile.mkdtemp(prefix="bench_budget_"))
     log_path = args.log or tmp / "sync.log"
@@ -184,11 +229,16 @@ async def bench(args: argparse.Namespace) -> int:
             winners = await seed(url, fake, args.accounts)
             config = tmp / "config.yaml"
             section = binance_section(fake, extra)
-            config.write_text(yaml.safe_dump({
-                "database": {"url": url},
-                "logging": {"format": "json"},
-                "exchanges": {"binance": section},
-            }), encoding="utf-8")  # fmt: skip
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "database": {"url": url},
+                        "logging": {"format": "json"},
+                        "exchanges": {"binance": section},
+                    }
+                ),
+                encoding="utf-8",
+            )
             # start the daemon --phase seconds into a window: where in Binance's clock minute a
             # sync starts decides how much of the engine's weight that minute already holds
             await asyncio.sleep((args.phase - time.time()) % args.window)
@@ -234,8 +284,12 @@ async def bench(args: argparse.Namespace) -> int:
             f"{args.window:g} s; ratio {elapsed / minimum:.2f}"
         )
         print(f"peak used weight per window: {peaks}")
-        ok = (limit.rate_limited == limit.banned == 0 and orders == expected
-              and charges == winners and elapsed <= 1.5 * minimum)  # fmt: skip
+        ok = (
+            limit.rate_limited == limit.banned == 0
+            and orders == expected
+            and charges == winners
+            and elapsed <= 1.5 * minimum
+        )
         print("acceptance: " + ("PASS" if ok else "FAIL"))
         if not ok:
             keep_log = True
@@ -259,8 +313,13 @@ def describe_code() -> str:
     head = "unknown commit"
     if git is not None:
         try:
-            head = subprocess.run([git, "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                                  capture_output=True, text=True).stdout.strip()  # fmt: skip
+            head = subprocess.run(
+                [git, "rev-parse", "--short", "HEAD"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             head = "no git repository"
     budgets = (ROOT / "exchange_adapters" / "budgets.py").exists()

@@ -12,7 +12,7 @@ a fresh uniquely named MariaDB database (created, then dropped; needs the local 
 
 1. a fake OKX runs in a **separate process** (``python -m bench.bench_capacity fake``, an aiohttp
    server on 127.0.0.1, so the daemons' CPU is measured alone): ``GET /api/v5/public/instruments``
-   (tests/fake_exchanges/okx.py's instruments) and ``GET /api/v5/account/positions-history`` for
+   (kits/fake_exchanges/okx.py's instruments) and ``GET /api/v5/account/positions-history`` for
    ANY account ``k-<id>``: the signature is checked like OKX's (HMAC-SHA256) against the secret
    ``s-k-<id>`` and passphrase ``p-k-<id>`` the seeding writes, and every request is answered with
    an empty list (a quiet cycle) after ``--latency`` seconds (``asyncio.sleep``). It counts the
@@ -111,8 +111,8 @@ def serve_fake(port: int, latency: float) -> None:
     """``python -m bench.bench_capacity fake``: serve until SIGTERM; prints ``PORT <n>``."""
     from aiohttp import web
 
-    from tests.fake_exchanges.okx import _instrument
-    from tests.fake_exchanges.server import DEFAULT_MARKETS
+    from kits.fake_exchanges.okx import _instrument
+    from kits.fake_exchanges.server import DEFAULT_MARKETS
 
     state: dict[str, Any] = {"latency": latency, "bad": 0, "markets": 0}
     closed: defaultdict[str, list[float]] = defaultdict(list)
@@ -162,9 +162,18 @@ def serve_fake(port: int, latency: float) -> None:
         if request.query.get("brief"):
             total = sum(len(v) for v in closed.values())
             return answer(orjson.dumps({"closed": total, "cpu": cpu()}))
-        return answer(orjson.dumps({"closed": closed, "markets": state["markets"],
-                                    "bad_auth": state["bad"], "other": other, "cpu": cpu(),
-                                    "latency": state["latency"]}))  # fmt: skip
+        return answer(
+            orjson.dumps(
+                {
+                    "closed": closed,
+                    "markets": state["markets"],
+                    "bad_auth": state["bad"],
+                    "other": other,
+                    "cpu": cpu(),
+                    "latency": state["latency"],
+                }
+            )
+        )
 
     async def reset(request: web.Request) -> web.Response:
         closed.clear()
@@ -250,9 +259,14 @@ def raise_fd_limit() -> None:
 
 def admin(name: str | None = None) -> pymysql.connections.Connection:
     url = make_url(SERVER)
-    return pymysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306,
-                           user=url.username or "root", password=url.password or "",
-                           database=name, autocommit=True)  # fmt: skip
+    return pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        database=name,
+        autocommit=True,
+    )
 
 
 async def seed(name: str, accounts: int, fake_url: str) -> None:
@@ -345,13 +359,16 @@ def make_all_due(name: str, fleet: bool) -> str | None:
     try:
         with conn.cursor() as cur:
             if not fleet:
-                cur.execute("UPDATE toogo_reconcile_cursor"
-                            " SET updated_at = updated_at - INTERVAL 1 HOUR")  # fmt: skip
+                cur.execute(
+                    "UPDATE toogo_reconcile_cursor SET updated_at = updated_at - INTERVAL 1 HOUR"
+                )
                 return None
             cur.execute("SELECT UTC_TIMESTAMP(6)")
             now = str(cur.fetchone()[0])
-            cur.execute("UPDATE toogo_reconcile_poll SET due_at = UTC_TIMESTAMP(6), owner = NULL,"
-                        " lease_until = NULL WHERE due_at < '9999-01-01'")  # fmt: skip
+            cur.execute(
+                "UPDATE toogo_reconcile_poll SET due_at = UTC_TIMESTAMP(6), owner = NULL,"
+                " lease_until = NULL WHERE due_at < '9999-01-01'"
+            )
             return now
     finally:
         conn.close()
@@ -359,8 +376,10 @@ def make_all_due(name: str, fleet: bool) -> str | None:
 
 def released_since(conn: pymysql.connections.Connection, since: str) -> int:
     with conn.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM toogo_reconcile_poll WHERE polled_at >= %s"
-                    " AND owner IS NULL", (since,))  # fmt: skip
+        cur.execute(
+            "SELECT COUNT(*) FROM toogo_reconcile_poll WHERE polled_at >= %s AND owner IS NULL",
+            (since,),
+        )
         return int(cur.fetchone()[0])
 
 
@@ -471,9 +490,14 @@ class Daemon:
 
 
 def start_daemons(
-    count: int, command: list[str], config: Path, code: Path, tmp: Path, tag: str,
+    count: int,
+    command: list[str],
+    config: Path,
+    code: Path,
+    tmp: Path,
+    tag: str,
     profile: Path | None = None,
-) -> list[Daemon]:  # fmt: skip
+) -> list[Daemon]:
     env = dict(os.environ)
     if code != ROOT:
         env["PYTHONPATH"] = str(code)
@@ -535,16 +559,20 @@ class Figures:
         n = self.accounts
         start = "-" if self.startup_cpu is None else f"{self.startup_cpu:.1f}"
         lo, hi = self.per_account
-        return (f"| {n:,} | {self.daemons} | {self.code} | {self.label} | {self.wall:.1f}"
-                f"{'' if self.finished else ' (unfinished)'} | {self.cpu:.1f} | {start} | "
-                f"{1000 * self.cpu / n:.2f} | {self.rss_mb:.0f} | {self.rss_mb / n:.3f} | "
-                f"{lo}/{hi} ({self.polled:,} polled) | {self.fake_cpu:.1f} | "
-                f"{self.load_before} -> {self.load_after} |")  # fmt: skip
+        return (
+            f"| {n:,} | {self.daemons} | {self.code} | {self.label} | {self.wall:.1f}"
+            f"{'' if self.finished else ' (unfinished)'} | {self.cpu:.1f} | {start} | "
+            f"{1000 * self.cpu / n:.2f} | {self.rss_mb:.0f} | {self.rss_mb / n:.3f} | "
+            f"{lo}/{hi} ({self.polled:,} polled) | {self.fake_cpu:.1f} | "
+            f"{self.load_before} -> {self.load_after} |"
+        )
 
 
-HEADER = ("| N | daemons | code | cycle | wall s | CPU s | of it start-up s | CPU ms/stream | "
-          "max RSS MB | RSS MB/account | requests per account min/max | fake CPU s | "
-          "load 1/5/15 before -> after |\n|" + "---|" * 13)  # fmt: skip
+HEADER = (
+    "| N | daemons | code | cycle | wall s | CPU s | of it start-up s | CPU ms/stream | "
+    "max RSS MB | RSS MB/account | requests per account min/max | fake CPU s | "
+    "load 1/5/15 before -> after |\n|" + "---|" * 13
+)
 
 
 def requests_per_account(stats: dict[str, Any], accounts: int) -> tuple[tuple[int, int], int]:
@@ -558,10 +586,12 @@ def describe_fake(stats: dict[str, Any], accounts: int) -> str:
     times = sorted(t for v in stats["closed"].values() for t in v)
     spread = f", first to last request {times[-1] - times[0]:.1f} s" if times else ""
     other = dict(stats["other"])
-    return (f"  fake: {sum(len(v) for v in stats['closed'].values())} positions-history "
-            f"requests, {polled}/{accounts} accounts polled, per account min {lo} max {hi}"
-            f"{spread}; markets {stats['markets']}, bad signatures {stats['bad_auth']}"
-            + (f", other routes {other}" if other else ""))  # fmt: skip
+    return (
+        f"  fake: {sum(len(v) for v in stats['closed'].values())} positions-history "
+        f"requests, {polled}/{accounts} accounts polled, per account min {lo} max {hi}"
+        f"{spread}; markets {stats['markets']}, bad signatures {stats['bad_auth']}"
+        + (f", other routes {other}" if other else "")
+    )
 
 
 def describe_daemon(d: Daemon, until: float | None = None) -> str:
@@ -582,9 +612,11 @@ def describe_daemon(d: Daemon, until: float | None = None) -> str:
             f"skipped_streams {s.get('skipped_streams')}, failed_streams "
             f"{s.get('failed_streams')}, elapsed {s.get('elapsed')} s"
         )
-    text = (f"  daemon {d.index} (pid {d.pid}): exit {d.status}, wall {wall:.1f} s, CPU "
-            f"{d.cpu:.2f} s{start}, max RSS {d.max_rss_mb:.0f} MB{summary}; log {count} lines "
-            f"{dict(levels)}")  # fmt: skip
+    text = (
+        f"  daemon {d.index} (pid {d.pid}): exit {d.status}, wall {wall:.1f} s, CPU "
+        f"{d.cpu:.2f} s{start}, max RSS {d.max_rss_mb:.0f} MB{summary}; log {count} lines "
+        f"{dict(levels)}"
+    )
     if first:
         text += f"\n    first warning/error: {first.strip()}"
     return text
@@ -615,8 +647,15 @@ def cycle_sync(ctx: Context, count: int, profile: Path | None = None) -> Figures
     if ctx.fleet:
         make_all_due(ctx.name, True)  # no lease left over
     before = load()
-    daemons = start_daemons(count, ["sync"], ctx.config, ctx.code, ctx.tmp,
-                            f"sync{count}{'-prof' if profile else ''}", profile)  # fmt: skip
+    daemons = start_daemons(
+        count,
+        ["sync"],
+        ctx.config,
+        ctx.code,
+        ctx.tmp,
+        f"sync{count}{'-prof' if profile else ''}",
+        profile,
+    )
     started = time.perf_counter()
     first = False
     while not all([d.reap() for d in daemons]):  # a list: reap each, not up to a running one
@@ -633,19 +672,31 @@ def cycle_sync(ctx: Context, count: int, profile: Path | None = None) -> Figures
     per_account, polled = requests_per_account(stats, ctx.args.accounts)
     startup = startup_cpu(daemons)
     label = "sync one-shot" + (" under cProfile" if profile else "")
-    figures = Figures(label, ctx.args.accounts, count, ctx.code_label, wall,
-                      sum(d.cpu for d in daemons), sum(d.max_rss_mb for d in daemons),
-                      per_account, polled, stats["cpu"] - fake_cpu0, before, after,
-                      finished=all(d.status is not None for d in daemons),
-                      startup_cpu=startup)  # fmt: skip
+    figures = Figures(
+        label,
+        ctx.args.accounts,
+        count,
+        ctx.code_label,
+        wall,
+        sum(d.cpu for d in daemons),
+        sum(d.max_rss_mb for d in daemons),
+        per_account,
+        polled,
+        stats["cpu"] - fake_cpu0,
+        before,
+        after,
+        finished=all(d.status is not None for d in daemons),
+        startup_cpu=startup,
+    )
     figures.lines = [describe_daemon(d) for d in daemons] + [
         describe_fake(stats, ctx.args.accounts)
     ]
     return figures
 
 
-def wait_cycle(ctx: Context, daemons: list[Daemon], since: str | None, summaries: int,
-               started: float) -> bool:  # fmt: skip
+def wait_cycle(
+    ctx: Context, daemons: list[Daemon], since: str | None, summaries: int, started: float
+) -> bool:
     """Until every account was polled and released after ``since`` (the poll table), or,
     without one, until each daemon logged ``summaries`` history sync summaries."""
     conn = admin(ctx.name) if since is not None else None
@@ -689,11 +740,26 @@ def cycle_run(ctx: Context, count: int) -> list[Figures]:
         after = load()
         stats = ctx.fake.stats()
         per_account, polled = requests_per_account(stats, ctx.args.accounts)
-        first = Figures("run: 1st cycle (from start)", ctx.args.accounts, count, ctx.code_label,
-                        wall1, sum(cpu1), rss1, per_account, polled, stats["cpu"] - fake_cpu0,
-                        before, after, finished=done, startup_cpu=startup_cpu(daemons))  # fmt: skip
-        first.lines = [f"  daemon {d.index}: CPU {c:.2f} s, RSS now {proc_rss_mb(d.pid) or 0:.0f}"
-                       f" MB" for d, c in zip(daemons, cpu1, strict=True)]  # fmt: skip
+        first = Figures(
+            "run: 1st cycle (from start)",
+            ctx.args.accounts,
+            count,
+            ctx.code_label,
+            wall1,
+            sum(cpu1),
+            rss1,
+            per_account,
+            polled,
+            stats["cpu"] - fake_cpu0,
+            before,
+            after,
+            finished=done,
+            startup_cpu=startup_cpu(daemons),
+        )
+        first.lines = [
+            f"  daemon {d.index}: CPU {c:.2f} s, RSS now {proc_rss_mb(d.pid) or 0:.0f} MB"
+            for d, c in zip(daemons, cpu1, strict=True)
+        ]
         first.lines.append("  (RSS column in run cycles: the daemons' VmRSS at the cycle's end)")
         first.lines.append(describe_fake(stats, ctx.args.accounts))
         results.append(first)
@@ -724,19 +790,38 @@ def cycle_run(ctx: Context, count: int) -> list[Figures]:
         after = load()
         stats = ctx.fake.stats()
         per_account, polled = requests_per_account(stats, ctx.args.accounts)
-        second = Figures("run: 2nd cycle (warm)", ctx.args.accounts, count, ctx.code_label,
-                         wall2, sum(cpu2), rss2, per_account, polled, stats["cpu"] - fake_cpu0,
-                         before, after, finished=done)  # fmt: skip
-        second.lines = [f"  daemon {d.index}: CPU {c:.2f} s, RSS now {proc_rss_mb(d.pid) or 0:.0f}"
-                        f" MB" for d, c in zip(daemons, cpu2, strict=True)]  # fmt: skip
+        second = Figures(
+            "run: 2nd cycle (warm)",
+            ctx.args.accounts,
+            count,
+            ctx.code_label,
+            wall2,
+            sum(cpu2),
+            rss2,
+            per_account,
+            polled,
+            stats["cpu"] - fake_cpu0,
+            before,
+            after,
+            finished=done,
+        )
+        second.lines = [
+            f"  daemon {d.index}: CPU {c:.2f} s, RSS now {proc_rss_mb(d.pid) or 0:.0f} MB"
+            for d, c in zip(daemons, cpu2, strict=True)
+        ]
         second.lines.append(describe_fake(stats, ctx.args.accounts) + idle)
         results.append(second)
     finally:
         stop_daemons(daemons)
         for figures in results:
-            figures.lines.append("  at exit: " + ", ".join(
-                f"daemon {d.index} exit {d.status}, CPU {d.cpu:.1f} s, max RSS "
-                f"{d.max_rss_mb:.0f} MB" for d in daemons))  # fmt: skip
+            figures.lines.append(
+                "  at exit: "
+                + ", ".join(
+                    f"daemon {d.index} exit {d.status}, CPU {d.cpu:.1f} s, max RSS "
+                    f"{d.max_rss_mb:.0f} MB"
+                    for d in daemons
+                )
+            )
         if results:
             results[-1].lines += [describe_daemon(d, until=d.ended) for d in daemons]
     return results
@@ -784,8 +869,10 @@ def profile_report(path: Path, top: int) -> list[str]:
     for key, (_, _, tottime, _, _) in raw.items():
         by_kind[kind_of(key)] += tottime
     lines = [f"cProfile of one quiet sync cycle ({path}): {total:.2f} s self time in all"]
-    lines.append("  self time by kind: " + ", ".join(
-        f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in by_kind.most_common()))  # fmt: skip
+    lines.append(
+        "  self time by kind: "
+        + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in by_kind.most_common())
+    )
     for order in ("cumulative", "tottime"):
         out = io.StringIO()
         s = pstats.Stats(str(path), stream=out)
@@ -821,11 +908,20 @@ def code_version(code: Path) -> str:
     if git is None:
         return str(code)
     try:
-        head = subprocess.run([git, "rev-parse", "--short", "HEAD"], cwd=code, check=True,
-                              capture_output=True, text=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run([git, "status", "--porcelain", "--", "reconcile",
-                                "exchange_adapters", "daemon"], cwd=code, check=True,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            [git, "rev-parse", "--short", "HEAD"],
+            cwd=code,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [git, "status", "--porcelain", "--", "reconcile", "exchange_adapters", "daemon"],
+            cwd=code,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return str(code)
     return f"{code} at {head}" + (" + uncommitted changes" if dirty else "")
@@ -833,10 +929,14 @@ def code_version(code: Path) -> str:
 
 def bench(args: argparse.Namespace) -> None:
     code = args.code.resolve()
-    print("command: " + " ".join([Path(sys.executable).name, "-m", "bench.bench_capacity",
-                                  *sys.argv[1:]]))  # fmt: skip
-    print(f"code: {code_version(code)}{' (old: accounts base_url)' if args.old else ''}; "
-          f"load {load()}; {os.cpu_count()} cores")  # fmt: skip
+    print(
+        "command: "
+        + " ".join([Path(sys.executable).name, "-m", "bench.bench_capacity", *sys.argv[1:]])
+    )
+    print(
+        f"code: {code_version(code)}{' (old: accounts base_url)' if args.old else ''}; "
+        f"load {load()}; {os.cpu_count()} cores"
+    )
     name = f"trc_bench_cap_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin().cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
@@ -845,9 +945,11 @@ def bench(args: argparse.Namespace) -> None:
     try:
         started = time.perf_counter()
         asyncio.run(seed(name, args.accounts, fake.url))
-        print(f"database {name}: {args.accounts} okx accounts, one running robot each, seeded "
-              f"in {time.perf_counter() - started:.1f} s; fake OKX at {fake.url} (pid "
-              f"{fake.proc.pid})")  # fmt: skip
+        print(
+            f"database {name}: {args.accounts} okx accounts, one running robot each, seeded "
+            f"in {time.perf_counter() - started:.1f} s; fake OKX at {fake.url} (pid "
+            f"{fake.proc.pid})"
+        )
         with tempfile.TemporaryDirectory(prefix="bench_capacity_") as tmp_name:
             tmp = Path(args.keep_logs) if args.keep_logs else Path(tmp_name)
             tmp.mkdir(parents=True, exist_ok=True)
@@ -888,8 +990,9 @@ def bench(args: argparse.Namespace) -> None:
                 for line in profile_report(prof, args.profile_top):
                     print(line)
         print()
-        print(f"summary (latency {args.latency * 1000:.0f} ms, sync.concurrency "
-              f"{args.concurrency}):")  # fmt: skip
+        print(
+            f"summary (latency {args.latency * 1000:.0f} ms, sync.concurrency {args.concurrency}):"
+        )
         print(HEADER)
         for figures in results:
             print(figures.row())
@@ -916,10 +1019,12 @@ def main() -> None:
     parser.add_argument("--daemons", default="1", help="comma list, e.g. 1,2")
     parser.add_argument("--mode", default="sync", help="comma list of sync, run")
     parser.add_argument("--latency", type=float, default=0.15, help="the fake's answer delay, s")
-    parser.add_argument("--concurrency", default="auto",
-                        help="sync.concurrency: auto (the shipped default) or N")  # fmt: skip
-    parser.add_argument("--old", action="store_true",
-                        help="the code before: base_url from the accounts' rows")  # fmt: skip
+    parser.add_argument(
+        "--concurrency", default="auto", help="sync.concurrency: auto (the shipped default) or N"
+    )
+    parser.add_argument(
+        "--old", action="store_true", help="the code before: base_url from the accounts' rows"
+    )
     parser.add_argument("--code", type=Path, default=ROOT, help="run the daemon from this tree")
     parser.add_argument("--profile", metavar="FILE", help="also one sync cycle under cProfile")
     parser.add_argument("--profile-top", type=int, default=15)

@@ -69,10 +69,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bench.drain import charge_set_based
+from bench.drain_servers import charge_set_based
 from daemon.logs import configure_logging
 from exchange_adapters.options import CCXT_PLATFORMS, AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.fake_exchanges.harness import DAY_MS, closed_record, record_key_of
+from kits.upstream import create_upstream_schema
 from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.pricing import PowerRules
 from reconcile.records import ApiAccount, ClosedPositionSource, ClosedWindow
@@ -83,18 +86,23 @@ from reconcile.storage.schema import (
     trading_robot,
     wallet,
 )
-from reconcile.sync.history import HistorySync, SyncSettings, SyncSummary, order_sn_for
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges.harness import DAY_MS, closed_record, record_key_of
-from tests.upstream import create_upstream_schema
+from reconcile.sync.history import HistorySync
+from reconcile.sync.record_rows import order_sn_for
+from reconcile.sync.settings import SyncSettings
+from reconcile.sync.window import SyncSummary
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 PLATFORMS = CCXT_PLATFORMS
 #: (base coin for the fake's records, the robot's symbol as hotgo spells it)
 MARKETS = (("BTC", "BTC_USDT"), ("ETH", "ETHUSDT"), ("1000PEPE", "1000PEPE-USDT"))
 #: the header each exchange carries the API key in (how the fake tells accounts apart)
-KEY_HEADERS = {"binance": "X-MBX-APIKEY", "okx": "OK-ACCESS-KEY", "gate": "KEY",
-               "bitget": "ACCESS-KEY", "bybit": "X-BAPI-API-KEY"}  # fmt: skip
+KEY_HEADERS = {
+    "binance": "X-MBX-APIKEY",
+    "okx": "OK-ACCESS-KEY",
+    "gate": "KEY",
+    "bitget": "ACCESS-KEY",
+    "bybit": "X-BAPI-API-KEY",
+}
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 START_POWER = Decimal("100000")
 MINUTE_MS = 60_000
@@ -133,16 +141,21 @@ class AccountBooks:
                 fake.api_key, fake.records = "-no-such-key-", []
             else:
                 fake.api_key, fake.secret, fake.passphrase = (
-                    book.api_key, book.secret, book.passphrase)  # fmt: skip
+                    book.api_key,
+                    book.secret,
+                    book.passphrase,
+                )
                 fake.records = book.records
             return await inner(route, request)
 
         fake._answer = answer  # type: ignore[method-assign]
 
     def add(self, account_id: int) -> Book:
-        book = Book(f"bench-key-{self.fake.platform}-{account_id}",
-                    f"bench-secret-{account_id}-{uuid.uuid4().hex[:8]}",
-                    f"bench-pass-{account_id}")  # fmt: skip
+        book = Book(
+            f"bench-key-{self.fake.platform}-{account_id}",
+            f"bench-secret-{account_id}-{uuid.uuid4().hex[:8]}",
+            f"bench-pass-{account_id}",
+        )
         self.books[book.api_key] = book
         return book
 
@@ -266,10 +279,19 @@ class Scenario:
         for i in range(self.robots):
             account_id = i % self.accounts + 1
             _, symbol = MARKETS[(i // self.accounts) % self.symbols]
-            rows.append({"id": i + 1, "tenant_id": 3, "user_id": self.user_of(account_id),
-                         "api_config_id": account_id, "robot_name": f"bench robot {i + 1}",
-                         "exchange": self.platform_of(account_id), "symbol": symbol,
-                         "leverage": 10, "status": 2})  # fmt: skip
+            rows.append(
+                {
+                    "id": i + 1,
+                    "tenant_id": 3,
+                    "user_id": self.user_of(account_id),
+                    "api_config_id": account_id,
+                    "robot_name": f"bench robot {i + 1}",
+                    "exchange": self.platform_of(account_id),
+                    "symbol": symbol,
+                    "leverage": 10,
+                    "status": 2,
+                }
+            )
         return rows
 
     def fill(self, books: dict[int, Book], now_ms: int) -> None:
@@ -289,9 +311,13 @@ class Scenario:
             for _ in range(robots * self.per_day * self.days):
                 win = rng.random() < self.win_rate
                 profit = rng.randint(1, 40) if win else rng.randint(-30, -1)
-                [raw] = closed_record(platform, close_ms=rng.randint(oldest, newest),
-                                      symbol=base_of[symbol], profit=str(profit),
-                                      long=rng.random() < 0.5)  # fmt: skip
+                [raw] = closed_record(
+                    platform,
+                    close_ms=rng.randint(oldest, newest),
+                    symbol=base_of[symbol],
+                    profit=str(profit),
+                    long=rng.random() < 0.5,
+                )
                 books[account_id].records.append(raw)
                 self.expected[(account_id, record_key_of(platform, raw))] = win
 
@@ -301,13 +327,19 @@ class Scenario:
 
 def admin(name: str | None = None) -> pymysql.connections.Connection:
     url = make_url(SERVER)
-    return pymysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306,
-                           user=url.username or "root", password=url.password or "",
-                           database=name, autocommit=True)  # fmt: skip
+    return pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        database=name,
+        autocommit=True,
+    )
 
 
-async def seed(db: Database, scenario: Scenario, books: dict[int, Book],
-               fakes: dict[str, FakeExchange]) -> None:  # fmt: skip
+async def seed(
+    db: Database, scenario: Scenario, books: dict[int, Book], fakes: dict[str, FakeExchange]
+) -> None:
     async def create(conn: AsyncConnection) -> None:
         # hotgo's tables from upstream's own DDL, plus what `migrate up` adds
         await create_upstream_schema(conn, with_unique_key=True)
@@ -316,25 +348,52 @@ async def seed(db: Database, scenario: Scenario, books: dict[int, Book],
     accounts = []
     for account_id, book in sorted(books.items()):
         platform = scenario.platform_of(account_id)
-        accounts.append({"id": account_id, "user_id": scenario.user_of(account_id),
-                         "api_name": f"bench {platform} {account_id}", "platform": platform,
-                         "base_url": fakes[platform].url, "api_key": book.api_key,
-                         "secret_key": book.secret, "passphrase": book.passphrase,
-                         "status": 1})  # fmt: skip
+        accounts.append(
+            {
+                "id": account_id,
+                "user_id": scenario.user_of(account_id),
+                "api_name": f"bench {platform} {account_id}",
+                "platform": platform,
+                "base_url": fakes[platform].url,
+                "api_key": book.api_key,
+                "secret_key": book.secret,
+                "passphrase": book.passphrase,
+                "status": 1,
+            }
+        )
     users = [scenario.user_of(a) for a in books]
     now = db.now()
 
     async def insert(conn: AsyncConnection) -> None:
         await conn.execute(trading_api_config.insert(), accounts)
         await conn.execute(trading_robot.insert(), scenario.robot_rows())
-        await conn.execute(wallet.insert(), [
-            {"user_id": u, "power": START_POWER, "gift_power": Decimal(5),
-             "total_power_consume": Decimal(0), "created_at": now, "updated_at": now}
-            for u in users])  # fmt: skip
-        await conn.execute(toogo_user.insert(), [  # every 4th user has a VIP discount
-            {"member_id": u, "vip_level": 3, "power_discount": Decimal("12.50"),
-             "invite_code": f"B{u}"}
-            for u in users if u % 4 == 0])  # fmt: skip
+        await conn.execute(
+            wallet.insert(),
+            [
+                {
+                    "user_id": u,
+                    "power": START_POWER,
+                    "gift_power": Decimal(5),
+                    "total_power_consume": Decimal(0),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for u in users
+            ],
+        )
+        await conn.execute(
+            toogo_user.insert(),
+            [  # every 4th user has a VIP discount
+                {
+                    "member_id": u,
+                    "vip_level": 3,
+                    "power_discount": Decimal("12.50"),
+                    "invite_code": f"B{u}",
+                }
+                for u in users
+                if u % 4 == 0
+            ],
+        )
 
     await db.transaction(insert, what="seed accounts and robots")
 
@@ -358,8 +417,10 @@ def verify(name: str, scenario: Scenario, log_path: Path) -> dict[str, int]:
             assert status == 2 and sn == order_sn_for(scenario.platform_of(acct), acct, key)
             assert (profit > 0) == expected[(acct, key)], (acct, key, profit)
             assert bool(consumed) == (profit > 0) and (amount > 0) == (profit > 0)
-        cur.execute("SELECT COUNT(*), COUNT(DISTINCT user_id, order_id), SUM(consume_power)"
-                    " FROM hg_toogo_power_consume")  # fmt: skip
+        cur.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT user_id, order_id), SUM(consume_power)"
+            " FROM hg_toogo_power_consume"
+        )
         consume_rows, distinct, total = cur.fetchone()
         assert consume_rows == distinct == winners, (consume_rows, distinct, winners)
         cur.execute("""SELECT COUNT(*) FROM hg_toogo_power_consume c JOIN hg_trading_order o
@@ -367,30 +428,61 @@ def verify(name: str, scenario: Scenario, log_path: Path) -> dict[str, int]:
             WHERE o.realized_profit > 0 AND o.power_consumed = 1
               AND o.power_amount = c.consume_power""")
         assert cur.fetchone()[0] == winners
-        cur.execute("SELECT COUNT(*), -SUM(change_amount) FROM hg_toogo_wallet_log"
-                    " WHERE change_type = 'power_consume'")  # fmt: skip
+        cur.execute(
+            "SELECT COUNT(*), -SUM(change_amount) FROM hg_toogo_wallet_log"
+            " WHERE change_type = 'power_consume'"
+        )
         ledger, logged = cur.fetchone()
         assert ledger == winners and logged == total, (ledger, logged, total)
-        cur.execute("SELECT SUM(%s - power), SUM(total_power_consume), SUM(gift_power)"
-                    " FROM hg_toogo_wallet", (START_POWER,))  # fmt: skip
+        cur.execute(
+            "SELECT SUM(%s - power), SUM(total_power_consume), SUM(gift_power)"
+            " FROM hg_toogo_wallet",
+            (START_POWER,),
+        )
         debited, consumed_total, gift = cur.fetchone()
         assert debited == consumed_total == total, (debited, consumed_total, total)
         assert gift == 5 * scenario.accounts, gift  # gift power is never touched
     conn.close()
-    audit = sum(1 for line in log_path.read_bytes().splitlines()
-                if orjson.loads(line).get("event") == "power consumed")  # fmt: skip
+    audit = sum(
+        1
+        for line in log_path.read_bytes().splitlines()
+        if orjson.loads(line).get("event") == "power consumed"
+    )
     assert audit == winners, (audit, winners)
-    return {"orders": len(orders), "consume_rows": consume_rows, "ledger_rows": ledger,
-            "audit_lines": audit}  # fmt: skip
+    return {
+        "orders": len(orders),
+        "consume_rows": consume_rows,
+        "ledger_rows": ledger,
+        "audit_lines": audit,
+    }
 
 
 # -- the set-based reference ----------------------------------------------------------------------
 
-ORDER_COLUMNS = ("tenant_id", "user_id", "robot_id", "order_sn", "exchange_order_id", "symbol",
-                 "direction", "open_price", "close_price", "close_order_id", "quantity",
-                 "leverage", "margin", "realized_profit", "open_time", "close_time",
-                 "hold_duration", "status", "close_reason", "remark", "created_at",
-                 "updated_at")  # fmt: skip
+ORDER_COLUMNS = (
+    "tenant_id",
+    "user_id",
+    "robot_id",
+    "order_sn",
+    "exchange_order_id",
+    "symbol",
+    "direction",
+    "open_price",
+    "close_price",
+    "close_order_id",
+    "quantity",
+    "leverage",
+    "margin",
+    "realized_profit",
+    "open_time",
+    "close_time",
+    "hold_duration",
+    "status",
+    "close_reason",
+    "remark",
+    "created_at",
+    "updated_at",
+)
 
 
 def set_based_reference(name: str, expected: int) -> float:
@@ -406,20 +498,29 @@ def set_based_reference(name: str, expected: int) -> float:
     with conn.cursor() as cur:
         cur.execute(f"SELECT {cols} FROM hg_trading_order ORDER BY id")
         orders = cur.fetchall()
-        cur.execute("SELECT b.platform, b.account_id, b.record_key, o.order_sn, b.kind, b.rule"
-                    " FROM toogo_reconcile_binding b JOIN hg_trading_order o"
-                    " ON o.id = b.order_id")  # fmt: skip
+        cur.execute(
+            "SELECT b.platform, b.account_id, b.record_key, o.order_sn, b.kind, b.rule"
+            " FROM toogo_reconcile_binding b JOIN hg_trading_order o"
+            " ON o.id = b.order_id"
+        )
         bindings = cur.fetchall()
         assert len(orders) == len(bindings) == expected
-        cur.execute("CREATE TEMPORARY TABLE ref_binding (platform VARCHAR(20), account_id BIGINT,"
-                    " record_key VARCHAR(128), order_sn VARCHAR(64) PRIMARY KEY, kind VARCHAR(10),"
-                    " rule VARCHAR(20))")  # fmt: skip
+        cur.execute(
+            "CREATE TEMPORARY TABLE ref_binding (platform VARCHAR(20), account_id BIGINT,"
+            " record_key VARCHAR(128), order_sn VARCHAR(64) PRIMARY KEY, kind VARCHAR(10),"
+            " rule VARCHAR(20))"
+        )
         cur.executemany("INSERT INTO ref_binding VALUES (%s, %s, %s, %s, %s, %s)", bindings)
-        for table in ("toogo_reconcile_binding", "hg_toogo_wallet_log", "hg_toogo_power_consume",
-                      "hg_trading_order"):  # fmt: skip
+        for table in (
+            "toogo_reconcile_binding",
+            "hg_toogo_wallet_log",
+            "hg_toogo_power_consume",
+            "hg_trading_order",
+        ):
             cur.execute(f"DELETE FROM {table}")
-        cur.execute("UPDATE hg_toogo_wallet SET power = %s, total_power_consume = 0",
-                    (START_POWER,))  # fmt: skip
+        cur.execute(
+            "UPDATE hg_toogo_wallet SET power = %s, total_power_consume = 0", (START_POWER,)
+        )
     marks = "(" + ", ".join(["%s"] * len(ORDER_COLUMNS)) + ")"
     started = time.perf_counter()
     with conn.cursor() as cur:
@@ -467,8 +568,9 @@ def code_version() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown commit"
-    return f"commit {head}" + (" + uncommitted changes in reconcile/exchange_adapters" if dirty
-                               else "")  # fmt: skip
+    return f"commit {head}" + (
+        " + uncommitted changes in reconcile/exchange_adapters" if dirty else ""
+    )
 
 
 def load() -> str:
@@ -574,8 +676,9 @@ def describe(label: str, c: Cycle) -> list[str]:
 
 
 async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> None:
-    scenario = Scenario(args.robots, args.accounts, args.per_day, args.days, args.symbols,
-                        args.win_rate, args.seed)  # fmt: skip
+    scenario = Scenario(
+        args.robots, args.accounts, args.per_day, args.days, args.symbols, args.win_rate, args.seed
+    )
     name = f"trc_bench_hist_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin().cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
@@ -584,8 +687,10 @@ async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> No
         for fake in fakes.values():
             await fake.start()
         books_by_platform = {p: AccountBooks(f) for p, f in fakes.items()}
-        books = {a: books_by_platform[scenario.platform_of(a)].add(a)
-                 for a in range(1, args.accounts + 1)}  # fmt: skip
+        books = {
+            a: books_by_platform[scenario.platform_of(a)].add(a)
+            for a in range(1, args.accounts + 1)
+        }
         db = Database(DatabaseSettings(url=f"{SERVER}/{name}", pool_size=args.pool_size))
         await db.open()
         try:
@@ -595,24 +700,30 @@ async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> No
             fill_s = time.perf_counter() - started
             winners = sum(scenario.expected.values())
             print(f"database {name}; code at {code_version()}; {load()}")
-            print(f"{args.robots} robots on {args.accounts} accounts (5 exchanges), "
-                  f"{scenario.streams} streams ({scenario.shared_streams} shared by several "
-                  f"robots), {len(scenario.expected)} closed positions ({winners} profitable) "
-                  f"over {args.days} days; fakes filled in {fill_s:.1f} s")  # fmt: skip
+            print(
+                f"{args.robots} robots on {args.accounts} accounts (5 exchanges), "
+                f"{scenario.streams} streams ({scenario.shared_streams} shared by several "
+                f"robots), {len(scenario.expected)} closed positions ({winners} profitable) "
+                f"over {args.days} days; fakes filled in {fill_s:.1f} s"
+            )
             # the accounts' base_url points each at its fake
             if args.rate_limit_ms is None:
                 options = AdapterOptions(timeout=10.0, account_base_url=True)
                 print("budgets: each exchange's real one (production defaults)")
             else:
-                options = AdapterOptions(timeout=10.0, rate_limit_ms=args.rate_limit_ms,
-                                         account_base_url=True)  # fmt: skip
+                options = AdapterOptions(
+                    timeout=10.0, rate_limit_ms=args.rate_limit_ms, account_base_url=True
+                )
                 print(f"ccxt rate limits: ADDED at {args.rate_limit_ms} ms for every exchange")
             sql = SqlStats(db) if args.sql_stats else None
             async with ExchangeRegistry({p: options for p in PLATFORMS}) as registry:
                 provider = TimedProvider(registry)
-                sync = HistorySync(db, PowerConsumer(db, RULES), provider,
-                                   SyncSettings(concurrency=args.concurrency,
-                                                platforms=frozenset(PLATFORMS)))  # fmt: skip
+                sync = HistorySync(
+                    db,
+                    PowerConsumer(db, RULES),
+                    provider,
+                    SyncSettings(concurrency=args.concurrency, platforms=frozenset(PLATFORMS)),
+                )
                 profile = cProfile.Profile() if args.profile else None
                 server = server_pid()
                 if sql is not None:
@@ -633,16 +744,21 @@ async def bench(args: argparse.Namespace, log_stream: Any, log_path: Path) -> No
                 assert quiet.records == quiet.inserted == quiet.charged == 0
             log_stream.flush()
             figures = verify(name, scenario, log_path)
-            print("verified: " + ", ".join(f"{k} {v}" for k, v in figures.items())
-                  + " - one local order per record, one consume row, ledger row and audit line"
-                  " per profitable order, none for losing ones, wallets exact")  # fmt: skip
+            print(
+                "verified: "
+                + ", ".join(f"{k} {v}" for k, v in figures.items())
+                + " - one local order per record, one consume row, ledger row and audit line"
+                " per profitable order, none for losing ones, wallets exact"
+            )
             ref_seconds = set_based_reference(name, len(scenario.expected))
             verify(name, scenario, log_path)
             rows = len(scenario.expected)
-            print(f"set-based reference: the same {rows} orders, their bindings, consume rows, "
-                  f"ledger rows and wallets in {ref_seconds:.2f} s = {rows / ref_seconds:.0f} "
-                  f"rows/s; the cold cycle reached {rows / cold.elapsed / (rows / ref_seconds):.2f}"
-                  " of it (verified the same way)")  # fmt: skip
+            print(
+                f"set-based reference: the same {rows} orders, their bindings, consume rows, "
+                f"ledger rows and wallets in {ref_seconds:.2f} s = {rows / ref_seconds:.0f} "
+                f"rows/s; the cold cycle reached {rows / cold.elapsed / (rows / ref_seconds):.2f}"
+                " of it (verified the same way)"
+            )
             if sql is not None:
                 print("cold cycle SQL (client-side wall time per statement kind):")
                 for line in sql.report(cold.records):

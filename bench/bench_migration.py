@@ -17,7 +17,7 @@ contrast, the same key added with ALGORITHM=COPY (the locking way) under the sam
 Afterwards it verifies: every fresh order charged exactly once, refunds equal the over-charge.
 
 On PostgreSQL the schema is upstream's PostgreSQL DDL with the hg_toogo_* tables as a transfer
-gives them (tests/upstream.create_upstream_pg_schema, no key, no own tables: the legacy shape of
+gives them (kits/upstream.create_upstream_pg_schema, no key, no own tables: the legacy shape of
 tests/migration_kit.legacy_database), seeded with generate_series. The runbook builds the key
 with CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX; the CLI's `migrate
 statement` events time the two apart. ALGORITHM=COPY is MySQL's: the contrast there is a plain
@@ -51,10 +51,11 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reconcile.charging.consumer import PowerConsumer, Source  # noqa: E402
+from kits.upstream import create_upstream_pg_schema, create_upstream_schema  # noqa: E402
+from reconcile.charging.consumer import PowerConsumer  # noqa: E402
+from reconcile.charging.outcomes import Source  # noqa: E402
 from reconcile.charging.pricing import PowerRules  # noqa: E402
 from reconcile.storage.db import Database, DatabaseSettings  # noqa: E402
-from tests.upstream import create_upstream_pg_schema, create_upstream_schema  # noqa: E402
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 

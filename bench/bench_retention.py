@@ -41,12 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source  # noqa: E402
+from kits.seed import assert_ledger_consistent, seed_backlog  # noqa: E402
+from kits.upstream import create_upstream_schema  # noqa: E402
+from reconcile.charging.consumer import PowerConsumer  # noqa: E402
+from reconcile.charging.outcomes import Outcome, Source  # noqa: E402
 from reconcile.charging.pricing import PowerRules  # noqa: E402
 from reconcile.storage.db import Database, DatabaseSettings  # noqa: E402
 from reconcile.storage.retention import Pruner, RetentionSettings  # noqa: E402
-from tests.seed import assert_ledger_consistent, seed_backlog  # noqa: E402
-from tests.upstream import create_upstream_schema  # noqa: E402
 
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))

@@ -67,8 +67,8 @@ from bench.sim.world import (  # noqa: E402
     create_schema,
     make_cast,
 )
-from tests.private_mariadb import INSTALL_DB, MARIADBD, PrivateMariaDB, free_port  # noqa: E402
-from tests.tcp_proxy import CommitCutter  # noqa: E402
+from kits.private_mariadb import INSTALL_DB, MARIADBD, PrivateMariaDB, free_port  # noqa: E402
+from kits.tcp_proxy import CommitCutter  # noqa: E402
 
 DAEMONS = 3
 
@@ -93,23 +93,34 @@ def say(*parts: object) -> None:
 
 
 def daemon_config(path: Path, port: int, metrics_port: int) -> Path:
-    exchange = {"timeout": "2s", "cooldown": "20s", "use_account_base_url": True,
-                "retry": {"attempts": 3, "initial": "50ms", "max": "300ms",
-                          "retry_after_max": "2s"}}  # fmt: skip
+    exchange = {
+        "timeout": "2s",
+        "cooldown": "20s",
+        "use_account_base_url": True,
+        "retry": {"attempts": 3, "initial": "50ms", "max": "300ms", "retry_after_max": "2s"},
+    }
     data = {
-        "database": {"url": f"mysql+aiomysql://{DB_USER}@127.0.0.1:{port}/{DB_NAME}",
-                     "timezone": ZONE, "lock_wait_timeout": "3s", "pool_size": 5,
-                     "retry": {"attempts": 6, "initial": "50ms", "max": "1s"}},
+        "database": {
+            "url": f"mysql+aiomysql://{DB_USER}@127.0.0.1:{port}/{DB_NAME}",
+            "timezone": ZONE,
+            "lock_wait_timeout": "3s",
+            "pool_size": 5,
+            "retry": {"attempts": 6, "initial": "50ms", "max": "1s"},
+        },
         "power": POWER,
         "sweep": {"page_size": 50, "workers": 2},
         "sync": {"lookback": "1d", "match_tolerance": "5s", "concurrency": 4},
         "exchanges": {p: exchange for p in PLATFORMS},
-        "schedule": {"history_sync": "3s", "realtime_sweep": "2s", "realtime_window": "15m",
-                     "compensation_sweep": "20s"},
+        "schedule": {
+            "history_sync": "3s",
+            "realtime_sweep": "2s",
+            "realtime_window": "15m",
+            "compensation_sweep": "20s",
+        },
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         "shutdown_timeout": "5s",
         "logging": {"format": "json", "level": "info"},
-    }  # fmt: skip
+    }
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
 
@@ -223,7 +234,7 @@ class Run:
 
     async def setup(self) -> None:
         say(f"private MariaDB in {self.server.datadir}")
-        from tests.private_mariadb import install_template
+        from kits.private_mariadb import install_template
 
         await asyncio.to_thread(install_template, self.server.datadir)
         await asyncio.to_thread(self.server.start)
@@ -237,8 +248,9 @@ class Run:
         self.initial = dict(self.cast.initial_power)
         self.engine = Engine(self.server.port, self.cast, self.exchanges, self.seed)
         await asyncio.to_thread(self.engine.backfill, 6, datetime.now(UTC))
-        self.go = GoWallet(self.server.port, self.cast, self.engine.hot, self.seed,
-                           self.engine.counts)  # fmt: skip
+        self.go = GoWallet(
+            self.server.port, self.cast, self.engine.hot, self.seed, self.engine.counts
+        )
         self.proxy = await CommitCutter(self.server.port).__aenter__()
         envs = secret_envs(self.cast, self.workdir)
         for n in range(DAEMONS):
@@ -305,10 +317,17 @@ class Run:
     async def cli(self, *args: str) -> tuple[int, list[dict[str, Any]], str]:
         name = "-".join(a.lstrip("-") for a in args)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "--config", str(self.instances[0].config), *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env0,
+            sys.executable,
+            "-m",
+            "daemon",
+            "--config",
+            str(self.instances[0].config),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env0,
             cwd=ROOT,
-        )  # fmt: skip
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 300)
         (self.logs / f"final-{name}.out").write_bytes(out)
         (self.logs / f"final-{name}.err").write_bytes(err)
@@ -389,15 +408,20 @@ def report(run: Run, started: float) -> None:
     counts = run.engine.counts if hasattr(run, "engine") else None
     load = os.getloadavg()
     say("== figures ==")
-    say(f"seed {run.seed}, schedule {schedule.digest(run.plan)}, {run.seconds / 60:g} min of"
+    say(
+        f"seed {run.seed}, schedule {schedule.digest(run.plan)}, {run.seconds / 60:g} min of"
         f" faults, {time.monotonic() - started:.0f} s in all, load average"
         f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs; 1-min load at the"
-        f" start {run.loads[0]:.2f}, at checkpoints up to {max(run.loads):.2f})")  # fmt: skip
+        f" start {run.loads[0]:.2f}, at checkpoints up to {max(run.loads):.2f})"
+    )
     if counts is not None:
         say("operations:", json.dumps(vars(counts)))
     say("figures:", json.dumps(run.figures, default=str))
-    say("daemon starts:", {i.name: (i.starts, i.start_failures) for i in run.instances},
-        "(starts, failed starts)")  # fmt: skip
+    say(
+        "daemon starts:",
+        {i.name: (i.starts, i.start_failures) for i in run.instances},
+        "(starts, failed starts)",
+    )
     say("faults injected:", dict(sorted(run.faults.items())), "skipped:", dict(run.skipped))
     say(f"invariant checks passed: {sum(run.passed.values())}", dict(sorted(run.passed.items())))
     if run.violations:
@@ -409,8 +433,10 @@ def report(run: Run, started: float) -> None:
 async def simulate(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     run = Run(args, workdir)
-    say(f"seed {run.seed}: schedule {schedule.digest(run.plan)}, {len(run.plan)} faults"
-        f" over {args.minutes:g} min; work in {workdir}")  # fmt: skip
+    say(
+        f"seed {run.seed}: schedule {schedule.digest(run.plan)}, {len(run.plan)} faults"
+        f" over {args.minutes:g} min; work in {workdir}"
+    )
     (workdir / "schedule.json").write_text(
         json.dumps([vars(f) for f in run.plan], indent=1), encoding="utf-8"
     )
@@ -432,8 +458,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     p.add_argument("--workdir", type=Path, help="default: a new temporary folder")
     p.add_argument("--keep", action="store_true", help="keep the work folder after a success")
-    p.add_argument("--converge", type=float, default=300.0,
-                   help="seconds the daemons get to catch up afterwards (default 300)")  # fmt: skip
+    p.add_argument(
+        "--converge",
+        type=float,
+        default=300.0,
+        help="seconds the daemons get to catch up afterwards (default 300)",
+    )
     return p.parse_args(argv)
 
 

@@ -11,7 +11,7 @@ bound). Prints p50 / p99 / max, missed orders and the machine's load; verifies e
 
 ``--synced``: every robot is a running robot of an API account the daemon syncs (the replay
 exchange), and the engine also writes each close, as the exchange reports it, to the replay
-file: the daemon then charges a close once its history sync has bound it (reconcile.trades,
+file: the daemon then charges a close once its history sync has bound it (reconcile.charging.trades,
 rule awaiting_sync). Without it no exchange is configured: the charge path alone.
 Needs the local MariaDB (127.0.0.1:3306, root, no password; env TOOGO_BENCH_MYSQL overrides).
 """
@@ -38,8 +38,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kits.upstream import create_upstream_schema  # noqa: E402
 from reconcile.storage.db import Database, DatabaseSettings  # noqa: E402
-from tests.upstream import create_upstream_schema  # noqa: E402
 
 HOUR = timedelta(hours=1)
 SERVER = os.environ.get("TOOGO_BENCH_MYSQL", "mysql+aiomysql://root@127.0.0.1:3306")
@@ -95,19 +95,34 @@ def engine(
                 " realized_profit, open_time, close_time, status, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, 'BTCUSDT', 'long', 60000, 61000, 0.01, 10, 60, %s,"
                 " %s - INTERVAL 1 HOUR, %s, 2, %s, %s)",
-                (1 + n % users, 100 + n % users, sn, str(10**17 + n), profit,
-                 closed, closed, closed, closed),
-            )  # fmt: skip
+                (
+                    1 + n % users,
+                    100 + n % users,
+                    sn,
+                    str(10**17 + n),
+                    profit,
+                    closed,
+                    closed,
+                    closed,
+                    closed,
+                ),
+            )
             conn.commit()
             committed[sn] = time.time()
             if exchange is not None:
                 record = {
-                    "platform": "replay", "account_id": 1 + n % users, "symbol": "BTCUSDT",
-                    "direction": "long", "record_key": f"close-{n}", "size": "0.01",
-                    "open_price": "60000", "close_price": "61000", "gross_pnl": profit,
+                    "platform": "replay",
+                    "account_id": 1 + n % users,
+                    "symbol": "BTCUSDT",
+                    "direction": "long",
+                    "record_key": f"close-{n}",
+                    "size": "0.01",
+                    "open_price": "60000",
+                    "close_price": "61000",
+                    "gross_pnl": profit,
                     "open_time": f"{(closed - HOUR).isoformat()}Z",
                     "close_time": f"{closed.isoformat()}Z",
-                }  # fmt: skip
+                }
                 exchange.write(json.dumps(record) + "\n")
                 exchange.flush()
             time.sleep(max(0.0, started + n * interval - time.monotonic()))
@@ -177,9 +192,12 @@ def main() -> None:
         cfg = config_for(url, workdir / "config.yaml", replay)
         run = subprocess.Popen(
             [sys.executable, "-m", "daemon", "--config", str(cfg), "run"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
             env={**os.environ, "TZ": "UTC"},
-        )  # fmt: skip
+        )
         charged: dict[str, float] = {}
         lines = [0]
         threading.Thread(target=reader, args=(run.stdout, charged, lines), daemon=True).start()
@@ -201,14 +219,20 @@ def main() -> None:
             rows, distinct = cur.fetchone()
         conn.close()
         synced = "synced accounts (replay exchange)" if args.synced else "no exchange"
-        print(f"engine: {len(committed)} closed profitable orders at {args.rate:g}/s for "
-              f"{args.seconds:g} s; schedule as shipped (config.yaml); {synced}")  # fmt: skip
+        print(
+            f"engine: {len(committed)} closed profitable orders at {args.rate:g}/s for "
+            f"{args.seconds:g} s; schedule as shipped (config.yaml); {synced}"
+        )
         p50, p99 = percentile(waits, 0.5), percentile(waits, 0.99)
-        print(f"time to charge: p50 {p50:.2f} s  p99 {p99:.2f} s  max {max(waits):.2f} s  "
-              f"missed {missed}")  # fmt: skip
+        print(
+            f"time to charge: p50 {p50:.2f} s  p99 {p99:.2f} s  max {max(waits):.2f} s  "
+            f"missed {missed}"
+        )
         print(f"consume rows {rows} for {distinct} orders (exactly once: {rows == distinct})")
-        print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after; "
-              f"{lines[0]} log lines")  # fmt: skip
+        print(
+            f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after; "
+            f"{lines[0]} log lines"
+        )
         print(
             "reproduce: .venv/bin/python bench/time_to_charge.py "
             f"--rate {args.rate:g} --seconds {args.seconds:g} --users {args.users}"

@@ -4,8 +4,8 @@ configuration error."""
 from __future__ import annotations
 
 import gc
+import importlib
 import json
-import os
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -14,16 +14,11 @@ import click
 import structlog
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, load, run
-from daemon.cli_exchange import exchange
-from daemon.cli_grants import grants
-from daemon.cli_held import held
-from daemon.cli_migrate import migrate
-from daemon.cli_ops import demo, doctor, prune
-from daemon.cli_report import report_command
-from daemon.parallel import sweep_in_processes
+from daemon.config import config_path
+from daemon.parallel import Workers
 from daemon.runtime import open_core, open_history_sync
-from reconcile.charging.consumer import Source
-from reconcile.charging.sweep import AUTO_PROCESSES_FROM, auto_processes, backlog_at_least
+from daemon.sweep_plan import most_processes, processes_for
+from reconcile.charging.outcomes import Source
 from reconcile.charging.sweep import sweep as run_sweep
 from reconcile.errors import OrderNotFound
 from reconcile.views.audit import audit as run_audit
@@ -31,7 +26,35 @@ from reconcile.views.audit import audit as run_audit
 log = structlog.get_logger("daemon.cli")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: the commands of other modules, imported when one of them runs (or for ``--help``): the
+#: others, ``sweep`` above all, do not pay for their imports
+_ELSEWHERE = {
+    "migrate": "daemon.cli_migrate:migrate",
+    "exchange": "daemon.cli_exchange:exchange",
+    "doctor": "daemon.cli_ops:doctor",
+    "demo": "daemon.cli_ops:demo",
+    "report": "daemon.cli_report:report_command",
+    "held": "daemon.cli_held:held",
+    "grants": "daemon.cli_grants:grants",
+    "prune": "daemon.cli_ops:prune",
+}
+
+
+class _Commands(click.Group):
+    """This module's commands, and those of ``_ELSEWHERE`` imported on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_ELSEWHERE})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _ELSEWHERE:
+            return super().get_command(ctx, name)
+        module, attribute = _ELSEWHERE[name].split(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_file",
@@ -96,37 +119,36 @@ def sweep(
     Safe to run while other sweeps, the daemon and the realtime path charge the same database.
     Exit 1 if any order failed or the database gave up.
     """
-    config = load(ctx)
-    base = config.sweep.settings()
-    settings = replace(
-        base,
-        lookback=lookback or base.lookback,
-        page_size=page_size or base.page_size,
-        workers=workers or base.workers,
-    )
-    fixed = processes or config.sweep.process_count()
+    obj = ctx.ensure_object(dict)
+    given = obj.get("config_path")
+    # the workers a split pass may need are forked first: before this process opens the database
+    # or starts a thread (daemon.parallel); those the plan does not use exit at once
+    most = most_processes(config_path(given), required=given is not None, fixed=processes)
+    with Workers.fork(most) as forked:
+        config = load(ctx)
+        base = config.sweep.settings()
+        settings = replace(
+            base,
+            lookback=lookback or base.lookback,
+            page_size=page_size or base.page_size,
+            workers=workers or base.workers,
+        )
+        fixed = processes or config.sweep.process_count()
+        log_format = obj.get("log_format") or config.logging.format
 
-    async def job() -> int:
-        async with open_core(config) as core:
-            processes = fixed
-            if processes is None:  # auto: split only a backlog worth the processes' start-up
-                cores = auto_processes(len(os.sched_getaffinity(0)))
-                large = cores > 1 and await backlog_at_least(
-                    core.consumer, settings, AUTO_PROCESSES_FROM
-                )
-                processes = cores if large else 1
-            if processes > 1 and core.db.skip_locked:
-                summary = await sweep_in_processes(
-                    config,
-                    settings,
-                    processes=processes,
-                    log_format=ctx.obj.get("log_format") or config.logging.format,
-                )
-            else:
-                summary = await run_sweep(core.consumer, settings, source=Source.SWEEP)
-        return EXIT_OK if summary.ok else EXIT_FAILED
+        async def job() -> int:
+            async with open_core(config) as core:
+                split = await processes_for(core, settings, fixed)
+                if split > 1 and len(forked) > 1:
+                    summary = await forked.sweep(
+                        config, log_format, settings, core, processes=split
+                    )
+                else:
+                    forked.dismiss()
+                    summary = await run_sweep(core.consumer, settings, source=Source.SWEEP)
+            return EXIT_OK if summary.ok else EXIT_FAILED
 
-    run(job)
+        run(job)
 
 
 @cli.command()
@@ -161,16 +183,6 @@ def consume(ctx: click.Context, order_id: int) -> None:
         return EXIT_OK
 
     run(job)
-
-
-cli.add_command(migrate)
-cli.add_command(exchange)
-cli.add_command(doctor)
-cli.add_command(demo)
-cli.add_command(report_command)
-cli.add_command(held)
-cli.add_command(grants)
-cli.add_command(prune)
 
 
 @cli.command("run")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from daemon.cli_common import DURATION, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, load, run
-from daemon.runtime import open_core, open_history_sync, resolve_proxy
+from daemon.runtime import database, open_core, open_history_sync, resolve_proxy
 from reconcile.errors import ReconcileError
 from reconcile.records import ClosedPosition
 from reconcile.storage.db import Database
@@ -63,7 +63,7 @@ def closed(
     )
 
     async def job() -> int:
-        async with Database(config.database_settings()) as db:
+        async with database(config) as db:
             try:
                 account = await load_account(db, account_id)
             except AccountNotFound as exc:
@@ -144,11 +144,17 @@ def quarantine(ctx: click.Context, retry: bool, as_json: bool) -> None:
 def _print_row(row: quarantined.QuarantinedRecord, as_json: bool, outcome: str | None) -> None:
     if as_json:
         data = {
-            "id": row.id, "platform": row.platform, "account_id": row.account_id,
-            "symbol": row.symbol, "record_key": row.record_key, "reason": row.reason,
+            "id": row.id,
+            "platform": row.platform,
+            "account_id": row.account_id,
+            "symbol": row.symbol,
+            "record_key": row.record_key,
+            "reason": row.reason,
             "close_time": row.close_time.isoformat() if row.close_time else None,
-            "first_seen": row.first_seen.isoformat(), "attempts": row.attempts, "raw": row.raw,
-        }  # fmt: skip
+            "first_seen": row.first_seen.isoformat(),
+            "attempts": row.attempts,
+            "raw": row.raw,
+        }
         if outcome is not None:
             data["outcome"] = outcome
         click.echo(json.dumps(data, default=str))
@@ -178,9 +184,10 @@ async def _retry(db: Database, history: HistorySync, row: quarantined.Quarantine
             account = await load_account(db, row.account_id)
             source = history.provider.source_for(account)
             window = await source.fetch_closed(
-                row.symbol, row.close_time - timedelta(minutes=1),
+                row.symbol,
+                row.close_time - timedelta(minutes=1),
                 row.close_time + timedelta(minutes=1),
-            )  # fmt: skip
+            )
         except (ReconcileError, AccountNotFound) as exc:
             return f"unresolved: {exc}"
         position = next((p for p in window.records if p.record_key == row.record_key), None)

@@ -1,6 +1,7 @@
 """``toogo-reconcile held``: the closed profitable rows not charged yet because they may be another
-row's closing leg or wait for the exchange sync (reconcile.trades), and the operator's decision on
-one (reconcile.held)."""
+row's closing leg or wait for the exchange sync (reconcile.charging.trades), and the operator's
+decision on one
+(reconcile.charging.held)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import structlog
 from daemon.cli_common import DURATION, EXIT_OK, load, run
 from daemon.render import cell, render_table
 from daemon.runtime import open_core
-from reconcile.charging.consumer import Source
 from reconcile.charging.held import decide, list_held
-from reconcile.charging.trades import Verdict
+from reconcile.charging.outcomes import Source
+from reconcile.charging.verdicts import Verdict
 
 log = structlog.get_logger("daemon.cli")
 
@@ -32,7 +33,7 @@ NOTE = click.option("--note", default=None, help="Why (recorded with the verdict
 def held() -> None:
     """Rows held instead of charged: possibly another row's closing leg, or awaiting the
     exchange sync. The next sync releases a row it confirms; otherwise an operator charges or
-    dismisses it. See README, "One trade, one charge"."""
+    dismisses it. See docs/charging.md, "One trade, one charge"."""
 
 
 @held.command("list")
@@ -53,10 +54,20 @@ def list_command(ctx: click.Context, since: timedelta, as_json: bool) -> None:
         else:
             header = ["order_id", "user_id", "order_sn", "close_time", "profit", "rule", "trade"]
             body = [
-                [cell(v) for v in (r.order_id, r.user_id, r.order_sn, r.close_time,
-                                   r.realized_profit, r.rule, r.trade_order_id)]
+                [
+                    cell(v)
+                    for v in (
+                        r.order_id,
+                        r.user_id,
+                        r.order_sn,
+                        r.close_time,
+                        r.realized_profit,
+                        r.rule,
+                        r.trade_order_id,
+                    )
+                ]
                 for r in rows
-            ]  # fmt: skip
+            ]
             click.echo(render_table(header, body) if body else "no held orders")
         return EXIT_OK
 

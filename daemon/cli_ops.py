@@ -27,7 +27,8 @@ def doctor(ctx: click.Context, all_accounts: bool) -> None:
     markets call, no retries) and the replay path. Writes nothing. Exit 1 if a check failed,
     2 if the configuration is invalid.
     """
-    from daemon.doctor import Doctor, Line, Mark
+    from daemon.doctor import Doctor
+    from daemon.doctor_report import Line, Mark
 
     obj = ctx.ensure_object(dict)
     given = obj.get("config_path")

@@ -1,8 +1,8 @@
 """``toogo-reconcile report``: the reconciliation report, one order's chain (``--order``), and
-the shadow charges against hotgo's (``--shadow``, for a cutover: reconcile.shadow).
+the shadow charges against hotgo's (``--shadow``, for a cutover: reconcile.charging.shadow).
 
 Read-only. The report is stdout (a table, one JSON object, or CSV with a header row); logs go to
-stderr. The figures are :mod:`reconcile.report`'s; here they are only rendered, by the small
+stderr. The figures are :mod:`reconcile.views.report`'s; here they are only rendered, by the small
 functions below (:func:`render_table`, :func:`render_csv`, :func:`to_json`).
 """
 
@@ -15,11 +15,11 @@ import click
 
 from daemon.cli_common import DURATION, EXIT_OK, EXIT_USAGE, fail, load, run
 from daemon.render import cell, render_csv, render_table, to_json
-from daemon.runtime import sync_settings
+from daemon.runtime import database, sync_settings
 from reconcile.charging.shadow import ShadowReport, Verdict, compare
 from reconcile.storage.contract import ensure_schema
-from reconcile.storage.db import Database
-from reconcile.views.report import COLUMNS, Chain, Line, Period, Report, Scope, order_chain, report
+from reconcile.views.report import Chain, order_chain, report
+from reconcile.views.report_figures import COLUMNS, Line, Period, Report, Scope
 
 FORMATS = ("table", "json", "csv")
 FIGURES = tuple(COLUMNS)
@@ -53,8 +53,8 @@ def _help() -> str:
         "Per account and per user for a period: what the exchanges showed and what the daemon"
         " did with it. --order N prints one order's chain instead (the other options are then"
         " ignored).\n\nRead-only. Exit 0; 1 when --order N does not exist or the database"
-        " fails; 2 on bad options.\n\nColumns (each dated by its own event; see README,"
-        ' "Reports"):\n\n\b\n' + legend
+        " fails; 2 on bad options.\n\nColumns (each dated by its own event; see docs/reports.md):"
+        "\n\n\b\n" + legend
     )
 
 
@@ -109,7 +109,7 @@ def report_command(
     config = load(ctx, logs_to_stderr=True)
 
     async def job() -> int:
-        async with Database(config.database_settings()) as db:
+        async with database(config) as db:
             await ensure_schema(db)
             if shadow:
                 compared = await compare(db, since=since, until=end)
@@ -157,14 +157,18 @@ def render_report(rep: Report, fmt: str) -> str:
                 "scope": {"user_id": rep.scope.user_id, "account_id": rep.scope.account_id},
                 "columns": COLUMNS,
                 "accounts": [
-                    {"account_id": a.id, "platform": a.platform, "user_id": a.user_id,
-                     **a.figures.values()}
+                    {
+                        "account_id": a.id,
+                        "platform": a.platform,
+                        "user_id": a.user_id,
+                        **a.figures.values(),
+                    }
                     for a in rep.accounts
                 ],
                 "users": [{"user_id": u.id, **u.figures.values()} for u in rep.users],
                 "total": rep.total.values(),
             }
-        )  # fmt: skip
+        )
     headers, rows = report_rows(rep)
     if fmt == "csv":
         return render_csv(headers, rows)
@@ -207,9 +211,16 @@ def render_chain(chain: Chain, fmt: str) -> str:
 
 SHADOW_TOTALS = ("verdict", "orders", "hotgo", "daemon", "difference")
 SHADOW_ORDERS = (
-    "order_id", "user_id", "order_sn", "verdict", "hotgo", "daemon", "difference", "hotgo_rows",
+    "order_id",
+    "user_id",
+    "order_sn",
+    "verdict",
+    "hotgo",
+    "daemon",
+    "difference",
+    "hotgo_rows",
     "charged_at",
-)  # fmt: skip
+)
 
 
 def _shadow_totals(rep: ShadowReport) -> list[list[Any]]:
@@ -218,11 +229,20 @@ def _shadow_totals(rep: ShadowReport) -> list[list[Any]]:
 
 def _shadow_orders(rep: ShadowReport, *, equal: bool = True) -> list[list[Any]]:
     return [
-        [r.order_id, r.user_id, r.order_sn, r.verdict, r.hotgo, r.daemon, r.difference,
-         r.hotgo_rows, r.charged_at]
+        [
+            r.order_id,
+            r.user_id,
+            r.order_sn,
+            r.verdict,
+            r.hotgo,
+            r.daemon,
+            r.difference,
+            r.hotgo_rows,
+            r.charged_at,
+        ]
         for r in rep.orders
         if equal or r.verdict is not Verdict.EQUAL
-    ]  # fmt: skip
+    ]
 
 
 def render_shadow(rep: ShadowReport, fmt: str, timezone: str) -> str:

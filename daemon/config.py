@@ -29,14 +29,15 @@ from pydantic import (
 from daemon.durations import Duration
 from daemon.durations import parse_duration as parse_duration  # re-exported
 from daemon.exchanges_config import ExchangesConfig, ProxyConfig
-from reconcile.charging.consumer import PowerMode
 from reconcile.charging.corrections import CorrectionMode
+from reconcile.charging.outcomes import PowerMode
 from reconcile.charging.pricing import PowerOverride
 from reconcile.charging.sweep import SweepSettings
 from reconcile.errors import ConfigError
 from reconcile.records import Secret
-from reconcile.storage.db import DatabaseSettings, RetryPolicy
+from reconcile.storage.db import DatabaseSettings
 from reconcile.storage.retention import RetentionSettings
+from reconcile.storage.retries import RetryPolicy
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -123,7 +124,7 @@ class PowerConfig(_Model):
     #: a charged order's profit revised by the exchange: ``log`` it, or ``adjust`` the charge
     corrections: CorrectionMode = CorrectionMode.LOG
     # charge: the daemon charges; shadow: records what it would charge while hotgo's engine
-    # charges (reconcile.shadow); off: reconciles orders only
+    # charges (reconcile.charging.shadow); off: reconciles orders only
     mode: Annotated[PowerMode, BeforeValidator(_yaml_off)] = PowerMode.CHARGE
 
     def override(self) -> PowerOverride:

@@ -11,7 +11,7 @@ The demo database is the configured ``database.url`` or ``--db``: a SQLite file 
 recreated; a MySQL database only with ``force`` (hotgo's and the daemon's tables are dropped and
 recreated). The bundled ``demo/closed_positions.jsonl`` is ``replay_records(BUNDLED_AT)``.
 The cast and their trades, and every read and write of the demo database, are in
-``reconcile.demo_seed``; this module tells the story and runs the cycle.
+``reconcile.demo.seed``; this module tells the story and runs the cycle.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 from daemon.config import Config
 from daemon.exchanges_config import ExchangesConfig
 from daemon.render import render_table
-from daemon.runtime import Core, open_core, open_history_sync
-from reconcile.charging.consumer import Source
+from daemon.runtime import Core, database, open_core, open_history_sync
 from reconcile.charging.orders import STATUS_CLOSED, STATUS_OPEN
+from reconcile.charging.outcomes import Source
 from reconcile.charging.sweep import sweep as run_sweep
 from reconcile.demo.seed import (
     ACCOUNTS,
@@ -47,10 +47,9 @@ from reconcile.demo.seed import (
     seed,
 )
 from reconcile.errors import ConfigError
-from reconcile.storage.db import Database
-from reconcile.sync.upsert import CLOSE_REASON
-from reconcile.views.audit import AuditReport
+from reconcile.sync.record_rows import CLOSE_REASON
 from reconcile.views.audit import audit as run_audit
+from reconcile.views.findings import AuditReport
 from reconcile.views.status import target
 
 BUNDLED_AT = datetime(2026, 5, 17, 6, 40, tzinfo=UTC)  # "now" of demo/closed_positions.jsonl
@@ -199,13 +198,15 @@ async def run_demo(config: Config, url: str, out: Out) -> bool:
                 "exchanges": ExchangesConfig.model_validate({"replay": {"path": replay}}),
             }
         )
-        async with Database(demo.database_settings()) as db:
+        async with database(demo) as db:
             await recreate_schema(db)
             ids = await seed(db, running_status=demo.robots.running_status, now=now)
         records = len(replay_records(now))
-        out(f"Demo database: {describe(url)}, fresh: {len(USERS)} users, {len(ACCOUNTS)} API"
+        out(
+            f"Demo database: {describe(url)}, fresh: {len(USERS)} users, {len(ACCOUNTS)} API"
             f" accounts (plaintext keys), {len(ROBOTS)} robots, {len(ids)} local orders; the"
-            f" exchanges: a replay file of {records} closed positions.")  # fmt: skip
+            f" exchanges: a replay file of {records} closed positions."
+        )
         _story(ids, out)
         async with open_core(demo) as core:
             ok = await _cycle(demo, core, ids, out)
@@ -258,13 +259,37 @@ def _summary(
         rows.append([user.id, start[user.id], before[user.id], after[user.id], len(charged)])
     table(rows, out)
     out("")
-    rows = [["order", "user", "robot", "symbol", "side", "status", "profit", "power_consumed",
-             "power_amount", "origin"]]  # fmt: skip
+    rows = [
+        [
+            "order",
+            "user",
+            "robot",
+            "symbol",
+            "side",
+            "status",
+            "profit",
+            "power_consumed",
+            "power_amount",
+            "origin",
+        ]
+    ]
     for o in orders:
         status = _STATUS_NAMES.get(o.status, str(o.status))
         origin = "inserted by the history sync"
         if o.id in seeded:
             origin = "closed by the history sync" if o.close_reason == CLOSE_REASON else "seeded"
-        rows.append([o.id, o.user_id, o.robot_id, o.symbol, o.direction, status,
-                     o.realized_profit, o.power_consumed, o.power_amount, origin])  # fmt: skip
+        rows.append(
+            [
+                o.id,
+                o.user_id,
+                o.robot_id,
+                o.symbol,
+                o.direction,
+                status,
+                o.realized_profit,
+                o.power_consumed,
+                o.power_amount,
+                origin,
+            ]
+        )
     table(rows, out)

@@ -1,24 +1,29 @@
 """structlog set-up: JSON lines on stdout for journald, or console rendering on a terminal.
 
-Events are names, fields are key-value pairs (see DESIGN.md's audit line contract). Decimals are
-rendered as exact strings. Fields whose names say they are secret are redacted as a last guard;
-the code never passes secrets to a logger in the first place. JSON goes through orjson: the
-sweep logs one event per charge, and the stdlib encoder cost about as much client CPU per
-charge as the database round trips (BENCHMARKS.md).
+Events are names, fields are key-value pairs (docs/audit-log.md: the audit line contract).
+Decimals are rendered as exact strings. Fields whose names say they are secret are redacted as a
+last guard; the code never passes secrets to a logger in the first place. JSON goes through
+orjson: the sweep logs one event per charge, and the stdlib encoder cost about as much client
+CPU per charge as the database round trips (BENCHMARKS.md).
 
-Every line is an event: the stdlib loggers of the libraries (APScheduler, asyncio, aiomysql,
-SQLAlchemy, ccxt, ``warnings``) go through the same processors and renderer
-(``structlog.stdlib.ProcessorFormatter``), with a ``logger`` field naming their source.
+Every line is an event: the stdlib loggers of the libraries go through the same processors and
+renderer, with a ``logger`` field naming their source (``daemon.stdlib_logs``).
 
 Output never blocks the event loop. Lines are queued, in order, to one writer thread that does
 the blocking writes, so a reader that stalls (a pipe nobody reads, journald stalled) stalls
 that thread only - never a coroutine holding row locks. The logging call itself never blocks
 and never drops a line. The queue is bounded where it is safe to wait: the core awaits
-``drain_backpressure`` before each transaction (installed into ``reconcile.pacing``); with more
-than ``SOFT_LIMIT`` lines waiting it pauses there - between transactions, holding no lock -
-until the writer is down to half. Only code that logs without ever starting a transaction could
-push the queue to ``HARD_LIMIT``; lines past it are counted and the count is written as a
-``log lines dropped`` event as soon as the writer has room: nothing goes silently.
+``drain_backpressure`` before each transaction (the ``Database``'s pause, wired in
+``daemon.runtime.open_core``); with more than ``SOFT_LIMIT`` lines waiting it pauses there -
+between transactions, holding no lock - until the writer is down to half. Only code that logs
+without ever starting a transaction could push the queue to ``HARD_LIMIT``; lines past it are
+counted and the count is written as a ``log lines dropped`` event as soon as the writer has room:
+nothing goes silently.
+
+A transaction's audit lines reach the writer in one batch (``BatchedLines``, the core's
+``reconcile.charging.lines`` sink as the daemon wires it).
+
+See docs/operations.md (stdout or journald stalls) and docs/audit-log.md.
 """
 
 from __future__ import annotations
@@ -34,23 +39,16 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any, BinaryIO
 
 import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from reconcile.charging import lines
-from reconcile.storage import pacing
+from daemon.stdlib_logs import LEVELS, log_unhandled_exceptions, route_stdlib
+from reconcile.charging.lines import ONE_BY_ONE, Events
 
 _SECRET_WORDS = ("password", "secret", "api_key", "apikey", "passphrase", "token", "aes_key")
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
 SOFT_LIMIT = 2000  # queued lines above which the core pauses between transactions
 HARD_LIMIT = 200_000  # queued lines past which lines are counted as dropped (and reported)
 _BATCH = 512  # lines per write
@@ -188,33 +186,18 @@ class _QueueLogger:
     failure = log = msg
 
 
-class _QueueHandler(logging.Handler):
-    """The stdlib side: records rendered by a ProcessorFormatter, onto the same queue."""
-
-    def __init__(self, writer: _Writer, formatter: logging.Formatter) -> None:
-        super().__init__()
-        self._writer = writer
-        self.setFormatter(formatter)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # a broken record must not break the caller
-            self.handleError(record)
-            return
-        self._writer.put(line.encode() + b"\n")
-
-
 _writer: _Writer | None = None
 _paused_since: float | None = None
+_batch: _Batch | None = None  # how the logging configured now writes a batch of lines, if it can
 
 
 class _Batch:
-    """``reconcile.lines``' batch writer: a transaction's INFO lines through the configured
-    processors in one pass, without a bound logger per line, stamped once (they are written at
-    one moment, after the COMMIT) and queued to the writer under one lock. The same lines as
-    ``log.info`` gives, but for sharing the timestamp; declines (returns False) once structlog
-    has been configured anew (e.g. a test capturing logs), so they then go one by one."""
+    """How ``BatchedLines`` writes through the logging configured now: a transaction's INFO
+    lines through the configured processors in one pass, without a bound logger per line,
+    stamped once (they are written at one moment, after the COMMIT) and queued to the writer
+    under one lock. The same lines as ``log.info`` gives, but for sharing the timestamp;
+    declines (returns False) once structlog has been configured anew (e.g. a test capturing
+    logs), so they then go one by one."""
 
     def __init__(self, chain: list[Any], stamper: Any, writer: _Writer, floor: int) -> None:
         self.chain = chain
@@ -242,6 +225,17 @@ class _Batch:
             out.append(entry + b"\n")
         self.writer.put_many(out)
         return True
+
+
+class BatchedLines:
+    """The audit-line sink the daemon gives the core (``reconcile.charging.lines``): a
+    transaction's lines in one batch through the logging configured now, or one by one where
+    that cannot take them (console, a stream of its own, structlog configured anew since)."""
+
+    def write(self, logger: Any, events: Events) -> None:
+        batch = _batch
+        if events and (batch is None or not batch(events)):
+            ONE_BY_ONE.write(logger, events)
 
 
 def queued() -> int:
@@ -294,21 +288,6 @@ def _flush_at_exit() -> None:
     flush()
 
 
-def _log_unhandled(
-    kind: type[BaseException], value: BaseException, tb: TracebackType | None
-) -> None:
-    structlog.get_logger("daemon").critical("unhandled exception", exc_info=(kind, value, tb))
-
-
-def _log_unhandled_thread(args: threading.ExceptHookArgs) -> None:
-    if args.exc_value is not None:
-        structlog.get_logger("daemon").critical(
-            "unhandled exception in thread",
-            thread=getattr(args.thread, "name", None),
-            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
-        )
-
-
 def configure_logging(
     fmt: str = "auto",
     level: str = "info",
@@ -322,6 +301,7 @@ def configure_logging(
     ``stderr``: log there instead of stdout, for commands whose report is their stdout.
     A ``stream`` passed in (a file a benchmark reads back) is written synchronously.
     """
+    global _batch
     text = sys.stderr if stderr else sys.stdout
     out = stream or text.buffer
     console = fmt == "console" or (fmt == "auto" and text.isatty() and stream is None)
@@ -354,7 +334,7 @@ def configure_logging(
     # Counters among the extra processors (daemon.metrics) must see every event they count,
     # whatever logging.level says: the bound logger lets INFO through to them, and the level
     # is applied after them.
-    threshold = _LEVELS[level]
+    threshold = LEVELS[level]
     floor = min(threshold, logging.INFO) if extra else threshold
     chain: list[Any] = (
         [*shared, _drop_below(threshold), renderer]
@@ -370,19 +350,24 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    lines.install(None)
+    _batch = None
     if writer is not None:
-        _route_stdlib(writer, shared, foreign_renderer, level)
-        pacing.install(drain_backpressure)
+        route_stdlib(writer.put, shared, foreign_renderer, level)
         if not console:
-            lines.install(_Batch(chain, stamper, writer, floor))
-            sys.excepthook = _log_unhandled
-            threading.excepthook = _log_unhandled_thread
+            _batch = _Batch(chain, stamper, writer, floor)
+            log_unhandled_exceptions()
 
 
-_METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-                  "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
-                  "critical": logging.CRITICAL, "fatal": logging.CRITICAL}  # fmt: skip
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 
 def _drop_below(threshold: int) -> Any:
@@ -392,38 +377,3 @@ def _drop_below(threshold: int) -> Any:
         return event
 
     return drop
-
-
-class _PoolResetFilter(logging.Filter):
-    """SQLAlchemy's pool logs ``Exception during reset or similar`` at ERROR with a traceback
-    when it cannot roll back a connection being returned (cut by the network, the server gone).
-    The transaction that used it had ended, and the pool discards the connection: a warning
-    with the error, not a traceback that pages somebody."""
-
-    MESSAGE = "Exception during reset or similar"  # sqlalchemy/pool/base.py, _finalize_fairy
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("sqlalchemy.pool") and record.msg == self.MESSAGE:
-            exc = record.exc_info[1] if record.exc_info else None
-            record.msg = "database connection discarded by the pool (its reset failed): %s"
-            record.args = (f"{type(exc).__name__}: {exc}" if exc else "no error given",)
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _route_stdlib(writer: _Writer, shared: list[Any], renderer: Any, level: str) -> None:
-    """Third-party loggers through the same processors, onto the same queue. Their INFO is
-    chatter (APScheduler announces every run); WARNING and above are events worth a line."""
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    )
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = _QueueHandler(writer, formatter)
-    handler.addFilter(_PoolResetFilter())
-    root.addHandler(handler)
-    root.setLevel(max(logging.WARNING, _LEVELS[level]))
-    logging.captureWarnings(True)

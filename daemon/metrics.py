@@ -70,21 +70,25 @@ class BudgetCollector(Collector):
             labels=["platform", "egress"],
         )
         waited = CounterMetricFamily(
-            "toogo_exchange_budget_wait_seconds", "Seconds requests waited for a budget or a ban",
+            "toogo_exchange_budget_wait_seconds",
+            "Seconds requests waited for a budget or a ban",
             labels=["platform", "egress"],
-        )  # fmt: skip
+        )
         limited = CounterMetricFamily(
-            "toogo_exchange_rate_limited", "Answers that stop the egress (429, 418, 403 ban)",
+            "toogo_exchange_rate_limited",
+            "Answers that stop the egress (429, 418, 403 ban)",
             labels=["platform", "egress", "status"],
-        )  # fmt: skip
+        )
         observed = GaugeMetricFamily(
-            "toogo_exchange_ip_weight", "The exchange's reading of the IP's used weight",
+            "toogo_exchange_ip_weight",
+            "The exchange's reading of the IP's used weight",
             labels=["platform", "egress"],
-        )  # fmt: skip
+        )
         banned = GaugeMetricFamily(
-            "toogo_exchange_banned", "1 while the exchange bans this egress",
+            "toogo_exchange_banned",
+            "1 while the exchange bans this egress",
             labels=["platform", "egress"],
-        )  # fmt: skip
+        )
         if self.budgets is not None:
             now = time.time()
             for (platform, egress), stats in sorted(self.budgets.egress_stats().items()):
@@ -116,9 +120,11 @@ class Metrics:
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
         self.charges = Counter("toogo_charges", "Orders charged", ["source"], registry=r)
         self.would_charges = Counter(
-            "toogo_would_charges", "Would-be charges recorded (power.mode: shadow)", ["source"],
+            "toogo_would_charges",
+            "Would-be charges recorded (power.mode: shadow)",
+            ["source"],
             registry=r,
-        )  # fmt: skip
+        )
         self.duplicates = Counter(
             "toogo_skipped_duplicates", "Charges skipped as already done", ["source"], registry=r
         )
@@ -130,37 +136,50 @@ class Metrics:
             "toogo_exchange_errors", "Failed exchange requests", ["platform"], registry=r
         )
         self.cycle_seconds = Gauge(
-            "toogo_cycle_duration_seconds", "Duration of the last run of a job", ["job_name"],
+            "toogo_cycle_duration_seconds",
+            "Duration of the last run of a job",
+            ["job_name"],
             registry=r,
-        )  # fmt: skip
+        )
         self.last_success = Gauge(
-            "toogo_last_success_timestamp_seconds", "When a job last succeeded", ["job_name"],
+            "toogo_last_success_timestamp_seconds",
+            "When a job last succeeded",
+            ["job_name"],
             registry=r,
-        )  # fmt: skip
+        )
         self.table_rows = Gauge(
-            "toogo_table_rows", "Rows in each of the daemon's own tables (retention job)",
-            ["table"], registry=r,
-        )  # fmt: skip
+            "toogo_table_rows",
+            "Rows in each of the daemon's own tables (retention job)",
+            ["table"],
+            registry=r,
+        )
         self.table_oldest = Gauge(
-            "toogo_table_oldest_seconds", "Age of the oldest row of each own table (lowest id)",
-            ["table"], registry=r,
-        )  # fmt: skip
+            "toogo_table_oldest_seconds",
+            "Age of the oldest row of each own table (lowest id)",
+            ["table"],
+            registry=r,
+        )
         self.job_interval = Gauge(
-            "toogo_job_interval_seconds", "How often a job is scheduled (schedule.*)",
-            ["job_name"], registry=r,
-        )  # fmt: skip
+            "toogo_job_interval_seconds",
+            "How often a job is scheduled (schedule.*)",
+            ["job_name"],
+            registry=r,
+        )
         self.database_up = Gauge(
-            "toogo_database_up", "1 while the database answers the health check, else 0",
+            "toogo_database_up",
+            "1 while the database answers the health check, else 0",
             registry=r,
-        )  # fmt: skip
+        )
         self.charging = Gauge(
-            "toogo_charging", "1 when power.mode is charge; 0 in shadow and off (nothing charged)",
+            "toogo_charging",
+            "1 when power.mode is charge; 0 in shadow and off (nothing charged)",
             registry=r,
-        )  # fmt: skip
+        )
         self.backlog = Gauge(
-            "toogo_backlog_orders", "Eligible orders not yet charged (look-back window)",
+            "toogo_backlog_orders",
+            "Eligible orders not yet charged (look-back window)",
             registry=r,
-        )  # fmt: skip
+        )
         self.backlog_age = Gauge(
             "toogo_backlog_oldest_age_seconds",
             "Age of the oldest eligible order not yet charged (look-back window); 0 when none",
@@ -173,22 +192,27 @@ class Metrics:
             registry=r,
         )
         self.audit_violations = Gauge(
-            "toogo_audit_violations", "Violations of each ledger invariant at the last audit",
-            ["check"], registry=r,
-        )  # fmt: skip
+            "toogo_audit_violations",
+            "Violations of each ledger invariant at the last audit",
+            ["check"],
+            registry=r,
+        )
         self.quarantined = Gauge(
             "toogo_quarantined_records",
             "Unusable exchange records waiting in quarantine (exchange quarantine --retry)",
             registry=r,
         )
         self.cursor_lag = Gauge(
-            "toogo_cursor_lag_seconds", "Age of the oldest cursor of a stream still polled",
-            ["platform"], registry=r,
-        )  # fmt: skip
-        self.log_queue = Gauge(
-            "toogo_log_queued_lines", "Log lines waiting for a slow reader (stdout, journald)",
+            "toogo_cursor_lag_seconds",
+            "Age of the oldest cursor of a stream still polled",
+            ["platform"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.log_queue = Gauge(
+            "toogo_log_queued_lines",
+            "Log lines waiting for a slow reader (stdout, journald)",
+            registry=r,
+        )
         self.budgets = BudgetCollector()
         r.register(self.budgets)
         self.healthy = True

@@ -1,33 +1,33 @@
 """``toogo-reconcile run``: the long-running daemon.
 
-Three jobs on an APScheduler AsyncIOScheduler, each coalescing and never overlapping itself; a
+Five jobs on an APScheduler AsyncIOScheduler, each coalescing and never overlapping itself; a
 failing job is logged and tried again at its next run without touching the others:
 
 - the history sync (``schedule.history_sync``, 60 s); on MySQL/PostgreSQL its own loop of
   one-interval runs, each claiming due accounts from the schedule the daemons share
-  (reconcile.fleet) every ``sync.tick``;
+  (reconcile.sync.fleet) every ``sync.tick``;
 - a realtime sweep of the last ``schedule.realtime_window`` of closes (``schedule.realtime_sweep``,
   5 s) - it charges what the engine's realtime call missed within seconds;
 - the compensation sweep over ``sweep.lookback`` (``schedule.compensation_sweep``, 1 h);
 - the ledger audit (``schedule.audit``, 15 min, first one interval after the start; null:
   none), for ``toogo_audit_violations``;
 - the retention (``schedule.retention``, 1 h, first one interval after the start; null: none):
-  prunes the daemon's own tables by ``retention:`` (reconcile.retention) in small batches, then
-  sets ``toogo_table_rows`` and ``toogo_table_oldest_seconds``.
+  prunes the daemon's own tables by ``retention:`` (reconcile.storage.retention) in small batches,
+  then sets ``toogo_table_rows`` and ``toogo_table_oldest_seconds``.
 
 systemd: READY=1 once the database answers and the scheduler runs; WATCHDOG=1 every half
 ``WATCHDOG_USEC`` only while the event loop turns and the database answers; STATUS= with the last
 cycles' summary, led by the reason while the database is unavailable; STOPPING=1 on shutdown.
 
-A database outage (checked every ``PROBE_EVERY``, and at once when a transaction loses its
-connection) is one ``database down`` line, /healthz 503 and no WATCHDOG=1 within
-``PROBE_EVERY + PROBE_TIMEOUT``; the jobs wait for the database between transactions
-(``reconcile.pacing``) instead of failing and starting over every interval, and the scheduler
-starts no new run; ``database back`` when it answers again, and the jobs carry on.
+A database outage is one ``database down`` line, /healthz 503 and no WATCHDOG=1 (daemon.health);
+the jobs wait for the database between transactions, each attempt bounded by
+``ATTEMPT_TIMEOUT`` (docs/operations.md, "The database goes away").
 
 SIGTERM/SIGINT stop taking new work, let the jobs in flight finish their current transaction
 (bounded by ``shutdown_timeout``), then close the scheduler, the exchange clients and the pool;
 exit 0. SIGHUP is not supported (logged): restart.
+
+See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -45,24 +45,21 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.config import Config
+from daemon.health import keep_gauges, watch_database
 from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval
 from daemon.runtime import Core, open_core, open_history_sync
-from reconcile.charging.consumer import PowerMode, Source
+from reconcile.charging.outcomes import PowerMode, Source
 from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.errors import ReconcileError
 from reconcile.storage.pacing import Availability
 from reconcile.storage.retention import Pruner, table_sizes
 from reconcile.sync.history import HistorySync
 from reconcile.views.audit import audit
-from reconcile.views.status import read_gauges
 
 log = structlog.get_logger("daemon.service")
 
 Job = Callable[[], Awaitable[tuple[bool, str]]]
-GAUGES_TIMEOUT = 10.0  # a refresh that takes longer is given up (the next one tries again)
-PROBE_EVERY = 0.25  # seconds between database checks: an outage shows within PROBE_EVERY + timeout
-PROBE_TIMEOUT = 1.0  # a database that does not answer a ping within this is unavailable
 ATTEMPT_TIMEOUT = 60.0  # at least this long for one transaction attempt (see _attempt_timeout)
 
 
@@ -89,8 +86,9 @@ class Service:
     async def run_once(self) -> int:
         """One history sync of every stream plus one compensation sweep; 1 if anything failed."""
         async with AsyncExitStack() as stack:
-            core = await stack.enter_async_context(open_core(self.config))
-            core.db.attempt_timeout = self._attempt_timeout()
+            core = await stack.enter_async_context(
+                open_core(self.config, attempt_timeout=self._attempt_timeout())
+            )
             history = await stack.enter_async_context(open_history_sync(self.config, core))
             await self._job("history_sync", self._history(history))
             await self._job("compensation_sweep", self._sweep(core, "compensation_sweep"))
@@ -102,9 +100,16 @@ class Service:
             loop.add_signal_handler(sig, self._on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         schedule = self.config.schedule
+        # the database's state as the health loop sees it, once it runs (daemon.health)
+        availability = Availability(monitored=False)
         async with AsyncExitStack() as stack:
-            core = await stack.enter_async_context(open_core(self.config))
-            core.db.attempt_timeout = self._attempt_timeout()
+            core = await stack.enter_async_context(
+                open_core(
+                    self.config,
+                    attempt_timeout=self._attempt_timeout(),
+                    availability=availability,
+                )
+            )
             history = await stack.enter_async_context(open_history_sync(self.config, core))
             # several daemons share the accounts through the database's poll schedule: the
             # history sync claims due accounts every tick, in runs of one interval back to back
@@ -153,10 +158,17 @@ class Service:
                 if name == "history_sync" and fleet:
                     continue  # its own loop, below
                 scheduler.add_job(
-                    self._scheduled, "interval", args=(name, make), id=name, name=name,
-                    seconds=every, coalesce=True, max_instances=1, misfire_grace_time=None,
+                    self._scheduled,
+                    "interval",
+                    args=(name, make),
+                    id=name,
+                    name=name,
+                    seconds=every,
+                    coalesce=True,
+                    max_instances=1,
+                    misfire_grace_time=None,
                     next_run_time=first,
-                )  # fmt: skip
+                )
             scheduler.start()
             self._scheduler = scheduler
             self.notifier.send(READY="1", STATUS="running")
@@ -166,13 +178,17 @@ class Service:
                 watchdog=watchdog_interval(),
                 metrics=self.config.metrics.listen,
             )
-            background = [asyncio.create_task(self._health(core))]
+            health = watch_database(
+                core.db, availability, self.notifier, self.metrics, self._database_changed
+            )
+            background = [asyncio.create_task(health)]
             if fleet:
                 background.append(
                     asyncio.create_task(self._history_loop(history, schedule.history_sync))
                 )
             if self.metrics is not None:
-                background.append(asyncio.create_task(self._gauges(core, self.metrics)))
+                gauges = keep_gauges(core.db, self.config, self.metrics)
+                background.append(asyncio.create_task(gauges))
             await self.stop.wait()
 
             self.notifier.send(STOPPING="1", STATUS="stopping")
@@ -327,38 +343,7 @@ class Service:
 
         return work
 
-    # -- health, watchdog, shutdown ---------------------------------------------------------------
-
-    async def _health(self, core: Core) -> None:
-        """Check the database every PROBE_EVERY (sooner when a transaction lost its
-        connection) and drive ``core.db.availability``, so jobs wait out an outage instead of
-        failing; WATCHDOG=1 only while the loop turns and the database answers; one line per
-        change of state. Never waits on anything but the ping (the gauges have their own task)."""
-        availability = Availability()
-        core.db.availability = availability
-        interval = watchdog_interval()
-        every = min(interval or PROBE_EVERY, PROBE_EVERY)
-        next_beat = 0.0
-        try:
-            while True:
-                try:
-                    await core.db.ping(give_up_after=PROBE_TIMEOUT)
-                    healthy, detail = True, "ok"
-                except (ReconcileError, TimeoutError) as exc:
-                    reason = str(exc) if isinstance(exc, ReconcileError) else "no answer"
-                    healthy, detail = False, f"database unavailable: {type(exc).__name__}: {reason}"
-                if availability.report(healthy, detail):
-                    self._database_changed(healthy, detail)
-                now = time.monotonic()
-                if healthy and interval is not None and now >= next_beat:
-                    self.notifier.send(WATCHDOG="1")
-                    next_beat = now + interval
-                if self.metrics is not None:
-                    self.metrics.healthy, self.metrics.health_detail = healthy, detail
-                    self.metrics.database_up.set(1 if healthy else 0)
-                await availability.woken(every)
-        finally:
-            core.db.availability = None
+    # -- outages, shutdown -----------------------------------------------------------------------
 
     def _database_changed(self, healthy: bool, detail: str) -> None:
         """One line per change. While the database is down the scheduler is paused: a job in
@@ -386,36 +371,6 @@ class Service:
                 action="jobs wait for it, scheduler paused; /healthz 503; watchdog withheld",
             )
         self._send_status()
-
-    async def _gauges(self, core: Core, metrics: Metrics) -> None:
-        """Every ``metrics.refresh`` (30 s) while the database answers, the backlog (count and
-        oldest order), quarantine and cursor-lag gauges; a read that takes longer than
-        GAUGES_TIMEOUT is given up until the next time."""
-        while True:
-            if metrics.healthy:
-                await self._refresh_gauges(core, metrics)
-            await asyncio.sleep(self.config.metrics.refresh.total_seconds())
-
-    async def _refresh_gauges(self, core: Core, metrics: Metrics) -> None:
-        try:
-            async with asyncio.timeout(GAUGES_TIMEOUT):
-                gauges = await read_gauges(
-                    core.db,
-                    lookback=self.config.sweep.lookback,
-                    running_status=self.config.robots.running_status,
-                )
-        except (ReconcileError, TimeoutError) as exc:
-            log.warning("metrics refresh failed", error=type(exc).__name__)
-            return
-        now = datetime.now(UTC)
-        metrics.backlog.set(gauges.backlog)
-        first = gauges.oldest_eligible
-        metrics.backlog_age.set(max(0.0, (now - first).total_seconds()) if first else 0.0)
-        metrics.quarantined.set(gauges.quarantined)
-        metrics.held.set(gauges.held)
-        metrics.cursor_lag.clear()  # a platform no longer polled has no lag, not its last one
-        for platform, oldest in gauges.oldest_cursor.items():
-            metrics.cursor_lag.labels(platform).set((now - oldest).total_seconds())
 
     async def _drain(self) -> None:
         """Let jobs in flight finish their transaction; past the timeout, cancel them (their

@@ -1,150 +1,43 @@
-"""The base of the ccxt adapters: windowing, the one paging loop, strict field parsing, finishing.
+"""The base of the ccxt adapters: windowing, the one paging loop, finishing.
 
 Each exchange module overrides only what differs: the endpoint and its envelope check
 (:class:`Endpoint`), how its cursor starts, moves and ends (:meth:`CcxtAdapter.params`,
 :meth:`~CcxtAdapter.first_cursor`, :meth:`~CcxtAdapter.next_cursor`,
 :meth:`~CcxtAdapter.last_page`; the loop is :meth:`CcxtAdapter._collect`), and how one raw
-record becomes a :class:`~reconcile.records.ClosedPosition`. Records are parsed from the raw
-strings the exchange sent (``Decimal(str)``), never from ccxt's float fields. A page that is not
-the exchange's answer is a :class:`~reconcile.errors.BadExchangeResponse` (the whole fetch fails
-and the stream's cursor holds); one record of a good page with a missing, empty, non-numeric or
-non-positive required field is :class:`RecordUnusable` and comes back as an
-:class:`~reconcile.records.UnusableRecord`, never read as zero and never silently skipped.
+record becomes a :class:`~reconcile.records.ClosedPosition` (with the strict parsers of
+:mod:`exchange_adapters.fields`, in a :class:`~exchange_adapters.positions.Context`). A page that
+is not the exchange's answer is a :class:`~reconcile.errors.BadExchangeResponse` (the whole fetch
+fails and the stream's cursor holds); one record of a good page that cannot be normalized comes
+back as an :class:`~reconcile.records.UnusableRecord`, never silently skipped. See
+docs/exchanges.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 
-from exchange_adapters.clients import ExchangeClient, MarketInfo, PlatformSpec
-from exchange_adapters.errors import UnknownSymbol, sanitize
+from exchange_adapters.clients import ExchangeClient
+from exchange_adapters.errors import UnknownSymbol
+from exchange_adapters.fields import RecordUnusable, to_ms
+from exchange_adapters.markets import MarketInfo
+from exchange_adapters.positions import Context, finish_window
 from exchange_adapters.symbols import to_unified
+from exchange_adapters.transport import PlatformSpec
 from reconcile.errors import BadExchangeResponse
-from reconcile.records import (
-    ClosedPosition,
-    ClosedWindow,
-    NetOf,
-    UnusableRecord,
-)
+from reconcile.records import ClosedPosition, ClosedWindow, UnusableRecord
 
 log = structlog.get_logger("exchange_adapters")
 
 MAX_PAGES_PER_WINDOW = 2000
-_PLACES = Decimal("1e-12")
 
 #: what an exchange pages with: an opaque token, a time, an offset
 Cursor = TypeVar("Cursor")
-
-
-# --- strict field parsing -----------------------------------------------------------------------
-
-
-class RecordUnusable(BadExchangeResponse):
-    """One record of a well-formed page cannot be normalized. Raised while normalizing (after
-    the request and its retries), turned into an :class:`~reconcile.records.UnusableRecord`."""
-
-
-_NOT_SCALAR = (dict, list, bool, float)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def field_text(record: Mapping[str, Any], key: str, where: str) -> str:
-    value = record.get(key)
-    if isinstance(value, str):
-        text = value.strip()
-        if text:
-            return text
-        raise RecordUnusable(f"{where}: {key!r} is empty")
-    if value is not None and not isinstance(value, _NOT_SCALAR):
-        return str(value)
-    raise RecordUnusable(f"{where}: record lacks {key!r}")
-
-
-def field_decimal(record: Mapping[str, Any], key: str, where: str) -> Decimal:
-    text = field_text(record, key, where)
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise RecordUnusable(f"{where}: {key!r} is not a number: {text[:40]!r}") from None
-    if not value.is_finite():
-        raise RecordUnusable(f"{where}: {key!r} is not a finite number")
-    return value
-
-
-def positive_decimal(record: Mapping[str, Any], key: str, where: str) -> Decimal:
-    """A size or price: a number above zero (zero or negative makes the record unusable)."""
-    value = field_decimal(record, key, where)
-    if value <= 0:
-        raise RecordUnusable(f"{where}: {key!r} is {text_of(value)}, not a positive number")
-    return value
-
-
-def text_of(value: Decimal) -> str:
-    return format(value, "f")
-
-
-def optional_decimal(record: Mapping[str, Any], key: str, where: str) -> Decimal | None:
-    """An optional component: absent or empty is None (the caller decides what that means);
-    present but not a number makes the record unusable."""
-    value = record.get(key)
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None
-    return field_decimal(record, key, where)
-
-
-def first_key(record: Mapping[str, Any], keys: tuple[str, ...]) -> str:
-    """The first of ``keys`` (spellings of one field) present and non-empty, else the first."""
-    for key in keys:
-        value = record.get(key)
-        if value is not None and not (isinstance(value, str) and not value.strip()):
-            return key
-    return keys[0]
-
-
-def field_ms(record: Mapping[str, Any], key: str, where: str) -> int:
-    value = field_decimal(record, key, where)
-    if value <= 0 or value != value.to_integral_value() or value >= 10**14:
-        raise RecordUnusable(f"{where}: {key!r} is not a time in milliseconds")
-    return int(value)
-
-
-def canonical_key(raw: Any) -> str:
-    """A stable identity for a record that has no usable id: sha256 of its canonical JSON."""
-    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def lenient_ms(record: Mapping[str, Any], key: str) -> int | None:
-    """A time in ms if it parses, else None (for paging and for unusable records)."""
-    try:
-        return field_ms(record, key, "")
-    except RecordUnusable:
-        return None
-
-
-def ms_to_datetime(ms: int | Decimal) -> datetime:
-    return _EPOCH + timedelta(milliseconds=int(ms))
-
-
-def to_ms(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise ValueError("an aware datetime is required")
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
-
-
-def div(numerator: Decimal, denominator: Decimal) -> Decimal:
-    """An exact-enough quotient: 12 decimal places, trailing zeros removed."""
-    value = (numerator / denominator).quantize(_PLACES)
-    return value.normalize() if value != value.to_integral_value() else value.quantize(Decimal(1))
 
 
 def windows(since_ms: int, until_ms: int, span: timedelta | None) -> Iterator[tuple[int, int]]:
@@ -158,163 +51,6 @@ def windows(since_ms: int, until_ms: int, span: timedelta | None) -> Iterator[tu
         end = min(start + step, until_ms)
         yield start, end
         start = end
-
-
-def describe_body(raw: Any) -> str:
-    """A short, safe rendering of an unexpected answer for error messages."""
-    text = raw if isinstance(raw, str) else json.dumps(raw, default=str)[:200]
-    return sanitize(repr(text[:80]))
-
-
-def finish(
-    positions: Iterable[ClosedPosition], since: datetime, until: datetime
-) -> list[ClosedPosition]:
-    """In-window positions, one per record key (the latest close wins), sorted by close time."""
-    by_key: dict[str, ClosedPosition] = {}
-    for position in positions:
-        if not since <= position.close_time < until:
-            continue
-        known = by_key.get(position.record_key)
-        if known is None or position.close_time >= known.close_time:
-            by_key[position.record_key] = position
-    return sorted(by_key.values(), key=lambda p: (p.close_time, p.record_key))
-
-
-def finish_window(
-    positions: Iterable[ClosedPosition],
-    unusable: Iterable[UnusableRecord],
-    since: datetime,
-    until: datetime,
-) -> ClosedWindow:
-    """``finish`` for the usable records; the unusable ones in the window (or of unknown close
-    time) de-duplicated by key, minus any key a usable record of the window has."""
-    records = finish(positions, since, until)
-    usable_keys = {p.record_key for p in records}
-    bad: dict[str, UnusableRecord] = {}
-    for record in unusable:
-        if record.close_time is not None and not since <= record.close_time < until:
-            continue
-        if record.record_key not in usable_keys:
-            bad[record.record_key] = record
-    return ClosedWindow(
-        records=tuple(records),
-        unusable=tuple(sorted(bad.values(), key=lambda r: r.record_key)),
-    )
-
-
-# --- normalizing one record (pure: no network, usable by `exchange quarantine --retry`) --------
-
-#: the largest difference between the exchange's net and our sum of its components we accept
-#: silently; a larger one is logged as ``profit components disagree``
-TOLERANCE = Decimal("1e-8")
-
-
-@dataclass(frozen=True)
-class Context:
-    """Where a record comes from: what normalizing it needs besides the record itself."""
-
-    platform: str
-    account_id: int
-    market: MarketInfo
-
-    def where(self, what: str) -> str:
-        return f"{self.platform} account {self.account_id}: {what}"
-
-    def market_context(self) -> dict[str, str]:
-        m = self.market
-        return {"symbol": m.symbol, "id": m.id, "settle": m.settle, "settle_id": m.settle_id,
-                "contract_size": text_of(m.contract_size)}  # fmt: skip
-
-    def position(
-        self,
-        *,
-        direction: str,
-        size: Decimal,
-        open_price: Decimal | None,
-        close_price: Decimal,
-        gross: Decimal,
-        fee: Decimal,
-        funding: Decimal,
-        net: Decimal | None,
-        open_time: datetime | None,
-        close_time: datetime,
-        record_key: str,
-        raw: dict[str, Any],
-        profit_basis: NetOf = NetOf.FEES_AND_FUNDING,
-        funding_known: bool = True,
-        exchange_order_ids: tuple[str, ...] = (),
-    ) -> ClosedPosition:
-        """The normalized record. ``net`` is the exchange's own net figure where it states one:
-        that figure is the net, and the sum of the components is only a cross-check."""
-        if direction not in ("long", "short"):
-            raise RecordUnusable(
-                f"{self.where('normalize')}: direction {direction!r} is neither long nor short"
-            )
-        components = gross + fee + funding
-        if net is None:
-            net = components
-        elif abs(net - components) > TOLERANCE:
-            log.warning(
-                "profit components disagree",
-                platform=self.platform,
-                account_id=self.account_id,
-                symbol=self.market.symbol,
-                record_key=record_key,
-                exchange_net=text_of(net),
-                components_sum=text_of(components),
-                gross=text_of(gross),
-                fee=text_of(fee),
-                funding=text_of(funding),
-            )
-        return ClosedPosition(
-            platform=self.platform,
-            account_id=self.account_id,
-            symbol=self.market.symbol,
-            direction="long" if direction == "long" else "short",
-            size=size,
-            open_price=open_price,
-            close_price=close_price,
-            gross_pnl=gross,
-            fee=fee,
-            funding=funding,
-            net_profit=net,
-            open_time=open_time,
-            close_time=close_time,
-            record_key=record_key,
-            raw=raw,
-            profit_basis=profit_basis,
-            funding_known=funding_known,
-            exchange_order_ids=exchange_order_ids,
-        )
-
-    def unusable(
-        self, raw: dict[str, Any], record_key: str, reason: str, close_time: datetime | None
-    ) -> UnusableRecord:
-        return UnusableRecord(
-            platform=self.platform,
-            account_id=self.account_id,
-            symbol=self.market.symbol,
-            record_key=record_key,
-            reason=reason,
-            raw=raw,
-            close_time=close_time,
-            context=self.market_context(),
-        )
-
-
-def market_from_context(context: Mapping[str, str]) -> MarketInfo:
-    """The MarketInfo an UnusableRecord's ``context`` describes (no network)."""
-    try:
-        return MarketInfo(
-            symbol=context["symbol"],
-            id=context["id"],
-            settle=context.get("settle", ""),
-            settle_id=context.get("settle_id", ""),
-            contract_size=Decimal(context["contract_size"]),
-            info={},
-        )
-    except (KeyError, InvalidOperation) as exc:
-        raise ValueError(f"stored market context is incomplete: {exc}") from None
 
 
 # --- the adapter --------------------------------------------------------------------------------

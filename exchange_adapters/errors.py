@@ -26,13 +26,11 @@ carry signatures and timestamps); they never contain credentials.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import re
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -40,6 +38,7 @@ import aiohttp_socks
 import ccxt.async_support as ccxt
 import python_socks
 
+from exchange_adapters.budgets import parse_retry_after
 from reconcile.errors import (
     BadExchangeResponse,
     ExchangeRejected,
@@ -140,24 +139,6 @@ def sanitize(text: str) -> str:
     if len(text) > _MAX_DETAIL:
         text = text[:_MAX_DETAIL] + "..."
     return text
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds)
 
 
 def translate(

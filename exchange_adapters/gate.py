@@ -23,11 +23,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from exchange_adapters.base import (
-    CcxtAdapter,
-    Context,
-    Endpoint,
-    Page,
+from exchange_adapters.base import CcxtAdapter, Endpoint, Page
+from exchange_adapters.budgets import BudgetOptions, Limits
+from exchange_adapters.fields import (
     RecordUnusable,
     canonical_key,
     describe_body,
@@ -36,8 +34,9 @@ from exchange_adapters.base import (
     optional_decimal,
     positive_decimal,
 )
-from exchange_adapters.budgets import BudgetOptions, Limits
-from exchange_adapters.clients import MarketInfo, PlatformSpec
+from exchange_adapters.markets import MarketInfo
+from exchange_adapters.positions import Context
+from exchange_adapters.transport import PlatformSpec
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import ClosedPosition, NetOf
 

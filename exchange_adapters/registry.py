@@ -4,7 +4,7 @@
 is given the registry itself).
 
 ``ExchangeRegistry`` keeps one adapter (a light client) per (platform, API account) for every
-enabled platform over one shared ccxt :class:`~exchange_adapters.clients.Transport` per
+enabled platform over one shared ccxt :class:`~exchange_adapters.transport.Transport` per
 (platform, host), all leaving through one egress (the proxy, or ``direct``), and one replay
 store per replay path. The process's budgets (:class:`~exchange_adapters.budgets.Budgets`) are
 the registry's: one per platform for the egress, one per account. An account whose platform is
@@ -26,16 +26,20 @@ from typing import Any, Self
 
 import structlog
 
-from exchange_adapters.base import CcxtAdapter, Context, RecordUnusable, market_from_context
+from exchange_adapters.base import CcxtAdapter
 from exchange_adapters.binance import BinanceAdapter
 from exchange_adapters.bitget import BitgetAdapter
 from exchange_adapters.budgets import DIRECT, Budget, BudgetOptions, Budgets
 from exchange_adapters.bybit import BybitAdapter
-from exchange_adapters.clients import ExchangeClient, MarketCache, PlatformSpec, Transport, host_for
+from exchange_adapters.clients import ExchangeClient
+from exchange_adapters.fields import RecordUnusable
 from exchange_adapters.gate import GateAdapter
+from exchange_adapters.markets import MarketCache
 from exchange_adapters.okx import OkxAdapter
 from exchange_adapters.options import CCXT_PLATFORMS, PLATFORMS, REPLAY, AdapterOptions
+from exchange_adapters.positions import Context, market_from_context
 from exchange_adapters.replay import ReplaySource, ReplayStore
+from exchange_adapters.transport import PlatformSpec, Transport, host_for
 from reconcile.errors import ConfigError
 from reconcile.records import (
     ApiAccount,

@@ -35,20 +35,45 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from exchange_adapters.base import finish, ms_to_datetime
 from exchange_adapters.errors import UnknownSymbol
+from exchange_adapters.fields import ms_to_datetime
+from exchange_adapters.positions import finish
 from exchange_adapters.symbols import to_unified
 from reconcile.errors import ConfigError
 from reconcile.records import ClosedPosition, ClosedWindow, NetOf
 
 SUFFIXES = (".jsonl", ".ndjson", ".csv")
 FIELDS = (
-    "platform", "account_id", "symbol", "direction", "size", "open_price", "close_price",
-    "gross_pnl", "fee", "funding", "net_profit", "open_time", "close_time", "record_key", "raw",
-    "profit_basis", "funding_known", "exchange_order_ids",
-)  # fmt: skip
-_REQUIRED = ("platform", "account_id", "symbol", "direction", "size", "close_price",
-             "gross_pnl", "close_time", "record_key")  # fmt: skip
+    "platform",
+    "account_id",
+    "symbol",
+    "direction",
+    "size",
+    "open_price",
+    "close_price",
+    "gross_pnl",
+    "fee",
+    "funding",
+    "net_profit",
+    "open_time",
+    "close_time",
+    "record_key",
+    "raw",
+    "profit_basis",
+    "funding_known",
+    "exchange_order_ids",
+)
+_REQUIRED = (
+    "platform",
+    "account_id",
+    "symbol",
+    "direction",
+    "size",
+    "close_price",
+    "gross_pnl",
+    "close_time",
+    "record_key",
+)
 
 
 def _empty(value: Any) -> bool:

@@ -21,9 +21,10 @@ Catching a parent class *is* the retry decision::
     │   └── SchemaNotReady            the migration has not been run
     └── ConfigError               bad configuration or credentials; the CLI exits 2
 
-Foreign exceptions are translated once, at the boundary (``reconcile.db.map_db_errors`` for the
-database, ``exchange_adapters.errors.map_ccxt_errors`` for ccxt), always ``raise ... from exc``.
-Messages never contain secrets.
+Foreign exceptions are translated once, at the boundary
+(``reconcile.storage.db_errors.map_db_errors`` for the database,
+``exchange_adapters.errors.map_ccxt_errors`` for ccxt), always ``raise ... from exc``. Messages
+never contain secrets.
 """
 
 from __future__ import annotations
@@ -113,3 +114,8 @@ class OrderNotFound(PermanentError):
 
 class SchemaNotReady(PermanentError):
     """The database lacks what the daemon needs (unique key, columns, own tables)."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error as a log field or a result's message: ``"TypeName: message"``."""
+    return f"{type(exc).__name__}: {exc}"

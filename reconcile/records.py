@@ -4,7 +4,7 @@ Plain on purpose (the standard library only): the record types a source returns,
 account as an adapter sees it, :class:`Secret`, the two kinds of basis, the source protocols
 (:class:`ClosedPositionSource`, :class:`SourceProvider`) and the one profit choice
 (:func:`profit_of`). ``exchange_adapters`` imports nothing else from ``reconcile`` but this
-module and ``reconcile.errors``; ``reconcile.accounts`` loads accounts from the database as
+module and ``reconcile.errors``; ``reconcile.sync.accounts`` loads accounts from the database as
 :class:`ApiAccount`.
 
 A closed position is a plain frozen dataclass; all amounts are ``Decimal`` and all times are

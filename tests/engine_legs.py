@@ -1,6 +1,6 @@
 """hg_trading_order rows for a trade and for each of its closing orders, as upstream's engine writes
-them (lilei800/toogo_v2 at d15f0de, ``server/internal/...``; DESIGN.md "How upstream's engine
-fills these tables").
+them (lilei800/toogo_v2 at d15f0de, ``server/internal/...``; docs/architecture.md "How upstream's
+engine fills these tables").
 
 One trade of the engine is one row (the opening order's id in ``exchange_order_id``, the closing
 order's in ``close_order_id`` where add_missing_order_fields.sql ran) - and then one more row per
@@ -31,9 +31,9 @@ from typing import Any
 from sqlalchemy import Column, MetaData, Numeric, SmallInteger, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.seed import engine_order_sn
 from reconcile.storage.db import Database
 from reconcile.storage.schema import trading_order
-from tests.seed import engine_order_sn
 
 PENDING, OPEN, CLOSED = 0, 1, 2  # order_status.go 26-28
 SYNC_REASON = "手动平仓(同步检测)"  # order_status_sync.go 1168
@@ -114,18 +114,27 @@ def okx_order(order_id: str, side: str, pos_side: str, create_ms: int) -> Exchan
 
 
 def gate_order(
-    order_id: str, size_contracts: int, pos_side: str, fill_price: Decimal, multiplier: Decimal,
+    order_id: str,
+    size_contracts: int,
+    pos_side: str,
+    fill_price: Decimal,
+    multiplier: Decimal,
     create_ms: int,
-) -> ExchangeOrder:  # fmt: skip
+) -> ExchangeOrder:
     """gate.go 887-953: ``/futures/usdt/orders?status=finished`` - Side from the sign of size,
     PositionSide LONG/SHORT from pos_side (dual mode) else "", AvgPrice = fill_price, FilledQty
     = contracts × quanto_multiplier, CreateTime = create_time × 1000, status "finished"."""
     side = "SELL" if size_contracts < 0 else "BUY"
     qty = abs(size_contracts) * multiplier
     return ExchangeOrder(
-        order_id, side, pos_side.upper(), fill_price, qty, create_ms // 1000 * 1000,
+        order_id,
+        side,
+        pos_side.upper(),
+        fill_price,
+        qty,
+        create_ms // 1000 * 1000,
         status="finished",
-    )  # fmt: skip
+    )
 
 
 def history_direction(order: ExchangeOrder) -> str:
@@ -511,9 +520,14 @@ class EngineKit:
             used[row.id] = info
             if info is not None:
                 await self.close_order(
-                    row.id, info.price, info.pnl, SYNC_REASON,
-                    close_order_id=info.order_id, ts_ms=info.ts_ms, now=now,
-                )  # fmt: skip
+                    row.id,
+                    info.price,
+                    info.pnl,
+                    SYNC_REASON,
+                    close_order_id=info.order_id,
+                    ts_ms=info.ts_ms,
+                    now=now,
+                )
                 continue
             price = ticker if ticker is not None else row.open_price
             if row.direction == "long":

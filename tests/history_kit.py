@@ -14,13 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
+from kits.fake_exchanges import FakeExchange
+from kits.fake_exchanges import bybit as bybit_wire
+from kits.fake_exchanges.harness import fast_options
 from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.pricing import PowerRules
 from reconcile.storage.db import Database
 from reconcile.storage.schema import trading_api_config, trading_robot
-from reconcile.sync.history import HistorySync, SyncSettings
-from tests.fake_exchanges import FakeExchange
-from tests.fake_exchanges.harness import fast_options
+from reconcile.sync.history import HistorySync
+from reconcile.sync.settings import SyncSettings
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -116,8 +118,13 @@ async def history_sync(db: Database, replay: Path, **settings: Any) -> AsyncIter
 
 def api_fields(fake: FakeExchange) -> dict[str, Any]:
     """An API account row's platform, base URL and credentials pointing at ``fake``."""
-    return {"platform": fake.platform, "base_url": fake.url, "api_key": fake.api_key,
-            "secret_key": fake.secret, "passphrase": fake.passphrase}  # fmt: skip
+    return {
+        "platform": fake.platform,
+        "base_url": fake.url,
+        "api_key": fake.api_key,
+        "secret_key": fake.secret,
+        "passphrase": fake.passphrase,
+    }
 
 
 async def wire_account(db: Database, fake: FakeExchange, account_id: int = 10) -> None:
@@ -144,3 +151,19 @@ async def sync_for(db: Database, fake: FakeExchange, **settings: Any) -> AsyncIt
             registry,
             SyncSettings(platforms=frozenset({fake.platform}), **settings),
         )
+
+
+def record(order_id: str, closed: datetime, *, size: str, pnl: str, long: bool = True) -> Any:
+    """A Bybit closed-pnl record: one per closing order (``order_id`` is the closing order's)."""
+    entry, exit_ = ("60000", "61000") if long else ("61000", "60000")
+    return bybit_wire.closed(
+        order_id=order_id,
+        side="Sell" if long else "Buy",  # bybit names the closing side
+        entry=entry,
+        exit_=exit_,
+        size=size,
+        closed_pnl=pnl,
+        open_fee="0.1",
+        close_fee="0.1",
+        created=int(closed.timestamp() * 1000),
+    )

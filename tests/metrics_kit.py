@@ -13,14 +13,14 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.fake_exchanges import FAKES, FakeExchange, Fault
+from kits.fake_exchanges.harness import closed_record
+from kits.private_mariadb import free_port
+from kits.seed import seed_backlog
 from reconcile.storage.db import Database
 from reconcile.storage.schema import stream_cursor
-from tests.fake_exchanges import FAKES, FakeExchange, Fault
-from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import add_account, add_robot
-from tests.private_mariadb import free_port
 from tests.procs import start_cli, write_config
-from tests.seed import seed_backlog
 
 ACCOUNT = 70
 STALE_CURSOR_AGE = timedelta(days=1)

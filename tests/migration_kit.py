@@ -27,11 +27,11 @@ import pymysql
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.databases import FAST_RETRY, mysql_admin, pg_dsn
+from kits.upstream import create_upstream_pg_schema, create_upstream_schema
 from reconcile import migration as m
 from reconcile.storage.db import Database, DatabaseSettings
 from reconcile.storage.schema import power_consume, trading_order, wallet
-from tests.conftest import FAST_RETRY, mysql_admin, pg_dsn
-from tests.upstream import create_upstream_pg_schema, create_upstream_schema
 
 CONSUME = power_consume.name
 

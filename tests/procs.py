@@ -9,6 +9,9 @@ from pathlib import Path
 
 import yaml
 
+#: the ``power`` section of the service tests' configs
+POWER = {"consume_rate": "0.10", "min_consume": "0.01"}
+
 
 def write_config(path: Path, url: str, **sections: object) -> Path:
     """A config file for the test database. Each exchange listed honours the accounts'

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import pytest
 from aiohttp import web
 
-from tests.fake_exchanges import FAKES, FakeExchange
+from kits.fake_exchanges import FAKES, FakeExchange
 
 #: the user and password every kit proxy accepts (tests may pass others)
 USER = "trader"
@@ -83,8 +83,9 @@ class RunningProxy:
         """``host:port``, as ``hg_trading_proxy_config.proxy_address`` holds it."""
         return f"{self.host}:{self.port}"
 
-    def url(self, *, username: str | None = None, password: str | None = None,
-            auth: bool = True) -> str:  # fmt: skip
+    def url(
+        self, *, username: str | None = None, password: str | None = None, auth: bool = True
+    ) -> str:
         """The proxy URL for a client: ``socks5h://`` (the proxy resolves names) or ``http://``,
         with the kit's credentials unless others are given or ``auth`` is False."""
         scheme = "socks5h" if self.kind == "socks5" else "http"
@@ -204,8 +205,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def _start_isolated(argv: list[str], hosts: Path, log: Path, host: str, port: int,
-                    what: str) -> subprocess.Popen[bytes] | None:  # fmt: skip
+def _start_isolated(
+    argv: list[str], hosts: Path, log: Path, host: str, port: int, what: str
+) -> subprocess.Popen[bytes] | None:
     """``argv`` in a mount namespace of its own whose /etc/hosts is ``hosts``, its output
     appended to ``log``; returned once it listens on host:port. None if it exited first (the
     port was taken meanwhile, say); an error if it does not listen in time."""
@@ -231,8 +233,13 @@ def _start_isolated(argv: list[str], hosts: Path, log: Path, host: str, port: in
 
 
 @contextlib.contextmanager
-def _running(make_argv: Callable[[int], list[str]], hosts: Path, log: Path, what: str,
-             host: str = "127.0.0.1") -> Iterator[tuple[subprocess.Popen[bytes], int]]:  # fmt: skip
+def _running(
+    make_argv: Callable[[int], list[str]],
+    hosts: Path,
+    log: Path,
+    what: str,
+    host: str = "127.0.0.1",
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """The proxy process on a free port (three tries: a free port may be taken between finding
     and binding it); stopped and reaped on exit."""
     for _ in range(3):
@@ -249,8 +256,9 @@ def _running(make_argv: Callable[[int], list[str]], hosts: Path, log: Path, what
 
 
 @contextlib.contextmanager
-def socks5_proxy(directory: Path, *names: str, username: str = USER,
-                 password: str = PASSWORD) -> Iterator[RunningProxy]:  # fmt: skip
+def socks5_proxy(
+    directory: Path, *names: str, username: str = USER, password: str = PASSWORD
+) -> Iterator[RunningProxy]:
     """microsocks on a free 127.0.0.1 port with ``-u``/``-P`` authentication, resolving
     ``names`` (to 127.0.0.1) through its private hosts file; outgoing connections from
     127.0.0.2. Its files are in ``directory``/socks5."""
@@ -262,41 +270,44 @@ def socks5_proxy(directory: Path, *names: str, username: str = USER,
     host, egress = "127.0.0.1", EGRESS["socks5"]
 
     def argv(port: int) -> list[str]:
-        return [binary, "-i", host, "-p", str(port), "-u", username, "-P", password,
-                "-b", egress]  # fmt: skip
+        return [binary, "-i", host, "-p", str(port), "-u", username, "-P", password, "-b", egress]
 
     with _running(argv, hosts, log, "microsocks", host) as (process, port):
-        yield RunningProxy("socks5", host, port, username, password, egress, names, log,
-                           process)  # fmt: skip
+        yield RunningProxy("socks5", host, port, username, password, egress, names, log, process)
 
 
-def tinyproxy_config(work: Path, *, host: str, port: int, egress: str, username: str,
-                     password: str) -> Path:  # fmt: skip
+def tinyproxy_config(
+    work: Path, *, host: str, port: int, egress: str, username: str, password: str
+) -> Path:
     """A config of its own: no system paths (pid file and log under ``work``), no Via header,
     BasicAuth, only 127.0.0.1 as client, outgoing connections bound to ``egress``."""
     config = work / "tinyproxy.conf"
     config.write_text(
-        "\n".join([
-            f"Port {port}",
-            f"Listen {host}",
-            f"Bind {egress}",
-            "Timeout 30",
-            f'PidFile "{work / "tinyproxy.pid"}"',
-            f'LogFile "{work / "tinyproxy.log"}"',
-            "LogLevel Info",
-            "MaxClients 50",
-            "Allow 127.0.0.1",
-            "DisableViaHeader Yes",
-            f"BasicAuth {username} {password}",
-        ]) + "\n",
+        "\n".join(
+            [
+                f"Port {port}",
+                f"Listen {host}",
+                f"Bind {egress}",
+                "Timeout 30",
+                f'PidFile "{work / "tinyproxy.pid"}"',
+                f'LogFile "{work / "tinyproxy.log"}"',
+                "LogLevel Info",
+                "MaxClients 50",
+                "Allow 127.0.0.1",
+                "DisableViaHeader Yes",
+                f"BasicAuth {username} {password}",
+            ]
+        )
+        + "\n",
         encoding="utf-8",
-    )  # fmt: skip
+    )
     return config
 
 
 @contextlib.contextmanager
-def http_proxy(directory: Path, *names: str, username: str = USER,
-               password: str = PASSWORD) -> Iterator[RunningProxy]:  # fmt: skip
+def http_proxy(
+    directory: Path, *names: str, username: str = USER, password: str = PASSWORD
+) -> Iterator[RunningProxy]:
     """tinyproxy in the foreground (``-d``) on a free 127.0.0.1 port with ``BasicAuth``,
     resolving ``names`` through its private hosts file; outgoing connections from 127.0.0.3.
     Its config, pid file and log are in ``directory``/http (never /etc, /run or /var/log)."""
@@ -307,13 +318,15 @@ def http_proxy(directory: Path, *names: str, username: str = USER,
     host, egress = "127.0.0.1", EGRESS["http"]
 
     def argv(port: int) -> list[str]:
-        config = tinyproxy_config(work, host=host, port=port, egress=egress,
-                                  username=username, password=password)  # fmt: skip
+        config = tinyproxy_config(
+            work, host=host, port=port, egress=egress, username=username, password=password
+        )
         return [binary, "-d", "-c", str(config)]
 
     with _running(argv, hosts, work / "tinyproxy.out", "tinyproxy", host) as (process, port):
-        yield RunningProxy("http", host, port, username, password, egress, names,
-                           work / "tinyproxy.log", process)  # fmt: skip
+        yield RunningProxy(
+            "http", host, port, username, password, egress, names, work / "tinyproxy.log", process
+        )
 
 
 @contextlib.contextmanager

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from exchange_adapters.clients import build_exchange
 from exchange_adapters.registry import ADAPTERS
-from tests.fake_exchanges import FAKES
-from tests.fake_exchanges.harness import (
+from exchange_adapters.transport import build_exchange
+from kits.fake_exchanges import FAKES
+from kits.fake_exchanges.harness import (
     DAY_MS,
     HOUR_MS,
     T0,
@@ -28,8 +28,13 @@ from tests.fake_exchanges.harness import (
 )
 
 SYMBOL = "BTC/USDT:USDT"
-MARKET_PARAM = {"binance": "symbol", "okx": "instId", "gate": "contract", "bitget": "symbol",
-                "bybit": "symbol"}  # fmt: skip
+MARKET_PARAM = {
+    "binance": "symbol",
+    "okx": "instId",
+    "gate": "contract",
+    "bitget": "symbol",
+    "bybit": "symbol",
+}
 
 
 async def _unified(platform: str, fake: Any) -> list[dict[str, Any]]:
@@ -39,8 +44,9 @@ async def _unified(platform: str, fake: Any) -> list[dict[str, Any]]:
         exchange.set_markets(await exchange.fetch_markets())
         since, params = T0_MS - DAY_MS, {"until": T0_MS}
         if platform == "binance":
-            result: list[dict[str, Any]] = await exchange.fetch_my_trades(SYMBOL, since, None,
-                                                                          params)  # fmt: skip
+            result: list[dict[str, Any]] = await exchange.fetch_my_trades(
+                SYMBOL, since, None, params
+            )
         else:
             result = await exchange.fetch_positions_history([SYMBOL], since, None, params)
         return result

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from exchange_adapters.binance import SPEC as BINANCE
 from exchange_adapters.budgets import BudgetOptions
 from exchange_adapters.bybit import SPEC as BYBIT
-from exchange_adapters.clients import build_exchange, override_hosts
 from exchange_adapters.errors import UnknownSymbol
 from exchange_adapters.options import CredentialEnv
 from exchange_adapters.registry import (
@@ -23,10 +22,9 @@ from exchange_adapters.registry import (
     position_to_json,
 )
 from exchange_adapters.symbols import to_unified
-from reconcile.errors import ConfigError
-from reconcile.records import Secret
-from tests.fake_exchanges import FAKES, FakeBinance, FakeBybit, FakeOkx, Fault
-from tests.fake_exchanges.harness import (
+from exchange_adapters.transport import build_exchange, override_hosts
+from kits.fake_exchanges import FAKES, FakeBinance, FakeBybit, FakeOkx, Fault
+from kits.fake_exchanges.harness import (
     HOUR_MS,
     T0,
     T0_MS,
@@ -34,6 +32,8 @@ from tests.fake_exchanges.harness import (
     closed_record,
     fast_options,
 )
+from reconcile.errors import ConfigError
+from reconcile.records import Secret
 
 SINCE, UNTIL = T0 - timedelta(days=1), T0
 
@@ -61,9 +61,20 @@ def test_robot_symbols_map_to_unified(robot: str, unified: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "robot", ["", "BTC", "USDT", "BTCEUR", "BTC_EUR", "BTC/USDT:BTC", "BTC__USDT", "BTC USDT",
-              "BTC/USD:USD", "BTC-USDT-240329"],
-)  # fmt: skip
+    "robot",
+    [
+        "",
+        "BTC",
+        "USDT",
+        "BTCEUR",
+        "BTC_EUR",
+        "BTC/USDT:BTC",
+        "BTC__USDT",
+        "BTC USDT",
+        "BTC/USD:USD",
+        "BTC-USDT-240329",
+    ],
+)
 def test_unmappable_symbols_say_so(robot: str) -> None:
     with pytest.raises(UnknownSymbol, match="cannot map robot symbol"):
         to_unified(robot)
@@ -98,9 +109,12 @@ def test_base_url_replaces_every_rest_host() -> None:
     override_hosts(urls, "http://127.0.0.1:8080/proxy/")
     assert urls == {
         "fapiPrivate": "http://127.0.0.1:8080/proxy/fapi/v1",
-        "nested": {"public": "http://127.0.0.1:8080/proxy", "private": "http://127.0.0.1:8080/proxy/v5"},
+        "nested": {
+            "public": "http://127.0.0.1:8080/proxy",
+            "private": "http://127.0.0.1:8080/proxy/v5",
+        },
         "other": 42,
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("bad", ["127.0.0.1:8080", "ftp://host/x", "https://", "not a url"])

@@ -71,8 +71,9 @@ exchanges:
     assert options.retry.retry_after_max == 120.0
     assert options.max_concurrent_requests == 2 and options.cooldown == 3600.0
     assert options.rate_limit_ms == 100
-    assert options.credentials_env == CredentialEnv("BITGET_KEY", "BITGET_SECRET",
-                                                    "BITGET_PASSPHRASE")  # fmt: skip
+    assert options.credentials_env == CredentialEnv(
+        "BITGET_KEY", "BITGET_SECRET", "BITGET_PASSPHRASE"
+    )
     with pytest.raises(ValidationError):
         config["bitget"].timeout = timedelta(seconds=1)  # type: ignore[misc]  # frozen
 
@@ -158,8 +159,12 @@ password_env: PROXY_PW
 """)
     proxy = section.configured({"PROXY_PW": "s3cret-pw"})
     assert proxy is not None
-    assert (proxy.kind, proxy.host, proxy.port, proxy.username) == ("socks5", "10.0.0.5", 1080,
-                                                                   "reconcile")  # fmt: skip
+    assert (proxy.kind, proxy.host, proxy.port, proxy.username) == (
+        "socks5",
+        "10.0.0.5",
+        1080,
+        "reconcile",
+    )
     assert proxy.url() == "socks5h://reconcile:s3cret-pw@10.0.0.5:1080"
     assert "s3cret" not in proxy.label + repr(proxy) + str(proxy)
     with pytest.raises(ConfigError, match="PROXY_PW is not set"):

@@ -14,18 +14,8 @@ import pytest
 
 from exchange_adapters.errors import UnknownSymbol
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.errors import (
-    BadExchangeResponse,
-    ExchangeRejected,
-    ExchangeUnavailable,
-    PermanentError,
-    RateLimited,
-    ReconcileError,
-    TemporaryError,
-)
-from reconcile.records import Secret
-from tests.fake_exchanges import FAKES, FakeBinance, Fault
-from tests.fake_exchanges.harness import (
+from kits.fake_exchanges import FAKES, FakeBinance, Fault
+from kits.fake_exchanges.harness import (
     FAST_RETRY,
     HOUR_MS,
     T0,
@@ -36,6 +26,16 @@ from tests.fake_exchanges.harness import (
     fast_options,
     open_source,
 )
+from reconcile.errors import (
+    BadExchangeResponse,
+    ExchangeRejected,
+    ExchangeUnavailable,
+    PermanentError,
+    RateLimited,
+    ReconcileError,
+    TemporaryError,
+)
+from reconcile.records import Secret
 
 PLATFORMS = sorted(FAKES)
 ATTEMPTS = FAST_RETRY.attempts
@@ -242,8 +242,13 @@ def test_every_translated_error_is_in_the_tree() -> None:
     assert issubclass(UnknownSymbol, ExchangeRejected)
 
 
-BROKEN_FIELD = {"binance": "realizedPnl", "okx": "closeAvgPx", "gate": "side",
-                "bitget": "closeAvgPrice", "bybit": "avgExitPrice"}  # fmt: skip
+BROKEN_FIELD = {
+    "binance": "realizedPnl",
+    "okx": "closeAvgPx",
+    "gate": "side",
+    "bitget": "closeAvgPrice",
+    "bybit": "avgExitPrice",
+}
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)

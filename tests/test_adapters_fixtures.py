@@ -16,30 +16,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from kits.fake_exchanges import FAKES
+from kits.fake_exchanges.harness import at, open_source
 from reconcile.records import ClosedPosition, ClosedWindow, NetOf
-from tests.fake_exchanges import FAKES
-from tests.fake_exchanges.harness import at, open_source
-from tests.fake_exchanges.server import DEFAULT_MARKETS, MarketSpec
+from tests.exchange_fixtures import FIXTURES, MARKETS, body_of
 
 BASIS_FEES_AND_FUNDING, BASIS_FEES_ONLY = NetOf.FEES_AND_FUNDING, NetOf.FEES
-FIXTURES = Path(__file__).parent / "fixtures" / "exchanges"
 D = Decimal
 
-#: the fixtures' markets with the exchanges' real contract sizes (okx ctVal, gate multiplier)
-MARKETS = (
-    *DEFAULT_MARKETS,
-    MarketSpec("SUSHI", okx_ct_val="1", gate_multiplier="1", price="1.2"),
-    MarketSpec("XRP", okx_ct_val="100", gate_multiplier="10", price="0.6"),
-    MarketSpec("SLERF", okx_ct_val="1", gate_multiplier="1", price="0.5"),
-)
-
 BTC, ETH, XRP, SUSHI, SLERF = (f"{b}/USDT:USDT" for b in ("BTC", "ETH", "XRP", "SUSHI", "SLERF"))
-
-
-def body_of(platform: str, name: str) -> bytes:
-    path = FIXTURES / platform / f"{name}.json"
-    assert (FIXTURES / platform / f"{name}.md").read_text().count("## Source") == 1
-    return path.read_bytes()
 
 
 async def serve(platform: str, name: str, symbol: str, close_ms: int) -> ClosedWindow:
@@ -87,13 +72,23 @@ async def test_binance_docs_example() -> None:
     fee = -abs(D("-0.07819010"))
     assert window.records == (
         position(
-            "binance", symbol=BTC, direction="short",  # positionSide SHORT
-            size=qty, close_price=price, open_price=price + pnl / qty,  # short: exit + pnl/qty
-            gross_pnl=pnl, fee=fee, funding=D(0), net_profit=pnl + fee,
-            close_time=at(1569514978020), record_key="25851813",
-            profit_basis=BASIS_FEES_ONLY, funding_known=False, exchange_order_ids=("25851813",),
+            "binance",
+            symbol=BTC,
+            direction="short",  # positionSide SHORT
+            size=qty,
+            close_price=price,
+            open_price=price + pnl / qty,  # short: exit + pnl/qty
+            gross_pnl=pnl,
+            fee=fee,
+            funding=D(0),
+            net_profit=pnl + fee,
+            close_time=at(1569514978020),
+            record_key="25851813",
+            profit_basis=BASIS_FEES_ONLY,
+            funding_known=False,
+            exchange_order_ids=("25851813",),
         ),
-    )  # fmt: skip
+    )
     assert window.unusable == ()
 
 
@@ -103,13 +98,23 @@ async def test_binance_ccxt_fetch_my_trades_sample() -> None:
     fee = -abs(D("-0.07819010"))
     assert window.records == (
         position(
-            "binance", symbol=BTC, direction="long",  # no positionSide: one-way, SELL closes long
-            size=qty, close_price=price, open_price=price - pnl / qty,
-            gross_pnl=pnl, fee=fee, funding=D(0), net_profit=pnl + fee,
-            close_time=at(1569514978020), record_key="25851813",
-            profit_basis=BASIS_FEES_ONLY, funding_known=False, exchange_order_ids=("25851813",),
+            "binance",
+            symbol=BTC,
+            direction="long",  # no positionSide: one-way, SELL closes long
+            size=qty,
+            close_price=price,
+            open_price=price - pnl / qty,
+            gross_pnl=pnl,
+            fee=fee,
+            funding=D(0),
+            net_profit=pnl + fee,
+            close_time=at(1569514978020),
+            record_key="25851813",
+            profit_basis=BASIS_FEES_ONLY,
+            funding_known=False,
+            exchange_order_ids=("25851813",),
         ),
-    )  # fmt: skip
+    )
 
 
 async def test_binance_ccxt_parse_trade_sample() -> None:
@@ -118,14 +123,23 @@ async def test_binance_ccxt_parse_trade_sample() -> None:
     fee = -abs(D("-0.00076959"))
     assert window.records == (
         position(
-            "binance", symbol=BTC, direction="long",  # positionSide BOTH, SELL closes a long
-            size=qty, close_price=price, open_price=price - pnl / qty,  # 38479.64534
-            gross_pnl=pnl, fee=fee, funding=D(0), net_profit=pnl + fee,
-            close_time=at(1612733566708), record_key="13809777875",
-            profit_basis=BASIS_FEES_ONLY, funding_known=False,
+            "binance",
+            symbol=BTC,
+            direction="long",  # positionSide BOTH, SELL closes a long
+            size=qty,
+            close_price=price,
+            open_price=price - pnl / qty,  # 38479.64534
+            gross_pnl=pnl,
+            fee=fee,
+            funding=D(0),
+            net_profit=pnl + fee,
+            close_time=at(1612733566708),
+            record_key="13809777875",
+            profit_basis=BASIS_FEES_ONLY,
+            funding_known=False,
             exchange_order_ids=("13809777875",),
         ),
-    )  # fmt: skip
+    )
 
 
 async def test_binance_hedge_mode_close_with_zero_pnl_is_a_close() -> None:
@@ -133,14 +147,23 @@ async def test_binance_hedge_mode_close_with_zero_pnl_is_a_close() -> None:
     price, fee = D("38479.55"), -abs(D("-0.00076959"))
     assert window.records == (
         position(
-            "binance", symbol=BTC, direction="long",  # SELL on LONG closes the long
-            size=D("0.001"), close_price=price, open_price=price,  # pnl 0: entry = exit
-            gross_pnl=D(0), fee=fee, funding=D(0), net_profit=D(0) + fee,
-            close_time=at(1612733566708), record_key="13809777875",
-            profit_basis=BASIS_FEES_ONLY, funding_known=False,
+            "binance",
+            symbol=BTC,
+            direction="long",  # SELL on LONG closes the long
+            size=D("0.001"),
+            close_price=price,
+            open_price=price,  # pnl 0: entry = exit
+            gross_pnl=D(0),
+            fee=fee,
+            funding=D(0),
+            net_profit=D(0) + fee,
+            close_time=at(1612733566708),
+            record_key="13809777875",
+            profit_basis=BASIS_FEES_ONLY,
+            funding_known=False,
             exchange_order_ids=("13809777875",),
         ),
-    )  # fmt: skip
+    )
 
 
 # --- okx: GET /api/v5/account/positions-history -----------------------------------------------
@@ -154,14 +177,22 @@ async def test_okx_docs_example() -> None:
     assert gross + fee + funding == D("0.001")  # the docs' realizedPnl
     assert window.records == (
         position(
-            "okx", symbol=BTC, direction="long", size=D("1") * D("0.01"),  # 1 contract × ctVal
-            open_price=D("29783.8999999995535393"), close_price=D("29786.5999999789081085"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("0.001"),
-            open_time=at(1654177169995), close_time=at(1654177174419),
+            "okx",
+            symbol=BTC,
+            direction="long",
+            size=D("1") * D("0.01"),  # 1 contract × ctVal
+            open_price=D("29783.8999999995535393"),
+            close_price=D("29786.5999999789081085"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("0.001"),
+            open_time=at(1654177169995),
+            close_time=at(1654177174419),
             record_key="452587086133239818:1654177169995",
             profit_basis=BASIS_FEES_AND_FUNDING,
         ),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("name", ["ccxt_parse_position_history"])
@@ -170,13 +201,21 @@ async def test_okx_ccxt_parse_position_sample(name: str) -> None:
     gross, fee, funding = D("-0.42"), D("-0.0351036") + D("0"), D("0")
     assert window.records == (
         position(
-            "okx", symbol=SUSHI, direction="short", size=D("40") * D("1"),
-            open_price=D("1.2462"), close_price=D("1.2567"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("-0.4551036"),
-            open_time=at(1708351230102), close_time=at(1708354805699),
+            "okx",
+            symbol=SUSHI,
+            direction="short",
+            size=D("40") * D("1"),
+            open_price=D("1.2462"),
+            close_price=D("1.2567"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("-0.4551036"),
+            open_time=at(1708351230102),
+            close_time=at(1708354805699),
             record_key="666159086676836352:1708351230102",
         ),
-    )  # fmt: skip
+    )
     assert window.records[0].net_profit == gross + fee + funding
 
 
@@ -185,13 +224,21 @@ async def test_okx_ccxt_fetch_positions_history_sample() -> None:
     gross, fee, funding = D("27.11999999999988"), D("-1.69566") + D("0"), D("-11.870404179341788")
     assert window.records == (
         position(
-            "okx", symbol=XRP, direction="long", size=D("27") * D("100"),  # ctVal 100 XRP
-            open_price=D("0.623"), close_price=D("0.6330444444444444"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("13.553935820658092"),
-            open_time=at(1708735940395), close_time=at(1711088748170),
+            "okx",
+            symbol=XRP,
+            direction="long",
+            size=D("27") * D("100"),  # ctVal 100 XRP
+            open_price=D("0.623"),
+            close_price=D("0.6330444444444444"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("13.553935820658092"),
+            open_time=at(1708735940395),
+            close_time=at(1711088748170),
             record_key="681423155054862336:1708735940395",
         ),
-    )  # fmt: skip
+    )
     assert window.records[0].net_profit == gross + fee + funding
 
 
@@ -215,13 +262,21 @@ async def test_gate_docs_example() -> None:
     assert gross + fee + funding == D("0.00013")  # the docs' pnl
     assert window.records == (
         position(
-            "gate", symbol=BTC, direction="long", size=D("100") * D("0.0001"),
-            open_price=D("2026.87"), close_price=D("2544.4"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("0.00013"),
-            open_time=at(1546487347_000), close_time=at(1546487347_000),
+            "gate",
+            symbol=BTC,
+            direction="long",
+            size=D("100") * D("0.0001"),
+            open_price=D("2026.87"),
+            close_price=D("2544.4"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("0.00013"),
+            open_time=at(1546487347_000),
+            close_time=at(1546487347_000),
             record_key="BTC_USDT:long:1546487347:1546487347",
         ),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("name", ["ccxt_parse_position_history", "ccxt_fetch_positions_history"])
@@ -231,13 +286,21 @@ async def test_gate_ccxt_samples(name: str) -> None:
     assert gross + fee + funding == D("-23.41702352")  # ccxt's pnl
     assert window.records == (
         position(
-            "gate", symbol=SLERF, direction="long", size=D("100") * D("1"),
-            open_price=D("0.766306"), close_price=D("0.539119"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("-23.41702352"),
-            open_time=at(1711037985_000), close_time=at(1711279263_000),
+            "gate",
+            symbol=SLERF,
+            direction="long",
+            size=D("100") * D("1"),
+            open_price=D("0.766306"),
+            close_price=D("0.539119"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("-23.41702352"),
+            open_time=at(1711037985_000),
+            close_time=at(1711279263_000),
             record_key="SLERF_USDT:long:1711037985:1711279263",
         ),
-    )  # fmt: skip
+    )
 
 
 async def test_gate_empty_pnl_pnl_takes_costs_out_of_the_net() -> None:
@@ -268,13 +331,21 @@ async def test_bitget_docs_example_net_wins_and_disagreement_is_logged() -> None
     gross, fee, funding = D("14.1"), D("0.01") + D("0.01"), D("0.1")
     assert window.records == (
         position(
-            "bitget", symbol=BTC, direction="long", size=D("0.01"),
-            open_price=D("32000"), close_price=D("32500"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("12.1"),  # netProfit
-            open_time=at(1988824171000), close_time=at(1988824171000),  # cTime / uTime
+            "bitget",
+            symbol=BTC,
+            direction="long",
+            size=D("0.01"),
+            open_price=D("32000"),
+            close_price=D("32500"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("12.1"),  # netProfit
+            open_time=at(1988824171000),
+            close_time=at(1988824171000),  # cTime / uTime
             record_key="BTCUSDT:long:1988824171000:1988824171000",  # no positionId
         ),
-    )  # fmt: skip
+    )
     (event,) = [e for e in logs if e["event"] == "profit components disagree"]
     assert event["exchange_net"] == "12.1" and D(event["components_sum"]) == gross + fee + funding
 
@@ -289,13 +360,21 @@ async def test_bitget_ccxt_btc_samples(name: str) -> None:
     assert gross + fee + funding == D("-0.0454261")  # ccxt's netProfit
     assert window.records == (
         position(
-            "bitget", symbol=BTC, direction="long", size=D("0.001"),
-            open_price=D("37272.1"), close_price=D("37271.4"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("-0.0454261"),
-            open_time=at(1700720651684), close_time=at(1700720700400),  # ctime / utime
+            "bitget",
+            symbol=BTC,
+            direction="long",
+            size=D("0.001"),
+            open_price=D("37272.1"),
+            close_price=D("37271.4"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("-0.0454261"),
+            open_time=at(1700720651684),
+            close_time=at(1700720700400),  # ctime / utime
             record_key="BTCUSDT:long:1700720651684:1700720700400",
         ),
-    )  # fmt: skip
+    )
     assert not [e for e in logs if e["event"] == "profit components disagree"]
 
 
@@ -306,13 +385,21 @@ async def test_bitget_ccxt_xrp_sample() -> None:
     assert abs(gross + fee + funding - D("-0.65356802")) == D("1E-8")  # not beyond 1e-8
     assert window.records == (
         position(
-            "bitget", symbol=XRP, direction="long", size=D("10"),
-            open_price=D("0.64967"), close_price=D("0.58799"),
-            gross_pnl=gross, fee=fee, funding=funding, net_profit=D("-0.65356802"),
-            open_time=at(1709590322199), close_time=at(1709667583395),
+            "bitget",
+            symbol=XRP,
+            direction="long",
+            size=D("10"),
+            open_price=D("0.64967"),
+            close_price=D("0.58799"),
+            gross_pnl=gross,
+            fee=fee,
+            funding=funding,
+            net_profit=D("-0.65356802"),
+            open_time=at(1709590322199),
+            close_time=at(1709667583395),
             record_key="XRPUSDT:long:1709590322199:1709667583395",
         ),
-    )  # fmt: skip
+    )
     assert not [e for e in logs if e["event"] == "profit components disagree"]
 
 
@@ -339,13 +426,23 @@ async def test_bybit_docs_example_gross_from_cumulative_values() -> None:
     order = "5a373bfe-188d-4913-9c81-d57ab5be8068"
     assert window.records == (
         position(
-            "bybit", symbol=ETH, direction="long", size=D("3"),
-            open_price=D("1194.97516667"), close_price=D("1180.59833333"),
-            gross_pnl=gross, fee=net - gross, funding=D(0), net_profit=net,
-            close_time=at(1672214887231), record_key=order,
-            profit_basis=BASIS_FEES_ONLY, funding_known=False, exchange_order_ids=(order,),
+            "bybit",
+            symbol=ETH,
+            direction="long",
+            size=D("3"),
+            open_price=D("1194.97516667"),
+            close_price=D("1180.59833333"),
+            gross_pnl=gross,
+            fee=net - gross,
+            funding=D(0),
+            net_profit=net,
+            close_time=at(1672214887231),
+            record_key=order,
+            profit_basis=BASIS_FEES_ONLY,
+            funding_known=False,
+            exchange_order_ids=(order,),
         ),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("name", ["ccxt_parse_position_history", "ccxt_fetch_positions_history"])
@@ -356,13 +453,23 @@ async def test_bybit_ccxt_samples(name: str) -> None:
     order = "071749f3-a9fa-427b-b5ca-27b2f52b81de"
     assert window.records == (
         position(
-            "bybit", symbol=XRP, direction="long", size=D("3"),
-            open_price=D("0.6045"), close_price=D("0.605"),
-            gross_pnl=gross, fee=net - gross, funding=D(0), net_profit=net,
-            close_time=at(1712717265566), record_key=order,
-            profit_basis=BASIS_FEES_ONLY, funding_known=False, exchange_order_ids=(order,),
+            "bybit",
+            symbol=XRP,
+            direction="long",
+            size=D("3"),
+            open_price=D("0.6045"),
+            close_price=D("0.605"),
+            gross_pnl=gross,
+            fee=net - gross,
+            funding=D(0),
+            net_profit=net,
+            close_time=at(1712717265566),
+            record_key=order,
+            profit_basis=BASIS_FEES_ONLY,
+            funding_known=False,
+            exchange_order_ids=(order,),
         ),
-    )  # fmt: skip
+    )
 
 
 async def test_bybit_zero_closed_size_is_unusable() -> None:

@@ -15,21 +15,57 @@ from pathlib import Path
 
 import pytest
 
-from exchange_adapters.base import Context, RecordUnusable
-from exchange_adapters.clients import MarketInfo
+from exchange_adapters.fields import RecordUnusable
+from exchange_adapters.markets import MarketInfo
 from exchange_adapters.okx import normalize as okx_normalize
+from exchange_adapters.positions import Context
 
 ROOT = Path(__file__).resolve().parent.parent
-MONEY_MODULES = ("base", "binance", "okx", "gate", "bitget", "bybit", "replay", "registry")
-UNIFIED_CALLS = frozenset({
-    "fetch_my_trades", "fetch_positions_history", "fetch_positions", "parse_position",
-    "parse_positions", "parse_trade", "parse_trades", "safe_number", "safe_number_2",
-    "parse_number", "safe_float", "fetchMyTrades", "fetchPositionsHistory",
-})  # fmt: skip
-UNIFIED_NUMERIC_KEYS = frozenset({
-    "amount", "cost", "contracts", "entryPrice", "markPrice", "notional", "unrealizedPnl",
-    "collateral", "percentage", "initialMargin", "maintenanceMargin", "lastPrice",
-})  # fmt: skip
+MONEY_MODULES = (
+    "base",
+    "fields",
+    "positions",
+    "binance",
+    "okx",
+    "gate",
+    "bitget",
+    "bybit",
+    "replay",
+    "registry",
+)
+UNIFIED_CALLS = frozenset(
+    {
+        "fetch_my_trades",
+        "fetch_positions_history",
+        "fetch_positions",
+        "parse_position",
+        "parse_positions",
+        "parse_trade",
+        "parse_trades",
+        "safe_number",
+        "safe_number_2",
+        "parse_number",
+        "safe_float",
+        "fetchMyTrades",
+        "fetchPositionsHistory",
+    }
+)
+UNIFIED_NUMERIC_KEYS = frozenset(
+    {
+        "amount",
+        "cost",
+        "contracts",
+        "entryPrice",
+        "markPrice",
+        "notional",
+        "unrealizedPnl",
+        "collateral",
+        "percentage",
+        "initialMargin",
+        "maintenanceMargin",
+        "lastPrice",
+    }
+)
 
 
 def float_uses(source: str, filename: str = "<source>") -> list[str]:
@@ -44,8 +80,11 @@ def float_uses(source: str, filename: str = "<source>") -> list[str]:
             report(node, f"float literal {node.value!r}")
         elif isinstance(node, ast.Call):
             func = node.func
-            name = func.id if isinstance(func, ast.Name) else (
-                func.attr if isinstance(func, ast.Attribute) else None)  # fmt: skip
+            name = (
+                func.id
+                if isinstance(func, ast.Name)
+                else (func.attr if isinstance(func, ast.Attribute) else None)
+            )
             if name == "float":
                 report(node, "float(...)")
             if name in UNIFIED_CALLS:
@@ -87,14 +126,29 @@ def test_the_lint_catches_each_kind(snippet: str) -> None:
     assert float_uses(snippet) != []
 
 
-MARKET = MarketInfo(symbol="BTC/USDT:USDT", id="BTC-USDT-SWAP", settle="USDT",
-                    settle_id="USDT", contract_size=Decimal("0.01"), info={})  # fmt: skip
+MARKET = MarketInfo(
+    symbol="BTC/USDT:USDT",
+    id="BTC-USDT-SWAP",
+    settle="USDT",
+    settle_id="USDT",
+    contract_size=Decimal("0.01"),
+    info={},
+)
 RECORD = {
-    "instId": "BTC-USDT-SWAP", "direction": "long", "posId": "1", "cTime": "1654177169995",
-    "uTime": "1654177174419", "closeTotalPos": "1", "openAvgPx": "29783.9",
-    "closeAvgPx": "29786.6", "pnl": "0.0011", "fee": "-0.0001", "fundingFee": "0",
-    "liqPenalty": "0", "realizedPnl": "0.001",
-}  # fmt: skip
+    "instId": "BTC-USDT-SWAP",
+    "direction": "long",
+    "posId": "1",
+    "cTime": "1654177169995",
+    "uTime": "1654177174419",
+    "closeTotalPos": "1",
+    "openAvgPx": "29783.9",
+    "closeAvgPx": "29786.6",
+    "pnl": "0.0011",
+    "fee": "-0.0001",
+    "fundingFee": "0",
+    "liqPenalty": "0",
+    "realizedPnl": "0.001",
+}
 
 
 def test_a_record_normalizes_to_decimals_only() -> None:

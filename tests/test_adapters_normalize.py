@@ -10,14 +10,14 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+from kits.fake_exchanges import FakeBinance, FakeBitget, FakeBybit, FakeGate, FakeOkx
+from kits.fake_exchanges import binance as bn
+from kits.fake_exchanges import bitget as bg
+from kits.fake_exchanges import bybit as by
+from kits.fake_exchanges import gate as gt
+from kits.fake_exchanges import okx as ok
+from kits.fake_exchanges.harness import HOUR_MS, T0, T0_MS, at, open_source
 from reconcile.records import ProfitBasis, profit_of
-from tests.fake_exchanges import FakeBinance, FakeBitget, FakeBybit, FakeGate, FakeOkx
-from tests.fake_exchanges import binance as bn
-from tests.fake_exchanges import bitget as bg
-from tests.fake_exchanges import bybit as by
-from tests.fake_exchanges import gate as gt
-from tests.fake_exchanges import okx as ok
-from tests.fake_exchanges.harness import HOUR_MS, T0, T0_MS, at, open_source
 
 D = Decimal
 SINCE, UNTIL = T0 - timedelta(days=1), T0 + timedelta(hours=1)
@@ -27,20 +27,57 @@ async def test_binance_groups_closing_fills_by_order() -> None:
     async with FakeBinance() as fake:
         fake.records += [
             # opening fills: realizedPnl 0, never a closed position
-            bn.fill(order_id=5001, side="BUY", price="60000", qty="0.01", realized_pnl="0",
-                    commission="-0.24", time=T0_MS - 2 * HOUR_MS),
+            bn.fill(
+                order_id=5001,
+                side="BUY",
+                price="60000",
+                qty="0.01",
+                realized_pnl="0",
+                commission="-0.24",
+                time=T0_MS - 2 * HOUR_MS,
+            ),
             # one closing SELL order in one-way mode, two fills; commission sign varies
-            bn.fill(order_id=5002, side="SELL", price="61000", qty="0.004", realized_pnl="4.0",
-                    commission="-0.0976", time=T0_MS),
-            bn.fill(order_id=5002, side="SELL", price="61010", qty="0.006",
-                    realized_pnl="6.06", commission="0.146424", time=T0_MS + 5),
+            bn.fill(
+                order_id=5002,
+                side="SELL",
+                price="61000",
+                qty="0.004",
+                realized_pnl="4.0",
+                commission="-0.0976",
+                time=T0_MS,
+            ),
+            bn.fill(
+                order_id=5002,
+                side="SELL",
+                price="61010",
+                qty="0.006",
+                realized_pnl="6.06",
+                commission="0.146424",
+                time=T0_MS + 5,
+            ),
             # hedge mode: closing a SHORT with a BUY; one fill's fee paid in BNB
-            bn.fill(order_id=6001, side="BUY", position_side="SHORT", price="59000", qty="0.02",
-                    realized_pnl="20", commission="-0.472", time=T0_MS + 60_000),
-            bn.fill(order_id=6001, side="BUY", position_side="SHORT", price="59000", qty="0.01",
-                    realized_pnl="10", commission="0.00035", commission_asset="BNB",
-                    time=T0_MS + 60_001),
-        ]  # fmt: skip
+            bn.fill(
+                order_id=6001,
+                side="BUY",
+                position_side="SHORT",
+                price="59000",
+                qty="0.02",
+                realized_pnl="20",
+                commission="-0.472",
+                time=T0_MS + 60_000,
+            ),
+            bn.fill(
+                order_id=6001,
+                side="BUY",
+                position_side="SHORT",
+                price="59000",
+                qty="0.01",
+                realized_pnl="10",
+                commission="0.00035",
+                commission_asset="BNB",
+                time=T0_MS + 60_001,
+            ),
+        ]
         async with open_source(fake) as source:
             long_, short = (await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records
 
@@ -73,19 +110,48 @@ async def test_okx_direction_contract_size_and_reused_pos_id() -> None:
     async with FakeOkx() as fake:
         fake.records += [
             # one-way mode: posSide "net", the direction field says long
-            ok.position(pos_id="681423155054862336", direction="long", open_px="60000",
-                        close_px="61000", close_total_pos="3", pnl="30", fee="-0.9",
-                        funding_fee="-0.25", c_time=T0_MS - 2 * HOUR_MS, u_time=T0_MS),
+            ok.position(
+                pos_id="681423155054862336",
+                direction="long",
+                open_px="60000",
+                close_px="61000",
+                close_total_pos="3",
+                pnl="30",
+                fee="-0.9",
+                funding_fee="-0.25",
+                c_time=T0_MS - 2 * HOUR_MS,
+                u_time=T0_MS,
+            ),
             # the same posId reused for a later position: a different record
-            ok.position(pos_id="681423155054862336", direction="short", open_px="61500",
-                        close_px="61000", close_total_pos="2", pnl="10", fee="-0.61",
-                        funding_fee="0.02", c_time=T0_MS + 60_000, u_time=T0_MS + 120_000),
+            ok.position(
+                pos_id="681423155054862336",
+                direction="short",
+                open_px="61500",
+                close_px="61000",
+                close_total_pos="2",
+                pnl="10",
+                fee="-0.61",
+                funding_fee="0.02",
+                c_time=T0_MS + 60_000,
+                u_time=T0_MS + 120_000,
+            ),
             # hedge mode, liquidated: the penalty counts as a fee
-            ok.position(pos_id="700000000000000001", direction="short", pos_side="short",
-                        open_px="58000", close_px="60000", close_total_pos="1", pnl="-20",
-                        fee="-0.3", funding_fee="0", liq_penalty="-1.5", close_type="3",
-                        c_time=T0_MS - 5 * HOUR_MS, u_time=T0_MS + 180_000),
-        ]  # fmt: skip
+            ok.position(
+                pos_id="700000000000000001",
+                direction="short",
+                pos_side="short",
+                open_px="58000",
+                close_px="60000",
+                close_total_pos="1",
+                pnl="-20",
+                fee="-0.3",
+                funding_fee="0",
+                liq_penalty="-1.5",
+                close_type="3",
+                c_time=T0_MS - 5 * HOUR_MS,
+                u_time=T0_MS + 180_000,
+            ),
+        ]
         async with open_source(fake) as source:
             first, second, liquidated = (
                 await source.fetch_closed("BTC-USDT-SWAP", SINCE, UNTIL)
@@ -111,13 +177,29 @@ async def test_okx_direction_contract_size_and_reused_pos_id() -> None:
 async def test_gate_prices_by_side_and_composite_key() -> None:
     async with FakeGate() as fake:
         fake.records += [
-            gt.closed(side="long", long_price="60000", short_price="61000", accum_size="100",
-                      pnl_pnl="10", pnl_fee="-0.3", pnl_fund="-0.05",
-                      first_open_time=T0_MS // 1000 - 7200, time=T0_MS // 1000),
-            gt.closed(side="short", long_price="59000", short_price="60000", accum_size="250",
-                      pnl_pnl="25", pnl_fee="-0.74", pnl_fund="0.12",
-                      first_open_time=T0_MS // 1000 - 600, time=T0_MS // 1000 + 60),
-        ]  # fmt: skip
+            gt.closed(
+                side="long",
+                long_price="60000",
+                short_price="61000",
+                accum_size="100",
+                pnl_pnl="10",
+                pnl_fee="-0.3",
+                pnl_fund="-0.05",
+                first_open_time=T0_MS // 1000 - 7200,
+                time=T0_MS // 1000,
+            ),
+            gt.closed(
+                side="short",
+                long_price="59000",
+                short_price="60000",
+                accum_size="250",
+                pnl_pnl="25",
+                pnl_fee="-0.74",
+                pnl_fund="0.12",
+                first_open_time=T0_MS // 1000 - 600,
+                time=T0_MS // 1000 + 60,
+            ),
+        ]
         async with open_source(fake) as source:
             long_, short = (await source.fetch_closed("BTC_USDT", SINCE, UNTIL)).records
 
@@ -138,14 +220,33 @@ async def test_gate_prices_by_side_and_composite_key() -> None:
 async def test_bitget_fees_funding_and_position_id() -> None:
     async with FakeBitget() as fake:
         fake.records += [
-            bg.closed(position_id="1322441328637100049", hold_side="long", open_price="107003.7",
-                      close_price="107005.4", size="0.0001", pnl="0.00017", open_fee="-0.00642022",
-                      close_fee="-0.00642032", funding="0", ctime=T0_MS - 17_263, utime=T0_MS),
-            bg.closed(position_id="1322441328637100050", hold_side="short", open_price="0.64967",
-                      close_price="0.58799", size="10", pnl="0.6168", open_fee="-0.00389802",
-                      close_fee="-0.00352794", funding="-0.01638", ctime=T0_MS - HOUR_MS,
-                      utime=T0_MS + 1_000),
-        ]  # fmt: skip
+            bg.closed(
+                position_id="1322441328637100049",
+                hold_side="long",
+                open_price="107003.7",
+                close_price="107005.4",
+                size="0.0001",
+                pnl="0.00017",
+                open_fee="-0.00642022",
+                close_fee="-0.00642032",
+                funding="0",
+                ctime=T0_MS - 17_263,
+                utime=T0_MS,
+            ),
+            bg.closed(
+                position_id="1322441328637100050",
+                hold_side="short",
+                open_price="0.64967",
+                close_price="0.58799",
+                size="10",
+                pnl="0.6168",
+                open_fee="-0.00389802",
+                close_fee="-0.00352794",
+                funding="-0.01638",
+                ctime=T0_MS - HOUR_MS,
+                utime=T0_MS + 1_000,
+            ),
+        ]
         async with open_source(fake) as source:
             long_, short = (await source.fetch_closed("BTC/USDT", SINCE, UNTIL)).records
 
@@ -163,14 +264,28 @@ async def test_bybit_inverted_side_and_fee_derivation() -> None:
     async with FakeBybit() as fake:
         fake.records += [
             # "Sell" closed a long; closedPnl is net of both fees
-            by.closed(order_id="071749f3-a9fa-427b-b5ca-27b2f52b81de", side="Sell",
-                      entry="60000", exit_="61000", size="0.01", closed_pnl="9.4",
-                      open_fee="0.3", close_fee="0.3", created=T0_MS),
+            by.closed(
+                order_id="071749f3-a9fa-427b-b5ca-27b2f52b81de",
+                side="Sell",
+                entry="60000",
+                exit_="61000",
+                size="0.01",
+                closed_pnl="9.4",
+                open_fee="0.3",
+                close_fee="0.3",
+                created=T0_MS,
+            ),
             # "Buy" closed a short; an older record without fee fields: derive from prices
-            by.closed(order_id="18f1dd5e-0000-4000-8000-000000000001", side="Buy",
-                      entry="3000", exit_="2900", size="0.5", closed_pnl="49.7",
-                      created=T0_MS + 30_000),
-        ]  # fmt: skip
+            by.closed(
+                order_id="18f1dd5e-0000-4000-8000-000000000001",
+                side="Buy",
+                entry="3000",
+                exit_="2900",
+                size="0.5",
+                closed_pnl="49.7",
+                created=T0_MS + 30_000,
+            ),
+        ]
         async with open_source(fake) as source:
             long_, short = (await source.fetch_closed("BTCUSDT", SINCE, UNTIL)).records
 
@@ -188,15 +303,23 @@ async def test_bybit_inverted_side_and_fee_derivation() -> None:
 
 async def test_times_are_aware_utc_and_amounts_decimal() -> None:
     async with FakeOkx() as fake:
-        fake.records += ok.position(pos_id="1", direction="long", open_px="0.623",
-                                    close_px="0.6330444444444444", close_total_pos="27",
-                                    pnl="27.11999999999988", fee="-1.69566",
-                                    funding_fee="-11.870404179341788", c_time=T0_MS - 1,
-                                    u_time=T0_MS),  # fmt: skip
+        fake.records += (
+            ok.position(
+                pos_id="1",
+                direction="long",
+                open_px="0.623",
+                close_px="0.6330444444444444",
+                close_total_pos="27",
+                pnl="27.11999999999988",
+                fee="-1.69566",
+                funding_fee="-11.870404179341788",
+                c_time=T0_MS - 1,
+                u_time=T0_MS,
+            ),
+        )
         async with open_source(fake) as source:
             (position,) = (await source.fetch_closed("BTC_USDT", SINCE, UNTIL)).records
-    for name in ("size", "open_price", "close_price", "gross_pnl", "fee", "funding",
-                 "net_profit"):  # fmt: skip
+    for name in ("size", "open_price", "close_price", "gross_pnl", "fee", "funding", "net_profit"):
         assert type(getattr(position, name)) is Decimal, name
     assert position.close_price == D("0.6330444444444444")  # exact, not a float round-trip
     assert position.net_profit == D("13.553935820658092")

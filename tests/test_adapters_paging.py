@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges.harness import (
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.fake_exchanges.harness import (
     DAY_MS,
     HOUR_MS,
     T0,

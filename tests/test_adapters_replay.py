@@ -72,20 +72,23 @@ async def _fetch(path: Path, account_id: int = 7, symbol: str = "BTC_USDT") -> l
 async def test_jsonl_records_filtered_sorted_and_exact(tmp_path: Path) -> None:
     path = tmp_path / "closed.jsonl"
     path.write_text(
-        "\n".join([
-            json.dumps(_record(record_key="b", close_time="2026-05-17T14:40:00+08:00")),
-            "",
-            # JSON numbers are read exactly (never through float); epoch ms times
-            '{"platform":"okx","account_id":7,"symbol":"BTC-USDT-SWAP","direction":"short",'
-            '"size":0.03,"open_price":null,"close_price":61000.1,"gross_pnl":-3.333333333333333333,'
-            '"fee":-0.1,"funding":0,"open_time":null,"close_time":1778990000000,'
-            '"record_key":"a","raw":{"posId":"1","pnl":"-3.3"}}',
-            json.dumps(_record(account_id=8, record_key="other-account")),
-            json.dumps(_record(symbol="ETH_USDT", record_key="other-symbol")),
-            json.dumps(_record(record_key="late", close_time="2026-05-19T00:00:00Z")),
-        ]) + "\n",
+        "\n".join(
+            [
+                json.dumps(_record(record_key="b", close_time="2026-05-17T14:40:00+08:00")),
+                "",
+                # JSON numbers are read exactly (never through float); epoch ms times
+                '{"platform":"okx","account_id":7,"symbol":"BTC-USDT-SWAP","direction":"short",'
+                '"size":0.03,"open_price":null,"close_price":61000.1,"gross_pnl":-3.333333333333333333,'
+                '"fee":-0.1,"funding":0,"open_time":null,"close_time":1778990000000,'
+                '"record_key":"a","raw":{"posId":"1","pnl":"-3.3"}}',
+                json.dumps(_record(account_id=8, record_key="other-account")),
+                json.dumps(_record(symbol="ETH_USDT", record_key="other-symbol")),
+                json.dumps(_record(record_key="late", close_time="2026-05-19T00:00:00Z")),
+            ]
+        )
+        + "\n",
         encoding="utf-8",
-    )  # fmt: skip
+    )
     first, second = await _fetch(path)
     assert first.record_key == "a" and first.platform == "okx"
     assert first.gross_pnl == Decimal("-3.333333333333333333")
@@ -101,10 +104,13 @@ async def test_jsonl_records_filtered_sorted_and_exact(tmp_path: Path) -> None:
 async def test_csv_and_directories(tmp_path: Path) -> None:
     folder = tmp_path / "exports"
     folder.mkdir()
-    _write_csv(folder / "a.csv", [
-        _record(record_key="k1", open_price=None, open_time=None, raw={"orderId": "k1"}),
-        _record(record_key="k2", close_time="2026-05-16T00:00:00Z"),
-    ])  # fmt: skip
+    _write_csv(
+        folder / "a.csv",
+        [
+            _record(record_key="k1", open_price=None, open_time=None, raw={"orderId": "k1"}),
+            _record(record_key="k2", close_time="2026-05-16T00:00:00Z"),
+        ],
+    )
     # a later file replaces a record with the same key
     _write_jsonl(folder / "b.jsonl", [_record(record_key="k1", gross_pnl="20", net_profit=None)])
     (folder / "notes.txt").write_text("ignored", encoding="utf-8")
@@ -164,11 +170,21 @@ async def test_registry_serves_accounts_of_disabled_platforms_from_replay(tmp_pa
 
 
 async def test_json_output_round_trips_through_replay(tmp_path: Path) -> None:
-    original = (await _fetch(_write_jsonl(tmp_path / "in.jsonl", [
-        _record(gross_pnl="0.00000001", fee="-1E-8", funding="0", net_profit="0E-8",
-                raw={"orderId": 5}),
-        _record(record_key="k2", open_time=None, open_price=None),
-    ])))  # fmt: skip
+    original = await _fetch(
+        _write_jsonl(
+            tmp_path / "in.jsonl",
+            [
+                _record(
+                    gross_pnl="0.00000001",
+                    fee="-1E-8",
+                    funding="0",
+                    net_profit="0E-8",
+                    raw={"orderId": 5},
+                ),
+                _record(record_key="k2", open_time=None, open_price=None),
+            ],
+        )
+    )
     rendered = [position_to_json(p, include_raw=True) for p in original]
     k2, first = rendered  # same close time: ordered by record key
     assert first["record_key"] == "order-1"

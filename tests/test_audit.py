@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.databases import open_database
+from kits.seed import insert_order, seed_backlog
 from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.corrections import Corrector, Sighting
 from reconcile.charging.pricing import PowerRules
@@ -19,9 +21,7 @@ from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.storage.db import Database
 from reconcile.storage.schema import correction, power_consume, trading_order, wallet, wallet_log
 from reconcile.views.audit import audit
-from tests.conftest import open_database
 from tests.procs import run_cli, write_config
-from tests.seed import insert_order, seed_backlog
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 

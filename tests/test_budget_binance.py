@@ -1,5 +1,5 @@
 """Never get the engine's IP banned: the history sync against a fake Binance that enforces the
-per-IP request weight as Binance documents it (``tests/fake_exchanges/binance.py``,
+per-IP request weight as Binance documents it (``kits/fake_exchanges/binance.py``,
 :class:`IpWeightLimit`, with the documentation it follows).
 
 The fake is one IP: every account on it shares 2,400 weight per window, half of it taken by the
@@ -39,19 +39,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange_adapters import options as adapter_options
 from exchange_adapters.options import AdapterOptions, RetryOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.charging.consumer import PowerConsumer
-from reconcile.storage.db import Database
-from reconcile.storage.schema import power_consume, trading_api_config, trading_order, trading_robot
-from reconcile.sync.history import HistorySync, SyncSettings, SyncSummary
-from tests.fake_exchanges.binance import (
+from kits.fake_exchanges.binance import (
     THREE_DAYS,
     USED_WEIGHT_HEADER,
     FakeBinance,
     IpWeightLimit,
 )
-from tests.fake_exchanges.harness import HOUR_MS, closed_record
+from kits.fake_exchanges.harness import HOUR_MS, closed_record
+from kits.seed import assert_ledger_consistent
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, trading_api_config, trading_order, trading_robot
+from reconcile.sync.history import HistorySync
+from reconcile.sync.settings import SyncSettings
+from reconcile.sync.window import SyncSummary
 from tests.history_kit import RULES
-from tests.seed import assert_ledger_consistent
 
 MINUTE = 60.0
 
@@ -65,8 +67,9 @@ ENGINE_LOAD = LIMIT / 2  # the engine's weight per window
 SHARE = 0.45  # of the limit, for the history sync (the engine takes 0.5)
 SCALE = MINUTE / WINDOW
 #: shipped retry defaults (exchange_adapters/options.py RetryOptions), 20x faster
-SCALED_RETRY = RetryOptions(attempts=4, initial=0.5 / SCALE, maximum=10.0 / SCALE,
-                            retry_after_max=60.0 / SCALE)  # fmt: skip
+SCALED_RETRY = RetryOptions(
+    attempts=4, initial=0.5 / SCALE, maximum=10.0 / SCALE, retry_after_max=60.0 / SCALE
+)
 MAX_RATIO = 1.5
 
 
@@ -120,15 +123,35 @@ async def seed_accounts(db: Database, fake: FakeBinance, accounts: int) -> int:
         records = fake.add_account(key, secret)
         records += closed_record("binance", close_ms=now_ms - 3 * HOUR_MS, profit="10")
         win = n % 2 == 0
-        records += closed_record("binance", close_ms=now_ms - 2 * HOUR_MS,
-                                 profit="7" if win else "-4", long=win)  # fmt: skip
+        records += closed_record(
+            "binance", close_ms=now_ms - 2 * HOUR_MS, profit="7" if win else "-4", long=win
+        )
         winners += 1 + win
-        configs.append({"id": n, "user_id": 1000 + n, "platform": "binance",
-                        "api_name": f"binance {n}", "base_url": fake.url, "api_key": key,
-                        "secret_key": secret, "status": 1})  # fmt: skip
-        robots.append({"id": n * 10, "tenant_id": 3, "user_id": 1000 + n, "api_config_id": n,
-                       "exchange": "binance", "symbol": "BTCUSDT", "robot_name": f"robot {n}",
-                       "leverage": 10, "status": 2})  # fmt: skip
+        configs.append(
+            {
+                "id": n,
+                "user_id": 1000 + n,
+                "platform": "binance",
+                "api_name": f"binance {n}",
+                "base_url": fake.url,
+                "api_key": key,
+                "secret_key": secret,
+                "status": 1,
+            }
+        )
+        robots.append(
+            {
+                "id": n * 10,
+                "tenant_id": 3,
+                "user_id": 1000 + n,
+                "api_config_id": n,
+                "exchange": "binance",
+                "symbol": "BTCUSDT",
+                "robot_name": f"robot {n}",
+                "leverage": 10,
+                "status": 2,
+            }
+        )
 
     async def insert(conn: AsyncConnection) -> None:
         await conn.execute(trading_api_config.insert(), configs)
@@ -143,14 +166,21 @@ async def cold_sync(db: Database, fake: FakeBinance, options: AdapterOptions) ->
     limit = fake.weight_limit
     assert limit is not None
     async with ExchangeRegistry({"binance": options}) as registry:
-        sync = HistorySync(db, PowerConsumer(db, RULES), registry,
-                           SyncSettings(platforms=frozenset({"binance"})))  # fmt: skip
+        sync = HistorySync(
+            db, PowerConsumer(db, RULES), registry, SyncSettings(platforms=frozenset({"binance"}))
+        )
         started = time.monotonic()
         summary = await sync.run_cycle()
         wall = time.monotonic() - started
     client = limit.weight["client"]
-    return Outcome(summary, wall, client, limit.min_seconds(client),
-                   await count(db, trading_order), await count(db, power_consume))  # fmt: skip
+    return Outcome(
+        summary,
+        wall,
+        client,
+        limit.min_seconds(client),
+        await count(db, trading_order),
+        await count(db, power_consume),
+    )
 
 
 def figures(limit: IpWeightLimit, out: Outcome, expected: int, winners: int) -> str:
@@ -169,8 +199,13 @@ def figures(limit: IpWeightLimit, out: Outcome, expected: int, winners: int) -> 
 
 @pytest.fixture
 async def shared_ip() -> AsyncIterator[FakeBinance]:
-    limit = IpWeightLimit(limit=LIMIT, window=WINDOW, ban_min=120.0 / SCALE,
-                          ban_max=THREE_DAYS / SCALE, engine_load=ENGINE_LOAD)  # fmt: skip
+    limit = IpWeightLimit(
+        limit=LIMIT,
+        window=WINDOW,
+        ban_min=120.0 / SCALE,
+        ban_max=THREE_DAYS / SCALE,
+        engine_load=ENGINE_LOAD,
+    )
     async with FakeBinance(weight_limit=limit) as fake:
         yield fake
 
@@ -185,8 +220,9 @@ async def test_cold_sync_of_400_accounts_never_gets_the_ip_banned(
     assert limit is not None
     winners = await seed_accounts(mysql_db, fake, ACCOUNTS)
     expected = 2 * ACCOUNTS
-    options = options_for(fake, limit=LIMIT, window=WINDOW, share=SHARE, retry=SCALED_RETRY,
-                          close_delay_ms=0)  # fmt: skip
+    options = options_for(
+        fake, limit=LIMIT, window=WINDOW, share=SHARE, retry=SCALED_RETRY, close_delay_ms=0
+    )
     await asyncio.sleep((PHASE - time.time()) % WINDOW)
     out = await cold_sync(mysql_db, fake, options)
     report = figures(limit, out, expected, winners)

@@ -17,9 +17,9 @@ from exchange_adapters.budgets import Budget, BudgetOptions
 from exchange_adapters.errors import ResponseCapture
 from exchange_adapters.options import RetryOptions
 from exchange_adapters.registry import ExchangeRegistry
+from kits.fake_exchanges import FakeBinance, FakeBybit, Fault
+from kits.fake_exchanges.harness import T0, account_for, fast_options
 from reconcile.errors import RateLimited, TemporaryError
-from tests.fake_exchanges import FakeBinance, FakeBybit, Fault
-from tests.fake_exchanges.harness import T0, account_for, fast_options
 
 SINCE, UNTIL = T0.replace(hour=0), T0
 
@@ -132,8 +132,9 @@ async def test_a_429_stops_every_account_through_the_egress_until_retry_after() 
                 await asyncio.sleep(0.005)
             refused_at = fake.seen()[0].at
             await asyncio.sleep(0.1)  # the 429 has been read: the others start now
-            results = await _gather([lambda s=s: s.fetch_closed("BTCUSDT", SINCE, UNTIL)
-                                     for s in sources[1:]])  # fmt: skip
+            results = await _gather(
+                [lambda s=s: s.fetch_closed("BTCUSDT", SINCE, UNTIL) for s in sources[1:]]
+            )
             await first
         assert not [r for r in results if isinstance(r, BaseException)]
         later = [s.at for s in fake.seen()[1:]]
@@ -154,8 +155,9 @@ async def test_a_418_stops_every_account_and_none_touches_the_exchange() -> None
             with pytest.raises(RateLimited):
                 await sources[0].fetch_closed("BTCUSDT", SINCE, UNTIL)
             started = time.monotonic()
-            results = await _gather([lambda s=s: s.fetch_closed("BTCUSDT", SINCE, UNTIL)
-                                     for s in sources])  # fmt: skip
+            results = await _gather(
+                [lambda s=s: s.fetch_closed("BTCUSDT", SINCE, UNTIL) for s in sources]
+            )
             assert time.monotonic() - started < 1.0  # failed at once, not after waiting
         assert all(isinstance(r, TemporaryError) for r in results), results
         assert fake.count("*") == 1  # the 418 itself; nothing after it

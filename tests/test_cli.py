@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from kits.databases import open_database
+from kits.seed import insert_order
 from reconcile.storage.db import Database
-from tests.conftest import open_database
 from tests.procs import run_cli, write_config
-from tests.seed import insert_order
 
 
 def events(out: str) -> list[dict[str, object]]:

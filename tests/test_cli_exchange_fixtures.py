@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from kits.fake_exchanges import FAKES
+from kits.fake_exchanges.harness import at
 from reconcile.storage.db import Database
-from tests.fake_exchanges import FAKES
-from tests.fake_exchanges.harness import at
+from tests.exchange_fixtures import MARKETS, body_of
 from tests.history_kit import add_account
 from tests.procs import run_cli, write_config
-from tests.test_adapters_fixtures import MARKETS, body_of
 
 D = Decimal
 
@@ -22,20 +22,42 @@ async def closed_json(
     db: Database, url: str, tmp_path: Path, platform: str, name: str, symbol: str
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     async with FAKES[platform](markets=MARKETS) as fake:
-        await add_account(db, 10, user_id=7, platform=platform, base_url=fake.url,
-                          api_key=fake.api_key, secret_key=fake.secret,
-                          passphrase=fake.passphrase)  # fmt: skip
+        await add_account(
+            db,
+            10,
+            user_id=7,
+            platform=platform,
+            base_url=fake.url,
+            api_key=fake.api_key,
+            secret_key=fake.secret,
+            passphrase=fake.passphrase,
+        )
         body = body_of(platform, name)
         fake.serve_body(body)
-        cfg = write_config(tmp_path / "c.yaml", url, exchanges={platform: {
-            "timeout": "2s", "rate_limit": "1ms",
-            "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"},
-        }})  # fmt: skip
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            url,
+            exchanges={
+                platform: {
+                    "timeout": "2s",
+                    "rate_limit": "1ms",
+                    "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"},
+                }
+            },
+        )
         # the fixtures are years old: a look-back long enough to hold them
         code, out, err = await run_cli(
-            cfg, "exchange", "closed", "--account", "10", "--symbol", symbol, "--since", "5000d",
+            cfg,
+            "exchange",
+            "closed",
+            "--account",
+            "10",
+            "--symbol",
+            symbol,
+            "--since",
+            "5000d",
             "--json",
-        )  # fmt: skip
+        )
         assert code == 0, err
         assert fake.served == [body]
     positions = [json.loads(line) for line in out.splitlines()]

@@ -12,13 +12,14 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from kits.seed import assert_ledger_consistent, eligible_ids, seed_backlog
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Outcome, Source
 from reconcile.charging.pricing import PowerRules
 from reconcile.charging.sweep import SweepSettings, backlog_at_least, sweep
 from reconcile.storage.db import Database
 from reconcile.storage.schema import power_consume
 from tests.procs import run_cli, start_cli, write_config
-from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 

@@ -9,20 +9,23 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging import ledger
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source, load_power_rules
-from reconcile.charging.pricing import PowerOverride, PowerRules
-from reconcile.errors import DuplicateKey, OrderNotFound
-from reconcile.storage.db import Database
-from reconcile.storage.schema import power_consume, toogo_config, trading_order, wallet, wallet_log
-from tests.conftest import open_database
-from tests.seed import (
+from kits.databases import open_database
+from kits.seed import (
     assert_ledger_consistent,
     insert_order,
+    legacy_charge,
     live_columns,
     set_discount,
     set_wallet,
 )
+from reconcile.charging import ledger
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Outcome, Source
+from reconcile.charging.price_inputs import load_power_rules
+from reconcile.charging.pricing import PowerOverride, PowerRules
+from reconcile.errors import DuplicateKey, OrderNotFound
+from reconcile.storage.db import Database
+from reconcile.storage.schema import power_consume, toogo_config, trading_order, wallet, wallet_log
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 
@@ -168,26 +171,6 @@ async def test_unknown_order(any_db: Database) -> None:
         await PowerConsumer(any_db, RULES).charge(4242, Source.REALTIME)
 
 
-async def legacy_charge(db: Database, user_id: int, order_id: int, amount: Decimal) -> None:
-    """What the old code left behind: a consume row and a debit, but power_consumed still 0."""
-
-    async def write(conn: AsyncConnection) -> None:
-        await conn.execute(
-            power_consume.insert().values(
-                user_id=user_id,
-                robot_id=1,
-                order_id=order_id,
-                order_sn="legacy",
-                profit_amount=Decimal(1),
-                consume_rate=Decimal("0.1"),
-                consume_power=amount,
-                original_power=amount,
-            )
-        )
-
-    await db.transaction(write, what="legacy charge")
-
-
 async def test_legacy_repair(any_db: Database, logs: list[dict[str, Any]]) -> None:
     await set_wallet(any_db, 9, Decimal("50"))
     order_id = await insert_order(any_db, user_id=9, realized_profit=Decimal("2"))
@@ -268,11 +251,20 @@ async def test_post_consumes_refuses_an_order_with_a_second_consume_row(server_u
         now = db.now()
 
         def consume_row() -> dict[str, Any]:
-            return {"user_id": 5, "robot_id": 1, "order_id": order_id, "order_sn": "TO-x",
-                    "profit_amount": Decimal("3"), "consume_rate": Decimal("0.10"),
-                    "consume_power": Decimal("0.3"), "from_power": Decimal("0.3"),
-                    "vip_level": 1, "discount_rate": Decimal(0), "original_power": Decimal("0.3"),
-                    "created_at": now}  # fmt: skip
+            return {
+                "user_id": 5,
+                "robot_id": 1,
+                "order_id": order_id,
+                "order_sn": "TO-x",
+                "profit_amount": Decimal("3"),
+                "consume_rate": Decimal("0.10"),
+                "consume_power": Decimal("0.3"),
+                "from_power": Decimal("0.3"),
+                "vip_level": 1,
+                "discount_rate": Decimal(0),
+                "original_power": Decimal("0.3"),
+                "created_at": now,
+            }
 
         async def unit(conn: AsyncConnection) -> None:
             await conn.execute(power_consume.insert(), [consume_row(), consume_row()])

@@ -16,9 +16,20 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.databases import FAST_RETRY
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.fake_exchanges.harness import closed_record
+from kits.seed import (
+    assert_ledger_consistent,
+    insert_order,
+    live_columns,
+    set_discount,
+    set_wallet,
+)
 from reconcile.charging import ledger
-from reconcile.charging.consumer import PowerConsumer, Source
+from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.corrections import CorrectionMode, Corrector, Sighting
+from reconcile.charging.outcomes import Source
 from reconcile.charging.pricing import Discount, compute_charge
 from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.storage.db import Database, DatabaseSettings
@@ -31,18 +42,8 @@ from reconcile.storage.schema import (
     wallet_log,
 )
 from reconcile.views.audit import audit
-from tests.conftest import FAST_RETRY
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import RULES, sync_for, wire_account
 from tests.procs import run_cli
-from tests.seed import (
-    assert_ledger_consistent,
-    insert_order,
-    live_columns,
-    set_discount,
-    set_wallet,
-)
 
 ADJUST = CorrectionMode.ADJUST
 INITIAL = Decimal("100")
@@ -372,9 +373,15 @@ async def test_an_engine_order_the_sweep_charges_is_corrected_at_the_next_readin
     await seed(server_db, okx)
     at = close_ms()
     closed = server_db.to_db_time(datetime.fromtimestamp(at / 1000, UTC))
-    engine = await insert_order(server_db, user_id=7, robot_id=100, quantity=Decimal("0.01"),
-                                open_time=closed - timedelta(hours=1), close_time=closed,
-                                realized_profit=Decimal("9.5"))  # fmt: skip
+    engine = await insert_order(
+        server_db,
+        user_id=7,
+        robot_id=100,
+        quantity=Decimal("0.01"),
+        open_time=closed - timedelta(hours=1),
+        close_time=closed,
+        realized_profit=Decimal("9.5"),
+    )
     serve(okx, at, "10")
     async with sync_for(server_db, okx, corrections=ADJUST) as sync:
         first = await sync.run_cycle()

@@ -166,9 +166,13 @@ async def test_load_account_plaintext_disabled_and_key_from_env(
     assert account.base_url is None and account.passphrase is None and not account.enabled
     assert (account.api_key.get(), account.secret.get()) == ("k", "s")
 
-    encrypted = await _insert(any_db, user_id=1, platform="gate",
-                              api_key=hotgo_encrypt("gk", b"env-key"),
-                              secret_key=hotgo_encrypt("gs", b"env-key"))  # fmt: skip
+    encrypted = await _insert(
+        any_db,
+        user_id=1,
+        platform="gate",
+        api_key=hotgo_encrypt("gk", b"env-key"),
+        secret_key=hotgo_encrypt("gs", b"env-key"),
+    )
     monkeypatch.delenv("TOOGO_AES_KEY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     with pytest.raises(ConfigError, match=f"hg_trading_api_config {encrypted} api_key"):

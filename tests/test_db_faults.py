@@ -12,19 +12,20 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source
-from reconcile.charging.pricing import PowerRules
-from reconcile.charging.sweep import SweepSettings, sweep
-from reconcile.storage.db import Database, DatabaseSettings
-from tests.conftest import FAST_RETRY, open_database
-from tests.seed import (
+from kits.databases import FAST_RETRY, open_database
+from kits.seed import (
     assert_ledger_consistent,
     eligible_ids,
     insert_order,
     seed_backlog,
     set_wallet,
 )
-from tests.tcp_proxy import CommitCutter
+from kits.tcp_proxy import CommitCutter
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Outcome, Source
+from reconcile.charging.pricing import PowerRules
+from reconcile.charging.sweep import SweepSettings, sweep
+from reconcile.storage.db import Database, DatabaseSettings
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 

@@ -25,16 +25,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits import private_postgres
+from kits.databases import SERVERS, open_database
+from kits.private_mariadb import PrivateMariaDB, free_port, install_template
+from kits.private_postgres import PrivatePostgres
+from kits.seed import assert_ledger_consistent, consume_count, eligible_ids, seed_backlog
 from reconcile.errors import ConnectionLost
-from reconcile.storage.db import Database, DatabaseSettings, RetryPolicy
-from tests import private_postgres
-from tests.conftest import SERVERS, open_database
+from reconcile.storage.db import Database, DatabaseSettings
+from reconcile.storage.retries import RetryPolicy
 from tests.history_kit import NOW, add_account, add_robot, position, write_replay
-from tests.private_mariadb import PrivateMariaDB, free_port, install_template
-from tests.private_postgres import PrivatePostgres
-from tests.procs import start_cli, write_config
-from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
-from tests.test_service import POWER, consume_count
+from tests.procs import POWER, start_cli, write_config
 
 # seconds the server stays down: the issue's 20 s, shortened for the suite (TOOGO_TEST_OUTAGE=20)
 OUTAGE = float(os.environ.get("TOOGO_TEST_OUTAGE", "8"))
@@ -260,9 +260,9 @@ async def test_a_hung_server_cannot_hold_a_transaction_forever(
     lost connection; the retries are bounded the same way; once the server answers again the
     same Database works."""
     _, url = private_db
-    db = Database(DatabaseSettings(url=url, retry=RetryPolicy(attempts=2, initial=0.01)))
+    settings = DatabaseSettings(url=url, retry=RetryPolicy(attempts=2, initial=0.01))
+    db = Database(settings, attempt_timeout=2.0)
     await db.open()
-    db.attempt_timeout = 2.0
     paused: list[bool] = []
 
     async def work(conn: AsyncConnection) -> int:
@@ -413,13 +413,18 @@ class CursorCheck:
             try:
                 async with self.db.engine.connect() as conn, conn.begin():
                     await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-                    cursors = {a for (a,) in await conn.execute(
-                        text("SELECT account_id FROM toogo_reconcile_cursor")
-                    )}  # fmt: skip
-                    counts = dict((await conn.execute(text(
+                    cursors = {
+                        a
+                        for (a,) in await conn.execute(
+                            text("SELECT account_id FROM toogo_reconcile_cursor")
+                        )
+                    }
+                    per_account = text(
                         "SELECT r.api_config_id, COUNT(*) FROM hg_trading_order o"
-                        " JOIN hg_trading_robot r ON r.id = o.robot_id GROUP BY r.api_config_id"
-                    ))).all())  # fmt: skip
+                        " JOIN hg_trading_robot r ON r.id = o.robot_id"
+                        " GROUP BY r.api_config_id"
+                    )
+                    counts = dict((await conn.execute(per_account)).all())
                 self.checks += 1
                 self.seen |= cursors
                 for account in cursors:

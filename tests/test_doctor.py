@@ -14,10 +14,10 @@ import yaml
 
 from daemon.config import load_config
 from daemon.doctor import Doctor
+from kits.databases import mysql_admin, open_database
+from kits.fake_exchanges import FAKES, FakeExchange
 from reconcile.storage.db import Database
 from reconcile.sync.credentials import AesKey, encrypt_value
-from tests.conftest import mysql_admin, open_database
-from tests.fake_exchanges import FAKES, FakeExchange
 from tests.history_kit import add_account, add_robot, write_replay
 from tests.procs import run_cli, write_config
 
@@ -72,14 +72,19 @@ def diagnose(monkeypatch: pytest.MonkeyPatch) -> Diagnose:
     lines without the config line."""
 
     async def run(config: Path, *, all_accounts: bool = False, **env: str) -> Report:
-        for name in ("TOOGO_DATABASE_URL", "TOOGO_DATABASE_PASSWORD", "TOOGO_AES_KEY",
-                     "CREDENTIALS_DIRECTORY"):  # fmt: skip
+        for name in (
+            "TOOGO_DATABASE_URL",
+            "TOOGO_DATABASE_PASSWORD",
+            "TOOGO_AES_KEY",
+            "CREDENTIALS_DIRECTORY",
+        ):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         lines: list[str] = []
-        doc = Doctor(load_config(config), lambda line: lines.append(line.render()),
-                     all_accounts=all_accounts)  # fmt: skip
+        doc = Doctor(
+            load_config(config), lambda line: lines.append(line.render()), all_accounts=all_accounts
+        )
         healthy = await doc.run()
         return Report(0 if healthy else 1, "\n".join(lines), "")
 
@@ -115,8 +120,14 @@ async def wire(
     }
     values.update(fields)
     await add_account(db, account_id, user_id=account_id, platform=fake.platform, **values)
-    await add_robot(db, account_id * 10, user_id=account_id, account_id=account_id,
-                    symbol="BTCUSDT", exchange=fake.platform)  # fmt: skip
+    await add_robot(
+        db,
+        account_id * 10,
+        user_id=account_id,
+        account_id=account_id,
+        symbol="BTCUSDT",
+        exchange=fake.platform,
+    )
 
 
 def config_for(tmp_path: Path, url: str, *platforms: str, **database: Any) -> Path:
@@ -145,8 +156,16 @@ async def test_healthy_setup_passes(
     cfg = config_for(tmp_path, mysql_url, "binance", "okx")
     report = await doctor(cfg, TOOGO_AES_KEY=AES)
     assert report.code == 0, (report.out, report.err)
-    for name in ("config", "database", "schema", "time zone", "credentials", "binance", "okx",
-                 "replay"):  # fmt: skip
+    for name in (
+        "config",
+        "database",
+        "schema",
+        "time zone",
+        "credentials",
+        "binance",
+        "okx",
+        "replay",
+    ):
         assert report.ok(name), report.out
     database = mysql_url.rsplit("/", 1)[1]
     assert f"127.0.0.1:3306/{database}" in report.line("database")

@@ -1,4 +1,4 @@
-"""What upstream's engine does that the daemon must live with (DESIGN.md, facts read from
+"""What upstream's engine does that the daemon must live with (docs/architecture.md, facts read from
 lilei800/toogo_v2): 2006 placeholder close times, pending and failed orders, a Go wallet writer
 that reads without a lock and writes an absolute balance, clocks in Asia/Shanghai, the published
 default AES key. Rows are written the way the engine writes them; the writer's interleavings are
@@ -15,12 +15,14 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from kits.databases import open_database
+from kits.seed import insert_order, set_wallet
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Outcome, Source
 from reconcile.storage.db import Database
 from reconcile.storage.schema import wallet, wallet_log
 from reconcile.sync.credentials import UPSTREAM_DEFAULT_KEY, AesKey, encrypt_value
 from reconcile.views.audit import audit
-from tests.conftest import open_database
 from tests.history_kit import (
     NOW,
     RULES,
@@ -31,7 +33,6 @@ from tests.history_kit import (
     write_replay,
 )
 from tests.procs import run_cli, write_config
-from tests.seed import insert_order, set_wallet
 
 pytestmark = pytest.mark.mysql
 
@@ -62,13 +63,25 @@ async def test_the_sync_never_matches_on_a_placeholder_nor_closes_pending_or_fai
     )
     # ... pending (0) and failed (4) orders are never closed by the sync
     pending = await insert_order(
-        server_db, user_id=7, robot_id=100, status=0, close_time=None, close_price=None,
-        open_time=server_db.to_db_time(closed - timedelta(hours=1)), quantity=Decimal("0.01"),
-    )  # fmt: skip
+        server_db,
+        user_id=7,
+        robot_id=100,
+        status=0,
+        close_time=None,
+        close_price=None,
+        open_time=server_db.to_db_time(closed - timedelta(hours=1)),
+        quantity=Decimal("0.01"),
+    )
     failed = await insert_order(
-        server_db, user_id=7, robot_id=100, status=4, close_time=None, close_price=None,
-        open_time=server_db.to_db_time(closed - timedelta(hours=1)), quantity=Decimal("0.01"),
-    )  # fmt: skip
+        server_db,
+        user_id=7,
+        robot_id=100,
+        status=4,
+        close_time=None,
+        close_price=None,
+        open_time=server_db.to_db_time(closed - timedelta(hours=1)),
+        quantity=Decimal("0.01"),
+    )
     replay = write_replay(tmp_path / "r.jsonl", [position(10, "B-1", closed=closed)])
     async with history_sync(server_db, replay) as sync:
         summary = await sync.run_cycle()
@@ -102,9 +115,14 @@ async def go_change_balance_write(
 
     async def write(conn: AsyncConnection) -> None:
         entry = wallet_log.insert().values(
-            user_id=user_id, account_type="power", change_type="recharge", change_amount=delta,
-            before_amount=read, after_amount=read + delta, remark="go ChangeBalance",
-        )  # fmt: skip
+            user_id=user_id,
+            account_type="power",
+            change_type="recharge",
+            change_amount=delta,
+            before_amount=read,
+            after_amount=read + delta,
+            remark="go ChangeBalance",
+        )
         if log_first:
             await conn.execute(entry)
         await conn.execute(
@@ -151,10 +169,14 @@ async def go_change_balance_write_log_only(
     async def write(conn: AsyncConnection) -> None:
         await conn.execute(
             wallet_log.insert().values(
-                user_id=user_id, account_type="power", change_type="recharge",
-                change_amount=delta, before_amount=read, after_amount=read + delta,
+                user_id=user_id,
+                account_type="power",
+                change_type="recharge",
+                change_amount=delta,
+                before_amount=read,
+                after_amount=read + delta,
             )
-        )  # fmt: skip
+        )
 
     await db.transaction(write, what="go writes its ledger row")
 
@@ -193,9 +215,12 @@ async def test_doctor_warns_of_upstreams_published_default_key(
 ) -> None:
     key = AesKey(UPSTREAM_DEFAULT_KEY)
     await add_account(
-        server_db, 10, user_id=7, api_key=encrypt_value("k-1", key),
+        server_db,
+        10,
+        user_id=7,
+        api_key=encrypt_value("k-1", key),
         secret_key=encrypt_value("s-1", key),
-    )  # fmt: skip
+    )
     cfg = write_config(tmp_path / "c.yaml", server_url)
     _, out, err = await run_cli(cfg, "doctor", TOOGO_AES_KEY=UPSTREAM_DEFAULT_KEY)
     [warning] = [ln for ln in out.splitlines() if ln.startswith("!") and "published" in ln]

@@ -1,5 +1,5 @@
-"""Several daemons share the accounts through the poll schedule (reconcile.fleet), on MariaDB and
-PostgreSQL: claims never overlap, an expired lease is taken over but never before the account
+"""Several daemons share the accounts through the poll schedule (reconcile.sync.fleet), on MariaDB
+and PostgreSQL: claims never overlap, an expired lease is taken over but never before the account
 is due, and three real daemons - one SIGKILLed mid-run - poll every account once per interval
 as the fake exchange counts the requests."""
 
@@ -20,9 +20,9 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.exchanges_config import ExchangeConfig
+from kits.fake_exchanges import FakeBinance
 from reconcile.storage.db import Database
 from reconcile.sync.fleet import RETIRED, PollLeases, schedule_rows
-from tests.fake_exchanges import FakeBinance
 from tests.history_kit import add_account, add_robot
 from tests.procs import start_cli, write_config
 
@@ -176,9 +176,14 @@ async def test_three_daemons_one_killed_poll_every_account_once_per_interval(
         for n in range(ACCOUNTS):
             account = 1000 + n
             await add_account(
-                server_db, account, user_id=500 + n, platform="binance", base_url=fake.url,
-                api_key=f"key-{n}", secret_key=f"secret-{n}",
-            )  # fmt: skip
+                server_db,
+                account,
+                user_id=500 + n,
+                platform="binance",
+                base_url=fake.url,
+                api_key=f"key-{n}",
+                secret_key=f"secret-{n}",
+            )
             await add_robot(server_db, account * 10, user_id=500 + n, account_id=account)
         exchange: dict[str, Any] = {
             "timeout": "2s",
@@ -192,9 +197,13 @@ async def test_three_daemons_one_killed_poll_every_account_once_per_interval(
             power=POWER,
             exchanges={"binance": exchange},
             sync={"lookback": "1h", "concurrency": 8, "lease": f"{LEASE}s", "tick": f"{TICK}s"},
-            schedule={"history_sync": f"{INTERVAL}s", "realtime_sweep": "1h",
-                      "compensation_sweep": "1h", "audit": None},
-        )  # fmt: skip
+            schedule={
+                "history_sync": f"{INTERVAL}s",
+                "realtime_sweep": "1h",
+                "compensation_sweep": "1h",
+                "audit": None,
+            },
+        )
         procs = [await start_cli(cfg, "run") for _ in range(3)]
         logs: list[list[dict[str, Any]]] = [[], [], []]
         readers = [
@@ -218,8 +227,11 @@ async def test_three_daemons_one_killed_poll_every_account_once_per_interval(
             await victim.wait()
             # what the victim held: claimed (its due time set), lease not released
             prefix = f"{socket.gethostname()[:40]}:{victim.pid}:"
-            held = {r.account_id: r.polled_at for r in await schedule_rows(server_db)
-                    if (r.owner or "").startswith(prefix)}  # fmt: skip
+            held = {
+                r.account_id: r.polled_at
+                for r in await schedule_rows(server_db)
+                if (r.owner or "").startswith(prefix)
+            }
             await asyncio.sleep(killed + 4 * INTERVAL - time.monotonic())
             end = time.monotonic()
             for proc in procs[1:]:
@@ -264,8 +276,10 @@ async def test_three_daemons_one_killed_poll_every_account_once_per_interval(
         # one interval plus the lease (the configuration requires tick < lease)
         bound = 2 * INTERVAL + TICK + SPREAD if n in lost else INTERVAL + LEASE
         assert worst <= bound, (n, worst, bound, sorted(held), sorted(lost))
-    print(f"held at the kill: {len(held)}, lost polls: {sorted(lost)}; spacing min "
-          f"{min(spacing):.3f} s, largest gap {max(gaps):.3f} s")  # fmt: skip
+    print(
+        f"held at the kill: {len(held)}, lost polls: {sorted(lost)}; spacing min "
+        f"{min(spacing):.3f} s, largest gap {max(gaps):.3f} s"
+    )
     # never twice in one interval, the victim's last requests included
     assert min(spacing) >= INTERVAL - SPREAD, sorted(spacing)[:5]
     assert len(lost) <= 2  # a claim is a few ms ahead of its request

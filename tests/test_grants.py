@@ -16,13 +16,13 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.databases import mysql_admin, pg_admin, pg_dsn
+from kits.seed import insert_order, set_wallet
 from reconcile.storage import grants
 from reconcile.storage.db import Database
 from reconcile.storage.schema import trading_order
-from tests.conftest import mysql_admin, pg_admin, pg_dsn
 from tests.history_kit import add_account, add_robot, position, write_replay
 from tests.procs import run_cli, write_config
-from tests.seed import insert_order, set_wallet
 
 MakeUser = Callable[[list[str]], Awaitable[Path]]
 PASSWORD = "runtime-pw-" + uuid.uuid4().hex[:8]
@@ -160,8 +160,9 @@ async def test_doctor_names_a_grant_too_few_and_one_too_many(
     root_cfg = write_config(tmp_path / "root.yaml", server_url)
     statements = await printed_grants(root_cfg, "{user}")
     log_grant = next(s for s in statements if "hg_toogo_wallet_log" in s)
-    fewer = [log_grant.replace("SELECT, INSERT", "SELECT") if s == log_grant else s
-             for s in statements]  # fmt: skip
+    fewer = [
+        log_grant.replace("SELECT, INSERT", "SELECT") if s == log_grant else s for s in statements
+    ]
     cfg = await make_user(fewer)
     code, out, err = await run_cli(cfg, "doctor", **env())
     assert code == 1, out + err

@@ -15,12 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.options import AdapterOptions
 from exchange_adapters.registry import ExchangeRegistry
-from reconcile.charging.consumer import PowerConsumer, PowerMode, Source
+from kits.databases import open_database
+from kits.seed import assert_ledger_consistent, insert_order, live_columns
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import PowerMode, Source
 from reconcile.errors import ConnectionLost
 from reconcile.storage.db import Database
 from reconcile.storage.schema import binding, power_consume, stream_cursor, trading_order
-from reconcile.sync.history import HistorySync, SyncSettings, order_sn_for
-from tests.conftest import open_database
+from reconcile.sync.history import HistorySync
+from reconcile.sync.record_rows import order_sn_for
+from reconcile.sync.settings import SyncSettings
 from tests.history_kit import (
     NOW,
     RULES,
@@ -30,7 +34,6 @@ from tests.history_kit import (
     position,
     write_replay,
 )
-from tests.seed import assert_ledger_consistent, insert_order, live_columns
 
 
 async def orders(db: Database) -> list[Any]:
@@ -342,11 +345,16 @@ async def test_an_order_inserted_for_a_record_but_never_bound_is_that_records(
     await one_robot(server_db)
     closed = NOW - timedelta(hours=2)
     mine = await insert_order(
-        server_db, user_id=7, robot_id=100, order_sn=order_sn_for("binance", 10, "B-1"),
-        exchange_order_id="something else", close_time=server_db.to_db_time(closed),
-        close_price=Decimal("61250"), hold_duration=3600,
+        server_db,
+        user_id=7,
+        robot_id=100,
+        order_sn=order_sn_for("binance", 10, "B-1"),
+        exchange_order_id="something else",
+        close_time=server_db.to_db_time(closed),
+        close_price=Decimal("61250"),
+        hold_duration=3600,
         open_time=server_db.to_db_time(closed - timedelta(hours=1)),
-    )  # fmt: skip
+    )
     replay = write_replay(tmp_path / "r.jsonl", [position(10, "B-1", closed=closed)])
     async with history_sync(server_db, replay) as sync:
         summary = await sync.run_cycle()

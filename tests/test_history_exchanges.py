@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.fake_exchanges import FAKES, FakeExchange, Fault
+from kits.fake_exchanges.harness import FAST_RETRY, closed_record
+from kits.seed import assert_ledger_consistent
 from reconcile.storage.db import Database
 from reconcile.storage.schema import stream_cursor, trading_order
-from tests.fake_exchanges import FAKES, FakeExchange, Fault
-from tests.fake_exchanges.harness import FAST_RETRY, closed_record
 from tests.history_kit import sync_for, wire_account
 from tests.procs import run_cli, write_config
-from tests.seed import assert_ledger_consistent
 
 PLATFORMS = sorted(FAKES)
 HOUR_MS = 3_600_000

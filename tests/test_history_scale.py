@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.seed import assert_ledger_consistent, engine_order_id, engine_order_sn
 from reconcile.storage.db import Database
 from reconcile.storage.schema import binding, power_consume, trading_order
 from tests.history_kit import NOW, add_account, add_robot, history_sync, position, write_replay
-from tests.seed import assert_ledger_consistent, engine_order_id, engine_order_sn
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 
@@ -50,17 +50,28 @@ async def test_cold_sync_of_40_accounts_8_in_parallel(mysql_db: Database, tmp_pa
             net = str(Decimal(rnd.randint(-500, 1500)) / 100)
             records.append(position(account, f"{account}-{i}", closed=closed, net=net))
             if i % ENGINE_SHARE == 0:  # the engine's own close, 30 s off the exchange's
-                engine_rows.append({
-                    "tenant_id": 3, "user_id": user, "robot_id": account * 10,
-                    "order_sn": engine_order_sn(now) + f"{account}{i}",
-                    "exchange_order_id": engine_order_id(), "symbol": "BTCUSDT",
-                    "direction": "long", "open_price": Decimal("60000"),
-                    "close_price": Decimal("61250"), "quantity": Decimal("0.01"), "leverage": 10,
-                    "margin": Decimal("60"), "realized_profit": Decimal(net), "status": 2,
-                    "open_time": mysql_db.to_db_time(closed - timedelta(hours=1)),
-                    "close_time": mysql_db.to_db_time(closed + timedelta(seconds=30)),
-                    "created_at": now, "updated_at": now,
-                })  # fmt: skip
+                engine_rows.append(
+                    {
+                        "tenant_id": 3,
+                        "user_id": user,
+                        "robot_id": account * 10,
+                        "order_sn": engine_order_sn(now) + f"{account}{i}",
+                        "exchange_order_id": engine_order_id(),
+                        "symbol": "BTCUSDT",
+                        "direction": "long",
+                        "open_price": Decimal("60000"),
+                        "close_price": Decimal("61250"),
+                        "quantity": Decimal("0.01"),
+                        "leverage": 10,
+                        "margin": Decimal("60"),
+                        "realized_profit": Decimal(net),
+                        "status": 2,
+                        "open_time": mysql_db.to_db_time(closed - timedelta(hours=1)),
+                        "close_time": mysql_db.to_db_time(closed + timedelta(seconds=30)),
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
 
     async def seed(conn: AsyncConnection) -> None:
         for start in range(0, len(engine_rows), 2000):

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kits.seed import seed_backlog
 from reconcile.storage.db import Database
-from tests.procs import start_cli, write_config
-from tests.seed import seed_backlog
-from tests.test_service import POWER
+from tests.procs import POWER, start_cli, write_config
 
 
 async def test_run_writes_nothing_but_json_events(

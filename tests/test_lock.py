@@ -45,13 +45,17 @@ def test_the_environment_is_exactly_the_lock() -> None:
         pytest.skip(f"not the environment `make` builds from the lock ({sys.prefix})")
     frozen = subprocess.run(
         [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     installed = {k: v for k, v in pins(frozen).items() if k != "pip"}
     locked = pins(LOCK.read_text(encoding="utf-8"))
     assert installed == locked, {
         "installed, not locked": sorted(installed.keys() - locked.keys()),
         "locked, not installed": sorted(locked.keys() - installed.keys()),
-        "other version": sorted(k for k in installed.keys() & locked.keys()
-                                if installed[k] != locked[k]),
-    }  # fmt: skip
+        "other version": sorted(
+            k for k in installed.keys() & locked.keys() if installed[k] != locked[k]
+        ),
+    }

@@ -73,17 +73,17 @@ async def test_past_the_hard_limit_lines_are_counted_and_reported() -> None:
 
 
 async def test_a_transactions_lines_in_one_batch_read_as_one_by_one() -> None:
-    """``reconcile.lines`` as the daemon installs it: the same events, fields, order and
-    redaction as ``log.info`` per line (only the timestamp is shared), counted by the extra
-    processors, dropped below the level, and one by one again once structlog is reconfigured
-    (a test capturing logs must still see them)."""
+    """The audit-line sink the daemon wires into the core (``daemon.logs.BatchedLines``): the
+    same events, fields, order and redaction as ``log.info`` per line (only the timestamp is
+    shared), counted by the extra processors, dropped below the level, and one by one again
+    once structlog is reconfigured (a test capturing logs must still see them)."""
     code, events, err = await run_script(
         """
         import json, sys
         from decimal import Decimal
         import structlog
         from daemon import logs
-        from reconcile.charging import lines
+        lines = logs.BatchedLines()  # the audit-line sink the daemon wires into the core
         seen = []
         def count(_, method, event):
             seen.append((method, event["event"]))

@@ -19,16 +19,17 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import PowerConsumer, Source
+from kits.fake_exchanges import FAKES, Fault
+from kits.private_mariadb import free_port
+from kits.seed import assert_ledger_consistent, eligible_ids, insert_order, seed_backlog
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Source
 from reconcile.storage.db import Database
 from reconcile.storage.schema import stream_cursor, trading_order
 from reconcile.views.status import read_gauges
-from tests.fake_exchanges import FAKES, Fault
 from tests.history_kit import RULES
 from tests.metrics_kit import ACCOUNT, live_daemon, sample, scrape, seed_stream
-from tests.private_mariadb import free_port
 from tests.procs import start_cli, write_config
-from tests.seed import assert_ledger_consistent, eligible_ids, insert_order, seed_backlog
 
 pytestmark = pytest.mark.mysql
 

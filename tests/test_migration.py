@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile import migration as m
-from reconcile.charging.consumer import PowerConsumer, Source
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Source
 from reconcile.charging.pricing import PowerRules
 from reconcile.errors import DatabaseError
 from reconcile.storage.contract import inspect_live
@@ -360,7 +361,7 @@ def test_dump_command_never_puts_the_password_on_the_command_line() -> None:
     reason="mysqldump is not on PATH",
 )
 async def test_dump_with_a_password_user(tmp_path: Any, mysql_url: str) -> None:
-    from tests.conftest import mysql_admin
+    from kits.databases import mysql_admin
 
     db = await legacy_database(mysql_url)
     await seed_legacy(db)
@@ -394,7 +395,7 @@ async def test_dump_with_a_password_user(tmp_path: Any, mysql_url: str) -> None:
 async def test_charges_during_up_stay_exactly_once(legacy_db: tuple[Database, Legacy]) -> None:
     import asyncio
 
-    from tests.seed import insert_order
+    from kits.seed import insert_order
 
     db, legacy = legacy_db
     start = await wallets(db)

@@ -17,7 +17,8 @@ import pytest
 
 from reconcile import migration as m
 from reconcile.errors import DatabaseError, LockWaitTimeout
-from reconcile.storage.db import Database, RetryPolicy
+from reconcile.storage.db import Database
+from reconcile.storage.retries import RetryPolicy
 from tests.migration_kit import (
     CONSUME,
     KEY_BUILD,

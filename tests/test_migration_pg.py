@@ -12,9 +12,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from kits.databases import pg_admin, pg_dsn
 from reconcile import migration as m
 from reconcile.storage.db import Database, DatabaseSettings
-from tests.conftest import pg_admin, pg_dsn
 from tests.migration_kit import (
     CONSUME,
     database_name,
@@ -84,7 +84,8 @@ async def test_a_failed_build_drops_the_invalid_index_it_left(pg_legacy: Databas
     db = pg_legacy
     await seed_legacy(db)
     from reconcile.errors import DuplicateKey
-    from reconcile.migration._ddl import DdlOptions, _pg_step
+    from reconcile.migration._alter import DdlOptions
+    from reconcile.migration._ddl import _pg_step
 
     with pytest.raises(DuplicateKey):  # add_unique_key turns it into DuplicatesRemain
         await _pg_step(db, "uk_user_order", DdlOptions())

@@ -1,7 +1,7 @@
 """What is PostgreSQL's own: TIMESTAMPTZ columns, hg_toogo_* transferred either way, and
 the commands an operator runs first (doctor, demo).
 
-The schema is upstream's PostgreSQL DDL for the trading tables (tests/upstream.py); everything
+The schema is upstream's PostgreSQL DDL for the trading tables (kits/upstream.py); everything
 shared with MariaDB is proved by the parametrized suites (server_db / any_db)."""
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from pathlib import Path
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from kits.databases import FAST_RETRY, open_database
+from kits.seed import assert_ledger_consistent, insert_order, set_wallet
+from kits.upstream import create_upstream_pg_schema
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Outcome, Source
 from reconcile.charging.pricing import PowerRules
 from reconcile.storage.db import Database, DatabaseSettings
 from reconcile.storage.schema import trading_order
 from reconcile.views.audit import audit
-from tests.conftest import FAST_RETRY, open_database
 from tests.procs import run_cli, write_config
-from tests.seed import assert_ledger_consistent, insert_order, set_wallet
-from tests.upstream import create_upstream_pg_schema
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 

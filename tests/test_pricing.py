@@ -1,4 +1,5 @@
-"""The charge formula, exact in Decimal (DESIGN.md): property-based."""
+"""The charge formula, exact in Decimal (docs/charging.md, "What a charge costs"):
+property-based."""
 
 from __future__ import annotations
 

@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 import yaml
 
+from kits.private_mariadb import free_port
 from reconcile.storage.db import Database
 from tests.metrics_kit import live_daemon, scrape
-from tests.private_mariadb import free_port
 from tests.prometheus_kit import RULES, binary, dashboard_queries, metric_names, rules
 
 pytestmark = pytest.mark.mysql

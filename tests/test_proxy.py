@@ -29,16 +29,17 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.registry import ExchangeRegistry
+from kits.databases import open_database
+from kits.fake_exchanges import FakeExchange
+from kits.fake_exchanges.harness import account_for, closed_record, fast_options
 from reconcile.charging.consumer import PowerConsumer
 from reconcile.errors import ConfigError, TemporaryError
 from reconcile.storage.db import Database
 from reconcile.storage.schema import power_consume, trading_order, trading_proxy_config
 from reconcile.sync.accounts import load_proxy
 from reconcile.sync.credentials import AesKey, encrypt_value
-from reconcile.sync.history import HistorySync, SyncSettings
-from tests.conftest import open_database
-from tests.fake_exchanges import FakeExchange
-from tests.fake_exchanges.harness import account_for, closed_record, fast_options
+from reconcile.sync.history import HistorySync
+from reconcile.sync.settings import SyncSettings
 from tests.history_kit import RULES, add_account, add_robot
 from tests.procs import run_cli, write_config
 from tests.proxy_kit import (
@@ -123,8 +124,14 @@ async def test_load_proxy_reads_only_the_enabled_global_row(server_db: Database)
     await add_proxy_row(server_db, tenant_id=3, proxy_address="10.0.0.3:1080")
     assert await load_proxy(server_db, aes_key=key) is None
     # the global row, disabled
-    row = await add_proxy_row(server_db, enabled=0, proxy_address="10.9.9.9:1080", auth_enabled=1,
-                              username="trader", password=enc("s3cret-pw"))  # fmt: skip
+    row = await add_proxy_row(
+        server_db,
+        enabled=0,
+        proxy_address="10.9.9.9:1080",
+        auth_enabled=1,
+        username="trader",
+        password=enc("s3cret-pw"),
+    )
     assert await load_proxy(server_db, aes_key=key) is None
 
     await update_proxy_row(server_db, row, enabled=1)
@@ -139,8 +146,9 @@ async def test_load_proxy_reads_only_the_enabled_global_row(server_db: Database)
         assert "s3cret-pw" not in shown and "ENC:" not in shown
 
     # auth_enabled 0: no credentials, whatever the columns hold (the engine ignores them)
-    await update_proxy_row(server_db, row, auth_enabled=0, proxy_type="http",
-                           proxy_address="proxy.internal:3128")  # fmt: skip
+    await update_proxy_row(
+        server_db, row, auth_enabled=0, proxy_type="http", proxy_address="proxy.internal:3128"
+    )
     plain = await load_proxy(server_db, aes_key=key)
     assert plain is not None
     assert (plain.kind, plain.host, plain.port) == ("http", "proxy.internal", 3128)
@@ -159,8 +167,9 @@ async def test_load_proxy_reads_only_the_enabled_global_row(server_db: Database)
 
 
 async def test_load_proxy_wrong_key_names_the_row_never_the_secret(server_db: Database) -> None:
-    row = await add_proxy_row(server_db, auth_enabled=1, username="trader",
-                              password=enc("s3cret-pw"))  # fmt: skip
+    row = await add_proxy_row(
+        server_db, auth_enabled=1, username="trader", password=enc("s3cret-pw")
+    )
     with pytest.raises(ConfigError) as caught:
         await load_proxy(server_db, aes_key=AesKey("not-the-key"))
     message = str(caught.value)
@@ -221,12 +230,20 @@ async def wire(db: Database, fake: FakeExchange) -> None:
     """User 7's account 10 on ``fake`` (credentials ENC: with AES; its base_url column left
     empty: the engine ignores it) with a running robot, and two closed positions the local
     table lacks: a profitable one to charge and a loss."""
-    await add_account(db, 10, user_id=7, platform=fake.platform, api_key=enc(fake.api_key),
-                      secret_key=enc(fake.secret), passphrase=enc(fake.passphrase))  # fmt: skip
+    await add_account(
+        db,
+        10,
+        user_id=7,
+        platform=fake.platform,
+        api_key=enc(fake.api_key),
+        secret_key=enc(fake.secret),
+        passphrase=enc(fake.passphrase),
+    )
     await add_robot(db, 100, user_id=7, account_id=10, symbol="BTCUSDT", exchange=fake.platform)
     fake.records += closed_record(fake.platform, close_ms=now_ms() - 3 * HOUR_MS, profit="10")
-    fake.records += closed_record(fake.platform, close_ms=now_ms() - 2 * HOUR_MS, profit="-4",
-                                  long=False)  # fmt: skip
+    fake.records += closed_record(
+        fake.platform, close_ms=now_ms() - 2 * HOUR_MS, profit="-4", long=False
+    )
 
 
 async def ledger(db: Database) -> tuple[int, int]:
@@ -279,8 +296,12 @@ async def test_history_sync_in_process_through_the_database_proxy(
     options = fast_options(base_url=proxied_url(fake, name))
     with structlog.testing.capture_logs() as logs:
         async with ExchangeRegistry({"okx": options}, proxy=loaded) as registry:
-            sync = HistorySync(mysql_db, PowerConsumer(mysql_db, RULES), registry,
-                               SyncSettings(platforms=frozenset({"okx"})))  # fmt: skip
+            sync = HistorySync(
+                mysql_db,
+                PowerConsumer(mysql_db, RULES),
+                registry,
+                SyncSettings(platforms=frozenset({"okx"})),
+            )
             summary = await sync.run_cycle()
     assert summary.ok, logs
     assert (summary.records, summary.inserted, summary.charged) == (2, 2, 1)
@@ -335,8 +356,14 @@ async def test_config_proxy_overrides_a_dead_database_proxy(
 ) -> None:
     await wire(mysql_db, fake)
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    await add_proxy_row(mysql_db, proxy_type=proxy.kind, proxy_address=dead, auth_enabled=1,
-                        username=proxy.username, password=enc(proxy.password))  # fmt: skip
+    await add_proxy_row(
+        mysql_db,
+        proxy_type=proxy.kind,
+        proxy_address=dead,
+        auth_enabled=1,
+        username=proxy.username,
+        password=enc(proxy.password),
+    )
 
     # the database's proxy is the one used by default: dead, so the stream fails
     cfg = sync_config(tmp_path, mysql_url, fake, name)
@@ -346,11 +373,17 @@ async def test_config_proxy_overrides_a_dead_database_proxy(
     assert fake.count("*") == 0 and await ledger(mysql_db) == (0, 0)
 
     # config.yaml's proxy wins over the row
-    section = {"source": "config", "type": proxy.kind, "address": proxy.address,
-               "username": proxy.username, "password_env": "TOOGO_PROXY_PASSWORD"}  # fmt: skip
+    section = {
+        "source": "config",
+        "type": proxy.kind,
+        "address": proxy.address,
+        "username": proxy.username,
+        "password_env": "TOOGO_PROXY_PASSWORD",
+    }
     cfg = sync_config(tmp_path, mysql_url, fake, name, proxy=section)
-    code, out, err = await run_cli(cfg, "sync", TOOGO_AES_KEY=AES,
-                                   TOOGO_PROXY_PASSWORD=proxy.password)  # fmt: skip
+    code, out, err = await run_cli(
+        cfg, "sync", TOOGO_AES_KEY=AES, TOOGO_PROXY_PASSWORD=proxy.password
+    )
     assert code == 0, (out[-3000:], err)
     summary = summary_of(out)
     assert (summary["inserted"], summary["charged"], summary["failed_streams"]) == (2, 1, 0)
@@ -370,9 +403,14 @@ async def test_wrong_proxy_password_fails_the_stream_and_shows_no_secret(
     """The row's password is not the proxy's: the proxy refuses, the stream fails (exit 1, no
     crash), nothing reaches the exchange, and neither password is printed."""
     await wire(mysql_db, fake)
-    await add_proxy_row(mysql_db, proxy_type=proxy.kind, proxy_address=proxy.address,
-                        auth_enabled=1, username=proxy.username,
-                        password=enc("not-the-proxy-password"))  # fmt: skip
+    await add_proxy_row(
+        mysql_db,
+        proxy_type=proxy.kind,
+        proxy_address=proxy.address,
+        auth_enabled=1,
+        username=proxy.username,
+        password=enc("not-the-proxy-password"),
+    )
     cfg = sync_config(tmp_path, mysql_url, fake, name)
     code, out, err = await run_cli(cfg, "sync", TOOGO_AES_KEY=AES)
     assert code == 1, (out[-3000:], err)
@@ -403,8 +441,12 @@ async def test_registry_without_proxy_cannot_resolve_a_proxied_only_host(
     await wire(mysql_db, fake)
     options = fast_options(base_url=proxied_url(fake, name))
     async with ExchangeRegistry({"okx": options}, proxy=None) as registry:
-        sync = HistorySync(mysql_db, PowerConsumer(mysql_db, RULES), registry,
-                           SyncSettings(platforms=frozenset({"okx"})))  # fmt: skip
+        sync = HistorySync(
+            mysql_db,
+            PowerConsumer(mysql_db, RULES),
+            registry,
+            SyncSettings(platforms=frozenset({"okx"})),
+        )
         summary = await sync.run_cycle()
         assert summary.failed_streams == 1 and summary.inserted == 0
 
@@ -454,8 +496,7 @@ def lines_of(out: str, check: str) -> list[str]:
     return [ln for ln in out.splitlines() if ln[2:14].strip() == check]
 
 
-def doctor_config(tmp_path: Path, url: str, fake: FakeExchange, name: str,
-                  **sections: Any) -> Path:  # fmt: skip
+def doctor_config(tmp_path: Path, url: str, fake: FakeExchange, name: str, **sections: Any) -> Path:
     return sync_config(tmp_path, url, fake, name, **sections)
 
 
@@ -512,8 +553,13 @@ async def test_doctor_reports_an_unreachable_proxy(
     1), nothing went direct, and no secret is shown."""
     await wire(mysql_db, fake)
     dead_port = free_port()
-    row = await add_proxy_row(mysql_db, proxy_address=f"127.0.0.1:{dead_port}", auth_enabled=1,
-                              username="trader", password=enc("dead-proxy-pw"))  # fmt: skip
+    row = await add_proxy_row(
+        mysql_db,
+        proxy_address=f"127.0.0.1:{dead_port}",
+        auth_enabled=1,
+        username="trader",
+        password=enc("dead-proxy-pw"),
+    )
     cfg = doctor_config(tmp_path, mysql_url, fake, name)
     code, out, err = await run_cli(cfg, "doctor", TOOGO_AES_KEY=AES)
     assert code == 1, (out, err)

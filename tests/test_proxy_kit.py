@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp_socks import ProxyConnector, ProxyError
 
-from tests.fake_exchanges import FakeExchange
+from kits.fake_exchanges import FakeExchange
 from tests.proxy_kit import (
     EGRESS,
     Kind,

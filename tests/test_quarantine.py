@@ -14,22 +14,27 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.fake_exchanges.harness import closed_record
 from reconcile.errors import BadExchangeResponse
 from reconcile.records import UnusableRecord
 from reconcile.storage.db import Database
 from reconcile.storage.schema import OWN_TABLES, power_consume, stream_cursor, trading_order
 from reconcile.storage.schema import quarantine as quarantine_table
 from reconcile.sync import quarantine
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import sync_for, wire_account
 from tests.procs import run_cli, write_config
 
 PLATFORMS = sorted(FAKES)
 HOUR_MS = 3_600_000
 #: a field each platform's record cannot do without (removing it makes the record unusable)
-BROKEN_FIELD = {"binance": "realizedPnl", "okx": "closeAvgPx", "gate": "pnl_fee",
-                "bitget": "openFee", "bybit": "cumExitValue"}  # fmt: skip
+BROKEN_FIELD = {
+    "binance": "realizedPnl",
+    "okx": "closeAvgPx",
+    "gate": "pnl_fee",
+    "bitget": "openFee",
+    "bybit": "cumExitValue",
+}
 
 
 def now_ms() -> int:
@@ -38,11 +43,15 @@ def now_ms() -> int:
 
 def unusable(key: str = "k1", reason: str = "'openFee' is empty") -> UnusableRecord:
     return UnusableRecord(
-        platform="bitget", account_id=10, symbol="BTC/USDT:USDT", record_key=key,
-        reason=reason, raw={"openFee": "", "pnl": "1.5"},
+        platform="bitget",
+        account_id=10,
+        symbol="BTC/USDT:USDT",
+        record_key=key,
+        reason=reason,
+        raw={"openFee": "", "pnl": "1.5"},
         close_time=datetime(2026, 5, 17, 6, 40, tzinfo=UTC),
         context={"symbol": "BTC/USDT:USDT", "id": "BTCUSDT", "contract_size": "1"},
-    )  # fmt: skip
+    )
 
 
 def test_the_table_is_one_of_the_daemons_own() -> None:
@@ -152,9 +161,16 @@ async def test_retry_after_the_exchange_fixed_the_record_processes_it_exactly_on
         broken["openFee"] = ""
         async with sync_for(mysql_db, fake) as sync:
             assert (await sync.run_cycle()).charged == 2
-        cfg = write_config(tmp_path / "c.yaml", mysql_url, exchanges={
-            "bitget": {"timeout": "2s", "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"}}
-        })  # fmt: skip
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            mysql_url,
+            exchanges={
+                "bitget": {
+                    "timeout": "2s",
+                    "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"},
+                }
+            },
+        )
         code, out, _ = await run_cli(cfg, "audit")
         assert code == 1 and "✗ quarantine" in out and broken["positionId"] in out
         code, out, _ = await run_cli(cfg, "doctor")
@@ -177,13 +193,27 @@ def test_a_stored_payload_renormalizes_without_network() -> None:
     """What --retry does after an upgrade: the stored raw record and market context are enough."""
     from exchange_adapters.registry import normalize_stored
 
-    raw = {"symbol": "BTCUSDT", "holdSide": "long", "openAvgPrice": "37272.1",
-           "closeAvgPrice": "37271.4", "closeTotalPos": "0.001", "pnl": "-0.0007",
-           "netProfit": "-0.0454261", "totalFunding": "0", "openFee": "-0.02236326",
-           "closeFee": "-0.02236284", "utime": "1700720700400",
-           "ctime": "1700720651684"}  # fmt: skip
-    context = {"symbol": "BTC/USDT:USDT", "id": "BTCUSDT", "settle": "USDT", "settle_id": "USDT",
-               "contract_size": "1"}  # fmt: skip
+    raw = {
+        "symbol": "BTCUSDT",
+        "holdSide": "long",
+        "openAvgPrice": "37272.1",
+        "closeAvgPrice": "37271.4",
+        "closeTotalPos": "0.001",
+        "pnl": "-0.0007",
+        "netProfit": "-0.0454261",
+        "totalFunding": "0",
+        "openFee": "-0.02236326",
+        "closeFee": "-0.02236284",
+        "utime": "1700720700400",
+        "ctime": "1700720651684",
+    }
+    context = {
+        "symbol": "BTC/USDT:USDT",
+        "id": "BTCUSDT",
+        "settle": "USDT",
+        "settle_id": "USDT",
+        "contract_size": "1",
+    }
     record = normalize_stored("bitget", 10, raw, context)
     assert record.record_key == "BTCUSDT:long:1700720651684:1700720700400"
     assert record.net_profit == Decimal("-0.0454261") and record.account_id == 10
@@ -200,9 +230,16 @@ async def test_retry_leaves_a_still_unusable_record_unresolved(
         broken["openFee"] = ""
         async with sync_for(mysql_db, fake) as sync:
             assert (await sync.run_cycle()).charged == 2
-        cfg = write_config(tmp_path / "c.yaml", mysql_url, exchanges={
-            "bitget": {"timeout": "2s", "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"}}
-        })  # fmt: skip
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            mysql_url,
+            exchanges={
+                "bitget": {
+                    "timeout": "2s",
+                    "retry": {"attempts": 2, "initial": "10ms", "max": "20ms"},
+                }
+            },
+        )
         code, out, err = await run_cli(cfg, "exchange", "quarantine", "--retry", "--json")
         assert code == 1, err
         (line,) = out.splitlines()

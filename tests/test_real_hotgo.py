@@ -1,10 +1,10 @@
 """The daemon on the real hotgo: upstream's own DDL, rows shaped the way upstream's engine writes
 them, `run --once` twice against a fake Bybit (real ccxt).
 
-What is real here: the schema (tests/upstream.py loads tests/fixtures/upstream) and the shape
-of the engine's rows, as DESIGN.md records them from lilei800/toogo_v2 - the opening order's id in
-exchange_order_id, the closing order's id in close_order_id (where the column exists), a POS-…
-placeholder for positions the engine back-filled, TO… order numbers, DATETIMEs written in
+What is real here: the schema (kits/upstream.py loads tests/fixtures/upstream) and the shape
+of the engine's rows, as docs/architecture.md records them from lilei800/toogo_v2 - the opening
+order's id in exchange_order_id, the closing order's id in close_order_id (where the column exists),
+a POS-… placeholder for positions the engine back-filled, TO… order numbers, DATETIMEs written in
 Asia/Shanghai. What is ours: the fake exchange (its wire format is Bybit's closed-pnl; the
 fixtures of the exchanges' own docs examples are tested with the adapters) and the scenario.
 """
@@ -21,41 +21,21 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import PowerConsumer, Source
+from kits.databases import open_database
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.seed import assert_ledger_consistent, engine_order_sn
+from kits.upstream import drop_close_id_columns
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Source
 from reconcile.storage.db import Database
 from reconcile.storage.schema import binding, power_consume, trading_order, wallet, wallet_log
-from tests.conftest import open_database
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges import bybit as wire
-from tests.history_kit import RULES, add_account, add_robot
+from tests.history_kit import RULES, add_account, add_robot, record
 from tests.procs import run_cli, write_config
-from tests.seed import assert_ledger_consistent, engine_order_sn
-from tests.upstream import drop_close_id_columns
 
 pytestmark = pytest.mark.mysql
 
 ZONE = "Asia/Shanghai"  # upstream deploys with TZ=Asia/Shanghai
 HOUR = timedelta(hours=1)
-
-
-def ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def record(order_id: str, closed: datetime, *, size: str, pnl: str, long: bool = True) -> Any:
-    """A Bybit closed-pnl record: one per closing order (``order_id`` is the closing order's)."""
-    entry, exit_ = ("60000", "61000") if long else ("61000", "60000")
-    return wire.closed(
-        order_id=order_id,
-        side="Sell" if long else "Buy",  # bybit names the closing side
-        entry=entry,
-        exit_=exit_,
-        size=size,
-        closed_pnl=pnl,
-        open_fee="0.1",
-        close_fee="0.1",
-        created=ms(closed),
-    )
 
 
 class Engine:
@@ -134,12 +114,25 @@ async def run_scenario(
     db: Database, url: str, tmp_path: Path, fake: FakeExchange, close_ids: bool
 ) -> None:
     await add_account(
-        db, 10, user_id=7, platform="bybit", base_url=fake.url,
-        api_key=fake.api_key, secret_key=fake.secret, passphrase=fake.passphrase,
-    )  # fmt: skip
+        db,
+        10,
+        user_id=7,
+        platform="bybit",
+        base_url=fake.url,
+        api_key=fake.api_key,
+        secret_key=fake.secret,
+        passphrase=fake.passphrase,
+    )
     await add_robot(db, 100, user_id=7, account_id=10, exchange="bybit")
-    await add_account(db, 11, user_id=8, platform="bybit", base_url=fake.url,
-                      api_key=fake.api_key, secret_key=fake.secret)  # fmt: skip
+    await add_account(
+        db,
+        11,
+        user_id=8,
+        platform="bybit",
+        base_url=fake.url,
+        api_key=fake.api_key,
+        secret_key=fake.secret,
+    )
     await add_robot(db, 110, user_id=8, account_id=11, exchange="bybit", status=4)  # stopped
     engine = Engine(db, close_ids)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -148,34 +141,47 @@ async def run_scenario(
     # 1. an engine-recorded close, charged already by the realtime path: opening id in
     #    exchange_order_id, closing id in close_order_id, closed 30 s from the exchange's close
     charged = await engine.order(
-        exchange_order_id="1321003749386327552", close_order_id="c-1",
-        open_time=t1 - HOUR, close_time=t1 + timedelta(seconds=30), close_price=Decimal("61000"),
+        exchange_order_id="1321003749386327552",
+        close_order_id="c-1",
+        open_time=t1 - HOUR,
+        close_time=t1 + timedelta(seconds=30),
+        close_price=Decimal("61000"),
         realized_profit=Decimal("9.8"),
-    )  # fmt: skip
+    )
     await PowerConsumer(db, RULES).charge(charged, Source.REALTIME)
     fake.records += [record("c-1", t1, size="0.01", pnl="9.8")]
     # 2. a position the engine back-filled from the exchange: POS-… placeholder, not charged yet
     placeholder = await engine.order(
         exchange_order_id=f"POS-100-BTCUSDT-long-{time.time_ns()}",
-        open_time=t2 - HOUR, close_time=t2 - timedelta(seconds=40), close_price=Decimal("61000"),
+        open_time=t2 - HOUR,
+        close_time=t2 - timedelta(seconds=40),
+        close_price=Decimal("61000"),
         realized_profit=Decimal("9.8"),
-    )  # fmt: skip
+    )
     fake.records += [record("c-2", t2, size="0.01", pnl="9.8")]
     # 3. closed in two parts on the exchange, recorded by the engine as one order of 0.02
     parts = await engine.order(
-        exchange_order_id="1321003749386327600", close_order_id="c-3b", quantity=Decimal("0.02"),
-        margin=Decimal("120"), open_time=t3 - 2 * HOUR, close_time=t3 + timedelta(seconds=5),
-        close_price=Decimal("61000"), realized_profit=Decimal("19.6"),
-    )  # fmt: skip
+        exchange_order_id="1321003749386327600",
+        close_order_id="c-3b",
+        quantity=Decimal("0.02"),
+        margin=Decimal("120"),
+        open_time=t3 - 2 * HOUR,
+        close_time=t3 + timedelta(seconds=5),
+        close_price=Decimal("61000"),
+        realized_profit=Decimal("19.6"),
+    )
     fake.records += [
         record("c-3a", t3 - timedelta(minutes=20), size="0.01", pnl="9.8"),
         record("c-3b", t3, size="0.01", pnl="9.8"),
     ]
     # 4. still open locally; the exchange shows it closed
     still_open = await engine.order(
-        exchange_order_id="1321003749386327700", status=1, open_time=t4 - HOUR,
-        close_time=None, realized_profit=Decimal(0),
-    )  # fmt: skip
+        exchange_order_id="1321003749386327700",
+        status=1,
+        open_time=t4 - HOUR,
+        close_time=None,
+        realized_profit=Decimal(0),
+    )
     fake.records += [record("c-4", t4, size="0.01", pnl="9.8")]
     # 5. closes the local table never saw: a profitable one and a losing one
     fake.records += [
@@ -302,7 +308,7 @@ async def test_upgrade_from_the_first_release_inserts_and_charges_nothing_twice(
     derived from it): `migrate up` back-fills their bindings, so the next sync re-reads those
     records as bound - no second order, no second charge."""
     from reconcile import migration as m
-    from reconcile.sync.upsert import order_sn_for
+    from reconcile.sync.record_rows import order_sn_for
     from tests.history_kit import NOW, history_sync, position, write_replay
 
     db = await open_database(mysql_url)
@@ -313,20 +319,28 @@ async def test_upgrade_from_the_first_release_inserts_and_charges_nothing_twice(
         closed = [NOW - timedelta(hours=h) for h in (5, 4, 3)]
         # what the first release wrote: an inserted order (rule 4) ...
         inserted = await engine.order(
-            order_sn=order_sn_for("binance", 10, "B-1"), exchange_order_id="B-1",
-            close_time=closed[0], open_time=closed[0] - HOUR, close_reason="exchange_sync",
+            order_sn=order_sn_for("binance", 10, "B-1"),
+            exchange_order_id="B-1",
+            close_time=closed[0],
+            open_time=closed[0] - HOUR,
+            close_reason="exchange_sync",
             realized_profit=Decimal("12.5"),
-        )  # fmt: skip
+        )
         # ... an engine order it closed (rule 3), its empty exchange_order_id filled with the key
         closed_by_it = await engine.order(
-            exchange_order_id="B-2", close_time=closed[1], open_time=closed[1] - HOUR,
-            close_reason="exchange_sync", realized_profit=Decimal("12.5"),
-        )  # fmt: skip
+            exchange_order_id="B-2",
+            close_time=closed[1],
+            open_time=closed[1] - HOUR,
+            close_reason="exchange_sync",
+            realized_profit=Decimal("12.5"),
+        )
         # ... and an engine order whose empty exchange_order_id it filled (rule 2), 10 min off
         filled = await engine.order(
-            exchange_order_id="B-3", close_time=closed[2] + timedelta(minutes=10),
-            open_time=closed[2] - HOUR, realized_profit=Decimal("12.5"),
-        )  # fmt: skip
+            exchange_order_id="B-3",
+            close_time=closed[2] + timedelta(minutes=10),
+            open_time=closed[2] - HOUR,
+            realized_profit=Decimal("12.5"),
+        )
         for order_id in (inserted, closed_by_it, filled):
             await PowerConsumer(db, RULES).charge(order_id, Source.HISTORY)
 

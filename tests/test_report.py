@@ -19,21 +19,22 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange_adapters.registry import ExchangeRegistry
+from kits.databases import open_database
+from kits.fake_exchanges import FAKES
+from kits.fake_exchanges.harness import closed_record, fast_options
+from kits.seed import insert_order, set_wallet
 from reconcile import migration as m
 from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.storage.db import Database
 from reconcile.storage.schema import correction, power_consume, wallet_log
-from reconcile.sync.history import HistorySync, SyncSettings
-from reconcile.views.report import COLUMNS, Period, Scope
+from reconcile.sync.history import HistorySync
+from reconcile.sync.settings import SyncSettings
 from reconcile.views.report import report as read_report
-from tests.conftest import open_database
-from tests.fake_exchanges import FAKES
-from tests.fake_exchanges.harness import closed_record, fast_options
+from reconcile.views.report_figures import COLUMNS, Period, Scope
 from tests.history_kit import RULES, add_account, add_robot, history_sync, position, write_replay
 from tests.migration_kit import legacy_database
 from tests.procs import run_cli, write_config
-from tests.seed import insert_order, set_wallet
 
 MONEY = {"charged", "refunded", "corrected"}
 ZERO = dict.fromkeys(COLUMNS, 0)
@@ -47,24 +48,35 @@ def figures(**given: Any) -> dict[str, Any]:
 #: the hand count of what `seed` plants, for the default period (the last 7 days)
 ACCOUNT_10 = figures(
     trades=5,  # E1, E2 (closed by rec2), rec3's inserted order, E5, E6: no legs among them
-    closes_seen=3, matched=1, closed=1, inserted=1,  # rec1 -> E1, rec2 closes E2, rec3 inserted
-    charges=5, charged="3.41",  # E2 0.98, rec3 0.98 (sync); E1 0.95, E5 0.2 (sweep); E6 0.3 (hotgo)
+    closes_seen=3,
+    matched=1,
+    closed=1,
+    inserted=1,  # rec1 -> E1, rec2 closes E2, rec3 inserted
+    charges=5,
+    charged="3.41",  # E2 0.98, rec3 0.98 (sync); E1 0.95, E5 0.2 (sweep); E6 0.3 (hotgo)
     skipped_duplicates=1,  # E6: charged by hotgo, flag lost
-    corrections=1, corrected="-0.03", profit_mismatches=1,  # E1: 9.5 locally, 9.8 on binance
-    quarantined=1, unseen_closes=2,  # E5, E6: closed locally, no exchange record
-)  # fmt: skip
+    corrections=1,
+    corrected="-0.03",
+    profit_mismatches=1,  # E1: 9.5 locally, 9.8 on binance
+    quarantined=1,
+    unseen_closes=2,  # E5, E6: closed locally, no exchange record
+)
 ACCOUNT_20 = figures(trades=1, charges=1, charged="0.5", refunds=1, refunded="0.5")  # L
 NO_ACCOUNT = figures(trades=1, charges=1, charged="0.1")  # E8: its robot is gone
 USER_7 = figures(**{**ACCOUNT_10, "trades": 6, "charges": 6, "charged": Decimal("3.51")})
 USER_8 = ACCOUNT_20
 TOTAL = figures(
-    **{**ACCOUNT_10, "trades": 7, "charges": 7, "charged": Decimal("4.01"), "refunds": 1,
-       "refunded": Decimal("0.5")}
-)  # fmt: skip
+    **{
+        **ACCOUNT_10,
+        "trades": 7,
+        "charges": 7,
+        "charged": Decimal("4.01"),
+        "refunds": 1,
+        "refunded": Decimal("0.5"),
+    }
+)
 #: --since 30d --until 5d: E7's charge and its correction, 10 days old
-OLD_ACCOUNT_10 = figures(
-    trades=1, charges=1, charged="0.4", corrections=1, corrected="0.05"
-)  # fmt: skip
+OLD_ACCOUNT_10 = figures(trades=1, charges=1, charged="0.4", corrections=1, corrected="0.05")
 
 
 @dataclass
@@ -86,11 +98,17 @@ async def plant_consume(
     async def ins(conn: AsyncConnection) -> None:
         await conn.execute(
             power_consume.insert().values(
-                user_id=user_id, robot_id=robot_id, order_id=order_id, order_sn=f"O{order_id}",
-                profit_amount=Decimal(amount) * 10, consume_rate=Decimal("0.1"),
-                consume_power=Decimal(amount), original_power=Decimal(amount), created_at=at,
+                user_id=user_id,
+                robot_id=robot_id,
+                order_id=order_id,
+                order_sn=f"O{order_id}",
+                profit_amount=Decimal(amount) * 10,
+                consume_rate=Decimal("0.1"),
+                consume_power=Decimal(amount),
+                original_power=Decimal(amount),
+                created_at=at,
             )
-        )  # fmt: skip
+        )
 
     await db.transaction(ins, what="plant consume row")
 
@@ -98,27 +116,41 @@ async def plant_consume(
 async def plant_correction(
     db: Database, order_id: int, user_id: int, amount: str, at: datetime
 ) -> None:
-    """A correction entry as reconcile.corrections writes it: its ledger row (change ``amount``)
-    and its toogo_reconcile_correction row (delta = -amount; the profits and charges here are
-    placeholders the report does not read)."""
+    """A correction entry as reconcile.charging.corrections writes it: its ledger row (change
+    ``amount``) and its toogo_reconcile_correction row (delta = -amount; the profits and charges
+    here are placeholders the report does not read)."""
 
     async def ins(conn: AsyncConnection) -> None:
         posted = await conn.execute(
             wallet_log.insert().values(
-                user_id=user_id, account_type="power", change_type="power_consume_adjust",
-                change_amount=Decimal(amount), before_amount=Decimal(0),
-                after_amount=Decimal(amount), related_id=order_id, related_type="trading_order",
-                order_sn=f"O{order_id}", remark="correction", created_at=at,
+                user_id=user_id,
+                account_type="power",
+                change_type="power_consume_adjust",
+                change_amount=Decimal(amount),
+                before_amount=Decimal(0),
+                after_amount=Decimal(amount),
+                related_id=order_id,
+                related_type="trading_order",
+                order_sn=f"O{order_id}",
+                remark="correction",
+                created_at=at,
             )
-        )  # fmt: skip
+        )
         await conn.execute(
             correction.insert().values(
-                order_id=order_id, user_id=user_id, revision=1, order_sn=f"O{order_id}",
-                old_profit=Decimal(1), new_profit=Decimal(1), old_charge=Decimal(0),
-                new_charge=-Decimal(amount), delta=-Decimal(amount),
-                wallet_log_id=posted.inserted_primary_key[0], created_at=at,
+                order_id=order_id,
+                user_id=user_id,
+                revision=1,
+                order_sn=f"O{order_id}",
+                old_profit=Decimal(1),
+                new_profit=Decimal(1),
+                old_charge=Decimal(0),
+                new_charge=-Decimal(amount),
+                delta=-Decimal(amount),
+                wallet_log_id=posted.inserted_primary_key[0],
+                created_at=at,
             )
-        )  # fmt: skip
+        )
 
     await db.transaction(ins, what="plant correction")
 
@@ -133,28 +165,38 @@ async def seeded(server_url: str, tmp_path: Path) -> AsyncIterator[Seeded]:
 
     def closed(hours: float, profit: str, **fields: Any) -> dict[str, Any]:
         return {
-            "user_id": 7, "robot_id": 100, "quantity": Decimal("0.01"),
-            "realized_profit": Decimal(profit), "close_time": local(timedelta(hours=hours)),
-            "open_time": local(timedelta(hours=hours + 0.5)), **fields,
-        }  # fmt: skip
+            "user_id": 7,
+            "robot_id": 100,
+            "quantity": Decimal("0.01"),
+            "realized_profit": Decimal(profit),
+            "close_time": local(timedelta(hours=hours)),
+            "open_time": local(timedelta(hours=hours + 0.5)),
+            **fields,
+        }
 
     orders: dict[str, int] = {}
     try:
         # a legacy install: hotgo charged order L twice; `migrate up --refund` refunds one
         await set_wallet(db, 8, Decimal("10"))
         orders["L"] = await insert_order(
-            db, **closed(2, "5", user_id=8, robot_id=200, power_consumed=1),
+            db,
+            **closed(2, "5", user_id=8, robot_id=200, power_consumed=1),
             power_amount=Decimal("0.5"),
-        )  # fmt: skip
+        )
         for _ in range(2):
             await plant_consume(db, orders["L"], 8, 200, "0.5", local(timedelta(hours=2)))
         assert (await m.up(db, refund_overcharge=True, dry_run=False)).ok
 
         async with FAKES["binance"]() as fake:
             await add_account(
-                db, 10, 7, "binance", base_url=fake.url, api_key=fake.api_key,
+                db,
+                10,
+                7,
+                "binance",
+                base_url=fake.url,
+                api_key=fake.api_key,
                 secret_key=fake.secret,
-            )  # fmt: skip
+            )
             await add_robot(db, 100, 7, 10, exchange="binance")
             await add_account(db, 20, 8, "okx")
             await add_robot(db, 200, 8, 20, exchange="okx", status=4)  # stopped: not polled
@@ -188,7 +230,7 @@ async def seeded(server_url: str, tmp_path: Path) -> AsyncIterator[Seeded]:
         assert (summary.matched, summary.closed, summary.inserted, summary.charged) == (1, 1, 1, 2)
         swept = await sweep(consumer, SweepSettings())
         assert (swept.charged, swept.skipped_duplicate) == (3, 1)
-        # corrections of E1's charge and E7's, as reconcile.corrections writes them
+        # corrections of E1's charge and E7's, as reconcile.charging.corrections writes them
         await plant_correction(db, orders["E1"], 7, "-0.03", local(timedelta(hours=1)))
         await plant_correction(db, orders["E7"], 7, "0.05", local(timedelta(days=10)))
         config = write_config(tmp_path / "c.yaml", server_url)
@@ -245,16 +287,23 @@ async def test_each_figure_matches_the_hand_count_in_every_format(seeded: Seeded
     rows = list(csv.DictReader(io.StringIO(await report(seeded, "--format", "csv"))))
     by_key = {(r["section"], r["id"]): from_json(r) for r in rows}
     assert by_key == {
-        ("account", "10"): ACCOUNT_10, ("account", "20"): ACCOUNT_20, ("account", ""): NO_ACCOUNT,
-        ("user", "7"): USER_7, ("user", "8"): USER_8, ("total", ""): TOTAL,
-    }  # fmt: skip
+        ("account", "10"): ACCOUNT_10,
+        ("account", "20"): ACCOUNT_20,
+        ("account", ""): NO_ACCOUNT,
+        ("user", "7"): USER_7,
+        ("user", "8"): USER_8,
+        ("total", ""): TOTAL,
+    }
     assert rows[0]["platform"] == "binance" and rows[0]["user_id"] == "7"
 
     assert parse_table(await report(seeded)) == {
-        ("accounts", "10"): ACCOUNT_10, ("accounts", "20"): ACCOUNT_20,
-        ("accounts", "-"): NO_ACCOUNT, ("users", "7"): USER_7, ("users", "8"): USER_8,
+        ("accounts", "10"): ACCOUNT_10,
+        ("accounts", "20"): ACCOUNT_20,
+        ("accounts", "-"): NO_ACCOUNT,
+        ("users", "7"): USER_7,
+        ("users", "8"): USER_8,
         ("total", ""): TOTAL,
-    }  # fmt: skip
+    }
 
 
 async def test_filters_narrow_the_figures(seeded: Seeded) -> None:
@@ -315,8 +364,10 @@ async def test_order_shows_its_whole_chain(seeded: Seeded) -> None:
     e6 = json.loads(await report(seeded, "--order", str(seeded.orders["E6"]), "--format", "json"))
     (skip,) = e6["skipped"]
     assert (skip["source"], Decimal(skip["consume_power"]), skip["repaired_flag"]) == (
-        "sweep", Decimal("0.3"), 1,
-    )  # fmt: skip
+        "sweep",
+        Decimal("0.3"),
+        1,
+    )
     assert e6["bindings"] == [] and e6["records"] == [] and e6["ledger"] == []
 
     refunded = json.loads(
@@ -329,16 +380,18 @@ async def test_order_shows_its_whole_chain(seeded: Seeded) -> None:
     table = await report(seeded, "--order", str(e1))
     assert f"  id: {e1}" in table and "records (1)" in table and "corrections (1)" in table
     assert "realizedPnl" in table and "power_consume_adjust" in table
-    rows = list(csv.DictReader(io.StringIO(await report(seeded, "--order", str(e1), "--format",
-                                                        "csv"))))  # fmt: skip
+    rows = list(
+        csv.DictReader(io.StringIO(await report(seeded, "--order", str(e1), "--format", "csv")))
+    )
     assert {"part", "index", "field", "value"} == set(rows[0])
     assert {"part": "consumes", "index": "1", "field": "consume_power", "value": "0.95000000"} in (
         rows
     )
 
 
-async def test_bad_input_is_a_clear_usage_error(server_db: Database, server_url: str,
-                                                tmp_path: Path) -> None:  # fmt: skip
+async def test_bad_input_is_a_clear_usage_error(
+    server_db: Database, server_url: str, tmp_path: Path
+) -> None:
     config = write_config(tmp_path / "c.yaml", server_url)
     for args, message in (
         (("--format", "xml"), "'xml' is not one of 'table', 'json', 'csv'"),

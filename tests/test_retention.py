@@ -16,7 +16,15 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import Config
-from reconcile.charging.consumer import PowerConsumer, Source
+from kits.seed import (
+    assert_ledger_consistent,
+    eligible_ids,
+    insert_order,
+    live_columns,
+    seed_backlog,
+)
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.charging.outcomes import Source
 from reconcile.charging.pricing import PowerRules
 from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.storage.db import Database
@@ -36,13 +44,6 @@ from reconcile.storage.schema import (
 )
 from tests.history_kit import add_account, add_robot
 from tests.procs import run_cli, write_config
-from tests.seed import (
-    assert_ledger_consistent,
-    eligible_ids,
-    insert_order,
-    live_columns,
-    seed_backlog,
-)
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 FAST = RetentionSettings(batch_size=3, pause=timedelta(0))
@@ -82,11 +83,17 @@ async def seed_records(db: Database, ages_days: list[float], start: int = 0) -> 
             await conn.execute(
                 binding.insert(),
                 [
-                    {**k, "order_id": 10_000 + start + at + i, "primary_order_id": None,
-                     "kind": "part", "rule": "insert", "created_at": r["created_at"]}
+                    {
+                        **k,
+                        "order_id": 10_000 + start + at + i,
+                        "primary_order_id": None,
+                        "kind": "part",
+                        "rule": "insert",
+                        "created_at": r["created_at"],
+                    }
                     for i, (k, r) in enumerate(zip(keys, chunk, strict=True))
                 ],
-            )  # fmt: skip
+            )
 
     await db.transaction(ins, what="seed records")
 
@@ -138,26 +145,47 @@ async def test_the_job_prunes_exactly_what_is_older_than_each_default(server_db:
             skipped_duplicate.insert(),
             [{**skip, "order_id": i, "created_at": t} for i, t in enumerate([old, old, young])],
         )
-        shadow = {"user_id": 7, "robot_id": 1, "order_sn": "sn", "profit_amount": Decimal("1"),
-                  "consume_rate": Decimal("0.1"), "consume_power": Decimal("0.1"),
-                  "source": "sweep"}  # fmt: skip
+        shadow = {
+            "user_id": 7,
+            "robot_id": 1,
+            "order_sn": "sn",
+            "profit_amount": Decimal("1"),
+            "consume_rate": Decimal("0.1"),
+            "consume_power": Decimal("0.1"),
+            "source": "sweep",
+        }
         await conn.execute(
             shadow_charge.insert(),
             [{**shadow, "order_id": i, "created_at": t} for i, t in enumerate([old, young])],
         )
-        q = {"platform": "binance", "account_id": 1, "symbol": "BTCUSDT", "reason": "r",
-             "raw_json": "{}", "context_json": "{}", "first_seen": utc - timedelta(days=300),
-             "last_seen": utc - timedelta(days=300)}  # fmt: skip
+        q = {
+            "platform": "binance",
+            "account_id": 1,
+            "symbol": "BTCUSDT",
+            "reason": "r",
+            "raw_json": "{}",
+            "context_json": "{}",
+            "first_seen": utc - timedelta(days=300),
+            "last_seen": utc - timedelta(days=300),
+        }
         await conn.execute(
             quarantine.insert(),
             [
-                {**q, "record_key": "resolved-old", "resolved_at": utc - timedelta(days=100),
-                 "resolution": "retried"},
-                {**q, "record_key": "resolved-young", "resolved_at": utc - timedelta(days=10),
-                 "resolution": "retried"},
+                {
+                    **q,
+                    "record_key": "resolved-old",
+                    "resolved_at": utc - timedelta(days=100),
+                    "resolution": "retried",
+                },
+                {
+                    **q,
+                    "record_key": "resolved-young",
+                    "resolved_at": utc - timedelta(days=10),
+                    "resolution": "retried",
+                },
                 {**q, "record_key": "unresolved", "resolved_at": None, "resolution": None},
             ],
-        )  # fmt: skip
+        )
         cursor = {"platform": "binance", "complete_until": utc, "keys_at_cursor": "[]"}
         d40, d2 = now - timedelta(days=40), now - timedelta(days=2)
         await conn.execute(
@@ -167,7 +195,7 @@ async def test_the_job_prunes_exactly_what_is_older_than_each_default(server_db:
                 {**cursor, "account_id": 2, "symbol": "ETHUSDT", "updated_at": d40},
                 {**cursor, "account_id": 3, "symbol": "ETHUSDT", "updated_at": d2},
             ],
-        )  # fmt: skip
+        )
 
     await db.transaction(seed, what="seed own tables")
     await insert_order(db, user_id=7, realized_profit=Decimal("5"))

@@ -1,9 +1,9 @@
 """Our table definitions against upstream's DDL, and the live-schema contract.
 
-The project's SQLAlchemy definitions (reconcile/storage/schema.py) serve the embedded SQLite default; on
-MySQL the truth is upstream's DDL (tests/fixtures/upstream). Every column we declare must exist
-there with the same type family and nullability, or the daemon reads or writes a column a real
-install does not have - the first release died on hg_trading_robot.margin exactly so.
+The project's SQLAlchemy definitions (reconcile/storage/schema.py) serve the embedded SQLite
+default; on MySQL the truth is upstream's DDL (tests/fixtures/upstream). Every column we declare
+must exist there with the same type family and nullability, or the daemon reads or writes a column a
+real install does not have - the first release died on hg_trading_robot.margin exactly so.
 """
 
 from __future__ import annotations

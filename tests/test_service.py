@@ -13,18 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.fake_exchanges.harness import closed_record
+from kits.seed import assert_ledger_consistent, consume_count, eligible_ids, seed_backlog
 from reconcile.storage.db import Database
-from reconcile.storage.schema import power_consume
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges.harness import closed_record
 from tests.history_kit import add_account, add_robot
-from tests.procs import start_cli, write_config
-from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
-
-POWER = {"consume_rate": "0.10", "min_consume": "0.01"}
+from tests.procs import POWER, start_cli, write_config
 
 
 @pytest.fixture
@@ -92,14 +87,6 @@ async def test_notify_watchdog_and_sigterm_during_a_sweep(
     assert summary["interrupted"] is True
     counts = await assert_ledger_consistent(mysql_db, seeded.initial_power)
     assert 0 < counts["consumes"] < len(await eligible_ids(mysql_db))  # stopped mid-way
-
-
-async def consume_count(db: Database) -> int:
-    async def read(conn: AsyncConnection) -> int:
-        stmt = select(func.count()).select_from(power_consume)
-        return int((await conn.execute(stmt)).scalar_one())
-
-    return await db.transaction(read, what="count consumes")
 
 
 async def test_three_daemons_share_the_work(

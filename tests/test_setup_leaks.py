@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from kits.databases import mysql_admin, open_database, pg_admin, pg_dsn
 from reconcile.errors import DatabaseError
-from tests.conftest import mysql_admin, open_database, pg_admin, pg_dsn
 
 ROOT = Path(__file__).resolve().parents[1]
 #: modules whose fixtures open MariaDB, PostgreSQL and SQLite databases, legacy ones included
@@ -46,10 +46,25 @@ def test_modules_whose_servers_are_unreachable_skip_without_resource_warnings() 
     env["TOOGO_TEST_MYSQL"] = f"mysql+aiomysql://root@127.0.0.1:{port}"
     env["TOOGO_TEST_POSTGRES"] = f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
     proc = subprocess.run(
-        [sys.executable, "-W", "always::ResourceWarning", "-m", "pytest", "-p", "no:cacheprovider",
-         "-q", "-rs", *MODULES],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=580, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-W",
+            "always::ResourceWarning",
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rs",
+            *MODULES,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=580,
+        check=False,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "ResourceWarning" not in out and "unclosed" not in out, out[-6000:]
@@ -63,8 +78,9 @@ async def connections_to(server: str, database: str) -> int:
         admin = mysql_admin()
         try:
             with admin.cursor() as cur:
-                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s",
-                            (database,))  # fmt: skip
+                cur.execute(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", (database,)
+                )
                 row = cur.fetchone()
                 return int(row[0]) if row else 0
         finally:
@@ -131,10 +147,29 @@ def test_a_required_resource_that_is_missing_fails_instead_of_skipping(
     if required:
         env |= {"TOOGO_REQUIRE_MYSQL": "1", "TOOGO_REQUIRE_PROMETHEUS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider",
-         "-c", os.devnull, "--rootdir", str(tmp_path), "-q", "-rA", "test_skips.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.devnull,
+            "--rootdir",
+            str(tmp_path),
+            "-q",
+            "-rA",
+            "test_skips.py",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     out = proc.stdout
     if not required:
         assert proc.returncode == 0 and "3 skipped" in out, out

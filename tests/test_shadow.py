@@ -2,8 +2,8 @@
 
 On MariaDB and PostgreSQL (upstream's DDL), against two fake Bybit servers (real ccxt), with
 the real command line. The "engine" below charges some orders the way upstream's engine did
-(DESIGN.md; lilei800/toogo_v2 ``order_sync.go``: ``ConsumePower`` writes a consume row and
-``ChangeBalance`` reads the wallet without a lock, writes the absolute balance back and a
+(docs/architecture.md; lilei800/toogo_v2 ``order_sync.go``: ``ConsumePower`` writes a consume row
+and ``ChangeBalance`` reads the wallet without a lock, writes the absolute balance back and a
 wallet-log row; then the order gets ``power_consumed = 1`` and ``power_amount = profit ×
 rate``, no VIP discount). The differences are planted: an order both charged alike, one the
 engine charged without the VIP discount, one only the engine charged (its 2006 placeholder
@@ -30,8 +30,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import load_config
 from daemon.runtime import sync_settings
-from reconcile.charging.consumer import Outcome, PowerConsumer, PowerMode, Source
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.seed import insert_order, seed_backlog, set_discount, set_wallet
+from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.corrections import CorrectionMode
+from reconcile.charging.outcomes import Outcome, PowerMode, Source
 from reconcile.charging.shadow import Verdict, compare
 from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.storage.db import Database
@@ -48,11 +51,8 @@ from reconcile.storage.schema import (
     wallet_log,
 )
 from reconcile.storage.schema import verdict as trade_verdict
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.history_kit import RULES, add_account, add_robot
+from tests.history_kit import RULES, add_account, add_robot, record
 from tests.procs import run_cli, write_config
-from tests.seed import insert_order, seed_backlog, set_discount, set_wallet
-from tests.test_real_hotgo import record
 
 HOUR = timedelta(hours=1)
 Q = Decimal("0.00000001")
@@ -77,12 +77,20 @@ async def engine_charge(db: Database, order_id: int) -> Decimal:
         now = db.now()
         await conn.execute(
             power_consume.insert().values(
-                user_id=o.user_id, robot_id=o.robot_id, order_id=o.id, order_sn=o.order_sn,
-                profit_amount=o.realized_profit, consume_rate=RATE, consume_power=amount,
-                from_power=amount, vip_level=1, discount_rate=0, original_power=amount,
+                user_id=o.user_id,
+                robot_id=o.robot_id,
+                order_id=o.id,
+                order_sn=o.order_sn,
+                profit_amount=o.realized_profit,
+                consume_rate=RATE,
+                consume_power=amount,
+                from_power=amount,
+                vip_level=1,
+                discount_rate=0,
+                original_power=amount,
                 created_at=now,
             )
-        )  # fmt: skip
+        )
         before = (
             await conn.execute(select(wallet.c.power).where(wallet.c.user_id == o.user_id))
         ).scalar_one()
@@ -91,12 +99,19 @@ async def engine_charge(db: Database, order_id: int) -> Decimal:
         )
         await conn.execute(
             wallet_log.insert().values(
-                user_id=o.user_id, account_type="power", change_type="power_consume",
-                change_amount=-amount, before_amount=before, after_amount=before - amount,
-                related_id=o.id, related_type="trading_order", order_sn=o.order_sn,
-                remark="profit order power consume", created_at=now,
+                user_id=o.user_id,
+                account_type="power",
+                change_type="power_consume",
+                change_amount=-amount,
+                before_amount=before,
+                after_amount=before - amount,
+                related_id=o.id,
+                related_type="trading_order",
+                order_sn=o.order_sn,
+                remark="profit order power consume",
+                created_at=now,
             )
-        )  # fmt: skip
+        )
         await conn.execute(
             trading_order.update()
             .where(trading_order.c.id == order_id)
@@ -121,9 +136,15 @@ async def plant(db: Database, fakes: tuple[FakeExchange, FakeExchange]) -> Plant
     """Two users on two accounts; the engine records six closes and charges half of them."""
     for account, user, fake in ((10, 7, fakes[0]), (11, 8, fakes[1])):
         await add_account(
-            db, account, user_id=user, platform="bybit", base_url=fake.url,
-            api_key=fake.api_key, secret_key=fake.secret, passphrase=fake.passphrase,
-        )  # fmt: skip
+            db,
+            account,
+            user_id=user,
+            platform="bybit",
+            base_url=fake.url,
+            api_key=fake.api_key,
+            secret_key=fake.secret,
+            passphrase=fake.passphrase,
+        )
         await add_robot(db, account * 10, user_id=user, account_id=account, exchange="bybit")
         await set_wallet(db, user, Decimal("100"))
     await set_discount(db, 8, VIP)
@@ -132,11 +153,17 @@ async def plant(db: Database, fakes: tuple[FakeExchange, FakeExchange]) -> Plant
     async def engine_close(robot: int, user: int, hours: int, key: str) -> int:
         closed = now - hours * HOUR
         oid = await insert_order(
-            db, user_id=user, robot_id=robot, open_price=Decimal("60000"),
-            close_price=Decimal("61000"), quantity=Decimal("0.01"), margin=Decimal("60"),
-            realized_profit=Decimal("9.8"), open_time=db.to_db_time(closed - HOUR),
+            db,
+            user_id=user,
+            robot_id=robot,
+            open_price=Decimal("60000"),
+            close_price=Decimal("61000"),
+            quantity=Decimal("0.01"),
+            margin=Decimal("60"),
+            realized_profit=Decimal("9.8"),
+            open_time=db.to_db_time(closed - HOUR),
             close_time=db.to_db_time(closed + timedelta(seconds=20)),
-        )  # fmt: skip
+        )
         fakes[0 if robot == 100 else 1].records.append(record(key, closed, size="0.01", pnl="9.8"))
         return oid
 
@@ -149,13 +176,22 @@ async def plant(db: Database, fakes: tuple[FakeExchange, FakeExchange]) -> Plant
     equal_b = await insert_order(db, user_id=7, robot_id=100, realized_profit=Decimal("4.2"))
     losing = await insert_order(db, user_id=7, robot_id=100, realized_profit=Decimal("-3"))
     placeholder = await insert_order(
-        db, user_id=7, robot_id=100, realized_profit=Decimal("5"),
+        db,
+        user_id=7,
+        robot_id=100,
+        realized_profit=Decimal("5"),
         close_time=datetime(2006, 1, 2, 15, 4, 5),
-    )  # fmt: skip
+    )
     still_open = await insert_order(
-        db, user_id=7, robot_id=100, status=1, close_time=None, close_price=None,
-        realized_profit=Decimal(0), open_time=db.to_db_time(now - 4 * HOUR),
-    )  # fmt: skip
+        db,
+        user_id=7,
+        robot_id=100,
+        status=1,
+        close_time=None,
+        close_price=None,
+        realized_profit=Decimal(0),
+        open_time=db.to_db_time(now - 4 * HOUR),
+    )
     fakes[0].records.append(record("c-6", now - 3 * HOUR, size="1", pnl="9.8"))  # closes it
     # closed on the exchange only: the sync inserts them (one profitable, one losing)
     fakes[1].records.append(record("c-7", now - 2 * HOUR, size="0.01", pnl="9.8"))
@@ -265,10 +301,13 @@ async def test_shadow_mode_beside_the_engine(
         o = trading_order.c
         eligible = {
             r.id: r
-            for r in await rows_of(server_db, select(o.id, o.user_id, o.realized_profit).where(
-                o.status == 2, o.realized_profit > 0, o.close_time >= datetime(2010, 1, 1)
-            ))
-        }  # fmt: skip
+            for r in await rows_of(
+                server_db,
+                select(o.id, o.user_id, o.realized_profit).where(
+                    o.status == 2, o.realized_profit > 0, o.close_time >= datetime(2010, 1, 1)
+                ),
+            )
+        }
         shadowed = [r.order_id for r in first]
         assert sorted(shadowed) == sorted(eligible)
         for r in first:
@@ -317,9 +356,14 @@ async def test_off_mode_writes_nothing_but_orders_and_bindings(
         # the orders, their bindings with the records bound (and the records' order ids, and
         # the legs those ids reveal), the cursors: nothing else
         reconciled = {
-            trading_order.name, binding.name, exchange_record.name, record_order_id.name,
-            trade_verdict.name, stream_cursor.name, "toogo_reconcile_poll",
-        }  # fmt: skip
+            trading_order.name,
+            binding.name,
+            exchange_record.name,
+            record_order_id.name,
+            trade_verdict.name,
+            stream_cursor.name,
+            "toogo_reconcile_poll",
+        }
         before = await dump(server_db, skip=reconciled)
         flags = await power_columns(server_db)
 

@@ -21,13 +21,17 @@ import pytest
 from bench.sim import checks, schedule
 from bench.sim.engine import Close
 from bench.sim.world import PLATFORMS, make_cast
-from tests.conftest import REQUIRE_MYSQL
-from tests.private_mariadb import INSTALL_DB, MARIADBD
+from kits.databases import REQUIRE_MYSQL
+from kits.private_mariadb import INSTALL_DB, MARIADBD
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1414
-ALL_KINDS = {*schedule.DAEMON_FAULTS, *schedule.PROXY_FAULTS, *schedule.EXCHANGE_FAULTS,
-             schedule.DB_RESTART}  # fmt: skip
+ALL_KINDS = {
+    *schedule.DAEMON_FAULTS,
+    *schedule.PROXY_FAULTS,
+    *schedule.EXCHANGE_FAULTS,
+    schedule.DB_RESTART,
+}
 
 
 def test_the_seed_fixes_the_schedule() -> None:
@@ -52,18 +56,21 @@ def test_the_checks_see_what_they_look_for() -> None:
         consumes=[(1, 5001, 10, D("1.2"))],
         ledger=[(1, 5001, "power_consume", D("-1.2"), D(100), D("98.8"), 10, None)],
         wallets={5001: (D("98.8"), D("1.2"), D(5))},
-        orders={10: (10, 5001, "TO1", 2, D(12), 1, D("1.2")),
-                11: (11, 5001, "TO2", 2, D(-3), 0, D(0))},
+        orders={
+            10: (10, 5001, "TO1", 2, D(12), 1, D("1.2")),
+            11: (11, 5001, "TO2", 2, D(-3), 0, D(0)),
+        },
         bindings=[("okx", 101, "k1", 10, 10, "order"), ("okx", 101, "k2", 11, 11, "order")],
-    )  # fmt: skip
+    )
     initial, served = {5001: D(100)}, {(101, "k1"), (101, "k2")}
     closes = [Close("okx", 101, "k1", True, "engine"), Close("okx", 101, "k2", False, "engine")]
     assert not _failing(checks.always(clean, initial, served) + checks.final(clean, closes, 2))
 
     # a Go-style write that read 100 before the daemon's debit and wrote 100 + 5 over it
     go = (2, 5001, "recharge", D(5), D(100), D(105), None, "sim go-write 1 current 98.8")
-    overwritten = replace(clean, ledger=[*clean.ledger, go],
-                          wallets={5001: (D(105), D("1.2"), D(5))})  # fmt: skip
+    overwritten = replace(
+        clean, ledger=[*clean.ledger, go], wallets={5001: (D(105), D("1.2"), D(5))}
+    )
     assert not _failing(checks.always(overwritten, initial, served))
     assert overwritten.overwrites() == {2: D("-1.2")}
     example = {"problem": "chain broken", "wallet_log_id": 2}
@@ -78,20 +85,25 @@ def test_the_checks_see_what_they_look_for() -> None:
 
     unannounced = (2, 5001, "recharge", D(5), D(100), D(105), None, "sim go-write 1 current 100")
     assert "ledger chains break exactly where a Go-style write overwrote" in broken(
-        replace(overwritten, ledger=[*clean.ledger, unannounced]))  # fmt: skip
+        replace(overwritten, ledger=[*clean.ledger, unannounced])
+    )
     assert "wallet = start + ledger changes - what overwrites lost" in broken(
-        replace(clean, wallets={5001: (D("98.80000001"), D("1.2"), D(5))}))  # fmt: skip
+        replace(clean, wallets={5001: (D("98.80000001"), D("1.2"), D(5))})
+    )
     assert "one consume row per order" in broken(
-        replace(clean, consumes=[*clean.consumes, (2, 5001, 10, D("1.2"))]))  # fmt: skip
+        replace(clean, consumes=[*clean.consumes, (2, 5001, 10, D("1.2"))])
+    )
     assert "charges only for closed profitable orders" in broken(
-        replace(clean, consumes=[*clean.consumes, (2, 5001, 11, D("0.3"))]))  # fmt: skip
-    assert "each consume row has exactly its ledger debit" in broken(
-        replace(clean, ledger=[]))  # fmt: skip
+        replace(clean, consumes=[*clean.consumes, (2, 5001, 11, D("0.3"))])
+    )
+    assert "each consume row has exactly its ledger debit" in broken(replace(clean, ledger=[]))
     assert "every exchange close has exactly one local order" in broken(
-        replace(clean, bindings=clean.bindings[:1]))  # fmt: skip
+        replace(clean, bindings=clean.bindings[:1])
+    )
     unflagged = (10, 5001, "TO1", 2, D(12), 0, D(0))
     assert "every profitable close charged exactly once, no loss charged" in broken(
-        replace(clean, orders={**clean.orders, 10: unflagged}))  # fmt: skip
+        replace(clean, orders={**clean.orders, 10: unflagged})
+    )
 
 
 def _requirements() -> None:
@@ -111,10 +123,20 @@ def test_two_minutes_of_faults(tmp_path: Path) -> None:
     workdir = tmp_path / "sim"
     try:
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "simulate.py"), "--minutes", "2",
-             "--seed", str(SEED), "--workdir", str(workdir)],
-            cwd=ROOT, capture_output=True, timeout=1700,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(ROOT / "bench" / "simulate.py"),
+                "--minutes",
+                "2",
+                "--seed",
+                str(SEED),
+                "--workdir",
+                str(workdir),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=1700,
+        )
         out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         assert out.startswith(f"seed {SEED}\n")
         assert proc.returncode == 0, out[-8000:] + err[-4000:]
@@ -123,8 +145,12 @@ def test_two_minutes_of_faults(tmp_path: Path) -> None:
         planted = make_cast(SEED).planted()
         texts = {"stdout": proc.stdout, "stderr": proc.stderr}
         texts |= {p.name: p.read_bytes() for p in (workdir / "logs").iterdir()}
-        leaks = [f"{name} in {where}" for where, data in texts.items()
-                 for name, value in planted.items() if value.encode() in data]  # fmt: skip
+        leaks = [
+            f"{name} in {where}"
+            for where, data in texts.items()
+            for name, value in planted.items()
+            if value.encode() in data
+        ]
         assert not leaks
         injected = next(line for line in out.splitlines() if "faults injected:" in line)
         for kind in ALL_KINDS:

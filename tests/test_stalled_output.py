@@ -14,10 +14,9 @@ from typing import Any
 from sqlalchemy import text
 
 from daemon.logs import SOFT_LIMIT
+from kits.seed import assert_ledger_consistent, consume_count, eligible_ids, seed_backlog
 from reconcile.storage.db import Database
-from tests.procs import run_cli, start_cli, write_config
-from tests.seed import assert_ledger_consistent, eligible_ids, seed_backlog
-from tests.test_service import POWER, consume_count
+from tests.procs import POWER, run_cli, start_cli, write_config
 
 STALL = 30.0  # seconds nobody reads the sweep's stdout
 LOCK_WAIT = 5  # the engine's lock-wait budget, seconds

@@ -9,19 +9,19 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.seed import (
+    assert_ledger_consistent,
+    eligible_ids,
+    insert_order,
+    legacy_charge,
+    seed_backlog,
+    set_wallet,
+)
 from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.pricing import PowerRules
 from reconcile.charging.sweep import SweepSettings, sweep
 from reconcile.storage.db import Database
 from reconcile.storage.schema import power_consume, trading_order
-from tests.seed import (
-    assert_ledger_consistent,
-    eligible_ids,
-    insert_order,
-    seed_backlog,
-    set_wallet,
-)
-from tests.test_consumer import legacy_charge
 
 RULES = PowerRules(Decimal("0.10"), Decimal("0.01"))
 

@@ -1,4 +1,5 @@
-"""The shipped systemd unit: ``systemd-analyze verify`` accepts it, it says what DESIGN.md asks
+"""The shipped systemd unit: ``systemd-analyze verify`` accepts it, it says what
+docs/operations.md ("Deploying: systemd") asks
 (notify + watchdog, credentials, hardening, a stop timeout longer than the daemon's), and its
 environment-file example configures a valid database URL.
 

@@ -21,10 +21,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source
+from kits.seed import engine_order_id, insert_order
+from kits.upstream import PG_CLOSE_ID_COLUMNS
+from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.held import decide, list_held
+from reconcile.charging.outcomes import Outcome, Source
 from reconcile.charging.pricing import PowerRules
-from reconcile.charging.trades import Rule, TradeJudge, Verdict, symbol_key
+from reconcile.charging.trade_rows import symbol_key
+from reconcile.charging.trades import TradeJudge
+from reconcile.charging.verdicts import Rule, Verdict
 from reconcile.storage.db import Database
 from reconcile.storage.schema import (
     binding,
@@ -36,8 +41,6 @@ from reconcile.storage.schema import (
     verdict,
 )
 from tests.history_kit import add_account, add_robot
-from tests.seed import engine_order_id, insert_order
-from tests.upstream import PG_CLOSE_ID_COLUMNS
 
 pytestmark = pytest.mark.mysql
 
@@ -60,19 +63,36 @@ async def trade_and_leg(
     opened, closed = now - timedelta(hours=2), now - timedelta(minutes=30)
     closing = engine_order_id()
     trade = await insert_order(
-        db, user_id=7, robot_id=robot_id, direction=direction, open_time=opened,
-        close_time=closed, open_price=Decimal("60000"), close_price=Decimal("60300"),
-        quantity=Decimal("0.01"), realized_profit=Decimal("3.0000"),
+        db,
+        user_id=7,
+        robot_id=robot_id,
+        direction=direction,
+        open_time=opened,
+        close_time=closed,
+        open_price=Decimal("60000"),
+        close_price=Decimal("60300"),
+        quantity=Decimal("0.01"),
+        realized_profit=Decimal("3.0000"),
         **({"close_order_id": closing} if close_ids else {}),
-    )  # fmt: skip
+    )
     leg = await insert_order(
-        db, user_id=7, robot_id=leg_robot_id or robot_id, direction=leg_direction,
-        exchange_order_id=closing, open_price=Decimal("60300"), open_time=closed,
-        created_at=closed, quantity=Decimal("0.01"), leverage=0, margin=Decimal("0"),
-        close_time=closed + timedelta(seconds=40), close_price=Decimal("60300"),
-        realized_profit=Decimal(leg_profit), close_reason=LEG_REASON,
+        db,
+        user_id=7,
+        robot_id=leg_robot_id or robot_id,
+        direction=leg_direction,
+        exchange_order_id=closing,
+        open_price=Decimal("60300"),
+        open_time=closed,
+        created_at=closed,
+        quantity=Decimal("0.01"),
+        leverage=0,
+        margin=Decimal("0"),
+        close_time=closed + timedelta(seconds=40),
+        close_price=Decimal("60300"),
+        realized_profit=Decimal(leg_profit),
+        close_reason=LEG_REASON,
         **({"close_order_id": closing} if close_ids else {}),
-    )  # fmt: skip
+    )
     return trade, leg, closing
 
 
@@ -80,9 +100,18 @@ async def synced_trade_and_leg(db: Database) -> tuple[int, int, str]:
     """A trade and its leg without close ids, the trade bound by the sync to binance's close
     (record key = the closing orderId, as the binance adapter keys it)."""
     trade, leg, closing = await trade_and_leg(db, close_ids=False)
-    await insert(db, binding, platform="binance", account_id=10, record_key=closing,
-                 order_id=trade, primary_order_id=trade, kind="order", rule="close_time",
-                 created_at=db.now())  # fmt: skip
+    await insert(
+        db,
+        binding,
+        platform="binance",
+        account_id=10,
+        record_key=closing,
+        order_id=trade,
+        primary_order_id=trade,
+        kind="order",
+        rule="close_time",
+        created_at=db.now(),
+    )
     return trade, leg, closing
 
 
@@ -159,8 +188,14 @@ async def test_the_exchange_record_of_the_trade_names_its_leg(account: Database)
     order) to the trade, so the row that order opened is its leg."""
     db = account
     trade, leg, closing = await synced_trade_and_leg(db)
-    await insert(db, record_order_id, platform="binance", account_id=10, record_key=closing,
-                 exchange_order_id=closing)  # fmt: skip
+    await insert(
+        db,
+        record_order_id,
+        platform="binance",
+        account_id=10,
+        record_key=closing,
+        exchange_order_id=closing,
+    )
     results = (await PowerConsumer(db, RULES).charge_many([trade, leg], Source.SWEEP)).results
     outcomes = {r.order_id: r.outcome for r in results}
     assert outcomes == {trade: Outcome.CHARGED, leg: Outcome.LEG}
@@ -205,9 +240,18 @@ async def test_a_row_bound_by_the_sync_is_a_trade_even_if_shaped_like_a_leg(
 ) -> None:
     db = account
     trade, second, _ = await trade_and_leg(db, close_ids=False)
-    await insert(db, binding, platform="binance", account_id=10, record_key="r-2",
-                 order_id=second, primary_order_id=second, kind="order", rule="close_time",
-                 created_at=db.now())  # fmt: skip
+    await insert(
+        db,
+        binding,
+        platform="binance",
+        account_id=10,
+        record_key="r-2",
+        order_id=second,
+        primary_order_id=second,
+        kind="order",
+        rule="close_time",
+        created_at=db.now(),
+    )
     results = (await PowerConsumer(db, RULES).charge_many([trade, second], Source.SWEEP)).results
     assert {r.outcome for r in results} == {Outcome.CHARGED}
 
@@ -215,14 +259,22 @@ async def test_a_row_bound_by_the_sync_is_a_trade_even_if_shaped_like_a_leg(
 async def test_a_close_the_sync_has_not_read_yet_waits_for_it(account: Database) -> None:
     db = account
     closed = db.now() - timedelta(minutes=1)
-    order = await insert_order(db, user_id=7, robot_id=100, close_time=closed,
-                               open_time=closed - timedelta(hours=1))  # fmt: skip
+    order = await insert_order(
+        db, user_id=7, robot_id=100, close_time=closed, open_time=closed - timedelta(hours=1)
+    )
     behind = datetime.now(UTC) - timedelta(minutes=5)  # the cursor, in UTC, before the close
 
     async def cursor(until: datetime, updated: datetime) -> None:
-        await insert(db, stream_cursor, platform="binance", account_id=10, symbol="BTCUSDT",
-                     complete_until=until.replace(tzinfo=None), keys_at_cursor=json.dumps([]),
-                     updated_at=updated)  # fmt: skip
+        await insert(
+            db,
+            stream_cursor,
+            platform="binance",
+            account_id=10,
+            symbol="BTCUSDT",
+            complete_until=until.replace(tzinfo=None),
+            keys_at_cursor=json.dumps([]),
+            updated_at=updated,
+        )
 
     await cursor(behind, db.now())
     consumer = PowerConsumer(db, RULES)
@@ -242,9 +294,16 @@ async def test_a_stream_the_daemon_stopped_syncing_holds_nothing(account: Databa
     db = account
     order = await insert_order(db, user_id=7, robot_id=100)
     stale = db.now() - timedelta(days=2)
-    await insert(db, stream_cursor, platform="binance", account_id=10, symbol="BTCUSDT",
-                 complete_until=datetime(2020, 1, 1), keys_at_cursor="[]",
-                 updated_at=stale)  # fmt: skip
+    await insert(
+        db,
+        stream_cursor,
+        platform="binance",
+        account_id=10,
+        symbol="BTCUSDT",
+        complete_until=datetime(2020, 1, 1),
+        keys_at_cursor="[]",
+        updated_at=stale,
+    )
     assert (
         await PowerConsumer(db, RULES).charge(order, Source.REALTIME)
     ).outcome is Outcome.CHARGED
@@ -351,11 +410,11 @@ async def _every_row_a_trade(conn: AsyncConnection, order_ids: Any, **_: Any) ->
 async def test_migrate_up_refunds_the_charged_legs_once_and_rollback_puts_them_back(
     account: Database, server_url: str, tmp_path: Any
 ) -> None:
+    from kits.seed import set_wallet
     from reconcile import migration as m
     from reconcile.storage.schema import wallet, wallet_log
     from reconcile.views.audit import audit
     from tests.procs import run_cli, write_config
-    from tests.seed import set_wallet
 
     db = account
     await set_wallet(db, 7, Decimal("100"))
@@ -387,8 +446,10 @@ async def test_migrate_up_refunds_the_charged_legs_once_and_rollback_puts_them_b
     assert result.ok and result.legs is not None and result.legs.refunded_rows == 1
     power, ledger_rows, flags = await db.transaction(state, what="read")
     assert power == Decimal("99.70000000")  # 100 - 0.3 (trade) - 0.3 (leg) + 0.3 (refund)
-    assert ledger_rows == [("power_consume", Decimal("-0.30000000")),
-                           ("power_consume_refund", Decimal("0.30000000"))]  # fmt: skip
+    assert ledger_rows == [
+        ("power_consume", Decimal("-0.30000000")),
+        ("power_consume_refund", Decimal("0.30000000")),
+    ]
     assert flags == (0, Decimal("0E-8")) or flags == (0, Decimal(0))
     assert set(await charged(db)) == {trade}
     assert (await audit(db, backlog_after=timedelta(hours=1))).ok
@@ -418,9 +479,20 @@ async def test_an_upgrade_back_fills_the_order_ids_of_the_records_kept_before(
     trade, leg, closing = await synced_trade_and_leg(db)
     now = db.now()
     normalized = json.dumps({"record_key": closing, "exchange_order_ids": [closing]})
-    await insert(db, exchange_record, platform="binance", account_id=10, record_key=closing,
-                 symbol="BTCUSDT", close_time=now, profit=Decimal("3"), profit_basis="fees",
-                 normalized_json=normalized, raw_json="{}", created_at=now)  # fmt: skip
+    await insert(
+        db,
+        exchange_record,
+        platform="binance",
+        account_id=10,
+        record_key=closing,
+        symbol="BTCUSDT",
+        close_time=now,
+        profit=Decimal("3"),
+        profit_basis="fees",
+        normalized_json=normalized,
+        raw_json="{}",
+        created_at=now,
+    )
 
     async def drop(conn: AsyncConnection) -> None:  # the release before this one
         for table in (record_order_id, verdict):
@@ -457,29 +529,58 @@ def test_the_sync_binds_a_close_to_its_trade_never_to_its_leg(
     from reconcile.sync.matching import Candidate, Kind, Rule, Tolerances, decide
 
     closed = datetime(2026, 12, 1, 12, 0, 0)
-    common: dict[str, Any] = {"robot_id": 100, "symbol": "BTCUSDT", "hold_duration": None,
-                              "power_consumed": 0, "bound": False}  # fmt: skip
+    common: dict[str, Any] = {
+        "robot_id": 100,
+        "symbol": "BTCUSDT",
+        "hold_duration": None,
+        "power_consumed": 0,
+        "bound": False,
+    }
     trade = Candidate(
-        id=1, order_sn="TO20261201110000AAAAAA", status=2, direction="long",
-        exchange_order_id="700001", close_order_id="800001" if close_ids else None,
-        quantity=Decimal("0.01"), open_time=closed - timedelta(hours=1), close_time=closed,
-        close_price=Decimal("60300"), realized_profit=Decimal("3"), **common,
-    )  # fmt: skip
+        id=1,
+        order_sn="TO20261201110000AAAAAA",
+        status=2,
+        direction="long",
+        exchange_order_id="700001",
+        close_order_id="800001" if close_ids else None,
+        quantity=Decimal("0.01"),
+        open_time=closed - timedelta(hours=1),
+        close_time=closed,
+        close_price=Decimal("60300"),
+        realized_profit=Decimal("3"),
+        **common,
+    )
     leg = Candidate(
-        id=2, order_sn="TO20261201120000BBBBBB", status=leg_status, direction="short",
-        exchange_order_id="800001", close_order_id="800001" if close_ids else None,
-        quantity=Decimal("0.01"), open_time=closed,
+        id=2,
+        order_sn="TO20261201120000BBBBBB",
+        status=leg_status,
+        direction="short",
+        exchange_order_id="800001",
+        close_order_id="800001" if close_ids else None,
+        quantity=Decimal("0.01"),
+        open_time=closed,
         close_time=closed + timedelta(seconds=40) if leg_status == 2 else None,
         close_price=Decimal("60300") if leg_status == 2 else None,
-        realized_profit=Decimal("3") if leg_status == 2 else None, **common,
-    )  # fmt: skip
+        realized_profit=Decimal("3") if leg_status == 2 else None,
+        **common,
+    )
     record = ClosedPosition(
-        platform="binance", account_id=10, symbol="BTC/USDT:USDT", direction="long",
-        size=Decimal("0.01"), open_price=Decimal("60000"), close_price=Decimal("60300"),
-        gross_pnl=Decimal("3"), fee=Decimal("-0.1"), funding=Decimal(0),
-        net_profit=Decimal("2.9"), open_time=None, close_time=closed.replace(tzinfo=UTC),
-        record_key="800001", exchange_order_ids=("800001",),
-    )  # fmt: skip
+        platform="binance",
+        account_id=10,
+        symbol="BTC/USDT:USDT",
+        direction="long",
+        size=Decimal("0.01"),
+        open_price=Decimal("60000"),
+        close_price=Decimal("60300"),
+        gross_pnl=Decimal("3"),
+        fee=Decimal("-0.1"),
+        funding=Decimal(0),
+        net_profit=Decimal("2.9"),
+        open_time=None,
+        close_time=closed.replace(tzinfo=UTC),
+        record_key="800001",
+        exchange_order_ids=("800001",),
+    )
     [decision] = decide(
         [record], [closed], [trade, leg], {}, "BTCUSDT", Tolerances(timedelta(seconds=120)), {}
     )
@@ -490,14 +591,16 @@ def test_the_sync_binds_a_close_to_its_trade_never_to_its_leg(
 
 
 async def test_report_counts_trades_legs_and_held_rows_per_account(account: Database) -> None:
-    from reconcile.sync.history import SyncSettings
-    from reconcile.views.report import Period, Scope, report
+    from reconcile.sync.settings import SyncSettings
+    from reconcile.views.report import report
+    from reconcile.views.report_figures import Period, Scope
 
     db = account
     trade, leg, _ = await trade_and_leg(db)  # a leg by close id: recorded
     other, shaped, _ = await trade_and_leg(db, robot_id=101)
-    await insert_order(db, user_id=7, robot_id=101, direction="short",
-                       realized_profit=Decimal("-1"))  # a losing trade: still a trade  # fmt: skip
+    await insert_order(
+        db, user_id=7, robot_id=101, direction="short", realized_profit=Decimal("-1")
+    )  # a losing trade: still a trade
 
     async def forget_close_id(conn: AsyncConnection) -> None:  # `shaped` is only possibly a leg
         o = trading_order.c
@@ -507,8 +610,12 @@ async def test_report_counts_trades_legs_and_held_rows_per_account(account: Data
     await db.transaction(forget_close_id, what="forget a close id")
     await PowerConsumer(db, RULES).charge_many([trade, leg, other, shaped], Source.SWEEP)
     now = datetime.now(UTC)
-    got = await report(db, Period(now - timedelta(days=1), now + timedelta(minutes=1)), Scope(),
-                       sync=SyncSettings())  # fmt: skip
+    got = await report(
+        db,
+        Period(now - timedelta(days=1), now + timedelta(minutes=1)),
+        Scope(),
+        sync=SyncSettings(),
+    )
     [line] = got.accounts
     figures = line.figures
     assert line.id == 10
@@ -544,11 +651,20 @@ async def test_a_stream_no_longer_polled_holds_nothing(account: Database) -> Non
     that close is not waited for (it is charged at once, rule local)."""
     db = account
     closed = db.now() - timedelta(minutes=1)
-    order = await insert_order(db, user_id=7, robot_id=100, close_time=closed,
-                               open_time=closed - timedelta(hours=1))  # fmt: skip
+    order = await insert_order(
+        db, user_id=7, robot_id=100, close_time=closed, open_time=closed - timedelta(hours=1)
+    )
     behind = (datetime.now(UTC) - timedelta(minutes=5)).replace(tzinfo=None)
-    await insert(db, stream_cursor, platform="binance", account_id=10, symbol="BTCUSDT",
-                 complete_until=behind, keys_at_cursor="[]", updated_at=db.now())  # fmt: skip
+    await insert(
+        db,
+        stream_cursor,
+        platform="binance",
+        account_id=10,
+        symbol="BTCUSDT",
+        complete_until=behind,
+        keys_at_cursor="[]",
+        updated_at=db.now(),
+    )
 
     async def stop(conn: AsyncConnection) -> None:
         r = trading_robot.c

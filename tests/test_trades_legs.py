@@ -4,7 +4,7 @@ the daemon charges trades, never legs (reconcile/charging/trades.py).
 The rows come from tests/engine_legs.py, which plays upstream's writers in their order (the
 engine's open and close, then the order-status sync's pass: SyncOrderHistoryToDB and the position
 check), reading exchange orders and fills as upstream's adapters parse them. The exchanges are the
-fakes of tests/fake_exchanges, read by real ccxt; their records are the same trades. DATETIMEs are
+fakes of kits/fake_exchanges, read by real ccxt; their records are the same trades. DATETIMEs are
 written in Asia/Shanghai, as upstream deploys.
 """
 
@@ -23,9 +23,15 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kits.databases import open_database
+from kits.fake_exchanges import FAKES, FakeExchange
+from kits.fake_exchanges import binance as binance_wire
+from kits.fake_exchanges import gate as gate_wire
+from kits.fake_exchanges import okx as okx_wire
+from kits.seed import assert_ledger_consistent
+from kits.upstream import CLOSE_ID_COLUMNS
 from reconcile.storage.db import Database
 from reconcile.storage.schema import power_consume, trading_order, wallet, wallet_log
-from tests.conftest import open_database
 from tests.engine_legs import (
     EngineKit,
     ExchangeOrder,
@@ -36,14 +42,8 @@ from tests.engine_legs import (
     okx_order,
     order_id_counter,
 )
-from tests.fake_exchanges import FAKES, FakeExchange
-from tests.fake_exchanges import binance as binance_wire
-from tests.fake_exchanges import gate as gate_wire
-from tests.fake_exchanges import okx as okx_wire
 from tests.history_kit import add_account, add_robot
 from tests.procs import run_cli, write_config
-from tests.seed import assert_ledger_consistent
-from tests.upstream import CLOSE_ID_COLUMNS
 
 pytestmark = pytest.mark.mysql
 
@@ -52,7 +52,7 @@ MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 QTY = Decimal("0.01")
 ENTRY = Decimal(60000)
-GATE_MULTIPLIER = Decimal("0.0001")  # tests/fake_exchanges DEFAULT_MARKETS: BTC_USDT
+GATE_MULTIPLIER = Decimal("0.0001")  # kits/fake_exchanges DEFAULT_MARKETS: BTC_USDT
 GATE_CONTRACTS = 100  # × 0.0001 = 0.01 BTC
 OKX_CONTRACTS = "1"  # × ctVal 0.01 = 0.01 BTC
 SNAPSHOT_TABLES = (
@@ -123,11 +123,16 @@ class Exchange:
         if self.venue.platform == "binance":
             self.wire.append(
                 binance_wire.fill(
-                    order_id=int(order.order_id), side=order.side, price=str(price),
-                    qty=str(qty), realized_pnl=str(pnl), commission="0.024", time=ms,
+                    order_id=int(order.order_id),
+                    side=order.side,
+                    price=str(price),
+                    qty=str(qty),
+                    realized_pnl=str(pnl),
+                    commission="0.024",
+                    time=ms,
                     position_side=ps,
                 )
-            )  # fmt: skip
+            )
 
     def until(self, moment: datetime) -> tuple[list[ExchangeOrder], list[Fill]]:
         """The orders and fills the exchange has at ``moment``."""
@@ -141,29 +146,46 @@ class Exchange:
         return order.position_side
 
     def close_record(
-        self, direction: str, open_price: Decimal, close_price: Decimal, pnl: Decimal,
-        open_ms: int, close_ms: int,
-    ) -> None:  # fmt: skip
+        self,
+        direction: str,
+        open_price: Decimal,
+        close_price: Decimal,
+        pnl: Decimal,
+        open_ms: int,
+        close_ms: int,
+    ) -> None:
         """okx's and gate's closed-position record (binance's are its fills)."""
         long = direction == "long"
         if self.venue.platform == "okx":
             self.wire.append(
                 okx_wire.position(
-                    pos_id=f"pos{self.next_id()}", direction=direction, open_px=str(open_price),
-                    close_px=str(close_price), close_total_pos=OKX_CONTRACTS, pnl=str(pnl),
-                    fee="-0.06", funding_fee="0", c_time=open_ms, u_time=close_ms,
+                    pos_id=f"pos{self.next_id()}",
+                    direction=direction,
+                    open_px=str(open_price),
+                    close_px=str(close_price),
+                    close_total_pos=OKX_CONTRACTS,
+                    pnl=str(pnl),
+                    fee="-0.06",
+                    funding_fee="0",
+                    c_time=open_ms,
+                    u_time=close_ms,
                     pos_side=direction if self.venue.hedge else "net",
                 )
-            )  # fmt: skip
+            )
         elif self.venue.platform == "gate":
             self.wire.append(
                 gate_wire.closed(
-                    side=direction, long_price=str(open_price if long else close_price),
+                    side=direction,
+                    long_price=str(open_price if long else close_price),
                     short_price=str(close_price if long else open_price),
-                    accum_size=str(GATE_CONTRACTS), pnl_pnl=str(pnl), pnl_fee="-0.06",
-                    pnl_fund="0", first_open_time=open_ms // 1000, time=close_ms // 1000,
+                    accum_size=str(GATE_CONTRACTS),
+                    pnl_pnl=str(pnl),
+                    pnl_fee="-0.06",
+                    pnl_fund="0",
+                    first_open_time=open_ms // 1000,
+                    time=close_ms // 1000,
                 )
-            )  # fmt: skip
+            )
 
     def trade(
         self, direction: str, opened: datetime, closes: list[tuple[datetime, Decimal, Decimal]]
@@ -290,8 +312,10 @@ async def set_close_ids(db: Database, present: bool) -> None:
     them (added here as that script's lines 18-19 add them)."""
 
     async def alter(conn: AsyncConnection) -> None:
-        have = {c["name"] for c in await conn.run_sync(
-            lambda c: inspect(c).get_columns(trading_order.name))}  # fmt: skip
+        have = {
+            c["name"]
+            for c in await conn.run_sync(lambda c: inspect(c).get_columns(trading_order.name))
+        }
         for column in CLOSE_ID_COLUMNS:
             if present and column not in have:
                 await conn.exec_driver_sql(
@@ -316,9 +340,15 @@ def config(tmp_path: Path, url: str, platform: str | None) -> Path:
 
 async def wire(db: Database, fake: FakeExchange, platform: str) -> None:
     await add_account(
-        db, 10, user_id=7, platform=platform, base_url=fake.url, api_key=fake.api_key,
-        secret_key=fake.secret, passphrase=fake.passphrase,
-    )  # fmt: skip
+        db,
+        10,
+        user_id=7,
+        platform=platform,
+        base_url=fake.url,
+        api_key=fake.api_key,
+        secret_key=fake.secret,
+        passphrase=fake.passphrase,
+    )
     await add_robot(db, 100, user_id=7, account_id=10, exchange=platform)
 
 
@@ -413,37 +443,58 @@ async def plant_old_charge(db: Database, order_id: int, rate: Decimal = Decimal(
             await conn.execute(select(wallet).where(wallet.c.user_id == order.user_id))
         ).one_or_none()
         if row is None:
-            await conn.execute(wallet.insert().values(user_id=order.user_id, power=Decimal(0),
-                                                      gift_power=Decimal(0),
-                                                      total_power_consume=Decimal(0)))  # fmt: skip
+            await conn.execute(
+                wallet.insert().values(
+                    user_id=order.user_id,
+                    power=Decimal(0),
+                    gift_power=Decimal(0),
+                    total_power_consume=Decimal(0),
+                )
+            )
             before = Decimal(0)
         else:
             before = row.power
         await conn.execute(
             power_consume.insert().values(
-                user_id=order.user_id, robot_id=order.robot_id, order_id=order_id,
-                order_sn=order.order_sn, profit_amount=order.realized_profit, consume_rate=rate,
-                consume_power=amount, original_power=amount, created_at=now,
+                user_id=order.user_id,
+                robot_id=order.robot_id,
+                order_id=order_id,
+                order_sn=order.order_sn,
+                profit_amount=order.realized_profit,
+                consume_rate=rate,
+                consume_power=amount,
+                original_power=amount,
+                created_at=now,
             )
-        )  # fmt: skip
+        )
         await conn.execute(
             wallet_log.insert().values(
-                user_id=order.user_id, account_type="power", change_type="power_consume",
-                change_amount=-amount, before_amount=before, after_amount=before - amount,
-                related_id=order_id, related_type="trading_order", order_sn=order.order_sn,
-                remark="power consume", created_at=now,
+                user_id=order.user_id,
+                account_type="power",
+                change_type="power_consume",
+                change_amount=-amount,
+                before_amount=before,
+                after_amount=before - amount,
+                related_id=order_id,
+                related_type="trading_order",
+                order_sn=order.order_sn,
+                remark="power consume",
+                created_at=now,
             )
-        )  # fmt: skip
+        )
         await conn.execute(
             wallet.update()
             .where(wallet.c.user_id == order.user_id)
-            .values(power=wallet.c.power - amount,
-                    total_power_consume=wallet.c.total_power_consume + amount)
-        )  # fmt: skip
+            .values(
+                power=wallet.c.power - amount,
+                total_power_consume=wallet.c.total_power_consume + amount,
+            )
+        )
         await conn.execute(
-            trading_order.update().where(o.id == order_id).values(power_consumed=1,
-                                                                  power_amount=amount)
-        )  # fmt: skip
+            trading_order.update()
+            .where(o.id == order_id)
+            .values(power_consumed=1, power_amount=amount)
+        )
         return amount
 
     return await db.transaction(charge, what="the first release charges")
@@ -478,9 +529,12 @@ async def test_two_closing_orders_an_old_charge_and_a_flipping_status(
             a = await engine.open_trade(opening, "long", now=t0)
             orders, fills = exchange.until(t0 + 21 * MINUTE)
             [leg1] = await engine.sync_pass(
-                orders, fills, ticker=Decimal(60800), now=t0 + 21 * MINUTE,
+                orders,
+                fills,
+                ticker=Decimal(60800),
+                now=t0 + 21 * MINUTE,
                 positions=frozenset({"LONG"}),  # the rest of the position is still open
-            )  # fmt: skip
+            )
             await engine.close_trade(a, c2, exchange.fills, now=t0 + 40 * MINUTE)
             [leg2] = await engine.sync_pass(
                 exchange.orders, exchange.fills, ticker=Decimal(60950), now=t0 + 41 * MINUTE
@@ -511,9 +565,10 @@ async def test_two_closing_orders_an_old_charge_and_a_flipping_status(
             code, out, err = await run_cli(cfg, "audit", "--json")
             assert code == 1, (out, err)
             named = [
-                (name, e) for name, e in audit_examples(out)
+                (name, e)
+                for name, e in audit_examples(out)
                 if leg2 in {int(v) for k, v in e.items() if "order" in k and str(v).isdigit()}
-            ]  # fmt: skip
+            ]
             assert named, f"audit does not name the charged leg {leg2}: {out}"
             _, example = named[0]
             assert str(example.get("user_id")) == "7", example
@@ -533,8 +588,9 @@ async def test_two_closing_orders_an_old_charge_and_a_flipping_status(
             await cli_ok(cfg, "run", "--once")
             assert await consumes(db) == expected
             # ... and its position check closes them again, updated_at = now
-            await engine.position_check(fills=exchange.fills, ticker=Decimal(61000),
-                                        now=now - 29 * MINUTE)  # fmt: skip
+            await engine.position_check(
+                fills=exchange.fills, ticker=Decimal(61000), now=now - 29 * MINUTE
+            )
             assert {r.status for r in await engine.robot_rows()} == {2}
             await cli_ok(cfg, "run", "--once")
             first = await snapshot(db)
@@ -623,8 +679,16 @@ async def test_held_rows_and_the_operators_decisions(server_url: str, tmp_path: 
         assert set(legs) <= listed, listed
         assert not set(trades) & listed, listed
 
-        charge = ("held", "charge", "--order-id", str(to_charge), "--by", "alice",
-                  "--note", "checked: a re-entry")  # fmt: skip
+        charge = (
+            "held",
+            "charge",
+            "--order-id",
+            str(to_charge),
+            "--by",
+            "alice",
+            "--note",
+            "checked: a re-entry",
+        )
         await cli_ok(cfg, *charge)
         assert await consumes(db) == Counter([*trades, to_charge])
         once = await snapshot(db)

@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import mysql_server
-from tests.upstream import MYSQL_DDL, UPSTREAM_DIR
+from kits.databases import mysql_server
+from kits.upstream import MYSQL_DDL, UPSTREAM_DIR
 
 SOURCE = UPSTREAM_DIR / "SOURCE.md"
 
@@ -47,7 +47,10 @@ def test_as_applied_sh_recreates_the_dump_from_upstreams_scripts(mysql_available
     env = {**os.environ, "MYSQL_HOST": host, "MYSQL_PORT": str(port), "MYSQL_USER": user}
     proc = subprocess.run(
         ["bash", str(UPSTREAM_DIR / "as_applied.sh"), f"trc_as_applied_{os.getpid()}"],
-        capture_output=True, timeout=120, check=False, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert proc.stdout == MYSQL_DDL.read_bytes()

@@ -22,7 +22,7 @@ from bench.sim.daemons import Instance
 def daemon_outputs(logs: Path, failed: set[str]) -> tuple[Result, Counter[str]]:
     """Every daemon line a JSON event, none critical; the events counted by name.
 
-    One exception, as README documents it: a start that fails (exit 1 before ``daemon
+    One exception, as docs/audit-log.md documents it: a start that fails (exit 1 before ``daemon
     started``, e.g. the database is down) ends with its error as one plain line on stderr,
     ``toogo-reconcile: connect to the database: ...``; ``failed`` names those generations'
     output files (their stem)."""
@@ -58,8 +58,11 @@ def secrets_in(paths: Iterable[Path], planted: dict[str, str]) -> Result:
     for path in paths:
         if path.exists():
             data = path.read_bytes()
-            found += [f"{name} in {path.name}" for name, value in planted.items()
-                      if value.encode() in data]  # fmt: skip
+            found += [
+                f"{name} in {path.name}"
+                for name, value in planted.items()
+                if value.encode() in data
+            ]
     return [("no planted secret in any output", found)]
 
 

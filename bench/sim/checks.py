@@ -1,6 +1,6 @@
 """The invariants, read with plain SQL in one consistent snapshot (REPEATABLE READ, ``START
 TRANSACTION WITH CONSISTENT SNAPSHOT``) and checked in Python with Decimal - independently of the
-code under test, as tests/seed.py does.
+code under test, as kits/seed.py does.
 
 ``always`` holds at any moment, faults or not (every writer commits its rows in one transaction);
 ``final`` once the faults stopped and the daemons caught up. Each returns (check name, problems)
@@ -43,27 +43,40 @@ class Snapshot:
 
 
 def read(port: int) -> Snapshot:
-    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", password="",
-                           database=DB_NAME, connect_timeout=5, read_timeout=120)  # fmt: skip
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        port=port,
+        user="root",
+        password="",
+        database=DB_NAME,
+        connect_timeout=5,
+        read_timeout=120,
+    )
     try:
         with conn.cursor() as cur:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             cur.execute("SELECT id, user_id, order_id, consume_power FROM hg_toogo_power_consume")
             consumes = list(cur.fetchall())
-            cur.execute("SELECT id, user_id, change_type, change_amount, before_amount,"
-                        " after_amount, related_id, remark FROM hg_toogo_wallet_log"
-                        " WHERE account_type = 'power' ORDER BY id")  # fmt: skip
+            cur.execute(
+                "SELECT id, user_id, change_type, change_amount, before_amount,"
+                " after_amount, related_id, remark FROM hg_toogo_wallet_log"
+                " WHERE account_type = 'power' ORDER BY id"
+            )
             ledger = list(cur.fetchall())
             cur.execute(
                 "SELECT user_id, power, total_power_consume, gift_power FROM hg_toogo_wallet"
             )
             wallets = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
-            cur.execute("SELECT id, user_id, order_sn, status, realized_profit, power_consumed,"
-                        " power_amount FROM hg_trading_order")  # fmt: skip
+            cur.execute(
+                "SELECT id, user_id, order_sn, status, realized_profit, power_consumed,"
+                " power_amount FROM hg_trading_order"
+            )
             orders = {r[0]: r for r in cur.fetchall()}
-            cur.execute("SELECT platform, account_id, record_key, order_id, primary_order_id, kind"
-                        " FROM toogo_reconcile_binding")  # fmt: skip
+            cur.execute(
+                "SELECT platform, account_id, record_key, order_id, primary_order_id, kind"
+                " FROM toogo_reconcile_binding"
+            )
             bindings = list(cur.fetchall())
             conn.commit()
     finally:
@@ -85,8 +98,10 @@ def always(snap: Snapshot, initial: dict[int, Decimal], served: set[tuple[int, s
         results.append((name, _shown(problems)))
 
     pairs = Counter((c[1], c[2]) for c in snap.consumes)
-    check("one consume row per order", [f"user {u} order {o}: {n} rows"
-                                        for (u, o), n in pairs.items() if n > 1])  # fmt: skip
+    check(
+        "one consume row per order",
+        [f"user {u} order {o}: {n} rows" for (u, o), n in pairs.items() if n > 1],
+    )
     wrong = []
     for _, user, order_id, _ in snap.consumes:
         o = snap.orders.get(order_id)
@@ -107,16 +122,24 @@ def always(snap: Snapshot, initial: dict[int, Decimal], served: set[tuple[int, s
                 f"order {order_id}: consume {amount}, ledger {debits.get((user, order_id))}"
             )
     consume_pairs = set(pairs)
-    unmatched += [f"ledger debit of order {o} (user {u}) without a consume row"
-                  for u, o in debits if (u, o) not in consume_pairs]  # fmt: skip
+    unmatched += [
+        f"ledger debit of order {o} (user {u}) without a consume row"
+        for u, o in debits
+        if (u, o) not in consume_pairs
+    ]
     check("each consume row has exactly its ledger debit", unmatched)
     logged: dict[int, Decimal] = defaultdict(Decimal)
     for row in snap.ledger:
         if row[2] == "power_consume":
             logged[row[1]] += row[3]
-    check("per user: sum consume_power = -sum power_consume ledger", [
-        f"user {u}: consumed {consumed[u]}, ledger {-logged[u]}"
-        for u in sorted(set(consumed) | set(logged)) if consumed[u] != -logged[u]])  # fmt: skip
+    check(
+        "per user: sum consume_power = -sum power_consume ledger",
+        [
+            f"user {u}: consumed {consumed[u]}, ledger {-logged[u]}"
+            for u in sorted(set(consumed) | set(logged))
+            if consumed[u] != -logged[u]
+        ],
+    )
     # the same for the daemon's own entries alone: without the legacy path's rows
     legacy = {(r[1], r[6]) for r in snap.ledger if r[7] == LEGACY_REMARK}
     own_consumed: dict[int, Decimal] = defaultdict(Decimal)
@@ -127,19 +150,29 @@ def always(snap: Snapshot, initial: dict[int, Decimal], served: set[tuple[int, s
     for row in snap.ledger:
         if row[2] == "power_consume" and row[7] != LEGACY_REMARK:
             own_logged[row[1]] += row[3]
-    check("per user, the daemon's own: sum consume_power = -sum ledger", [
-        f"user {u}: consumed {own_consumed[u]}, ledger {-own_logged[u]}"
-        for u in sorted(set(own_consumed) | set(own_logged))
-        if own_consumed[u] != -own_logged[u]])  # fmt: skip
+    check(
+        "per user, the daemon's own: sum consume_power = -sum ledger",
+        [
+            f"user {u}: consumed {own_consumed[u]}, ledger {-own_logged[u]}"
+            for u in sorted(set(own_consumed) | set(own_logged))
+            if own_consumed[u] != -own_logged[u]
+        ],
+    )
 
     amounts = {(c[1], c[2]): c[3] for c in snap.consumes}
-    check("power_consumed = 1 only with its consume row", [
-        f"order {o[0]}: flag set, amount {o[6]}, consume row {amounts.get((o[1], o[0]))}"
-        for o in snap.orders.values()
-        if o[5] == 1 and amounts.get((o[1], o[0])) != o[6]])  # fmt: skip
+    check(
+        "power_consumed = 1 only with its consume row",
+        [
+            f"order {o[0]}: flag set, amount {o[6]}, consume row {amounts.get((o[1], o[0]))}"
+            for o in snap.orders.values()
+            if o[5] == 1 and amounts.get((o[1], o[0])) != o[6]
+        ],
+    )
 
-    check("ledger rows: after - before = change", [
-        f"wallet_log {r[0]}" for r in snap.ledger if r[5] - r[4] != r[3]])  # fmt: skip
+    check(
+        "ledger rows: after - before = change",
+        [f"wallet_log {r[0]}" for r in snap.ledger if r[5] - r[4] != r[3]],
+    )
     overwrites = snap.overwrites()
     breaks = set()
     last: dict[int, Decimal] = {}
@@ -148,10 +181,19 @@ def always(snap: Snapshot, initial: dict[int, Decimal], served: set[tuple[int, s
         if previous != row[4]:
             breaks.add(row[0])
         last[row[1]] = row[5]
-    check("ledger chains break exactly where a Go-style write overwrote", [
-        *(f"wallet_log {i}: chain broken, no overwrite" for i in sorted(breaks - set(overwrites))),
-        *(f"wallet_log {i}: overwrite, chain not broken" for i in sorted(set(overwrites) - breaks)),
-    ])  # fmt: skip
+    check(
+        "ledger chains break exactly where a Go-style write overwrote",
+        [
+            *(
+                f"wallet_log {i}: chain broken, no overwrite"
+                for i in sorted(breaks - set(overwrites))
+            ),
+            *(
+                f"wallet_log {i}: overwrite, chain not broken"
+                for i in sorted(set(overwrites) - breaks)
+            ),
+        ],
+    )
 
     changes: dict[int, Decimal] = defaultdict(Decimal)
     for row in snap.ledger:
@@ -172,14 +214,23 @@ def always(snap: Snapshot, initial: dict[int, Decimal], served: set[tuple[int, s
     check("wallet = start + ledger changes - what overwrites lost", bad_wallets)
 
     bound = Counter(b[4] for b in snap.bindings if b[4] is not None)
-    check("bindings: one record per order, each order exists, each record served", [
-        *(f"order {o} bound by {n} records" for o, n in bound.items() if n > 1),
-        *(f"binding {b[:3]} -> order {b[3]} missing" for b in snap.bindings
-          if b[3] not in snap.orders),
-        *(f"binding {b[:3]}: kind {b[5]}" for b in snap.bindings if b[5] != "order"),
-        *(f"binding {b[:3]}: no such close on the exchange" for b in snap.bindings
-          if (b[1], b[2]) not in served),
-    ])  # fmt: skip
+    check(
+        "bindings: one record per order, each order exists, each record served",
+        [
+            *(f"order {o} bound by {n} records" for o, n in bound.items() if n > 1),
+            *(
+                f"binding {b[:3]} -> order {b[3]} missing"
+                for b in snap.bindings
+                if b[3] not in snap.orders
+            ),
+            *(f"binding {b[:3]}: kind {b[5]}" for b in snap.bindings if b[5] != "order"),
+            *(
+                f"binding {b[:3]}: no such close on the exchange"
+                for b in snap.bindings
+                if (b[1], b[2]) not in served
+            ),
+        ],
+    )
     return results
 
 
@@ -194,27 +245,39 @@ def final(snap: Snapshot, closes: list[Close], engine_orders: int) -> Result:
         b = binding.get((close.account_id, close.record_key))
         order = snap.orders.get(b[3]) if b is not None else None
         if b is None or order is None:
-            missing.append(f"{close.platform} account {close.account_id} {close.record_key}"
-                           f" ({close.kind}): no local order")  # fmt: skip
+            missing.append(
+                f"{close.platform} account {close.account_id} {close.record_key}"
+                f" ({close.kind}): no local order"
+            )
             continue
         if order[3] != 2 or (order[4] > 0) != close.profitable:
-            wrong.append(f"order {order[0]} of {close.record_key}: status {order[3]},"
-                         f" profit {order[4]}, exchange profitable {close.profitable}")  # fmt: skip
+            wrong.append(
+                f"order {order[0]} of {close.record_key}: status {order[3]},"
+                f" profit {order[4]}, exchange profitable {close.profitable}"
+            )
         want = 1 if close.profitable else 0
         if charges[order[0]] != want or order[5] != want:
             rows = charges[order[0]]
-            wrong.append(f"order {order[0]} of {close.record_key} ({close.kind}): {rows}"
-                         f" consume rows, flag {order[5]}, want {want}")  # fmt: skip
+            wrong.append(
+                f"order {order[0]} of {close.record_key} ({close.kind}): {rows}"
+                f" consume rows, flag {order[5]}, want {want}"
+            )
     bound = {b[3] for b in snap.bindings}
     closed = [o for o in snap.orders.values() if o[3] == 2]
     inserted = sum(1 for c in closes if c.kind == "hand_only")
-    strays = [f"order {o[0]} closed but no exchange close is bound to it"
-              for o in closed if o[0] not in bound]  # fmt: skip
+    strays = [
+        f"order {o[0]} closed but no exchange close is bound to it"
+        for o in closed
+        if o[0] not in bound
+    ]
     if len(snap.orders) != engine_orders + inserted:
-        strays.append(f"{len(snap.orders)} orders, want {engine_orders} engine orders +"
-                      f" {inserted} closed by hand without one")  # fmt: skip
-    uncharged = [f"order {o[0]} eligible, not charged" for o in closed
-                 if o[4] > 0 and charges[o[0]] != 1]  # fmt: skip
+        strays.append(
+            f"{len(snap.orders)} orders, want {engine_orders} engine orders +"
+            f" {inserted} closed by hand without one"
+        )
+    uncharged = [
+        f"order {o[0]} eligible, not charged" for o in closed if o[4] > 0 and charges[o[0]] != 1
+    ]
     return [
         ("every exchange close has exactly one local order", _shown(missing)),
         ("every profitable close charged exactly once, no loss charged", _shown(wrong)),
@@ -230,14 +293,16 @@ def audit_agrees(report: dict[str, Any], overwrites: dict[int, Decimal]) -> Resu
     for check in report["checks"]:
         if check["name"] == "ledger_chain":
             if check["violations"] != len(overwrites):
-                problems.append(f"ledger_chain: {check['violations']} violations,"
-                                f" {len(overwrites)} overwrites")  # fmt: skip
+                problems.append(
+                    f"ledger_chain: {check['violations']} violations, {len(overwrites)} overwrites"
+                )
             for ex in check["examples"]:
                 if ex.get("problem") != "chain broken" or ex.get("wallet_log_id") not in overwrites:
                     problems.append(f"ledger_chain example not an overwrite: {ex}")
         elif check["violations"]:
-            problems.append(f"{check['name']}: {check['violations']} violations"
-                            f" ({check['examples'][:2]})")  # fmt: skip
+            problems.append(
+                f"{check['name']}: {check['violations']} violations ({check['examples'][:2]})"
+            )
     if report["ok"] != (not overwrites):
         problems.append(f"audit ok={report['ok']} with {len(overwrites)} overwrites")
     return [("audit reports exactly the Go-style overwrites", _shown(problems))]

@@ -69,10 +69,17 @@ class Instance:
         self.expect = None
         stem = f"{self.name}.{self.generation:03d}"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "--config", str(self.config), "run",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env,
+            sys.executable,
+            "-m",
+            "daemon",
+            "--config",
+            str(self.config),
+            "run",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
             cwd=self.cwd,
-        )  # fmt: skip
+        )
         self.proc = proc
         assert proc.stdout is not None and proc.stderr is not None
         readers = [

@@ -1,4 +1,5 @@
-"""hotgo's side of the database, written the way upstream writes it (DESIGN.md), in two threads
+"""hotgo's side of the database, written the way upstream writes it (docs/architecture.md, "How
+upstream's engine writes its tables"), in two threads
 with plain pymysql connections straight to the server (the daemons' proxy cuts are theirs):
 
 - ``Engine``: each robot trades one position at a time. A position is opened and closed by the
@@ -36,7 +37,7 @@ import pymysql
 from pymysql.cursors import Cursor
 
 from bench.sim.world import DB_NAME, RATE, ZONE, Account, Cast, Exchanges
-from tests.fake_exchanges.harness import closed_record, record_key_of
+from kits.fake_exchanges.harness import closed_record, record_key_of
 
 T = TypeVar("T")
 LOCAL = ZoneInfo(ZONE)
@@ -66,9 +67,16 @@ class Sql:
     def _connect(self) -> pymysql.connections.Connection:
         if self.conn is None:
             self.conn = pymysql.connect(
-                host="127.0.0.1", port=self.port, user="root", password="", database=DB_NAME,
-                autocommit=False, connect_timeout=2, read_timeout=60, write_timeout=60,
-            )  # fmt: skip
+                host="127.0.0.1",
+                port=self.port,
+                user="root",
+                password="",
+                database=DB_NAME,
+                autocommit=False,
+                connect_timeout=2,
+                read_timeout=60,
+                write_timeout=60,
+            )
             with self.conn.cursor() as cur:
                 cur.execute("SET SESSION innodb_lock_wait_timeout = 20")
         return self.conn
@@ -214,9 +222,23 @@ class Engine:
             + "".join(self.rnd.choices("ABCDEFGHJKLMNPQRSTUVWXYZ23456789", k=6))
         )
         opening_id = str(self.rnd.randint(10**17, 10**18 - 1))
-        row = (1, account.user_id, account.robot_id, sn, opening_id, account.symbol, direction,
-               Decimal(60000), SIZE, 10, Decimal(60), local_time(at), 1, local_time(at),
-               local_time(at))  # fmt: skip
+        row = (
+            1,
+            account.user_id,
+            account.robot_id,
+            sn,
+            opening_id,
+            account.symbol,
+            direction,
+            Decimal(60000),
+            SIZE,
+            10,
+            Decimal(60),
+            local_time(at),
+            1,
+            local_time(at),
+            local_time(at),
+        )
 
         def insert(cur: Cursor) -> int:
             cur.execute(
@@ -242,8 +264,14 @@ class Engine:
     ) -> tuple[str, str]:
         """The exchange reports the position closed; returns (record key, closing order id)."""
         key = str(next(self.keys))
-        [raw] = closed_record(account.platform, close_ms=int(at.timestamp() * 1000), symbol="BTC",
-                              key=key, profit=str(profit), long=direction == "long")  # fmt: skip
+        [raw] = closed_record(
+            account.platform,
+            close_ms=int(at.timestamp() * 1000),
+            symbol="BTC",
+            key=key,
+            profit=str(profit),
+            long=direction == "long",
+        )
         self.exchanges.add_record(account.id, raw)
         record_key = record_key_of(account.platform, raw)
         self.closes.append(Close(account.platform, account.id, record_key, profit > 0, kind))
@@ -253,15 +281,28 @@ class Engine:
         return record_key, closing_id
 
     def close(
-        self, order_id: int, direction: str, profit: int, opened: datetime, at: datetime,
+        self,
+        order_id: int,
+        direction: str,
+        profit: int,
+        opened: datetime,
+        at: datetime,
         closing_id: str,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """The engine records the close; False when the daemon's history sync closed it first."""
         move = Decimal(profit) / SIZE
         close_price = Decimal(60000) + (move if direction == "long" else -move)
         reason = self.rnd.choice(ENGINE_REASONS) if profit > 0 else "stop_loss"
-        args = (close_price, local_time(at), Decimal(profit), int((at - opened).total_seconds()),
-                reason, closing_id, local_time(at), order_id)  # fmt: skip
+        args = (
+            close_price,
+            local_time(at),
+            Decimal(profit),
+            int((at - opened).total_seconds()),
+            reason,
+            closing_id,
+            local_time(at),
+            order_id,
+        )
 
         def update(cur: Cursor) -> bool:
             return bool(
@@ -288,8 +329,10 @@ class Engine:
         user = account.user_id
 
         def consume(cur: Cursor) -> str:
-            cur.execute("SELECT 1 FROM hg_toogo_power_consume WHERE user_id = %s AND order_id = %s",
-                        (user, order_id))  # fmt: skip
+            cur.execute(
+                "SELECT 1 FROM hg_toogo_power_consume WHERE user_id = %s AND order_id = %s",
+                (user, order_id),
+            )
             if cur.fetchone():
                 return "charged already"
             cur.execute("SELECT power FROM hg_toogo_wallet WHERE user_id = %s FOR UPDATE", (user,))
@@ -309,9 +352,11 @@ class Engine:
                 )
             except pymysql.err.IntegrityError:  # the daemon's row: uk_user_order
                 return "refused"
-            cur.execute("UPDATE hg_toogo_wallet SET power = power - %s, total_power_consume"
-                        " = total_power_consume + %s WHERE user_id = %s",
-                        (amount, amount, user))  # fmt: skip
+            cur.execute(
+                "UPDATE hg_toogo_wallet SET power = power - %s, total_power_consume"
+                " = total_power_consume + %s WHERE user_id = %s",
+                (amount, amount, user),
+            )
             cur.execute(
                 "INSERT INTO hg_toogo_wallet_log (user_id, account_type, change_type,"
                 " change_amount, before_amount, after_amount, related_id, related_type, order_sn,"
@@ -322,8 +367,10 @@ class Engine:
             return "charged"
 
         def found(cur: Cursor) -> str | None:
-            cur.execute("SELECT 1 FROM hg_toogo_wallet_log WHERE related_id = %s AND remark = %s",
-                        (order_id, LEGACY_REMARK))  # fmt: skip
+            cur.execute(
+                "SELECT 1 FROM hg_toogo_wallet_log WHERE related_id = %s AND remark = %s",
+                (order_id, LEGACY_REMARK),
+            )
             return "charged" if cur.fetchone() else None
 
         outcome = self.sql.transaction(consume, what="legacy ConsumePower", done=found)
@@ -337,8 +384,10 @@ class Engine:
             return
 
         def flag(cur: Cursor) -> None:
-            cur.execute("UPDATE hg_trading_order SET power_consumed = 1, power_amount = %s"
-                        " WHERE id = %s", (amount, order_id))  # fmt: skip
+            cur.execute(
+                "UPDATE hg_trading_order SET power_consumed = 1, power_amount = %s WHERE id = %s",
+                (amount, order_id),
+            )
 
         self.sql.transaction(flag, what="set power_consumed")
 
@@ -427,8 +476,11 @@ class GoWallet:
     def write(self, sql: Sql, rnd: random.Random, stop: threading.Event) -> None:
         users = list(self.hot) if self.hot and rnd.random() < 0.7 else self.cast.users
         user = rnd.choice(users)
-        change = (Decimal(rnd.randint(100, 5000)) / 100 if rnd.random() < 0.6
-                  else -Decimal(rnd.randint(10, 500)) / 100)  # fmt: skip
+        change = (
+            Decimal(rnd.randint(100, 5000)) / 100
+            if rnd.random() < 0.6
+            else -Decimal(rnd.randint(10, 500)) / 100
+        )
         op = next(self.ops)
         gap = rnd.uniform(0.1, 2.5)
 
@@ -452,14 +504,22 @@ class GoWallet:
                 "INSERT INTO hg_toogo_wallet_log (user_id, account_type, change_type,"
                 " change_amount, before_amount, after_amount, related_type, remark)"
                 " VALUES (%s, 'power', %s, %s, %s, %s, 'admin', %s)",
-                (user, "recharge" if change > 0 else "deduct", change, seen, after,
-                 f"{marker}current {Decimal(current)}"),
-            )  # fmt: skip
+                (
+                    user,
+                    "recharge" if change > 0 else "deduct",
+                    change,
+                    seen,
+                    after,
+                    f"{marker}current {Decimal(current)}",
+                ),
+            )
             return Decimal(current) != seen
 
         def found(cur: Cursor) -> bool | None:
-            cur.execute("SELECT remark, before_amount FROM hg_toogo_wallet_log"
-                        " WHERE remark LIKE %s", (marker + "%",))  # fmt: skip
+            cur.execute(
+                "SELECT remark, before_amount FROM hg_toogo_wallet_log WHERE remark LIKE %s",
+                (marker + "%",),
+            )
             hit = cur.fetchone()
             return None if hit is None else Decimal(hit[0].rsplit(" ", 1)[1]) != Decimal(hit[1])
 

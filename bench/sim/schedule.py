@@ -63,8 +63,11 @@ def plan(seed: int, seconds: float, daemons: int, platforms: tuple[str, ...]) ->
         extra = max(0, round(RATES[family] * minutes) - len(kinds))
         faults += [make(rnd.choice(kinds)) for _ in range(extra)]
     third = (hi - lo) / 3
-    faults.append(Fault(rnd.uniform(lo + third, lo + 2 * third), DB_RESTART, "db",
-                        round(rnd.uniform(5, 12), 2)))  # fmt: skip
+    faults.append(
+        Fault(
+            rnd.uniform(lo + third, lo + 2 * third), DB_RESTART, "db", round(rnd.uniform(5, 12), 2)
+        )
+    )
     return sorted(faults, key=lambda f: (f.at, f.kind, f.target))
 
 

@@ -23,15 +23,16 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.bench_history import AccountBooks, Book
+from kits.databases import open_database
+from kits.fake_exchanges import FAKES, FakeExchange, Fault
 from reconcile.storage.schema import toogo_user, trading_api_config, trading_robot, wallet
 from reconcile.sync.credentials import AesKey, encrypt_value
-from tests.conftest import open_database
-from tests.fake_exchanges import FAKES, FakeExchange, Fault
 
 PLATFORMS = ("binance", "okx", "gate", "bitget", "bybit")
 DB_NAME = "toogo"
 DB_USER = "sim"
-#: hotgo's Go application writes DATETIMEs in its deploy zone (DESIGN.md)
+#: hotgo's Go application writes DATETIMEs in its deploy zone (docs/architecture.md, "How upstream's
+#: engine writes its tables")
 ZONE = "Asia/Shanghai"
 POWER = {"consume_rate": "0.10", "min_consume": "0.01"}
 RATE = Decimal("0.10")
@@ -82,12 +83,18 @@ def make_cast(seed: int, accounts: int = 10, users: int = 6) -> Cast:
     user_ids = [5001 + n for n in range(users)]
     cast_accounts = [
         Account(
-            id=101 + n, user_id=user_ids[n % users], platform=PLATFORMS[n % len(PLATFORMS)],
-            robot_id=1101 + n, symbol=("BTC_USDT", "BTCUSDT")[n % 2], encrypted=n % 2 == 1,
-            api_key=secret("simkey"), secret=secret("simsecret"), passphrase=secret("simpass"),
+            id=101 + n,
+            user_id=user_ids[n % users],
+            platform=PLATFORMS[n % len(PLATFORMS)],
+            robot_id=1101 + n,
+            symbol=("BTC_USDT", "BTCUSDT")[n % 2],
+            encrypted=n % 2 == 1,
+            api_key=secret("simkey"),
+            secret=secret("simsecret"),
+            passphrase=secret("simpass"),
         )
         for n in range(accounts)
-    ]  # fmt: skip
+    ]
     power = {u: Decimal(rnd.randint(5000, 50000)) / 100 for u in user_ids[:-1]}
     return Cast(
         accounts=cast_accounts,
@@ -109,7 +116,7 @@ def create_db_user(admin: pymysql.connections.Connection, password: str) -> None
 
 
 async def create_schema(root_url: str, cast: Cast, urls: dict[str, str]) -> None:
-    """Upstream's DDL plus what `migrate up` adds (tests.conftest.open_database), then the cast:
+    """Upstream's DDL plus what `migrate up` adds (kits.databases.open_database), then the cast:
     users, wallets, API accounts (half of them ENC:, ``base_url`` their platform's fake in
     ``urls``) and their running robots."""
     db = await open_database(root_url)
@@ -119,24 +126,57 @@ async def create_schema(root_url: str, cast: Cast, urls: dict[str, str]) -> None
         return encrypt_value(value, key) if account.encrypted else value
 
     async def seed(conn: AsyncConnection) -> None:
-        await conn.execute(toogo_user.insert(), [
-            {"member_id": u, "vip_level": 3 if u in cast.discounts else 1,
-             "power_discount": cast.discounts.get(u, Decimal(0)), "invite_code": f"SIM{u}"}
-            for u in cast.users])  # fmt: skip
-        await conn.execute(wallet.insert(), [
-            {"user_id": u, "power": p, "gift_power": Decimal(5),
-             "total_power_consume": Decimal(0)}
-            for u, p in cast.initial_power.items()])  # fmt: skip
+        await conn.execute(
+            toogo_user.insert(),
+            [
+                {
+                    "member_id": u,
+                    "vip_level": 3 if u in cast.discounts else 1,
+                    "power_discount": cast.discounts.get(u, Decimal(0)),
+                    "invite_code": f"SIM{u}",
+                }
+                for u in cast.users
+            ],
+        )
+        await conn.execute(
+            wallet.insert(),
+            [
+                {
+                    "user_id": u,
+                    "power": p,
+                    "gift_power": Decimal(5),
+                    "total_power_consume": Decimal(0),
+                }
+                for u, p in cast.initial_power.items()
+            ],
+        )
         for a in cast.accounts:
-            await conn.execute(trading_api_config.insert().values(
-                id=a.id, user_id=a.user_id, platform=a.platform, api_name=f"sim {a.platform}",
-                base_url=urls[a.platform], api_key=stored(a, a.api_key),
-                secret_key=stored(a, a.secret), passphrase=stored(a, a.passphrase),
-                status=1))  # fmt: skip
-            await conn.execute(trading_robot.insert().values(
-                id=a.robot_id, tenant_id=1, user_id=a.user_id, api_config_id=a.id,
-                exchange=a.platform, symbol=a.symbol, robot_name=f"sim robot {a.robot_id}",
-                leverage=10, status=2))  # fmt: skip
+            await conn.execute(
+                trading_api_config.insert().values(
+                    id=a.id,
+                    user_id=a.user_id,
+                    platform=a.platform,
+                    api_name=f"sim {a.platform}",
+                    base_url=urls[a.platform],
+                    api_key=stored(a, a.api_key),
+                    secret_key=stored(a, a.secret),
+                    passphrase=stored(a, a.passphrase),
+                    status=1,
+                )
+            )
+            await conn.execute(
+                trading_robot.insert().values(
+                    id=a.robot_id,
+                    tenant_id=1,
+                    user_id=a.user_id,
+                    api_config_id=a.id,
+                    exchange=a.platform,
+                    symbol=a.symbol,
+                    robot_name=f"sim robot {a.robot_id}",
+                    leverage=10,
+                    status=2,
+                )
+            )
 
     try:
         await db.transaction(seed, what="seed the simulation")

@@ -7,7 +7,7 @@ consume row's ``profit_amount``). When the history sync sees the order's exchang
 another profit, the order is priced again at that profit by the same rule
 (``pricing.compute_charge``, with the consume rate and the user's discount as the consume row
 recorded them, so only what the profit changed changes; a profit <= 0 costs nothing) and the
-difference is posted through ``reconcile.ledger``: a further debit or a credit, its own
+difference is posted through ``reconcile.charging.ledger``: a further debit or a credit, its own
 ``power_consume_adjust`` ledger row, and one ``toogo_reconcile_correction`` row (order,
 revision, old and new profit and charge, delta, the ledger row's id).
 
@@ -40,14 +40,16 @@ import structlog
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging import ledger, lines
+from reconcile.charging import ledger
+from reconcile.charging.lines import ONE_BY_ONE, AuditLines
 from reconcile.charging.pricing import Discount, PowerRules, compute_charge
 from reconcile.storage.db import Database
 from reconcile.storage.schema import correction, power_consume, trading_order
 
 log = structlog.get_logger("reconcile.corrections")
 
-BATCH = 500  # orders per transaction
+#: orders per transaction when corrections re-price charged orders
+CORRECTED_PER_TRANSACTION = 500
 ZERO = Decimal(0)
 
 
@@ -104,9 +106,10 @@ _Decided = tuple[list[Correction], list[tuple[str, dict[str, Any]]]]
 class Corrector:
     """Posts the corrections that exchange sightings call for, each once."""
 
-    def __init__(self, db: Database, rules: PowerRules) -> None:
+    def __init__(self, db: Database, rules: PowerRules, lines: AuditLines = ONE_BY_ONE) -> None:
         self.db = db
         self.rules = rules
+        self.lines = lines
 
     async def apply(self, sightings: Sequence[Sighting]) -> list[Correction]:
         """Correct the charged orders among ``sightings`` whose profit differs from the one
@@ -114,8 +117,8 @@ class Corrector:
         latest = {s.order_id: s for s in sightings}  # one figure per order: the last seen
         ids = sorted(latest)
         applied: list[Correction] = []
-        for start in range(0, len(ids), BATCH):
-            chunk = [latest[i] for i in ids[start : start + BATCH]]
+        for start in range(0, len(ids), CORRECTED_PER_TRANSACTION):
+            chunk = [latest[i] for i in ids[start : start + CORRECTED_PER_TRANSACTION]]
 
             async def unit(conn: AsyncConnection, chunk: list[Sighting] = chunk) -> _Decided:
                 return await self._correct(conn, chunk)
@@ -126,7 +129,7 @@ class Corrector:
                 retry_duplicate="correction applied concurrently",
                 orders=len(chunk),
             )
-            lines.write(log, events)  # after COMMIT
+            self.lines.write(log, events)  # after COMMIT
             applied.extend(done)
         return applied
 
@@ -145,42 +148,75 @@ class Corrector:
             if new_charge == basis.charge:
                 continue
             todo.append(
-                Correction(s.order_id, basis.user_id, basis.order_sn, basis.revision + 1,
-                           s.record_key, basis.profit, s.profit, basis.charge, new_charge)
-            )  # fmt: skip
+                Correction(
+                    s.order_id,
+                    basis.user_id,
+                    basis.order_sn,
+                    basis.revision + 1,
+                    s.record_key,
+                    basis.profit,
+                    s.profit,
+                    basis.charge,
+                    new_charge,
+                )
+            )
         if not todo:
             return [], []
         now = self.db.now()
         balances = await ledger.lock(self.db, conn, [c.user_id for c in todo])
         entries = [
-            ledger.Entry(c.user_id, c.order_id, c.order_sn, -c.delta,
-                         remark=f"power consume adjust: profit {_plain(c.old_profit)} -> "
-                                f"{_plain(c.new_profit)} (revision {c.revision})")
+            ledger.Entry(
+                c.user_id,
+                c.order_id,
+                c.order_sn,
+                -c.delta,
+                remark=f"power consume adjust: profit {_plain(c.old_profit)} -> "
+                f"{_plain(c.new_profit)} (revision {c.revision})",
+            )
             for c in todo
-        ]  # fmt: skip
+        ]
         posted, ids = await ledger.post(
             conn, entries, balances, change_type=ledger.ADJUST, now=now, returning=True
         )
         rows = [
-            {"order_id": c.order_id, "user_id": c.user_id, "revision": c.revision,
-             "order_sn": c.order_sn, "record_key": c.record_key[:128],
-             "old_profit": c.old_profit, "new_profit": c.new_profit,
-             "old_charge": c.old_charge, "new_charge": c.new_charge, "delta": c.delta,
-             "wallet_log_id": ids[(c.user_id, c.order_id)], "created_at": now}
+            {
+                "order_id": c.order_id,
+                "user_id": c.user_id,
+                "revision": c.revision,
+                "order_sn": c.order_sn,
+                "record_key": c.record_key[:128],
+                "old_profit": c.old_profit,
+                "new_profit": c.new_profit,
+                "old_charge": c.old_charge,
+                "new_charge": c.new_charge,
+                "delta": c.delta,
+                "wallet_log_id": ids[(c.user_id, c.order_id)],
+                "created_at": now,
+            }
             for c in todo
-        ]  # fmt: skip
+        ]
         await conn.execute(correction.insert(), rows)  # uk_correction_revision decides a race
         events = [
             (
                 "power corrected",
-                {"user_id": c.user_id, "order_id": c.order_id, "order_sn": c.order_sn,
-                 "record_key": c.record_key, "revision": c.revision,
-                 "old_profit": c.old_profit, "new_profit": c.new_profit,
-                 "old_charge": c.old_charge, "new_charge": c.new_charge, "delta": c.delta,
-                 "before": p.before, "after": p.after, "wallet_log_id": row["wallet_log_id"]},
+                {
+                    "user_id": c.user_id,
+                    "order_id": c.order_id,
+                    "order_sn": c.order_sn,
+                    "record_key": c.record_key,
+                    "revision": c.revision,
+                    "old_profit": c.old_profit,
+                    "new_profit": c.new_profit,
+                    "old_charge": c.old_charge,
+                    "new_charge": c.new_charge,
+                    "delta": c.delta,
+                    "before": p.before,
+                    "after": p.after,
+                    "wallet_log_id": row["wallet_log_id"],
+                },
             )
             for c, p, row in zip(todo, posted, rows, strict=True)
-        ]  # fmt: skip
+        ]
         return todo, events
 
 
@@ -195,12 +231,20 @@ async def _bases(
     """The charged orders among ``order_ids``, each with what it has cost so far."""
     c, o, k = power_consume.c, trading_order.c, correction.c
     consumes = await conn.execute(
-        select(c.order_id, c.user_id, c.order_sn, c.profit_amount, c.consume_power,
-               c.consume_rate, c.discount_rate, c.vip_level)
+        select(
+            c.order_id,
+            c.user_id,
+            c.order_sn,
+            c.profit_amount,
+            c.consume_power,
+            c.consume_rate,
+            c.discount_rate,
+            c.vip_level,
+        )
         .join_from(power_consume, trading_order, and_(o.id == c.order_id, o.user_id == c.user_id))
         .where(c.order_id.in_(order_ids))
         .order_by(c.id)
-    )  # fmt: skip
+    )
     bases: dict[int, _Basis] = {}
     for r in consumes:  # the newest consume row wins, as in the consumer
         priced = PowerRules(r.consume_rate, rules.min_consume, vip_discount=True)

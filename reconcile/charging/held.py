@@ -1,5 +1,5 @@
-"""Held rows: the closed, profitable rows reconcile.trades does not charge yet, and the operator's
-two decisions on one (``toogo-reconcile held list | charge | dismiss``).
+"""Held rows: the closed, profitable rows reconcile.charging.trades does not charge yet, and the
+operator's two decisions on one (``toogo-reconcile held list | charge | dismiss``).
 
 A row is held while it may be another row's closing leg (rule ``shape``) or while the exchange
 sync has not yet read up to its close (rule ``awaiting_sync``). The next sync releases it when it
@@ -13,6 +13,7 @@ Each decision is one row of ``toogo_reconcile_verdict`` (one per order): repeati
 nothing; contradicting a recorded verdict (charging a dismissed row or a leg the daemon found,
 dismissing a charged or a charged-as-trade row) is refused with the recorded verdict named, and
 so is charging a row the rules prove a leg (close id, exchange record) before it was recorded.
+See docs/charging.md, "One trade, one charge".
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.charging.orders import eligible_sql
-from reconcile.charging.trades import TradeJudge, Verdict, settled_rows
+from reconcile.charging.trades import TradeJudge
+from reconcile.charging.verdicts import Verdict, settled_rows
 from reconcile.errors import OrderNotFound, PermanentError
 from reconcile.storage.db import Database
 from reconcile.storage.schema import power_consume, trading_order, verdict
 
-PAGE = 1000
+#: candidate rows read (and judged, read-only) per statement set by `held list`
+HELD_CANDIDATES_PER_READ = 1000
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ async def list_held(db: Database, judge: TradeJudge, *, since: datetime) -> list
                     ~settled_rows(o.id),
                 )
                 .order_by(o.close_time, o.id)
-                .limit(PAGE)
+                .limit(HELD_CANDIDATES_PER_READ)
             )
             rows = list(await conn.execute(stmt))
             judged = await judge.judge(conn, [r.id for r in rows], record=False)
@@ -85,7 +88,7 @@ async def list_held(db: Database, judge: TradeJudge, *, since: datetime) -> list
                         reason=judgement.reason,
                     )
                 )
-        if len(rows) < PAGE:
+        if len(rows) < HELD_CANDIDATES_PER_READ:
             return out
         last = rows[-1][0]
         position = (last.close_time, last.id)

@@ -1,7 +1,7 @@
 """The power ledger: the only code that changes ``hg_toogo_wallet`` or writes its log.
 
 The log is ``hg_toogo_wallet_log``. Charges, refunds, their reversals and the corrections of a
-charge (reconcile.corrections) all move power the same way, inside the caller's transaction
+charge (reconcile.charging.corrections) all move power the same way, inside the caller's transaction
 and after the rows that justify the change are locked:
 
 1. :func:`lock` locks the users' wallet rows in user-id order - the one order everybody locks
@@ -24,7 +24,7 @@ rows in place (:func:`create_locked`). It may: it holds the migration lock, and 
 meets the same missing row only reads (its lock fails, it rolls back and creates the row in a
 transaction of its own, which waits for the dedupe), so no two writers insert into the gap.
 
-A negative balance is allowed (hotgo's rule: a charge is never refused).
+A negative balance is allowed (hotgo's rule: a charge is never refused). See docs/charging.md.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ REFUND = "power_consume_refund"
 REFUND_REVERSAL = "power_consume_refund_reversal"
 ADJUST = "power_consume_adjust"  # a correction: the charge at a revised profit, minus the charged
 
-_CHUNK = 1000  # users per locking statement
+#: users per locking statement, ledger rows per INSERT ... RETURNING
+_ROWS_PER_STATEMENT = 1000
 _ZERO = Decimal(0)
 _ENTRY_COLUMNS = ("user_id", "change_amount", "before_amount", "after_amount", "related_id")
 
@@ -88,6 +89,18 @@ class MissingWallets(RowsMissing):
         await open_wallets(self.db, self.user_ids)
 
 
+def _new_wallet(user_id: int, power: Decimal, gift: Decimal, now: Any) -> dict[str, Any]:
+    """A wallet row as hotgo creates one: its balances and no power consumed yet."""
+    return {
+        "user_id": user_id,
+        "power": power,
+        "gift_power": gift,
+        "total_power_consume": _ZERO,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 async def open_wallets(db: Database, user_ids: Sequence[int]) -> int:
     """Create the missing wallet rows (all zero) in a transaction of their own; how many."""
     wanted = sorted(set(user_ids))
@@ -98,16 +111,12 @@ async def open_wallets(db: Database, user_ids: Sequence[int]) -> int:
 
     async def create(conn: AsyncConnection) -> int:
         have: set[int] = set()
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
+        for start in range(0, len(wanted), _ROWS_PER_STATEMENT):
+            chunk = wanted[start : start + _ROWS_PER_STATEMENT]
             have.update(
                 r[0] for r in await conn.execute(select(w.user_id).where(w.user_id.in_(chunk)))
             )
-        rows = [
-            {"user_id": u, "power": _ZERO, "gift_power": _ZERO, "total_power_consume": _ZERO,
-             "created_at": now, "updated_at": now}
-            for u in wanted if u not in have
-        ]  # fmt: skip
+        rows = [_new_wallet(u, _ZERO, _ZERO, now) for u in wanted if u not in have]
         if rows:  # a no-op where a concurrent creator won: no money column is touched
             await conn.execute(db.dialect.upsert(wallet, key=("user_id",)), rows)
         return len(rows)
@@ -120,11 +129,7 @@ async def open_with_balances(
 ) -> None:
     """Wallet rows with a starting balance and no ledger rows (the balance's history predates
     the daemon): the demo's users. Never used on a production database."""
-    rows = [
-        {"user_id": u, "power": p, "gift_power": gift, "total_power_consume": _ZERO,
-         "created_at": now, "updated_at": now}
-        for u, p in sorted(balances.items())
-    ]  # fmt: skip
+    rows = [_new_wallet(u, p, gift, now) for u, p in sorted(balances.items())]
     if rows:
         await conn.execute(wallet.insert(), rows)
 
@@ -141,8 +146,14 @@ async def lock(
 
     Raises :class:`MissingWallets` if ``require`` and a user has no wallet row."""
     w = wallet.c
-    rows = await _locked(db, conn, (w.user_id, w.power, w.total_power_consume), user_ids,
-                         exclusive=exclusive, require=require)  # fmt: skip
+    rows = await _locked(
+        db,
+        conn,
+        (w.user_id, w.power, w.total_power_consume),
+        user_ids,
+        exclusive=exclusive,
+        require=require,
+    )
     return {r.user_id: Balance(r.power, r.total_power_consume) for r in rows}
 
 
@@ -170,8 +181,8 @@ async def _locked(
     )
     ordered = sorted(set(user_ids))
     found: list[Any] = []
-    for start in range(0, len(ordered), _CHUNK):
-        found += await conn.execute(stmt, {"users": ordered[start : start + _CHUNK]})
+    for start in range(0, len(ordered), _ROWS_PER_STATEMENT):
+        found += await conn.execute(stmt, {"users": ordered[start : start + _ROWS_PER_STATEMENT]})
     have = {r.user_id for r in found}
     missing = [u for u in ordered if u not in have]
     if missing and require:
@@ -185,11 +196,7 @@ async def create_locked(
     """Create wallet rows (all zero) for users :func:`lock` found without one, inside the
     caller's transaction, and lock them. Only for the runbook (see the module's docstring)."""
     now = db.now()
-    rows = [
-        {"user_id": u, "power": _ZERO, "gift_power": _ZERO, "total_power_consume": _ZERO,
-         "created_at": now, "updated_at": now}
-        for u in sorted(set(user_ids))
-    ]  # fmt: skip
+    rows = [_new_wallet(u, _ZERO, _ZERO, now) for u in sorted(set(user_ids))]
     if rows:
         await conn.execute(db.dialect.upsert(wallet, key=("user_id",)), rows)
     return await lock(db, conn, user_ids)
@@ -346,12 +353,12 @@ async def _insert_returning(
                 raise DatabaseError("a ledger row without an id")
             ids[(row["user_id"], row["related_id"])] = int(key[0])
         return ids
-    for start in range(0, len(rows), _CHUNK):
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         result = await conn.execute(
             wallet_log.insert().returning(
                 w.id, w.user_id, w.related_id, sort_by_parameter_order=True
             ),
-            rows[start : start + _CHUNK],
+            rows[start : start + _ROWS_PER_STATEMENT],
         )
         ids.update({(r.user_id, r.related_id): r.id for r in result})
     return ids

@@ -1,36 +1,36 @@
-"""How the core writes a transaction's audit lines: together, after its COMMIT.
+"""Where the core's audit lines go: a transaction's lines together, after its COMMIT.
 
-``write(logger, events)`` logs each ``(event, fields)`` at INFO through structlog, one call per
-line, unless the process around the core installed a writer for whole batches (the daemon
-does: ``daemon.logs`` renders a transaction's lines in one pass through the same processors,
-the sweep writing a page's worth at a time). Either way the lines are the same events with the same
-fields; the core itself never imports the daemon.
+The charging code (``PowerConsumer``, ``Corrector``) writes them through the ``AuditLines`` sink
+it was built with. ``ONE_BY_ONE``, the default, logs each ``(event, fields)`` at INFO through
+structlog, one call per line. The daemon passes its own (``daemon.logs.BatchedLines``, wired in
+``daemon.runtime.open_core``): a transaction's lines rendered in one pass through the same
+processors, the sweep writing a page's worth at a time. Either way the lines are the same events
+with the same fields; the core itself never imports the daemon.
+
+See docs/audit-log.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 Events = Sequence[tuple[str, dict[str, Any]]]
 
 
-def _one_by_one(logger: Any, events: Events) -> None:
-    for event, fields in events:
-        logger.info(event, **fields)
+class AuditLines(Protocol):
+    """A sink for a transaction's audit lines."""
+
+    def write(self, logger: Any, events: Events) -> None:
+        """Log ``events`` at INFO, in order."""
 
 
-_batch: Callable[[Events], bool] | None = None
+class OneByOne:
+    """Each line through ``logger.info``, one call per line."""
+
+    def write(self, logger: Any, events: Events) -> None:
+        for event, fields in events:
+            logger.info(event, **fields)
 
 
-def install(batch: Callable[[Events], bool] | None) -> None:
-    """Set (or, with None, reset) the batch writer. It returns False when it cannot take the
-    lines (logging was configured anew since), and they then go one by one."""
-    global _batch
-    _batch = batch
-
-
-def write(logger: Any, events: Events) -> None:
-    """Log ``events`` at INFO, in order."""
-    if events and (_batch is None or not _batch(events)):
-        _one_by_one(logger, events)
+ONE_BY_ONE = OneByOne()

@@ -1,11 +1,18 @@
-"""An order's rules: hotgo's statuses, what makes an order chargeable, and the engine's oddities.
+"""An order's rules: hotgo's statuses, whether an order is charged, and the engine's oddities.
 
-Facts read from upstream's engine (DESIGN.md): status 0 pending, 1 open, 2 closed, 3 cancelled,
-4 failed; ``close_time`` sometimes holds a placeholder date in 2006 that is not a close time;
-``realized_profit`` is NULL-able. An order is **eligible** for a charge when it is closed, has a
-real close time and a positive realized profit. The predicate exists once, here, as SQL
-(:func:`eligible_sql`) and as Python (:func:`ineligibility`). :class:`OrderRow` is the typed
-row the consumer charges from.
+Facts read from upstream's engine (docs/architecture.md): status 0 pending, 1 open, 2 closed,
+3 cancelled, 4 failed; ``close_time`` sometimes holds a placeholder date in 2006 that is not a
+close time; ``realized_profit`` is NULL-able.
+
+**Whether an order is charged** is decided here and nowhere else: an order is *eligible* when it
+is closed, has a real close time and a positive realized profit - :func:`ineligibility` (None,
+or why not), the one Python form every path asks (the consumer, the history sync's writer), and
+:func:`eligible_sql`, its SQL twin for set-based reads (the sweep, ``status``, ``audit``,
+``held``), which also selects the ``power_consumed`` pass. tests/test_orders_eligibility.py
+checks the two against each other on a grid of rows, on both servers and SQLite. Whether an
+eligible order is also a *trade* (not another row's closing leg) is reconcile.charging.trades'.
+:class:`OrderRow` is the typed row the consumer charges from. See docs/charging.md, "Which
+orders are charged".
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ def unconsumed_profit_sql(
 
 def eligible_sql(dialect: Dialect, *, power_consumed: int = 0) -> tuple[ColumnElement[bool], ...]:
     """Closed, a real close time, profitable, not yet consumed (the sweep's WHERE); a range on
-    ``idx_reconcile_sweep`` for either value of ``power_consumed``."""
+    ``idx_reconcile_sweep`` for either value of ``power_consumed``. The SQL twin of
+    :func:`ineligibility` (``is None``) and ``power_consumed == power_consumed``."""
     return (
         *unconsumed_profit_sql(dialect, power_consumed=power_consumed),
         trading_order.c.close_time >= REAL_CLOSE_TIMES_FROM,
@@ -65,7 +73,8 @@ def eligible_sql(dialect: Dialect, *, power_consumed: int = 0) -> tuple[ColumnEl
 def ineligibility(
     status: int | None, realized_profit: Decimal | None, close_time: Any
 ) -> str | None:
-    """Why an order cannot be charged, or None when it can (the same rule as eligible_sql)."""
+    """Why an order is not charged, or None when it is: *the* rule (eligible_sql is its SQL
+    twin). Whether it was charged already is not part of it: the caller reads the consume row."""
     if status != Status.CLOSED:
         name = Status(status).name.lower() if status in set(Status) else f"in status {status}"
         return f"order is {name}"
@@ -74,6 +83,13 @@ def ineligibility(
     if not real_close_time(close_time):
         return f"close_time {close_time} is not a real close time (engine placeholder)"
     return None
+
+
+def awaits_charge(
+    status: int | None, realized_profit: Decimal | None, close_time: Any, power_consumed: int
+) -> bool:
+    """Eligible and not flagged charged yet: the Python form of ``eligible_sql()``."""
+    return not power_consumed and ineligibility(status, realized_profit, close_time) is None
 
 
 class OrderRow(NamedTuple):
@@ -135,6 +151,7 @@ __all__ = [
     "STATUS_OPEN",
     "OrderRow",
     "Status",
+    "awaits_charge",
     "eligible_sql",
     "fetch_orders",
     "ineligibility",

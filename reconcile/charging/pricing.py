@@ -13,7 +13,8 @@ The same rule exists once more, as SQL (:func:`charge_sql`), for the servers tha
 with ``INSERT ... SELECT``: MySQL/MariaDB DECIMAL and PostgreSQL NUMERIC arithmetic is exact
 here too (a 2-decimal percentage divided by 100 needs 4 decimals), and their ``ROUND`` rounds
 half away from zero, which is ROUND_HALF_UP for the positive figures charged.
-``tests/test_pricing.py`` checks the two against each other on both servers.
+``tests/test_pricing.py`` checks the two against each other on both servers. Where the rates
+come from is reconcile.charging.price_inputs. See docs/charging.md, "What a charge costs".
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ either side in a period - a shadow row or an ``hg_toogo_power_consume`` row crea
 both sides' figures for each (a row of the other side outside the period still counts: an order
 is never split by the period's edge), as ``equal``, ``different`` (both amounts), ``hotgo_only``
 or ``daemon_only``. hotgo's figure is the sum of its consume rows for the order (before
-``uk_user_order`` there may be several: ``hotgo_rows`` says how many).
+``uk_user_order`` there may be several: ``hotgo_rows`` says how many). See docs/cutover.md.
 """
 
 from __future__ import annotations

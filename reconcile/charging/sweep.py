@@ -25,8 +25,9 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import Batch, ChargeResult, Outcome, PowerConsumer, Source
+from reconcile.charging.consumer import PowerConsumer
 from reconcile.charging.orders import eligible_sql
+from reconcile.charging.outcomes import Batch, ChargeResult, Outcome, Source
 from reconcile.errors import ReconcileError
 from reconcile.storage.schema import trading_order
 
@@ -172,19 +173,6 @@ async def sweep(
     emit = log.info if log_idle or not idle else log.debug
     emit(summary_event, source=str(source), **_figures(summary, started))
     return summary
-
-
-AUTO_PROCESSES_MAX = 4  # processes ``sweep.processes: auto`` may start
-#: ... once the look-back holds this many eligible orders: a process costs about a second of
-#: start-up; measured on 2 cores, two processes draw level with one at 50,000 orders (BENCHMARKS.md)
-AUTO_PROCESSES_FROM = 50_000
-
-
-def auto_processes(cores: int) -> int:
-    """How many processes ``sweep.processes: auto`` starts for a large backlog: one per core,
-    at most ``AUTO_PROCESSES_MAX``. One process keeps a core busy in the driver's protocol code
-    and the JSON lines before the database is (BENCHMARKS.md)."""
-    return max(1, min(cores, AUTO_PROCESSES_MAX))
 
 
 async def backlog_at_least(consumer: PowerConsumer, settings: SweepSettings, orders: int) -> bool:

@@ -99,24 +99,82 @@ ROBOTS = (
 )
 H, M, S = timedelta(hours=1), timedelta(minutes=1), timedelta(seconds=1)
 TRADES = (
-    Trade(101, "long", Decimal("25"), 3 * H, 2 * H, "closed and charged by the engine at close",
-          order=1, realtime=True, record_key="8389765511"),
-    Trade(102, "short", Decimal("7.92"), 150 * M, 90 * M,
-          "charged by the engine, but its power_consumed update was lost",
-          order=2, realtime=True, lost_flag=True, record_key="8389765512", skew=1 * S),
-    Trade(103, "long", Decimal("12.5"), 5 * H, 50 * M,
-          "still open locally; the exchange says it closed", order=3, local_status=STATUS_OPEN,
-          record_key="681423155054862336:1778986400000"),
-    Trade(104, "long", Decimal("3.3"), 2 * H, 75 * M,
-          "closed by the engine, but ConsumePower never ran", order=4,
-          record_key="ord-5f1c2a", skew=3 * S),
-    Trade(101, "short", Decimal("-4.2"), 1 * H, 40 * M, "a loss: nothing to charge", order=5,
-          record_key="8389765513", skew=1 * S),
-    Trade(104, "short", Decimal("6"), 1 * H, 20 * M,
-          "closed by hand on the exchange: not in hg_trading_order", record_key="ord-7e9d04"),
-    Trade(105, "long", Decimal("2"), 2 * H, 30 * M, "robot 105 is stopped: not polled",
-          record_key="ord-9a3b17"),
-)  # fmt: skip
+    Trade(
+        101,
+        "long",
+        Decimal("25"),
+        3 * H,
+        2 * H,
+        "closed and charged by the engine at close",
+        order=1,
+        realtime=True,
+        record_key="8389765511",
+    ),
+    Trade(
+        102,
+        "short",
+        Decimal("7.92"),
+        150 * M,
+        90 * M,
+        "charged by the engine, but its power_consumed update was lost",
+        order=2,
+        realtime=True,
+        lost_flag=True,
+        record_key="8389765512",
+        skew=1 * S,
+    ),
+    Trade(
+        103,
+        "long",
+        Decimal("12.5"),
+        5 * H,
+        50 * M,
+        "still open locally; the exchange says it closed",
+        order=3,
+        local_status=STATUS_OPEN,
+        record_key="681423155054862336:1778986400000",
+    ),
+    Trade(
+        104,
+        "long",
+        Decimal("3.3"),
+        2 * H,
+        75 * M,
+        "closed by the engine, but ConsumePower never ran",
+        order=4,
+        record_key="ord-5f1c2a",
+        skew=3 * S,
+    ),
+    Trade(
+        101,
+        "short",
+        Decimal("-4.2"),
+        1 * H,
+        40 * M,
+        "a loss: nothing to charge",
+        order=5,
+        record_key="8389765513",
+        skew=1 * S,
+    ),
+    Trade(
+        104,
+        "short",
+        Decimal("6"),
+        1 * H,
+        20 * M,
+        "closed by hand on the exchange: not in hg_trading_order",
+        record_key="ord-7e9d04",
+    ),
+    Trade(
+        105,
+        "long",
+        Decimal("2"),
+        2 * H,
+        30 * M,
+        "robot 105 is stopped: not polled",
+        record_key="ord-9a3b17",
+    ),
+)
 FEE = Decimal("-0.2")
 MARKETS = {  # base -> (open price, size)
     "BTC": (Decimal("60000"), Decimal("0.01")),
@@ -181,29 +239,44 @@ async def seed(db: Database, *, running_status: int, now: datetime) -> dict[int,
         for user in USERS:
             await conn.execute(
                 toogo_user.insert().values(
-                    member_id=user.id, vip_level=user.vip_level, power_discount=user.discount,
-                    invite_code=f"DEMO{user.id:04d}", created_at=created,
+                    member_id=user.id,
+                    vip_level=user.vip_level,
+                    power_discount=user.discount,
+                    invite_code=f"DEMO{user.id:04d}",
+                    created_at=created,
                 )
-            )  # fmt: skip
+            )
         await seed_wallets(conn, {user.id: user.power for user in USERS}, created)
         for acct in ACCOUNTS:
             await conn.execute(
                 trading_api_config.insert().values(
-                    id=acct.id, user_id=acct.user_id, api_name=f"demo {acct.platform}",
-                    platform=acct.platform, base_url="", api_key=f"demo-{acct.platform}-key",
-                    secret_key=f"demo-{acct.platform}-secret", passphrase=acct.passphrase,
-                    status=1, created_at=created,
+                    id=acct.id,
+                    user_id=acct.user_id,
+                    api_name=f"demo {acct.platform}",
+                    platform=acct.platform,
+                    base_url="",
+                    api_key=f"demo-{acct.platform}-key",
+                    secret_key=f"demo-{acct.platform}-secret",
+                    passphrase=acct.passphrase,
+                    status=1,
+                    created_at=created,
                 )
-            )  # fmt: skip
+            )
         for bot in ROBOTS:
             await conn.execute(
                 trading_robot.insert().values(
-                    id=bot.id, tenant_id=1, user_id=bot.user_id,
-                    api_config_id=bot.account_id, robot_name=f"demo {bot.symbol}",
-                    exchange=account(bot.account_id).platform, symbol=bot.symbol, leverage=10,
-                    status=running_status if bot.running else stopped, created_at=created,
+                    id=bot.id,
+                    tenant_id=1,
+                    user_id=bot.user_id,
+                    api_config_id=bot.account_id,
+                    robot_name=f"demo {bot.symbol}",
+                    exchange=account(bot.account_id).platform,
+                    symbol=bot.symbol,
+                    leverage=10,
+                    status=running_status if bot.running else stopped,
+                    created_at=created,
                 )
-            )  # fmt: skip
+            )
         ids: dict[int, int] = {}
         for trade in TRADES:
             if trade.order is not None:
@@ -223,18 +296,28 @@ async def _insert_order(
     is_open = trade.local_status == STATUS_OPEN
     result = await conn.execute(
         trading_order.insert().values(
-            tenant_id=1, user_id=bot.user_id, robot_id=bot.id,
+            tenant_id=1,
+            user_id=bot.user_id,
+            robot_id=bot.id,
             order_sn=f"TO{opened:%Y%m%d%H%M%S}DEMO{number:02d}",
-            exchange_order_id=f"{10**17 + number}", symbol=bot.symbol,
-            direction=trade.direction, open_price=open_price,
-            close_price=None if is_open else close_price, quantity=size, leverage=10,
-            margin=Decimal("100"), realized_profit=Decimal(0) if is_open else trade.net,
-            open_time=opened, close_time=None if is_open else closed,
+            exchange_order_id=f"{10**17 + number}",
+            symbol=bot.symbol,
+            direction=trade.direction,
+            open_price=open_price,
+            close_price=None if is_open else close_price,
+            quantity=size,
+            leverage=10,
+            margin=Decimal("100"),
+            realized_profit=Decimal(0) if is_open else trade.net,
+            open_time=opened,
+            close_time=None if is_open else closed,
             hold_duration=0 if is_open else int((closed - opened).total_seconds()),
-            status=trade.local_status, close_reason=None if is_open else "take_profit",
-            created_at=opened, updated_at=opened if is_open else closed,
+            status=trade.local_status,
+            close_reason=None if is_open else "take_profit",
+            created_at=opened,
+            updated_at=opened if is_open else closed,
         )
-    )  # fmt: skip
+    )
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
@@ -262,9 +345,17 @@ async def read_state(db: Database) -> State:
     """Balances by user, and the orders."""
     o = trading_order.c
     orders = select(
-        o.id, o.user_id, o.robot_id, o.symbol, o.direction, o.status, o.realized_profit,
-        o.power_consumed, o.power_amount, o.close_reason,
-    ).order_by(o.id)  # fmt: skip
+        o.id,
+        o.user_id,
+        o.robot_id,
+        o.symbol,
+        o.direction,
+        o.status,
+        o.realized_profit,
+        o.power_consumed,
+        o.power_amount,
+        o.close_reason,
+    ).order_by(o.id)
 
     async def read(conn: AsyncConnection) -> State:
         rows = await conn.execute(select(wallet.c.user_id, wallet.c.power))

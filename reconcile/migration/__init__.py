@@ -7,9 +7,10 @@ PostgreSQL; what differs on PostgreSQL is in ``_pg``).
     add_unique_key  online DDL (ALGORITHM=INPLACE / CONCURRENTLY): order columns and indexes,
                     uk_user_order, the daemon's own tables
     verify          no duplicates and the key exists
-    refund_legs     refund the charges on closing legs (reconcile.trades) an earlier release made
-    up              check -> backup + dedupe -> add_unique_key -> legs -> verify; idempotent
-    rollback        drop uk_user_order, restore the last dedupe's rows (same ids); or put back
+    refund_legs     refund the charges on closing legs (reconcile.charging.trades) an earlier
+    release made up              check -> backup + dedupe -> add_unique_key -> legs -> verify;
+    idempotent rollback        drop uk_user_order, restore the last dedupe's rows (same ids); or put
+    back
                     the last legs refund's consume rows
 
 Every destructive function is a dry run unless told otherwise; each returns a typed result.
@@ -18,6 +19,7 @@ leaves the database as before that step and re-running picks up where it stopped
 """
 
 from reconcile.charging.ledger import REFUND, REFUND_REVERSAL
+from reconcile.migration._alter import DdlOptions, DdlStep
 from reconcile.migration._backup import (
     BackupInfo,
     BackupResult,
@@ -27,23 +29,15 @@ from reconcile.migration._backup import (
     dump_tables,
     dump_tool,
 )
-from reconcile.migration._common import (
+from reconcile.migration._common import SchemaState, money
+from reconcile.migration._ddl import AddKeyResult, VerifyResult, add_unique_key, verify
+from reconcile.migration._dedupe import DedupeResult, dedupe
+from reconcile.migration._duplicates import (
     DuplicateGroup,
     Duplicates,
     DuplicatesRemain,
-    SchemaState,
     UserOvercharge,
-    money,
 )
-from reconcile.migration._ddl import (
-    AddKeyResult,
-    DdlOptions,
-    DdlStep,
-    VerifyResult,
-    add_unique_key,
-    verify,
-)
-from reconcile.migration._dedupe import DedupeResult, dedupe
 from reconcile.migration._legs import LegsResult, refund_legs
 from reconcile.migration._rollback import RollbackResult, rollback
 from reconcile.migration._runbook import CheckReport, RefundTotals, UpResult, check, up

@@ -31,17 +31,15 @@ from reconcile.migration._common import (
     BACKUP_PREFIX,
     CONSUME,
     WALLET,
-    Duplicates,
     backup_table_name,
     chunks,
-    lock_duplicates,
     money,
     quote,
     require_server,
-    scan_duplicates,
     schema_state,
     table_names,
 )
+from reconcile.migration._duplicates import Duplicates, lock_duplicates, scan_duplicates
 from reconcile.storage.db import Database, DatabaseSettings
 from reconcile.storage.dialect import Dialect
 from reconcile.storage.schema import UNIQUE_KEY, migration_backup, refund

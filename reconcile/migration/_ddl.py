@@ -1,81 +1,41 @@
-"""Online DDL: ``uk_user_order``, the order columns and indexes, the daemon's own tables.
+"""Online DDL: ``uk_user_order``, the order columns and indexes, the daemon's own tables - the
+plan of what ``add_unique_key`` still has to do, its steps in turn, dropping the key again, and
+the runbook's verification.
 
-On MySQL/MariaDB (below); PostgreSQL builds the same with ``CREATE INDEX CONCURRENTLY`` on an
-autocommit connection under ``lock_timeout`` (see ``_pg``). Each step is done completely or not
-at all, on both, and re-running skips what exists.
-
-On MySQL each ALTER is one statement, atomic in InnoDB: it either finished or left the table as
-it was, so a failure half-way through ``add_unique_key`` leaves every earlier step done and the
-failed one undone. Statements ask for ``ALGORITHM=INPLACE,
-LOCK=NONE`` (writes go on while the index is built); if the server refuses, the step falls back
-to the server's default algorithm with a ``online ddl refused`` warning, or fails with
-``online_only``. The session's ``lock_wait_timeout`` (the metadata-lock wait) is kept short, so
-an ALTER queued behind a long transaction gives up instead of stalling every query on the table.
+On MySQL/MariaDB each step is one ALTER run by ``_alter`` (online, atomic in InnoDB); PostgreSQL
+builds the same with ``CREATE INDEX CONCURRENTLY`` on an autocommit connection under
+``lock_timeout`` (see ``_pg``). Each step is done completely or not at all, on both, and
+re-running skips what exists. The own tables' step and its back-fills are in ``_own_tables``.
+See docs/cutover.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
-from sqlalchemy import TextClause, select, text
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.errors import DatabaseError, DuplicateKey, ReconcileError, SchemaNotReady
+from reconcile.errors import DuplicateKey, SchemaNotReady
 from reconcile.migration import _pg
-from reconcile.migration._common import (
-    CONSUME,
-    ORDERS,
-    DuplicatesRemain,
-    SchemaState,
-    count_duplicates,
-    require_server,
-    schema_state,
-)
-from reconcile.storage.db import Database, map_db_errors
+from reconcile.migration._alter import ONLINE, DdlOptions, DdlStep, run_alter, watch_progress
+from reconcile.migration._common import CONSUME, ORDERS, SchemaState, require_server, schema_state
+from reconcile.migration._duplicates import DuplicatesRemain, count_duplicates
+from reconcile.migration._own_tables import create_own_tables
+from reconcile.storage.db import Database
 from reconcile.storage.schema import (
     POWER_INDEX,
     ROBOT_CLOSE_COLUMNS,
     ROBOT_CLOSE_INDEX,
     SWEEP_INDEX,
     UNIQUE_KEY,
-    binding,
-    create_own_schema,
-    exchange_record,
-    record_order_id,
     sweep_index_columns,
-    trading_api_config,
-    trading_robot,
 )
 
 log = structlog.get_logger("reconcile.migration")
-
-ONLINE = "ALGORITHM=INPLACE, LOCK=NONE"
-_NOT_ONLINE = frozenset({1845, 1846})  # ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON)
-BACKFILL_PAGE = 1000  # records read per statement by _backfill_record_orders
-
-
-@dataclass(frozen=True)
-class DdlOptions:
-    online_only: bool = False
-    lock_wait: float = 5.0  # seconds an ALTER may wait for the table's metadata lock
-    progress_every: float = 5.0
-
-
-@dataclass(frozen=True)
-class DdlStep:
-    name: str
-    sql: str
-    seconds: float = 0.0
-    online: bool = True
-    done: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,113 +52,6 @@ class AddKeyResult:
 
     def step(self, name: str) -> DdlStep | None:
         return next((s for s in self.steps if s.name == name), None)
-
-
-def _driver_code(exc: BaseException) -> int | None:
-    cause = exc.__cause__
-    orig = getattr(cause, "orig", None)
-    args = getattr(orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-_MYSQL_PROGRESS = text(
-    "SELECT STAGE, MAX_STAGE, PROGRESS, STATE FROM information_schema.PROCESSLIST WHERE ID = :id"
-)
-
-
-def _mysql_progress(row: Any) -> dict[str, Any]:
-    return {"stage": f"{row[0]}/{row[1]}", "progress_pct": str(row[2]), "state": row[3]}
-
-
-async def _watch(db: Database, conn_id: int, step: str, started: float, every: float) -> None:
-    """Log the server's own progress figures for the running DDL every ``every`` seconds
-    (MariaDB's stage and percentage; PostgreSQL's pg_stat_progress_create_index)."""
-    pg = db.dialect.is_postgresql
-    query: TextClause = _pg.PROGRESS if pg else _MYSQL_PROGRESS
-    fields_of = _pg.progress_fields if pg else _mysql_progress
-    while True:
-        await asyncio.sleep(every)
-        try:
-            with map_db_errors("read DDL progress"):
-                async with db.engine.connect() as conn:
-                    row = (await conn.execute(query, {"id": conn_id})).first()
-        except ReconcileError as exc:
-            log.debug("ddl progress unavailable", step=step, error=str(exc))
-            continue
-        fields = {"step": step, "elapsed_s": round(time.monotonic() - started, 1)}
-        if row is not None:
-            fields.update(fields_of(row))
-        log.info("migrate progress", **fields)
-
-
-async def run_alter(
-    db: Database,
-    name: str,
-    sql: str,
-    *,
-    needed: Callable[[AsyncConnection], Awaitable[bool]],
-    options: DdlOptions,
-) -> DdlStep:
-    """Run one DDL statement (``sql`` without the ALGORITHM clause) unless ``needed`` says no.
-
-    ``needed`` is asked again inside every attempt, so a retry after a lost connection (the
-    statement may have finished) does not run it twice.
-    """
-
-    async def attempt(statement: str) -> bool:
-        async def unit(conn: AsyncConnection) -> bool:
-            if not await needed(conn):
-                return False
-            wait = max(1, round(options.lock_wait))
-            await conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {wait}")
-            try:
-                conn_id = int((await conn.exec_driver_sql("SELECT CONNECTION_ID()")).scalar_one())
-                watcher = asyncio.create_task(
-                    _watch(db, conn_id, name, time.monotonic(), options.progress_every)
-                )
-                try:
-                    await conn.exec_driver_sql(statement)
-                finally:
-                    watcher.cancel()
-                    await asyncio.gather(watcher, return_exceptions=True)
-            finally:
-                with contextlib.suppress(sa_exc.SQLAlchemyError):
-                    await conn.exec_driver_sql("SET SESSION lock_wait_timeout = DEFAULT")
-            return True
-
-        return await db.transaction(unit, what=f"migrate {name}")
-
-    online_sql = f"{sql}, {ONLINE}" if sql.startswith("ALTER") else f"{sql} {ONLINE}"
-    log.info("migrate step", step=name, sql=online_sql, status="start")
-    started = time.monotonic()
-    online = True
-    try:
-        done = await attempt(online_sql)
-    except DatabaseError as exc:
-        if _driver_code(exc) not in _NOT_ONLINE or isinstance(exc, DuplicateKey):
-            raise
-        if options.online_only:
-            raise DatabaseError(
-                f"{name}: the server refuses online DDL ({exc}); re-run without --online-only "
-                "to accept a locking ALTER (writes to the table wait while it runs)"
-            ) from exc
-        log.warning(
-            "online ddl refused",
-            step=name,
-            detail=str(exc),
-            fallback="server default algorithm; writes may wait until it finishes",
-        )
-        online = False
-        done = await attempt(sql)
-    seconds = time.monotonic() - started
-    log.info(
-        "migrate step",
-        step=name,
-        status="done" if done else "already present",
-        seconds=round(seconds, 3),
-        online=online,
-    )
-    return DdlStep(name, online_sql if online else sql, seconds=seconds, online=online, done=done)
 
 
 def planned_ddl(state: SchemaState, *, pg: bool = False) -> list[tuple[str, str]]:
@@ -283,7 +136,7 @@ async def _pg_step(db: Database, name: str, options: DdlOptions) -> DdlStep:
         shown = shown_sql(name, plan[name], pg=True)
         pid = await _pg.backend_pid(conn)
         watcher = asyncio.create_task(
-            _watch(db, pid, name, time.monotonic(), options.progress_every)
+            watch_progress(db, pid, name, time.monotonic(), options.progress_every)
         )
         built: str | None = None
         try:
@@ -349,7 +202,7 @@ async def add_unique_key(
     done: list[DdlStep] = []
     for name, sql in plan:
         if name == "own tables":
-            done.append(await _own_tables(db, sql))
+            done.append(await create_own_tables(db, sql))
             continue
         try:
             if pg:
@@ -370,85 +223,6 @@ async def add_unique_key(
         steps=[s.name for s in done if s.done],
     )
     return AddKeyResult(dry_run=False, steps=tuple(done), seconds=seconds)
-
-
-# The first release linked a record to an order through hg_trading_order itself: orders it
-# inserted carry order_sn = "SX" + sha256(platform:account:record key)[:40] with the record key
-# in exchange_order_id, and orders it closed carry close_reason 'exchange_sync' with the record
-# key in exchange_order_id where that was empty. Their bindings are back-filled, so an upgrade
-# inserts and charges nothing twice. (Engine orders whose empty exchange_order_id it filled with
-# a record key cannot be told apart here: the matching rules compare record keys with
-# exchange_order_id for them - reconcile.matching, rule b.)
-BACKFILL_BINDINGS = f"""
-INSERT INTO {binding.name}
-    (platform, account_id, record_key, order_id, primary_order_id, kind, rule, created_at)
-SELECT LOWER(TRIM(a.platform)), a.id, o.exchange_order_id, o.id, o.id, 'order', 'backfill', NOW()
-FROM {ORDERS} o
-JOIN {trading_robot.name} r ON r.id = o.robot_id
-JOIN {trading_api_config.name} a ON a.id = r.api_config_id
-WHERE o.exchange_order_id <> ''
-  AND (o.order_sn = CONCAT('SX', LEFT(SHA2(CONCAT(LOWER(TRIM(a.platform)), ':', a.id, ':',
-                                                o.exchange_order_id), 256), 40))
-       OR o.close_reason = 'exchange_sync')
-ON DUPLICATE KEY UPDATE {binding.name}.id = {binding.name}.id
-"""  # noqa: S608 - table names only
-PG_BACKFILL_BINDINGS = _pg.backfill_bindings_sql(
-    binding.name, ORDERS, trading_robot.name, trading_api_config.name
-)
-
-
-async def _own_tables(db: Database, sql: str) -> DdlStep:
-    async def create(conn: AsyncConnection) -> tuple[int, int]:
-        await create_own_schema(conn)
-        backfill = PG_BACKFILL_BINDINGS if _pg.is_pg(conn) else BACKFILL_BINDINGS
-        bindings = int((await conn.execute(text(backfill))).rowcount)
-        return bindings, await _backfill_record_orders(db, conn)
-
-    started = time.monotonic()
-    backfilled, order_ids = await db.transaction(create, what="migrate create own tables")
-    seconds = time.monotonic() - started
-    log.info(
-        "migrate step",
-        step="own tables",
-        status="done",
-        seconds=round(seconds, 3),
-        bindings_backfilled=backfilled,
-        record_order_ids_backfilled=order_ids,
-    )
-    return DdlStep("own tables", sql, seconds=seconds, done=True)
-
-
-async def _backfill_record_orders(db: Database, conn: AsyncConnection) -> int:
-    """The exchange order ids of the records kept before toogo_reconcile_record_order existed
-    (their normalized JSON has them), so rule exchange_record of reconcile.trades sees the legs
-    of trades synced before the upgrade. Idempotent: existing rows are left alone."""
-    r = exchange_record.c
-    insert = db.dialect.upsert(
-        record_order_id, key=("platform", "account_id", "record_key", "exchange_order_id")
-    )
-    written, after = 0, 0
-    while True:
-        page = list(
-            await conn.execute(
-                select(r.id, r.platform, r.account_id, r.record_key, r.normalized_json)
-                .where(r.id > after)
-                .order_by(r.id)
-                .limit(BACKFILL_PAGE)
-            )
-        )
-        if not page:
-            return written
-        after = page[-1].id
-        rows = [
-            {"platform": p.platform, "account_id": p.account_id, "record_key": p.record_key,
-             "exchange_order_id": str(ref)[:100]}
-            for p in page
-            for ref in sorted(set(json.loads(p.normalized_json).get("exchange_order_ids") or ()))
-            if ref
-        ]  # fmt: skip
-        if rows:
-            await conn.execute(insert, rows)
-            written += len(rows)
 
 
 async def drop_unique_key(db: Database, options: DdlOptions) -> DdlStep:
@@ -530,3 +304,14 @@ async def verify(db: Database) -> VerifyResult:
         unique_key=state.unique_key,
     )
     return result
+
+
+__all__ = [
+    "AddKeyResult",
+    "VerifyResult",
+    "add_unique_key",
+    "drop_unique_key",
+    "planned_ddl",
+    "shown_sql",
+    "verify",
+]

@@ -42,17 +42,8 @@ from reconcile.migration._backup import (
     finish,
     register,
 )
-from reconcile.migration._common import (
-    CONSUME,
-    WALLET,
-    ZERO,
-    Duplicates,
-    chunks,
-    lock_duplicates,
-    require_server,
-    scan_duplicates,
-    schema_state,
-)
+from reconcile.migration._common import CONSUME, WALLET, ZERO, chunks, require_server, schema_state
+from reconcile.migration._duplicates import Duplicates, lock_duplicates, scan_duplicates
 from reconcile.storage.db import Database
 from reconcile.storage.schema import power_consume, refund
 

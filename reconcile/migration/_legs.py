@@ -1,6 +1,6 @@
-"""Refund the power charged on closing legs (reconcile.trades): an earlier release, or hotgo while
-its own charging was on, charged the second row upstream's engine writes for a trade's closing
-order on top of the trade itself.
+"""Refund the power charged on closing legs (reconcile.charging.trades): an earlier release, or
+hotgo while its own charging was on, charged the second row upstream's engine writes for a trade's
+closing order on top of the trade itself.
 
 One transaction does it all, as the dedupe does, so a failure anywhere leaves nothing:
 
@@ -29,14 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.charging import ledger
-from reconcile.charging.trades import (
-    ChargedLeg,
-    Judgement,
-    Rule,
-    Verdict,
-    charged_legs,
-    record_legs,
-)
+from reconcile.charging.trades import ChargedLeg, charged_legs
+from reconcile.charging.verdicts import Judgement, Rule, Verdict, record_legs
 from reconcile.migration._backup import (
     BackupInfo,
     copy_rows,

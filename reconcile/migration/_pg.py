@@ -186,7 +186,7 @@ def progress_fields(row: Any) -> dict[str, Any]:
 
 
 def backfill_bindings_sql(binding: str, orders: str, robots: str, accounts: str) -> str:
-    """PostgreSQL's form of the first release's bindings back-fill (see ``_ddl``)."""
+    """PostgreSQL's form of the first release's bindings back-fill (see ``_own_tables``)."""
     return f"""
 INSERT INTO {binding}
     (platform, account_id, record_key, order_id, primary_order_id, kind, rule, created_at)

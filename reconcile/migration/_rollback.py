@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.charging import ledger
 from reconcile.errors import SchemaNotReady
+from reconcile.migration._alter import DdlOptions, DdlStep
 from reconcile.migration._backup import BackupInfo, get_backup
 from reconcile.migration._common import (
     CONSUME,
@@ -39,7 +40,7 @@ from reconcile.migration._common import (
     require_server,
     schema_state,
 )
-from reconcile.migration._ddl import DdlOptions, DdlStep, drop_unique_key
+from reconcile.migration._ddl import drop_unique_key
 from reconcile.migration._legs import KIND as LEGS
 from reconcile.storage.db import Database
 from reconcile.storage.schema import (

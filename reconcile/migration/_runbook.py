@@ -13,26 +13,18 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.charging.trades import ChargedLeg, charged_legs
+from reconcile.migration._alter import DdlOptions
 from reconcile.migration._backup import BackupInfo, DumpResult, dump_tables, get_backup
-from reconcile.migration._common import (
-    ZERO,
-    Duplicates,
-    DuplicatesRemain,
-    SchemaState,
-    money,
-    require_server,
-    scan_duplicates,
-    schema_state,
-)
+from reconcile.migration._common import ZERO, SchemaState, money, require_server, schema_state
 from reconcile.migration._ddl import (
     AddKeyResult,
-    DdlOptions,
     VerifyResult,
     add_unique_key,
     planned_ddl,
     verify,
 )
 from reconcile.migration._dedupe import DedupeResult, dedupe
+from reconcile.migration._duplicates import Duplicates, DuplicatesRemain, scan_duplicates
 from reconcile.migration._legs import LegsResult, refund_legs
 from reconcile.storage.contract import inspect_live
 from reconcile.storage.db import Database
@@ -64,11 +56,13 @@ class CheckReport:
     refunds: RefundTotals
     last_backup: BackupInfo | None
     pending_ddl: tuple[str, ...]
-    #: what the daemon needs and the live schema lacks (reconcile.contract), each with its remedy
+    #: what the daemon needs and the live schema lacks (reconcile.storage.contract), each with its
+    #: remedy
     problems: tuple[str, ...] = ()
     #: those of ``problems`` that `migrate up` cannot mend
     by_hand: tuple[str, ...] = ()
-    #: closing legs that carry a charge (reconcile.trades): over-charges `up --refund` refunds
+    #: closing legs that carry a charge (reconcile.charging.trades): over-charges `up --refund`
+    #: refunds
     charged_legs: tuple[ChargedLeg, ...] = ()
 
     @property

@@ -24,7 +24,7 @@ class BulkWriter:
         self._conn = conn
         self._quote = conn.dialect.identifier_preparer.quote
         self._mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
-        # SQLite keeps decimals as exact text (see reconcile.schema); MySQL takes Decimal.
+        # SQLite keeps decimals as exact text (see reconcile.storage.schema); MySQL takes Decimal.
         self._text_decimals = conn.dialect.name == "sqlite"
         self._numbered = conn.dialect.name == "postgresql"
 

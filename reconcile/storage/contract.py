@@ -1,10 +1,10 @@
 """What the daemon needs of the live schema, checked once at start-up by introspection.
 
 Upstream's DDL is the contract (``tests/fixtures/upstream``): every column the daemon reads or
-writes is declared in :mod:`reconcile.schema` with upstream's name, type family and nullability.
-Of those, the columns in :data:`OPTIONAL` are absent on some installs (they come with upstream's
-``add_missing_order_fields.sql``): the daemon uses them where the live schema has them and skips
-them where it does not - decided here, once, never by catching a database error.
+writes is declared in :mod:`reconcile.storage.schema` with upstream's name, type family and
+nullability. Of those, the columns in :data:`OPTIONAL` are absent on some installs (they come with
+upstream's ``add_missing_order_fields.sql``): the daemon uses them where the live schema has them
+and skips them where it does not - decided here, once, never by catching a database error.
 
 Everything else is required. :func:`inspect_live` names each missing table, column and index with
 its remedy, so ``doctor``, ``migrate check`` and every command that touches hotgo's tables can
@@ -184,7 +184,7 @@ async def ensure_schema(db: Database, *, require: bool = True) -> LiveSchema:
 
     live = await db.transaction(check, what="check the schema")
     if require and not live.ready:
-        raise SchemaNotReady("; ".join(live.problems) + " (see README, runbook)")
+        raise SchemaNotReady("; ".join(live.problems) + " (see docs/cutover.md)")
     return live
 
 

@@ -10,8 +10,14 @@ that must be created first (``RowsMissing.prepare``, e.g. a wallet row), and, wi
 between our check and our INSERT (the next attempt finds the row). Nothing else retries a
 transaction.
 
-Before each attempt the transaction awaits ``reconcile.pacing`` (log back-pressure; the database's
-availability when a monitor watches it): waiting happens between transactions, never inside one.
+What the process around the core adds is handed to the constructor (the daemon wires it in
+``daemon.runtime.open_core``), never set afterwards: before each attempt the transaction awaits
+its ``Pause`` (log back-pressure) and, while a monitor watches it, the database's
+``Availability`` (``reconcile.storage.pacing``) - waiting happens between transactions, never
+inside one; and ``attempt_timeout`` bounds how long one attempt may hold its connection on a
+server that stops answering. Every attempt, bounded or not, commits on one path (``_attempt``).
+
+See docs/architecture.md (errors and retries) and docs/operations.md (the database goes away).
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import event
@@ -32,38 +37,25 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import AsyncRetrying
 
-from reconcile.errors import (
-    ConfigError,
-    ConnectionLost,
-    DatabaseTemporaryError,
-    DuplicateKey,
-    RowsMissing,
-)
+from reconcile.errors import ConfigError, ConnectionLost, RowsMissing
 from reconcile.records import Secret
-from reconcile.storage import pacing
 from reconcile.storage.db_errors import map_db_errors as map_db_errors  # re-exported
 from reconcile.storage.dialect import Dialect
+from reconcile.storage.engines import (
+    close_now,
+    server_connect_args,
+    server_engine,
+    sqlite_engine,
+    zone,
+)
+from reconcile.storage.pacing import Availability, Pause, no_pause
+from reconcile.storage.retries import RetryPolicy, retrying
 
 log = structlog.get_logger("reconcile.db")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How a whole transaction is retried: bounded, exponential, jittered."""
-
-    attempts: int = 6
-    initial: float = 0.05
-    maximum: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -93,12 +85,25 @@ class DatabaseSettings:
 class Database:
     """An async engine plus what the core needs to know about the server.
 
-    Use as ``async with Database(settings) as db``; closing twice is safe.
+    Use as ``async with Database(settings) as db``; closing twice is safe. ``pause``: awaited
+    before every transaction attempt. ``availability``: the database's state as a monitor sees
+    it (transactions then wait out an outage). ``attempt_timeout``: seconds one attempt may
+    take on a server before its connection is closed (None: no bound).
     """
 
-    def __init__(self, settings: DatabaseSettings) -> None:
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        *,
+        pause: Pause = no_pause,
+        availability: Availability | None = None,
+        attempt_timeout: float | None = None,
+    ) -> None:
         self.settings = settings
-        self.tz: tzinfo = _zone(settings.timezone)
+        self._pause = pause
+        self.availability = availability
+        self.attempt_timeout = attempt_timeout
+        self.tz: tzinfo = zone(settings.timezone)
         url = settings.sqlalchemy_url()
         self.dialect_name = url.get_backend_name()
         try:
@@ -111,17 +116,13 @@ class Database:
         self.is_mysql = self.dialect.is_mysql
         self.skip_locked = False
         # INSERT ... SELECT ... RETURNING (MariaDB >= 10.5, PostgreSQL): the consumer then
-        # charges a page with set-based statements (see reconcile.consumer)
+        # charges a page with set-based statements (see reconcile.charging.consumer)
         self.returning = False
         self._engine: AsyncEngine | None = None
         self._url = url
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._session_engine: AsyncEngine | None = None
         self._connect_args: dict[str, Any] = {}
-        # set by a monitor (the daemon's health loop): transactions then wait out an outage
-        self.availability: pacing.Availability | None = None
-        # seconds an attempt may take before its connection is closed (MySQL; None: no bound)
-        self.attempt_timeout: float | None = None
         self._drivers: set[Any] = set()  # driver connections of bounded attempts in flight
         self._ping_task: asyncio.Future[None] | None = None
         # every driver connection opened, to close them at once when the server hangs
@@ -136,42 +137,23 @@ class Database:
     async def open(self) -> None:
         if self._engine is not None:
             return
+        settings = self.settings
         if self.dialect.concurrent:  # a server: MySQL/MariaDB or PostgreSQL
-            self._connect_args = self._server_connect_args()
-            self._engine = create_async_engine(
-                self._url,
-                isolation_level="READ COMMITTED",
-                pool_size=self.settings.pool_size,
-                max_overflow=self.settings.pool_size,
-                pool_pre_ping=True,
-                pool_recycle=3600,
-                connect_args=self._connect_args,
+            self._connect_args = server_connect_args(
+                is_mysql=self.is_mysql,
+                lock_wait_timeout=settings.lock_wait_timeout,
+                timezone=settings.timezone,
             )
-            if self.dialect.is_postgresql:
-                _timestamptz_as_local_time(self._engine, self.tz)
+            self._engine = server_engine(
+                self._url,
+                pool_size=settings.pool_size,
+                connect_args=self._connect_args,
+                local_time=self.tz if self.dialect.is_postgresql else None,
+            )
             self._track(self._engine)
         else:
-            self._engine = create_async_engine(
-                self._url, connect_args={"timeout": self.settings.lock_wait_timeout}
-            )
-            _serialize_sqlite_writers(self._engine)
+            self._engine = sqlite_engine(self._url, lock_wait_timeout=settings.lock_wait_timeout)
         await self._probe()
-
-    def _server_connect_args(self) -> dict[str, Any]:
-        wait = int(self.settings.lock_wait_timeout)
-        if self.is_mysql:
-            init = f"SET SESSION innodb_lock_wait_timeout = {wait}"
-            return {"init_command": init, "connect_timeout": 10, "charset": "utf8mb4"}
-        return {
-            "timeout": 10,
-            "server_settings": {
-                "lock_timeout": f"{wait}s",
-                # naive timestamps are hotgo's local time; TIMESTAMPTZ is read and written as
-                # text in this zone (see _timestamptz_as_local_time)
-                "TimeZone": self.settings.timezone,
-                "application_name": "toogo-reconcile",
-            },
-        }
 
     async def _probe(self) -> None:
         async def probe(conn: AsyncConnection) -> None:
@@ -212,7 +194,7 @@ class Database:
         unique keys make the next run's retry safe either way."""
         for driver in [*self._drivers, *self._sockets]:
             with contextlib.suppress(Exception):
-                _close_now(driver)
+                close_now(driver)
         for task in list(self._in_flight):
             task.cancel()
         return len(self._in_flight)
@@ -308,58 +290,21 @@ class Database:
     def retrying(
         self, what: str, *, retry_duplicate: str | None = None, **log_fields: Any
     ) -> AsyncRetrying:
-        """The one retry policy for database work: re-run on a temporary failure (and, given
-        ``retry_duplicate``, on a duplicate key), bounded by ``settings.retry``, full-jitter
-        exponential back-off, each re-run logged. ``transaction`` uses it; so does the
-        runbook's autocommit DDL on PostgreSQL, which runs outside a transaction."""
-        policy = self.settings.retry
-        retryable: tuple[type[Exception], ...] = (DatabaseTemporaryError,)
-        if retry_duplicate:
-            retryable += (DuplicateKey,)
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            if retry_duplicate and isinstance(exc, DuplicateKey):
-                log.info(
-                    retry_duplicate,
-                    what=what,
-                    attempt=state.attempt_number,
-                    retry=True,
-                    **log_fields,
-                )
-                return
-            if isinstance(exc, RowsMissing):  # a user's first charge: routine, not a warning
-                log.debug("db rows created", what=what, detail=str(exc), retry=True, **log_fields)
-                return
-            log.warning(
-                "db retry",
-                what=what,
-                attempt=state.attempt_number,
-                max_attempts=policy.attempts,
-                error=type(exc).__name__ if exc else None,
-                detail=str(exc) if exc else None,
-                retry=True,
-                **log_fields,
-            )
-
-        return AsyncRetrying(
-            retry=retry_if_exception_type(retryable),
-            stop=stop_after_attempt(policy.attempts),
-            wait=wait_random_exponential(multiplier=policy.initial, max=policy.maximum),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        """The one retry policy for database work (``reconcile.storage.retries``), bounded by
+        ``settings.retry``. ``transaction`` uses it; so does the runbook's autocommit DDL on
+        PostgreSQL, which runs outside a transaction."""
+        return retrying(self.settings.retry, what, retry_duplicate=retry_duplicate, **log_fields)
 
     async def _ready(self) -> None:
-        await pacing.between_transactions()
+        await self._pause()
         if self.availability is not None:
             await self.availability.wait_up()
 
     async def _gated(
         self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, isolation: str | None
     ) -> T:
-        """One attempt, after waiting for what ``pacing`` says; an attempt that met a database
-        outage (the monitor confirms it) is run again once the database is back, uncounted."""
+        """One attempt, after the pause and the database's availability; an attempt that met
+        a database outage (the monitor confirms it) is run again once it is back, uncounted."""
         while True:
             await self._ready()
             try:
@@ -382,97 +327,50 @@ class Database:
     async def _attempt(
         self, fn: Callable[[AsyncConnection], Awaitable[T]], what: str, isolation: str | None
     ) -> T:
+        """Connect, BEGIN, ``fn``, COMMIT: the one path every transaction commits on. On a
+        server, ``attempt_timeout`` bounds it (see ``_deadline``); without one, or on SQLite,
+        it is the same path with no bound."""
+        limit = self.attempt_timeout if self.dialect.concurrent else None
         with map_db_errors(what):
-            if self.attempt_timeout is None or not self.dialect.concurrent:
-                async with self.engine.connect() as conn:
+            conn = self.engine.connect()
+            try:
+                async with asyncio.timeout(limit):  # the checkout: a ping or a handshake
+                    await conn.start()
+                async with self._deadline(conn, what, limit):
                     if isolation is not None:
                         await conn.execution_options(isolation_level=isolation)
                     async with conn.begin():
                         return await fn(conn)
-            return await self._bounded_attempt(fn, what, self.attempt_timeout, isolation)
-
-    async def _bounded_attempt(
-        self,
-        fn: Callable[[AsyncConnection], Awaitable[T]],
-        what: str,
-        limit: float,
-        isolation: str | None,
-    ) -> T:
-        """A server that stops answering (hung, not dead) must not hold a transaction forever:
-        past ``limit`` its socket is closed, the read in flight fails as a lost connection
-        (2013) and the attempt is resolved like any other lost connection."""
-        conn = self.engine.connect()
-        try:
-            async with asyncio.timeout(limit):  # the checkout: a ping or a handshake
-                await conn.start()
-            driver = (await conn.get_raw_connection()).driver_connection
-            cut = asyncio.get_running_loop().call_later(limit, _cut, driver, what, limit)
-            self._drivers.add(driver)
-            if isolation is not None:
-                await conn.execution_options(isolation_level=isolation)
-            try:
-                async with conn.begin():
-                    return await fn(conn)
             finally:
-                cut.cancel()
-                self._drivers.discard(driver)
+                if conn.sync_connection is not None:
+                    await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _deadline(
+        self, conn: AsyncConnection, what: str, limit: float | None
+    ) -> AsyncIterator[None]:
+        """A server that stops answering (hung, not dead) must not hold a transaction forever:
+        past ``limit`` seconds the connection's socket is closed, the read in flight fails as a
+        lost connection (2013) and the attempt is resolved like any other lost connection."""
+        if limit is None:
+            yield
+            return
+        driver = (await conn.get_raw_connection()).driver_connection
+        cut = asyncio.get_running_loop().call_later(limit, _cut, driver, what, limit)
+        self._drivers.add(driver)
+        try:
+            yield
         finally:
-            if conn.sync_connection is not None:
-                await conn.close()
+            cut.cancel()
+            self._drivers.discard(driver)
 
 
 def _cut(driver: Any, what: str, limit: float) -> None:
     log.warning("db transaction timed out", what=what, limit=limit, action="connection closed")
-    _close_now(driver)
-
-
-def _close_now(driver: Any) -> None:
-    """Close a driver connection's socket at once (asyncpg: ``terminate``; its ``close`` is a
-    coroutine that waits for the server)."""
-    terminate = getattr(driver, "terminate", None)
-    (terminate or driver.close)()
-
-
-def _timestamptz_as_local_time(engine: AsyncEngine, tz: tzinfo) -> None:
-    """PostgreSQL: TIMESTAMPTZ values cross as naive local times in ``database.timezone``, like
-    MySQL's DATETIME, so the core has one notion of time. asyncpg would take a naive value as
-    UTC; as text, the server reads it in the session's TimeZone (set to the same zone)."""
-
-    def encode(value: datetime) -> str:
-        return value.isoformat(sep=" ")
-
-    def decode(value: str) -> datetime:
-        return datetime.fromisoformat(value).astimezone(tz).replace(tzinfo=None)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.run_async(
-            lambda conn: conn.set_type_codec(
-                "timestamptz", encoder=encode, decoder=decode, schema="pg_catalog", format="text"
-            )
-        )
+    close_now(driver)
 
 
 def _settled(task: asyncio.Future[Any]) -> None:
     """Retrieve a shielded transaction's outcome when nobody awaits it any more."""
     if not task.cancelled():
         task.exception()
-
-
-def _zone(name: str) -> tzinfo:
-    try:
-        return ZoneInfo(name)
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"database.timezone: unknown time zone {name!r}") from exc
-
-
-def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
-    """SQLite: take the write lock at BEGIN so read-then-write transactions cannot interleave."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -3,7 +3,8 @@
 The database layer owns one :class:`Dialect` (``Database.dialect``); the core asks it instead of
 branching on the backend's name: MySQL/MariaDB (the production default), PostgreSQL (the second
 production database) and SQLite (the embedded default, one instance, decimals kept as exact
-text). Adding a database means adding a dialect here and its error codes in ``reconcile.db``.
+text). Adding a database means adding a dialect here and its error codes in
+``reconcile.storage.db``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,19 @@
 """What the core waits for between two transactions - never inside one.
 
-Two things the process around the core may make it wait for, installed by that process (the
-daemon); the core itself never imports it:
+Two things the process around the core may make it wait for, both handed to ``Database`` when it
+is built (the daemon wires them in ``daemon.runtime.open_core``); the core itself never imports
+that process:
 
-- ``between_transactions``: a module-level hook awaited before every transaction attempt. The
-  daemon installs its log back-pressure there (``daemon.logs.drain_backpressure``): a stalled
-  log reader slows the work down between transactions, where no row lock is held.
+- a ``Pause``: a coroutine function awaited before every transaction attempt. The daemon passes
+  its log back-pressure (``daemon.logs.drain_backpressure``): a stalled log reader slows the
+  work down between transactions, where no row lock is held. Without one, ``no_pause``.
 - ``Availability``: whether the database answers, as a monitor sees it (the daemon's health
   loop). A transaction that lost its connection asks the monitor for a verdict; during an outage
   it waits for the database to come back instead of spending its retries in a second, and the
-  attempt that met the outage does not count against the retry budget.
+  attempt that met the outage does not count against the retry budget. While no monitor runs
+  (``monitored`` false: before the health loop starts, after it ends) nothing waits for one.
+
+See docs/operations.md (the database goes away; stdout or journald stalls).
 """
 
 from __future__ import annotations
@@ -17,35 +21,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+
+Pause = Callable[[], Awaitable[None]]
 
 
-async def _nothing() -> None:
+async def no_pause() -> None:
+    """The ``Pause`` of a process that has nothing to wait for between transactions."""
     return None
 
 
-between_transactions: Callable[[], Awaitable[None]] = _nothing
-
-
-def install(hook: Callable[[], Awaitable[None]] | None) -> None:
-    """Set (or, with None, reset) the hook awaited before every transaction."""
-    global between_transactions
-    between_transactions = hook or _nothing
-
-
 class Availability:
-    """The database's state as one monitor reports it: ``report`` after each check."""
+    """The database's state as one monitor reports it: ``report`` after each check.
+
+    ``monitored``: whether a monitor is running. Given ``monitored=False`` (the monitor starts
+    later), the monitor's loop runs inside ``monitor()``: transactions wait for its verdicts
+    only meanwhile."""
 
     VERDICT_TIMEOUT = 10.0  # a monitor that does not answer: count the attempt as usual
 
-    def __init__(self) -> None:
+    def __init__(self, *, monitored: bool = True) -> None:
         self._up = asyncio.Event()
         self._up.set()
         self._wake = asyncio.Event()
         self._checked = asyncio.Condition()
         self._checks = 0
+        self.monitored = monitored
         self.reason: str | None = None
         self.since = time.monotonic()
+
+    @contextlib.contextmanager
+    def monitor(self) -> Iterator[None]:
+        """For the monitor: transactions wait for its verdicts while its loop runs in here."""
+        self.monitored = True
+        try:
+            yield
+        finally:
+            self.monitored = False
 
     @property
     def up(self) -> bool:
@@ -71,7 +83,8 @@ class Availability:
             self._checked.notify_all()
 
     async def wait_up(self) -> None:
-        await self._up.wait()
+        if self.monitored:
+            await self._up.wait()
 
     async def woken(self, every: float) -> None:
         """For the monitor: sleep until the next check is due (``every`` seconds) or a
@@ -82,7 +95,10 @@ class Availability:
 
     async def outage(self) -> bool:
         """After a lost connection: ask the monitor to check now. True when it found the
-        database down - and then only once it answers again."""
+        database down - and then only once it answers again. False at once while no monitor
+        runs."""
+        if not self.monitored:
+            return False
         if not self.up:
             await self.wait_up()
             return True

@@ -14,8 +14,8 @@ cursor                a stream's cursor the sync no longer polls                
 ====================  ===========================================================  =========
 
 Bindings, verdicts, corrections, refunds, backups and the poll schedule are never pruned: the
-charging rules (reconcile.trades) and the ledger's history need them. hotgo's tables are never
-touched. The ages count from the row's ``created_at`` (``updated_at`` for a cursor,
+charging rules (reconcile.charging.trades) and the ledger's history need them. hotgo's tables are
+never touched. The ages count from the row's ``created_at`` (``updated_at`` for a cursor,
 ``resolved_at`` for quarantine: UTC).
 
 Each batch is one short transaction over at most ``batch_size`` rows picked by primary key

@@ -51,7 +51,8 @@ class AesKey:
 
 
 #: the key upstream Toogo ships in its config and - since it never loads the configured one -
-#: encrypts every install's credentials with (DESIGN.md)
+#: encrypts every install's credentials with (docs/architecture.md, "How upstream's engine writes
+#: its tables")
 UPSTREAM_DEFAULT_KEY = "toogo_secure_key_2024_change_me!"
 
 

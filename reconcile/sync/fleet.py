@@ -130,8 +130,10 @@ class PollLeases:
         wanted = set(running)
 
         async def write(conn: AsyncConnection) -> tuple[int, int]:
-            rows = {int(r.account_id): r.due_at >= RETIRED
-                    for r in await conn.execute(select(p.account_id, p.due_at))}  # fmt: skip
+            rows = {
+                int(r.account_id): r.due_at >= RETIRED
+                for r in await conn.execute(select(p.account_id, p.due_at))
+            }
             new = sorted(wanted - rows.keys())
             gone = sorted(a for a, retired in rows.items() if not retired and a not in wanted)
             back = sorted(a for a, retired in rows.items() if retired and a in wanted)

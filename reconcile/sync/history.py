@@ -1,181 +1,54 @@
-"""History sync: reconcile every running robot's closed positions into hg_trading_order.
+"""History sync: reconcile every running robot's closed positions into hg_trading_order - the
+run loop. Which streams there are and their cursors: :mod:`reconcile.sync.roster`; one stream's
+window, upserted and charged: :mod:`reconcile.sync.window`.
 
-Robots sharing an API account and a symbol form one **stream**: one request sequence however
-many robots share it. Daemons sharing a database share the accounts through the poll schedule
-(:mod:`reconcile.fleet`): each claims due accounts under a short lease, so an account is polled
-by one instance at a time and once per interval between them (correctness never depends on it).
-Each stream keeps a cursor in ``toogo_reconcile_cursor``: the close time up to which it is known
-complete and the record keys seen at that instant. A poll fetches from the cursor minus
-``overlap`` to now (a new stream, or one whose cursor is older than ``lookback``, from now −
-lookback); the cursor advances only after every record of the window is committed. An account's
-cursors are read in the transaction that claims it and written, with the release of its lease,
-in one transaction once its streams ran.
-
-A window is upserted a page of records at a time, in a constant number of statements per page:
-one plain read of the page's bindings and candidate orders (no locking reads: on upstream's
-indexes the locking reads of range conditions deadlocked concurrent streams), a decision in
-memory by the matching rules (:mod:`reconcile.matching`), and one write transaction - inserted
-orders, closed orders (``UPDATE … WHERE status = 1``: an order the engine closed meanwhile makes
-the page start again from its read), filled-in fields and the bindings, whose unique keys decide
-races between instances. A page refused as a whole is retried in halves, down to one record; a
-temporary failure fails the stream. The cursor moves only after the whole window is committed.
-
-A charged order's realized_profit is never rewritten: a different figure from the exchange is
-logged as ``profit mismatch`` and, with ``corrections`` ``adjust``, corrected by an entry
-(reconcile.corrections) once the window's charges ran. Orders closed or inserted here with a
-profit go to the consumer in pages with source ``history``. A robot owned by another user than
-its account is refused.
+Daemons sharing a database share the accounts through the poll schedule
+(:mod:`reconcile.sync.fleet`): each claims due accounts under a short lease, so an account is
+polled by one instance at a time and once per interval between them (correctness never depends
+on it). An account's cursors are read in the transaction that claims it and written, with the
+release of its lease, in one transaction once its streams ran; a failing stream or account is
+counted and logged, never stops the others. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconcile.charging.consumer import Outcome, PowerConsumer, Source
-from reconcile.charging.corrections import CorrectionMode, Corrector
-from reconcile.errors import (
-    DatabaseError,
-    DuplicateKey,
-    PermanentError,
-    ReconcileError,
-    TemporaryError,
-)
-from reconcile.records import (
-    ApiAccount,
-    ClosedPosition,
-    ClosedPositionSource,
-    ProfitBasis,
-    SourceProvider,
-)
-from reconcile.storage.contract import LiveSchema, inspect_live
+from reconcile.charging.consumer import PowerConsumer
+from reconcile.errors import PermanentError, ReconcileError, TemporaryError, describe
+from reconcile.records import ApiAccount, ClosedPosition, SourceProvider
+from reconcile.storage.contract import LiveSchema
 from reconcile.storage.db import Database
-from reconcile.storage.dialect import PROPOSED
-from reconcile.storage.schema import stream_cursor, trading_api_config, trading_robot
-from reconcile.sync import quarantine
 from reconcile.sync.accounts import load_account
 from reconcile.sync.credentials import AesKey, aes_key_from_environment
-from reconcile.sync.fleet import PollLeases, chunks
-from reconcile.sync.matching import Decision, Kind, Rule, Tolerances
-from reconcile.sync.upsert import Conflict, PageResult, PageWriter, StreamRef, order_sn_for
+from reconcile.sync.fleet import PollLeases
+from reconcile.sync.roster import (
+    Cursors,
+    Stream,
+    cursor_rows,
+    group_streams,
+    read_cursors,
+    running_robots,
+    write_cursors,
+)
+from reconcile.sync.settings import SyncSettings
+from reconcile.sync.window import StreamWindow, SyncSummary
 
 log = structlog.get_logger("reconcile.history")
 
-PAGE_ATTEMPTS = 3  # reads and decisions of one page before it is split
-
-#: a stream's cursor: complete until, and the record keys at that instant
-Cursor = tuple[datetime, frozenset[str]]
-#: an account's cursors by (platform, symbol)
-Cursors = dict[tuple[str, str], Cursor]
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    running_status: int = 2
-    lookback: timedelta = timedelta(days=7)
-    overlap: timedelta = timedelta(minutes=10)
-    match_tolerance: timedelta = timedelta(seconds=120)
-    concurrency: int = 8
-    #: an account is polled once per interval (``schedule.history_sync``), whatever the daemons
-    interval: timedelta = timedelta(seconds=60)
-    #: a claimed account is held this long, renewed while its poll runs (``sync.lease``)
-    lease: timedelta = timedelta(seconds=30)
-    #: how often a daemon looks for due accounts (``sync.tick``)
-    tick: timedelta = timedelta(seconds=1)
-    #: platforms with a source; None: every platform (a replay source serves them all)
-    platforms: frozenset[str] | None = None
-    #: records upserted per transaction
-    page_size: int = 200
-    #: what a charged order's different exchange profit does (``power.corrections``)
-    corrections: CorrectionMode = CorrectionMode.LOG
-
-
-@dataclass(frozen=True)
-class Robot:
-    id: int
-    tenant_id: int
-    user_id: int
-    symbol: str
-    leverage: int
-
-
-@dataclass(frozen=True)
-class Stream:
-    platform: str
-    account_id: int
-    symbol: str
-    robots: tuple[Robot, ...]
-
-    @property
-    def robot_ids(self) -> list[int]:
-        return [r.id for r in self.robots]
-
-    def ref(self) -> StreamRef:
-        robot = self.robots[0]  # an inserted order is filed under the stream's first robot
-        return StreamRef(
-            self.platform,
-            self.account_id,
-            self.symbol,
-            tuple(self.robot_ids),
-            (robot.tenant_id, robot.user_id, robot.id, robot.leverage),
-        )
-
-
-@dataclass
-class SyncSummary:
-    streams: int = 0
-    requests: int = 0
-    records: int = 0
-    inserted: int = 0
-    closed: int = 0
-    matched: int = 0
-    parts: int = 0
-    ambiguous: int = 0
-    not_closable: int = 0
-    charged: int = 0
-    skipped_duplicate: int = 0
-    corrected: int = 0
-    would_charge: int = 0  # shadow mode
-    failed_streams: int = 0
-    skipped_streams: int = 0
-    elapsed: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.failed_streams == 0
-
-    def figures(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def count(self, decisions: list[Decision]) -> None:
-        for d in decisions:
-            if d.rule is Rule.INSERT:
-                self.inserted += 1
-            elif d.rule is Rule.OPEN:
-                self.closed += 1
-            elif d.rule is Rule.NOT_CLOSABLE:
-                self.not_closable += 1
-            elif d.kind is Kind.PART:
-                self.parts += 1
-            elif d.kind is Kind.AMBIGUOUS:
-                self.ambiguous += 1
-            else:
-                self.matched += 1
-
 
 class HistorySync:
+    """The history sync of one daemon: which accounts it polls when, each account's streams
+    through :class:`StreamWindow`, and the cursors and leases written back."""
+
     def __init__(
         self,
         db: Database,
@@ -190,10 +63,7 @@ class HistorySync:
         self.consumer = consumer
         self.provider = provider
         self.settings = settings
-        self.schema = schema
-        self.corrector = (
-            Corrector(db, consumer.rules) if settings.corrections is CorrectionMode.ADJUST else None
-        )
+        self.window = StreamWindow(db, consumer, settings, schema=schema)
         # read once, here, not from the environment at every account load
         self.aes_key = aes_key if aes_key is not None else aes_key_from_environment()
         # the shared poll schedule (MySQL/MariaDB, PostgreSQL); SQLite runs one instance
@@ -275,9 +145,13 @@ class HistorySync:
                         except ReconcileError as exc:  # raised once the polls in flight end
                             failure, batch = exc, {}
                         for account_id, (streams, cursors, fingerprint) in batch.items():
-                            running.add(asyncio.create_task(self._sync_account(
-                                account_id, streams, summary, cursors, fingerprint, stop
-                            )))  # fmt: skip
+                            running.add(
+                                asyncio.create_task(
+                                    self._sync_account(
+                                        account_id, streams, summary, cursors, fingerprint, stop
+                                    )
+                                )
+                            )
                         if len(batch) == free:
                             continue  # more may be due: claim again once places are free
                     wake = min(tick, max(0.0, deadline - now)) if claiming else None
@@ -313,78 +187,18 @@ class HistorySync:
 
     # -- which streams, which accounts are ours -----------------------------------------------
 
-    def _robots(self, account_ids: Sequence[int] | None = None) -> Select[Any]:
-        r, a = trading_robot.c, trading_api_config.c
-        stmt = (
-            select(
-                r.id,
-                r.tenant_id,
-                r.user_id,
-                r.symbol,
-                r.leverage,
-                a.id.label("account_id"),
-                a.user_id.label("account_user_id"),
-                a.platform,
-                a.base_url,
-                a.api_key,
-                a.secret_key,
-                a.passphrase,
-            )
-            .join_from(trading_robot, trading_api_config, a.id == r.api_config_id)
-            .where(
-                r.status == self.settings.running_status,
-                r.deleted_at.is_(None),
-                a.status == 1,
-                a.deleted_at.is_(None),
-            )
-            .order_by(r.id)
-        )
-        return stmt if account_ids is None else stmt.where(a.id.in_(account_ids))
-
     async def _streams(
         self, summary: SyncSummary
     ) -> tuple[dict[int, list[Stream]], dict[int, str]]:
         """Every running stream by account, and each account row's digest."""
 
         async def read(conn: AsyncConnection) -> list[Any]:
-            return list(await conn.execute(self._robots()))
+            return list(await conn.execute(running_robots(self.settings)))
 
         rows = await self.db.transaction(read, what="read running robots")
-        by_account, prints = self._group(rows, loud=True)
+        by_account, prints = group_streams(rows, self.settings, loud=True)
         summary.streams = sum(len(s) for s in by_account.values())
         return by_account, prints
-
-    def _group(
-        self, rows: Sequence[Any], *, loud: bool
-    ) -> tuple[dict[int, list[Stream]], dict[int, str]]:
-        grouped: dict[tuple[str, int, str], list[Robot]] = defaultdict(list)
-        prints: dict[int, str] = {}
-        unconfigured: set[str] = set()
-        for row in rows:
-            platform = str(row.platform).strip().lower()
-            if row.user_id != row.account_user_id:
-                if loud:
-                    log.error(
-                        "robot account mismatch",
-                        robot_id=row.id,
-                        robot_user_id=row.user_id,
-                        account_id=row.account_id,
-                        account_user_id=row.account_user_id,
-                        action="skipped: never charge the wrong wallet",
-                    )
-                continue
-            if self.settings.platforms is not None and platform not in self.settings.platforms:
-                unconfigured.add(platform)
-                continue
-            robot = Robot(row.id, row.tenant_id, row.user_id, row.symbol, row.leverage)
-            grouped[(platform, row.account_id, row.symbol)].append(robot)
-            prints[row.account_id] = _digest(row)
-        if unconfigured and loud:
-            log.warning("robots on unconfigured platforms skipped", platforms=sorted(unconfigured))
-        by_account: dict[int, list[Stream]] = defaultdict(list)
-        for (platform, account_id, symbol), robots in sorted(grouped.items()):
-            by_account[account_id].append(Stream(platform, account_id, symbol, tuple(robots)))
-        return dict(by_account), prints
 
     async def _claim(self, by_account: dict[int, list[Stream]]) -> dict[int, Cursors]:
         """Claim every account of ``by_account`` no other instance holds (all of them without
@@ -394,7 +208,7 @@ class HistorySync:
 
         async def claim(conn: AsyncConnection) -> dict[int, Cursors]:
             got = ids if leases is None else await leases.claim(conn, ids, schedule=True)
-            return await _read_cursors(conn, got)
+            return await read_cursors(conn, got)
 
         cursors = await self.db.transaction(claim, what="claim accounts")
         if leases is not None:
@@ -412,12 +226,12 @@ class HistorySync:
             ids = await leases.claim_due(conn, limit)
             if not ids:
                 return [], [], {}
-            rows = list(await conn.execute(self._robots(ids)))
-            return ids, rows, await _read_cursors(conn, ids)
+            rows = list(await conn.execute(running_robots(self.settings, ids)))
+            return ids, rows, await read_cursors(conn, ids)
 
         ids, rows, cursors = await self.db.transaction(claim, what="claim due accounts")
         leases.hold(ids, since)
-        by_account, prints = self._group(rows, loud=False)
+        by_account, prints = group_streams(rows, self.settings, loud=False)
         idle = [a for a in ids if a not in by_account]  # no running robot since the refresh
         if idle:
             await self.db.transaction(
@@ -459,8 +273,9 @@ class HistorySync:
                         break  # shutting down, or the lease lapsed (a stall): the rest waits
                     try:
                         key = (stream.platform, stream.symbol)
-                        cursor = await self._sync_stream(stream, cursors.get(key), source, basis,
-                                                         summary)  # fmt: skip
+                        cursor = await self.window.sync(
+                            stream, cursors.get(key), source, basis, summary
+                        )
                         advanced.append((stream, *cursor))
                     except ReconcileError as exc:
                         summary.failed_streams += 1
@@ -470,7 +285,7 @@ class HistorySync:
                             account_id=account_id,
                             symbol=stream.symbol,
                             robots=stream.robot_ids,
-                            error=_err(exc),
+                            error=describe(exc),
                             will_retry="next cycle",
                         )
                     pending.pop(0)
@@ -483,7 +298,7 @@ class HistorySync:
                 "account failed",
                 account_id=account_id,
                 streams=len(pending) + len(advanced),
-                error=_err(exc),
+                error=describe(exc),
                 will_retry="next cycle",
             )
         finally:
@@ -536,27 +351,11 @@ class HistorySync:
         self, account_id: int, advanced: list[tuple[Stream, datetime, list[str]]]
     ) -> None:
         """The account's advanced cursors and the release of its lease: one transaction."""
-        now = self.db.now()
-        rows = [
-            {
-                "platform": stream.platform,
-                "account_id": stream.account_id,
-                "symbol": stream.symbol,
-                # cursors are kept in UTC whatever database.timezone says: they never meet hotgo
-                "complete_until": until.astimezone(UTC).replace(tzinfo=None),
-                "keys_at_cursor": json.dumps(keys),
-                "updated_at": now,
-            }
-            for stream, until, keys in advanced
-        ]
+        rows = cursor_rows(advanced, self.db.now())
         leases = self.leases
         if not rows and leases is None:
             return
-        upsert = self.db.dialect.upsert(
-            stream_cursor,
-            key=("platform", "account_id", "symbol"),
-            update=dict.fromkeys(("complete_until", "keys_at_cursor", "updated_at"), PROPOSED),
-        )
+        upsert = write_cursors(self.db.dialect)
 
         async def write(conn: AsyncConnection) -> None:
             if rows:
@@ -565,42 +364,6 @@ class HistorySync:
                 await leases.release(conn, [account_id])
 
         await self.db.transaction(write, what="advance stream cursors", account_id=account_id)
-
-    # -- one stream ---------------------------------------------------------------------------
-
-    async def _sync_stream(
-        self,
-        stream: Stream,
-        cursor: Cursor | None,
-        source: ClosedPositionSource,
-        basis: ProfitBasis,
-        summary: SyncSummary,
-    ) -> tuple[datetime, list[str]]:
-        """The stream's window from ``cursor`` to now, upserted and charged; the cursor to write
-        (by the caller, with the account's others, once every stream ran)."""
-        now = datetime.now(UTC)
-        floor = now - self.settings.lookback
-        since = floor if cursor is None or cursor[0] < floor else cursor[0] - self.settings.overlap
-        window = await source.fetch_closed(stream.symbol, since, now)
-        records = window.records
-        # kept under the stream's own symbol, never blocking the stream
-        await quarantine.store(self.db, [replace(u, symbol=stream.symbol) for u in window.unusable])
-        summary.records += len(records)
-        # the records at the cursor's instant that the last cycle committed are done
-        done = {(cursor[0], key) for key in cursor[1]} if cursor is not None else set()
-        todo = [r for r in records if (r.close_time, r.record_key) not in done]
-        pages: list[PageResult] = []
-        schema = await self._schema()
-        size = self.settings.page_size
-        for start in range(0, len(todo), size):
-            page = todo[start : start + size]
-            pages.extend(await self._upsert_page(stream, page, basis, schema, summary))
-        # charged in pages once the window's orders are recorded (the sweep is the backstop)
-        await self._settle(pages, basis, summary)
-        newest = max((r.close_time for r in records), default=None)
-        complete_until = now if newest is None or newest < now else newest
-        keys = sorted(r.record_key for r in records if r.close_time == complete_until)
-        return complete_until, keys
 
     async def reconcile_records(
         self, key: tuple[str, int, str], records: Sequence[ClosedPosition]
@@ -621,108 +384,8 @@ class HistorySync:
                 raise TemporaryError(f"account {account_id} is being synced elsewhere")
             account = await load_account(self.db, account_id, aes_key=self.aes_key)
             basis = self.provider.profit_basis(account)
-            pages = await self._upsert_page(
-                stream, list(records), basis, await self._schema(), summary
-            )
-            await self._settle(pages, basis, summary)
+            await self.window.reconcile(stream, list(records), basis, summary)
         return summary
 
-    async def _settle(
-        self, pages: list[PageResult], basis: ProfitBasis, summary: SyncSummary
-    ) -> None:
-        """Charge what the pages closed or inserted, then (``adjust``) correct the charges whose
-        profit the exchange reports differently."""
-        order_ids = [i for p in pages for i in p.to_charge]
-        batch = await self.consumer.charge_many(order_ids, Source.HISTORY)
-        # an order the consumer could not charge is logged there and left for the sweep
-        for result in batch.results:
-            if result.outcome is Outcome.CHARGED:
-                summary.charged += 1
-            elif result.outcome is Outcome.SKIPPED_DUPLICATE:
-                summary.skipped_duplicate += 1
-            elif result.outcome is Outcome.WOULD_CHARGE:
-                summary.would_charge += 1
-        if self.corrector is not None:
-            sightings = [s for p in pages for s in p.sightings(basis)]
-            summary.corrected += len(await self.corrector.apply(sightings))
 
-    async def _schema(self) -> LiveSchema:
-        if self.schema is None:  # introspected once, at the first cycle
-            self.schema = await self.db.transaction(inspect_live, what="inspect the schema")
-        return self.schema
-
-    # -- one page of records ------------------------------------------------------------------
-
-    async def _upsert_page(
-        self,
-        stream: Stream,
-        page: list[ClosedPosition],
-        basis: ProfitBasis,
-        schema: LiveSchema,
-        summary: SyncSummary,
-    ) -> list[PageResult]:
-        """Upsert a page; what it wrote (each half's, if it was split). A page that keeps
-        conflicting or that the database refuses (a permanent error) is split in halves down to
-        single records. A temporary failure, already retried whole by the database layer,
-        fails the stream at once: the cursor holds and the next cycle reads the window again."""
-        tolerances = Tolerances(self.settings.match_tolerance)
-        writer = PageWriter(self.db, stream.ref(), basis, schema, tolerances)
-        for attempt in range(1, PAGE_ATTEMPTS + 1):
-            try:
-                result = await writer.run(page)
-            except (DuplicateKey, Conflict) as exc:
-                # another writer (an instance, the engine) changed what the page read: read again
-                log.info(
-                    "history page conflict",
-                    account_id=stream.account_id,
-                    symbol=stream.symbol,
-                    records=len(page),
-                    attempt=attempt,
-                    detail=str(exc)[:200],
-                )
-                continue
-            except TemporaryError:
-                raise
-            except ReconcileError:
-                if len(page) == 1:
-                    raise
-                break
-            summary.count(result.decisions)
-            return [result]
-        if len(page) == 1:
-            raise DatabaseError(
-                f"record {page[0].record_key} of account {stream.account_id}: still conflicting "
-                f"after {PAGE_ATTEMPTS} attempts"
-            )
-        half = len(page) // 2
-        first = await self._upsert_page(stream, page[:half], basis, schema, summary)
-        return first + await self._upsert_page(stream, page[half:], basis, schema, summary)
-
-
-async def _read_cursors(conn: AsyncConnection, account_ids: Sequence[int]) -> dict[int, Cursors]:
-    """The cursors of ``account_ids``' streams (every account given has an entry)."""
-    c = stream_cursor.c
-    found: dict[int, Cursors] = {a: {} for a in account_ids}
-    for ids in chunks(sorted(found)):
-        stmt = select(c.platform, c.account_id, c.symbol, c.complete_until, c.keys_at_cursor)
-        for row in await conn.execute(stmt.where(c.account_id.in_(ids))):
-            if row.complete_until is not None:
-                keys = frozenset(json.loads(row.keys_at_cursor or "[]"))
-                cursor = (row.complete_until.replace(tzinfo=UTC), keys)
-                found[int(row.account_id)][(row.platform, row.symbol)] = cursor
-    return found
-
-
-def _digest(row: Any) -> str:
-    """A digest of an account row's fields (credentials included, as stored): the account is
-    loaded again when it changes. Never logged."""
-    fields = (row.account_user_id, row.platform, row.base_url, row.api_key, row.secret_key,
-              row.passphrase)  # fmt: skip
-    return hashlib.sha256(repr(fields).encode()).hexdigest()
-
-
-def _err(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-__all__ = ["HistorySync", "SourceProvider", "Stream", "SyncSettings", "SyncSummary", "order_sn_for"]
+__all__ = ["HistorySync"]

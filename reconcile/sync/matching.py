@@ -16,8 +16,8 @@ b. **order id** - one of the record's own exchange order ids (binance/bybit ``or
    record key covers orders the first release inserted or filled, which it keyed by record key.)
    An engine row whose ``exchange_order_id`` is the record's closing order and which opened when
    the record closed (within ``match_tolerance``) is that order's **leg** (upstream's
-   ``SyncOrderHistoryToDB`` writes one per closing order, reconcile.trades): never the record's
-   order. It is reported in ``Decision.legs`` and left out of every rule below.
+   ``SyncOrderHistoryToDB`` writes one per closing order, reconcile.charging.trades): never the
+   record's order. It is reported in ``Decision.legs`` and left out of every rule below.
 c. **close time** - a closed order of those robots, same symbol and direction, not yet bound to
    another record, with a real close time within ``match_tolerance`` of the record's, *whatever
    its exchange_order_id*: the engine recorded this close. Nearest close time wins, then nearest
@@ -212,7 +212,7 @@ def _by_time(
     ]
     free = [c for c in window if not c.bound]
     if free:
-        # a row shaped like another's closing leg (reconcile.trades, rule shape) comes last
+        # a row shaped like another's closing leg (reconcile.charging.trades, rule shape) comes last
         best = min(
             free, key=lambda c: (_leg_shaped(c, same, tol), *_nearness(c, record, close_time))
         )

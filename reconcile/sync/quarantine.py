@@ -8,9 +8,9 @@ quarantine --retry`` re-processes it (after an upgrade of the adapters, or after
 corrected it) and :func:`mark_resolved` records how. ``audit`` fails while any is unresolved
 (:func:`unresolved_count`); ``doctor`` and the metrics show the same count.
 
-The table ``toogo_reconcile_quarantine`` is one of the daemon's own tables (reconcile/storage/schema.py,
-``OWN_TABLES``): ``create_own_schema`` / ``migrate up`` create it and the schema check asks for
-it.
+The table ``toogo_reconcile_quarantine`` is one of the daemon's own tables
+(reconcile/storage/schema.py, ``OWN_TABLES``): ``create_own_schema`` / ``migrate up`` create it and
+the schema check asks for it.
 """
 
 from __future__ import annotations

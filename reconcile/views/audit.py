@@ -11,8 +11,8 @@
    a lock and writes an absolute balance: a daemon debit between its read and write is lost, and
    this is where it shows) - every such wallet is listed with both figures;
 6. no eligible order (closed, profitable, unconsumed) waits longer than one compensation
-   interval - the backlog; a closing leg (reconcile.trades) or a dismissed row is not eligible,
-   and a held one is listed by check 10 instead;
+   interval - the backlog; a closing leg (reconcile.charging.trades) or a dismissed row is not
+   eligible, and a held one is listed by check 10 instead;
 7. no closed profitable unconsumed order has the engine's placeholder close time (2006): those
    are never charged, so they are listed;
 8. no unusable exchange record waits in quarantine (its close is neither recorded nor charged);
@@ -23,19 +23,17 @@
 10. no row is held (possibly another row's closing leg, or awaiting the exchange sync) for
     longer than one compensation interval - each waits for the sync or an operator
     (``held charge`` / ``held dismiss``), so each is listed with its reason;
-11. no closing leg carries a charge (reconcile.trades, rules operator, close_order_id and
-    exchange_record): every leg an earlier release or hotgo's own charging charged is listed
-    with its user, amount and trade - an over-charge for the runbook to refund.
+11. no closing leg carries a charge (reconcile.charging.trades): each leg an earlier release or
+    hotgo charged is listed with its user, amount and trade - an over-charge to refund.
 
 Each check reports a count and a few examples. Sums run in SQL on MySQL (exact DECIMAL); on
-SQLite, which holds decimals as text, they are added up in Python.
+SQLite, which holds decimals as text, they are added up in Python. See docs/runbook.md.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -45,7 +43,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.charging.ledger import ADJUST, CONSUME, REFUND, REFUND_REVERSAL
 from reconcile.charging.orders import REAL_CLOSE_TIMES_FROM, eligible_sql, unconsumed_profit_sql
-from reconcile.charging.trades import TradeJudge, Verdict, charged_legs, settled_rows
+from reconcile.charging.trades import TradeJudge
+from reconcile.charging.verdicts import Verdict, settled_rows
 from reconcile.storage.db import Database
 from reconcile.storage.schema import (
     correction,
@@ -57,30 +56,10 @@ from reconcile.storage.schema import (
     wallet,
     wallet_log,
 )
+from reconcile.views.audit_charges import charged_leg_check, correction_check
+from reconcile.views.findings import EXAMPLES, AuditReport, Check
 
-EXAMPLES = 10
 LEDGER_TYPES = (CONSUME, REFUND, REFUND_REVERSAL, ADJUST)
-
-
-@dataclass
-class Check:
-    name: str
-    description: str
-    violations: int = 0
-    examples: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.violations == 0
-
-
-@dataclass
-class AuditReport:
-    checks: list[Check]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
 
 
 async def audit(
@@ -103,8 +82,8 @@ async def audit(
                 *await _backlog(conn, db, backlog_after),
                 await _placeholder_close_times(conn, db),
                 await _quarantined(conn),
-                await _corrections(conn, corrections),
-                await _charged_legs(conn, db, corrections, legs_within),
+                await correction_check(conn, corrections),
+                await charged_leg_check(conn, db, corrections, legs_within),
             ]
         )
 
@@ -178,9 +157,7 @@ async def _sums(conn: AsyncConnection, exact_sql: bool, corrections: bool) -> Ch
         total = consumed.get(uid, Decimal(0))
         ledger = -logged.get(uid, Decimal(0))
         if total != ledger:
-            check.violations += 1
-            if len(check.examples) < EXAMPLES:
-                check.examples.append({"user_id": uid, "consumed": total, "ledger": ledger})
+            check.add({"user_id": uid, "consumed": total, "ledger": ledger})
     return check
 
 
@@ -208,9 +185,7 @@ async def _chains(
     last: dict[int, tuple[int, Decimal, Any]] = {}
 
     def violation(**example: Any) -> None:
-        check.violations += 1
-        if len(check.examples) < EXAMPLES:
-            check.examples.append(example)
+        check.add(example)
 
     for row in rows:
         if row.after_amount - row.before_amount != row.change_amount:
@@ -314,87 +289,7 @@ async def _backlog(conn: AsyncConnection, db: Database, older_than: timedelta) -
     for row in rows:
         judgement = judged.get(row["order_id"])
         if judgement is not None and judgement.verdict is Verdict.HELD:
-            _add(held, {**row, "rule": str(judgement.rule), "reason": judgement.reason})
+            held.add({**row, "rule": str(judgement.rule), "reason": judgement.reason})
         elif judgement is None or judgement.charge:
-            _add(check, row)
+            check.add(row)
     return [check, held]
-
-
-def _add(check: Check, example: dict[str, Any]) -> None:
-    check.violations += 1
-    if len(check.examples) < EXAMPLES:
-        check.examples.append(example)
-
-
-async def _charged_legs(
-    conn: AsyncConnection, db: Database, present: bool, within: timedelta | None
-) -> Check:
-    """Check 11: the charged rows that are closing legs (reconcile.trades.charged_legs)."""
-    check = Check("charged_legs", "no closing leg of another row's trade carries a charge")
-    if not present:  # before `migrate up`: the daemon's tables (and its verdicts) are not there
-        return check
-    since = db.to_db_time(datetime.now(UTC) - within) if within is not None else None
-    for leg in await charged_legs(conn, db, charged_since=since):
-        _add(check, {
-            "order_id": leg.order_id, "user_id": leg.user_id, "order_sn": leg.order_sn,
-            "consume_power": leg.consume_power, "trade_order_id": leg.trade_order_id,
-            "rule": leg.rule,
-        })  # fmt: skip
-    return check
-
-
-async def _corrections(conn: AsyncConnection, present: bool) -> Check:
-    """Each correction an entry with its own ledger row, each order's revisions a chain from
-    its consume row (reconcile.corrections)."""
-    check = Check(
-        "correction_entries",
-        "every correction has its power_consume_adjust ledger row and continues the last",
-    )
-    if not present:
-        return check
-    k, w, c = correction.c, wallet_log.c, power_consume.c
-
-    def violation(problem: str, **example: Any) -> None:
-        check.violations += 1
-        if len(check.examples) < EXAMPLES:
-            check.examples.append({"problem": problem, **example})
-
-    rows = await conn.execute(
-        select(k.id, k.order_id, k.user_id, k.revision, k.old_profit, k.new_profit,
-               k.old_charge, k.new_charge, k.delta, k.wallet_log_id,
-               w.id.label("log_id"), w.user_id.label("log_user"), w.related_id,
-               w.change_type, w.change_amount, c.profit_amount, c.consume_power)
-        .select_from(
-            correction.outerjoin(wallet_log, w.id == k.wallet_log_id).outerjoin(
-                power_consume, and_(c.user_id == k.user_id, c.order_id == k.order_id)
-            )
-        )
-        .order_by(k.order_id, k.revision)
-    )  # fmt: skip
-    previous: dict[int, tuple[int, Decimal, Decimal]] = {}
-    for r in rows:
-        where = {"correction_id": r.id, "order_id": r.order_id, "revision": r.revision}
-        if r.log_id is None:
-            violation("no ledger row", wallet_log_id=r.wallet_log_id, **where)
-        elif (r.log_user, r.related_id, r.change_type, r.change_amount) != (
-            r.user_id, r.order_id, ADJUST, -r.delta
-        ):  # fmt: skip
-            violation("ledger row differs", wallet_log_id=r.log_id, change=r.change_amount, **where)
-        if r.new_charge - r.old_charge != r.delta:
-            violation("delta != new_charge - old_charge", **where)
-        if r.consume_power is None:
-            violation("no consume row", **where)
-            continue
-        rev, profit, charge = previous.get(r.order_id, (0, r.profit_amount, r.consume_power))
-        if (r.revision, r.old_profit, r.old_charge) != (rev + 1, profit, charge):
-            violation("revision chain broken", old_charge=r.old_charge, expected=charge, **where)
-        previous[r.order_id] = (r.revision, r.new_profit, r.new_charge)
-    orphans = (
-        select(w.id.label("wallet_log_id"), w.user_id, w.related_id, w.change_amount)
-        .select_from(wallet_log.outerjoin(correction, k.wallet_log_id == w.id))
-        .where(w.change_type == ADJUST, k.id.is_(None))
-        .order_by(w.id)
-    )
-    for row in await conn.execute(orphans):
-        violation("ledger row without a correction", **dict(row._mapping))
-    return check

@@ -18,7 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.charging.orders import eligible_sql
-from reconcile.charging.trades import TradeJudge, Verdict, settled_rows
+from reconcile.charging.trades import TradeJudge
+from reconcile.charging.verdicts import Verdict, settled_rows
 from reconcile.errors import ConfigError
 from reconcile.records import ApiAccount
 from reconcile.storage.contract import inspect_live
@@ -90,12 +91,13 @@ class Gauges:
     oldest_cursor: dict[str, datetime] = field(default_factory=dict)
     #: the close time of the oldest order in the backlog (aware), None when there is none
     oldest_eligible: datetime | None = None
-    #: rows held by reconcile.trades (possibly a leg, awaiting the sync): not in the backlog
+    #: rows held by reconcile.charging.trades (possibly a leg, awaiting the sync): not in the
+    #: backlog
     held: int = 0
 
 
-#: the oldest backlog rows judged per refresh (reconcile.trades): a held row further back still
-#: counts in the backlog until the backlog before it shrinks
+#: the oldest backlog rows judged per refresh (reconcile.charging.trades): a held row further back
+#: still counts in the backlog until the backlog before it shrinks
 HELD_SCAN = 5000
 
 
@@ -193,7 +195,7 @@ class ServerClock:
 
 
 async def server_clock(db: Database) -> ServerClock:
-    """MySQL and PostgreSQL (whose session zone is database.timezone: see reconcile.db)."""
+    """MySQL and PostgreSQL (whose session zone is database.timezone: see reconcile.storage.db)."""
     if db.dialect.is_postgresql:
         stmt = text(
             "SELECT LOCALTIMESTAMP, NOW() AT TIME ZONE 'UTC', current_setting('TimeZone'),"
@@ -207,9 +209,11 @@ async def server_clock(db: Database) -> ServerClock:
 
     row = await db.transaction(read, what="read the server clock")
     return ServerClock(
-        now=row[0], utc_now=row[1].replace(tzinfo=UTC), time_zone=f"{row[2]}",
+        now=row[0],
+        utc_now=row[1].replace(tzinfo=UTC),
+        time_zone=f"{row[2]}",
         system_time_zone=f"{row[3]}",
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Upstream Toogo's own DDL as the schema of the server tests (``tests/fixtures/upstream``).
+"""Upstream Toogo's own DDL as the schema of the server tests and benchmarks
+(``tests/fixtures/upstream``).
 
 The tests that prove behaviour on MariaDB create hotgo's tables from
 ``hotgo_mysql_as_applied.sql`` - what a real install has (see SOURCE.md beside it) - never from
@@ -30,7 +31,8 @@ from reconcile.storage.schema import (
     wallet_log,
 )
 
-UPSTREAM_DIR = Path(__file__).resolve().parent / "fixtures" / "upstream"
+#: the DDL files stay with the test fixtures, beside their SOURCE.md
+UPSTREAM_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "upstream"
 MYSQL_DDL = UPSTREAM_DIR / "hotgo_mysql_as_applied.sql"
 PG_DDL = UPSTREAM_DIR / "create_trading_core_pg.sql"
 
@@ -42,7 +44,8 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-#: columns of add_missing_order_fields.sql that some installs lack (DESIGN.md)
+#: columns of add_missing_order_fields.sql that some installs lack (docs/architecture.md, "How
+#: upstream's engine writes its tables")
 CLOSE_ID_COLUMNS = ("close_order_id", "close_client_order_id")
 
 
@@ -108,9 +111,8 @@ PG_POWER_INDEX = (
 def pg_statements() -> tuple[str, ...]:
     """The statements of upstream's PostgreSQL DDL for the trading tables, one by one."""
     body = "\n".join(
-        line for line in _read(PG_DDL).splitlines()
-        if not line.lstrip().startswith("--")
-    )  # fmt: skip
+        line for line in _read(PG_DDL).splitlines() if not line.lstrip().startswith("--")
+    )
     statements = [s.strip() for s in body.split(";")]
     kept = tuple(s for s in statements if s and s.upper() not in ("BEGIN", "COMMIT"))
     assert sum(s.startswith("CREATE TABLE") for s in kept) >= 6, PG_DDL

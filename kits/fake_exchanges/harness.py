@@ -12,9 +12,9 @@ from typing import Any
 
 from exchange_adapters.options import AdapterOptions, RetryOptions
 from exchange_adapters.registry import ExchangeRegistry
+from kits.fake_exchanges import binance, bitget, bybit, gate, okx
+from kits.fake_exchanges.server import FakeExchange
 from reconcile.records import ApiAccount, ClosedPositionSource, Secret
-from tests.fake_exchanges import binance, bitget, bybit, gate, okx
-from tests.fake_exchanges.server import FakeExchange
 
 #: 2026-05-17T06:40:00Z, a fixed instant the fake records are placed around
 T0_MS = 1_779_000_000_000
@@ -29,9 +29,14 @@ FAST_RETRY = RetryOptions(attempts=3, initial=0.001, maximum=0.005, retry_after_
 def fast_options(**overrides: Any) -> AdapterOptions:
     """Tiny retry waits, a 5 ms ccxt rate limit and no close delay: the suite stays fast. The
     accounts' base_url points them at their fake (``account_base_url``)."""
-    settings: dict[str, Any] = {"retry": FAST_RETRY, "timeout": 2.0, "rate_limit_ms": 5,
-                                "cooldown": 60.0, "close_delay_ms": 0,
-                                "account_base_url": True}  # fmt: skip
+    settings: dict[str, Any] = {
+        "retry": FAST_RETRY,
+        "timeout": 2.0,
+        "rate_limit_ms": 5,
+        "cooldown": 60.0,
+        "close_delay_ms": 0,
+        "account_base_url": True,
+    }
     settings.update(overrides)
     return AdapterOptions(**settings)
 
@@ -58,8 +63,15 @@ def at(ms: int) -> datetime:
 _seq = itertools.count(1)
 
 
-def closed_record(platform: str, *, close_ms: int, symbol: str = "BTC", key: str | None = None,
-                  profit: str = "10", long: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+def closed_record(
+    platform: str,
+    *,
+    close_ms: int,
+    symbol: str = "BTC",
+    key: str | None = None,
+    profit: str = "10",
+    long: bool = True,
+) -> list[dict[str, Any]]:
     """Raw wire record(s) of one closed position on ``platform`` closing at ``close_ms``.
 
     Same economics everywhere: 0.01 BTC (or the contract equivalent), open 60000, gross
@@ -74,33 +86,82 @@ def closed_record(platform: str, *, close_ms: int, symbol: str = "BTC", key: str
     )
     if platform == "binance":
         side = "SELL" if long else "BUY"
-        return [binance.fill(order_id=int(key) if key.isdigit() else n, side=side, price=exit_,
-                             qty="0.01", realized_pnl=profit, commission="-0.2", time=close_ms,
-                             symbol=f"{symbol}USDT")]  # fmt: skip
+        return [
+            binance.fill(
+                order_id=int(key) if key.isdigit() else n,
+                side=side,
+                price=exit_,
+                qty="0.01",
+                realized_pnl=profit,
+                commission="-0.2",
+                time=close_ms,
+                symbol=f"{symbol}USDT",
+            )
+        ]
     if platform == "okx":
-        return [okx.position(pos_id=f"pos{key}", direction="long" if long else "short",
-                             open_px=entry, close_px=exit_, close_total_pos="1", pnl=profit,
-                             fee="-0.2", funding_fee="-0.1", c_time=close_ms - HOUR_MS,
-                             u_time=close_ms, inst_id=f"{symbol}-USDT-SWAP")]  # fmt: skip
+        return [
+            okx.position(
+                pos_id=f"pos{key}",
+                direction="long" if long else "short",
+                open_px=entry,
+                close_px=exit_,
+                close_total_pos="1",
+                pnl=profit,
+                fee="-0.2",
+                funding_fee="-0.1",
+                c_time=close_ms - HOUR_MS,
+                u_time=close_ms,
+                inst_id=f"{symbol}-USDT-SWAP",
+            )
+        ]
     if platform == "gate":
-        return [gate.closed(side="long" if long else "short",
-                            long_price=entry if long else exit_,
-                            short_price=exit_ if long else entry, accum_size="100",
-                            pnl_pnl=profit, pnl_fee="-0.2", pnl_fund="-0.1",
-                            first_open_time=close_ms // 1000 - 3600 - n,
-                            time=close_ms // 1000, contract=f"{symbol}_USDT")]  # fmt: skip
+        return [
+            gate.closed(
+                side="long" if long else "short",
+                long_price=entry if long else exit_,
+                short_price=exit_ if long else entry,
+                accum_size="100",
+                pnl_pnl=profit,
+                pnl_fee="-0.2",
+                pnl_fund="-0.1",
+                first_open_time=close_ms // 1000 - 3600 - n,
+                time=close_ms // 1000,
+                contract=f"{symbol}_USDT",
+            )
+        ]
     if platform == "bitget":
-        return [bitget.closed(position_id=f"{10**15 + n}", hold_side="long" if long else "short",
-                              open_price=entry, close_price=exit_, size="0.01", pnl=profit,
-                              open_fee="-0.1", close_fee="-0.1", funding="-0.1",
-                              ctime=close_ms - HOUR_MS, utime=close_ms,
-                              symbol=f"{symbol}USDT")]  # fmt: skip
+        return [
+            bitget.closed(
+                position_id=f"{10**15 + n}",
+                hold_side="long" if long else "short",
+                open_price=entry,
+                close_price=exit_,
+                size="0.01",
+                pnl=profit,
+                open_fee="-0.1",
+                close_fee="-0.1",
+                funding="-0.1",
+                ctime=close_ms - HOUR_MS,
+                utime=close_ms,
+                symbol=f"{symbol}USDT",
+            )
+        ]
     if platform == "bybit":
         net = format(Decimal(profit) - Decimal("0.2"), "f")
-        return [bybit.closed(order_id=f"ord-{key}", side="Sell" if long else "Buy", entry=entry,
-                             exit_=exit_, size="0.01", closed_pnl=net, open_fee="0.1",
-                             close_fee="0.1", created=close_ms,
-                             symbol=f"{symbol}USDT")]  # fmt: skip
+        return [
+            bybit.closed(
+                order_id=f"ord-{key}",
+                side="Sell" if long else "Buy",
+                entry=entry,
+                exit_=exit_,
+                size="0.01",
+                closed_pnl=net,
+                open_fee="0.1",
+                close_fee="0.1",
+                created=close_ms,
+                symbol=f"{symbol}USDT",
+            )
+        ]
     raise ValueError(platform)
 
 

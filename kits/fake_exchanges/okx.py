@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_exchanges.server import (
+from kits.fake_exchanges.server import (
     DEFAULT_MARKETS,
     FakeExchange,
     MarketSpec,
@@ -77,15 +77,39 @@ def position(
 def _instrument(spec: MarketSpec) -> dict[str, Any]:
     family = f"{spec.base}-USDT"
     return {
-        "alias": "", "auctionEndTime": "", "baseCcy": "", "category": "1", "ctMult": "1",
-        "ctType": "linear", "ctVal": spec.okx_ct_val, "ctValCcy": spec.base, "expTime": "",
-        "instFamily": family, "instId": f"{family}-SWAP", "instType": "SWAP", "lever": "100",
-        "listTime": "1573557408000", "lotSz": "0.01", "maxIcebergSz": "100000000",
-        "maxLmtAmt": "20000000", "maxLmtSz": "100000000", "maxMktAmt": "", "maxMktSz": "12000",
-        "maxStopSz": "12000", "maxTriggerSz": "100000000", "maxTwapSz": "100000000",
-        "minSz": "0.01", "optType": "", "quoteCcy": "", "ruleType": "normal", "settleCcy": "USDT",
-        "state": "live", "stk": "", "tickSz": "0.1", "uly": family,
-    }  # fmt: skip
+        "alias": "",
+        "auctionEndTime": "",
+        "baseCcy": "",
+        "category": "1",
+        "ctMult": "1",
+        "ctType": "linear",
+        "ctVal": spec.okx_ct_val,
+        "ctValCcy": spec.base,
+        "expTime": "",
+        "instFamily": family,
+        "instId": f"{family}-SWAP",
+        "instType": "SWAP",
+        "lever": "100",
+        "listTime": "1573557408000",
+        "lotSz": "0.01",
+        "maxIcebergSz": "100000000",
+        "maxLmtAmt": "20000000",
+        "maxLmtSz": "100000000",
+        "maxMktAmt": "",
+        "maxMktSz": "12000",
+        "maxStopSz": "12000",
+        "maxTriggerSz": "100000000",
+        "maxTwapSz": "100000000",
+        "minSz": "0.01",
+        "optType": "",
+        "quoteCcy": "",
+        "ruleType": "normal",
+        "settleCcy": "USDT",
+        "state": "live",
+        "stk": "",
+        "tickSz": "0.1",
+        "uly": family,
+    }
 
 
 class FakeOkx(FakeExchange):
@@ -97,11 +121,13 @@ class FakeOkx(FakeExchange):
 
     def routes(self) -> list[_Route]:
         return [
-            self.route("GET", "/api/v5/public/instruments", "markets", self._instruments,
-                       private=False),
-            self.route("GET", "/api/v5/account/positions-history", "closed", self._history,
-                       private=True),
-        ]  # fmt: skip
+            self.route(
+                "GET", "/api/v5/public/instruments", "markets", self._instruments, private=False
+            ),
+            self.route(
+                "GET", "/api/v5/account/positions-history", "closed", self._history, private=True
+            ),
+        ]
 
     def error_body(self, code: str) -> dict[str, Any]:
         messages = {
@@ -154,11 +180,12 @@ class FakeOkx(FakeExchange):
         before = query_int(request, "before")
         limit = min(query_int(request, "limit", 100) or 100, 100)
         rows = [
-            r for r in self.records
+            r
+            for r in self.records
             if (not inst_id or r["instId"] == inst_id)
             and (after is None or int(r["uTime"]) < after)
             and (before is None or int(r["uTime"]) > before)
-        ]  # fmt: skip
+        ]
         rows.sort(key=lambda r: (int(r["uTime"]), r["posId"]), reverse=True)
         if before is not None and after is None:
             rows = rows[-limit:]  # "before" alone pages towards newer records

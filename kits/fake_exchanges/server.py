@@ -235,8 +235,9 @@ class FakeExchange(ABC):
         response already under way (a dropped connection) can no longer take headers."""
         return None
 
-    def route(self, method: str, path: str, endpoint: str, handler: Handler, *,
-              private: bool) -> _Route:  # fmt: skip
+    def route(
+        self, method: str, path: str, endpoint: str, handler: Handler, *, private: bool
+    ) -> _Route:
         return _Route(method, path, endpoint, private, handler)
 
     # --- paging helpers for subclasses ----------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from tests.fake_exchanges.server import (
+from kits.fake_exchanges.server import (
     DEFAULT_MARKETS,
     FakeExchange,
     MarketSpec,
@@ -137,12 +137,19 @@ class Verdict:
     banned_until: float | None = None  # clock time, for 418
 
 
+class Weights(dict[str, float]):
+    """Weight by who; like a Counter, an absent name weighs 0 (and is not added by the read)."""
+
+    def __missing__(self, key: str) -> float:
+        return 0
+
+
 @dataclass
 class WindowTotal:
     """One window's weight, by client (``client``: the fake's HTTP clients, ``engine``)."""
 
     start: float
-    weight: Counter[str] = field(default_factory=Counter)
+    weight: Weights = field(default_factory=Weights)
     peak: float = 0.0
 
 
@@ -168,7 +175,7 @@ class IpWeightLimit:
     #: answers by (who, status): ("client", 200), ("engine", 429), ...
     answers: Counter[tuple[str, int]] = field(default_factory=Counter)
     #: weight counted (admitted or answered 429) by who
-    weight: Counter[str] = field(default_factory=Counter)
+    weight: Weights = field(default_factory=Weights)
     #: bans issued, in order: (start, end)
     bans: list[tuple[float, float]] = field(default_factory=list)
     #: every closed and the current window
@@ -315,21 +322,40 @@ def _market(spec: MarketSpec) -> dict[str, Any]:
         "marketTakeBound": "0.05",
         "maxMoveOrderLimit": 10000,
         "filters": [
-            {"filterType": "PRICE_FILTER", "minPrice": "556.80", "maxPrice": "4529764",
-             "tickSize": "0.10"},
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": "556.80",
+                "maxPrice": "4529764",
+                "tickSize": "0.10",
+            },
             {"filterType": "LOT_SIZE", "stepSize": "0.001", "maxQty": "1000", "minQty": "0.001"},
-            {"filterType": "MARKET_LOT_SIZE", "stepSize": "0.001", "maxQty": "120",
-             "minQty": "0.001"},
+            {
+                "filterType": "MARKET_LOT_SIZE",
+                "stepSize": "0.001",
+                "maxQty": "120",
+                "minQty": "0.001",
+            },
             {"filterType": "MAX_NUM_ORDERS", "limit": 200},
             {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
             {"filterType": "MIN_NOTIONAL", "notional": "100"},
-            {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500",
-             "multiplierDecimal": "4"},
+            {
+                "filterType": "PERCENT_PRICE",
+                "multiplierUp": "1.0500",
+                "multiplierDown": "0.9500",
+                "multiplierDecimal": "4",
+            },
         ],
-        "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT",
-                       "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"],
+        "orderTypes": [
+            "LIMIT",
+            "MARKET",
+            "STOP",
+            "STOP_MARKET",
+            "TAKE_PROFIT",
+            "TAKE_PROFIT_MARKET",
+            "TRAILING_STOP_MARKET",
+        ],
         "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
-    }  # fmt: skip
+    }
 
 
 class FakeBinance(FakeExchange):
@@ -379,13 +405,17 @@ class FakeBinance(FakeExchange):
             return None
         headers = {"Retry-After": str(verdict.retry_after)}
         if verdict.status == 429:
-            msg = (f"Too much request weight used; current limit is {limit.limit} request weight "
-                   f"per {limit.interval_text()}. Please use WebSocket Streams for live updates "
-                   "to avoid polling the API.")  # fmt: skip
+            msg = (
+                f"Too much request weight used; current limit is {limit.limit} request weight "
+                f"per {limit.interval_text()}. Please use WebSocket Streams for live updates "
+                "to avoid polling the API."
+            )
         else:
             until = round((verdict.banned_until or 0) * 1000)
-            msg = (f"Way too much request weight used; IP banned until {until}. Please use "
-                   "WebSocket Streams for live updates to avoid bans.")  # fmt: skip
+            msg = (
+                f"Way too much request weight used; IP banned until {until}. Please use "
+                "WebSocket Streams for live updates to avoid bans."
+            )
         return web.json_response(
             {"code": -1003, "msg": msg}, status=verdict.status, headers=headers
         )
@@ -397,10 +427,11 @@ class FakeBinance(FakeExchange):
 
     def routes(self) -> list[_Route]:
         return [
-            self.route("GET", "/fapi/v1/exchangeInfo", "markets", self._exchange_info,
-                       private=False),
+            self.route(
+                "GET", "/fapi/v1/exchangeInfo", "markets", self._exchange_info, private=False
+            ),
             self.route("GET", "/fapi/v1/userTrades", "closed", self._user_trades, private=True),
-        ]  # fmt: skip
+        ]
 
     # --- envelopes ------------------------------------------------------------------------------
 
@@ -451,26 +482,44 @@ class FakeBinance(FakeExchange):
     # --- handlers -------------------------------------------------------------------------------
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "timezone": "UTC",
-            "serverTime": SERVER_TIME,
-            "futuresType": "U_MARGINED",
-            "rateLimits": [
-                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                 "limit": self.weight_limit.limit if self.weight_limit else 2400},
-                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
-            ],
-            "exchangeFilters": [],
-            "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
-            "symbols": [_market(spec) for spec in self.markets],
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "timezone": "UTC",
+                "serverTime": SERVER_TIME,
+                "futuresType": "U_MARGINED",
+                "rateLimits": [
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": self.weight_limit.limit if self.weight_limit else 2400,
+                    },
+                    {
+                        "rateLimitType": "ORDERS",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": 1200,
+                    },
+                ],
+                "exchangeFilters": [],
+                "assets": [
+                    {"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}
+                ],
+                "symbols": [_market(spec) for spec in self.markets],
+            }
+        )
 
     async def _user_trades(self, request: web.Request) -> web.Response:
         symbol = request.query.get("symbol")
         if not symbol:
             return web.json_response(
-                {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
-                 "or malformed."}, status=400)  # fmt: skip
+                {
+                    "code": -1102,
+                    "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
+                    "or malformed.",
+                },
+                status=400,
+            )
         if symbol not in {f"{m.base}USDT" for m in self.markets}:
             return web.json_response(self.error_body("-1121"), status=400)
         start = query_int(request, "startTime")
@@ -488,9 +537,10 @@ class FakeBinance(FakeExchange):
         if end is None:
             end = start + SEVEN_DAYS_MS
         records = (
-            self.accounts[request.headers["X-MBX-APIKEY"]].records if self.accounts
+            self.accounts[request.headers["X-MBX-APIKEY"]].records
+            if self.accounts
             else self.records
-        )  # fmt: skip
+        )
         rows = sorted(
             (r for r in records if r["symbol"] == symbol and start <= r["time"] <= end),
             key=lambda r: (r["time"], r["id"]),

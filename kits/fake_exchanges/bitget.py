@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from tests.fake_exchanges.server import (
+from kits.fake_exchanges.server import (
     DEFAULT_MARKETS,
     FakeExchange,
     MarketSpec,
@@ -69,17 +69,39 @@ def closed(
 
 def _contract(spec: MarketSpec) -> dict[str, Any]:
     return {
-        "symbol": f"{spec.base}USDT", "baseCoin": spec.base, "quoteCoin": "USDT",
-        "buyLimitPriceRatio": "0.9", "sellLimitPriceRatio": "0.9", "feeRateUpRatio": "0.1",
-        "makerFeeRate": "0.0002", "takerFeeRate": "0.0006", "openCostUpRatio": "0.1",
-        "supportMarginCoins": ["USDT"], "minTradeNum": "0.001", "priceEndStep": "1",
-        "volumePlace": "3", "pricePlace": "1", "sizeMultiplier": "0.001",
-        "symbolType": "perpetual", "minTradeUSDT": "5", "maxSymbolOrderNum": "200",
-        "maxProductOrderNum": "400", "maxPositionNum": "150", "symbolStatus": "normal",
-        "offTime": "-1", "limitOpenTime": "-1", "deliveryTime": "", "deliveryStartTime": "",
-        "deliveryPeriod": "", "launchTime": "", "fundInterval": "8", "minLever": "1",
-        "maxLever": "125", "posLimit": "0.05", "maintainTime": "",
-    }  # fmt: skip
+        "symbol": f"{spec.base}USDT",
+        "baseCoin": spec.base,
+        "quoteCoin": "USDT",
+        "buyLimitPriceRatio": "0.9",
+        "sellLimitPriceRatio": "0.9",
+        "feeRateUpRatio": "0.1",
+        "makerFeeRate": "0.0002",
+        "takerFeeRate": "0.0006",
+        "openCostUpRatio": "0.1",
+        "supportMarginCoins": ["USDT"],
+        "minTradeNum": "0.001",
+        "priceEndStep": "1",
+        "volumePlace": "3",
+        "pricePlace": "1",
+        "sizeMultiplier": "0.001",
+        "symbolType": "perpetual",
+        "minTradeUSDT": "5",
+        "maxSymbolOrderNum": "200",
+        "maxProductOrderNum": "400",
+        "maxPositionNum": "150",
+        "symbolStatus": "normal",
+        "offTime": "-1",
+        "limitOpenTime": "-1",
+        "deliveryTime": "",
+        "deliveryStartTime": "",
+        "deliveryPeriod": "",
+        "launchTime": "",
+        "fundInterval": "8",
+        "minLever": "1",
+        "maxLever": "125",
+        "posLimit": "0.05",
+        "maintainTime": "",
+    }
 
 
 class FakeBitget(FakeExchange):
@@ -91,11 +113,17 @@ class FakeBitget(FakeExchange):
 
     def routes(self) -> list[_Route]:
         return [
-            self.route("GET", "/api/v2/mix/market/contracts", "markets", self._contracts,
-                       private=False),
-            self.route("GET", "/api/v2/mix/position/history-position", "closed", self._history,
-                       private=True),
-        ]  # fmt: skip
+            self.route(
+                "GET", "/api/v2/mix/market/contracts", "markets", self._contracts, private=False
+            ),
+            self.route(
+                "GET",
+                "/api/v2/mix/position/history-position",
+                "closed",
+                self._history,
+                private=True,
+            ),
+        ]
 
     def _envelope(self, data: Any, code: str = "00000", msg: str = "success") -> dict[str, Any]:
         return {"code": code, "msg": msg, "requestTime": REQUEST_TIME, "data": data}
@@ -124,8 +152,9 @@ class FakeBitget(FakeExchange):
         if headers.get("ACCESS-KEY") != self.api_key:
             return self.auth_error()
         if headers.get("ACCESS-PASSPHRASE") != self.passphrase:
-            return web.json_response(self._envelope(None, "40012", "apikey/password is incorrect"),
-                                     status=400)  # fmt: skip
+            return web.json_response(
+                self._envelope(None, "40012", "apikey/password is incorrect"), status=400
+            )
         timestamp = headers.get("ACCESS-TIMESTAMP", "")
         query = "&".join(sorted(unquote(request.query_string).split("&")))
         prehash = timestamp + request.method + request.path + ("?" + query if query else "")
@@ -150,11 +179,12 @@ class FakeBitget(FakeExchange):
         limit = min(query_int(request, "limit", 20) or 20, 100)
         cursor = request.query.get("idLessThan")
         rows = [
-            r for r in self.records
+            r
+            for r in self.records
             if (not symbol or r["symbol"] == symbol)
             and (start is None or int(r["utime"]) >= start)
             and (end is None or int(r["utime"]) <= end)
-        ]  # fmt: skip
+        ]
         rows.sort(key=lambda r: (int(r["utime"]), r["positionId"]), reverse=True)
         index = 0
         if cursor:

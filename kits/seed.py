@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.storage.contract import inspect_live
@@ -42,7 +42,8 @@ class Seeded:
 
 
 def engine_order_sn(now: datetime) -> str:
-    """hotgo's engine numbers orders "TO" + YmdHis + 6 random characters (DESIGN.md)."""
+    """hotgo's engine numbers orders "TO" + YmdHis + 6 random characters (docs/architecture.md, "How
+    upstream's engine writes its tables")."""
     tail = "".join(random.choices("ABCDEFGHJKLMNPQRSTUVWXYZ23456789", k=6))
     return f"TO{now:%Y%m%d%H%M%S}{tail}"
 
@@ -298,6 +299,34 @@ async def eligible_ids(db: Database) -> set[int]:
         return {r.id for r in rows if r.status == 2 and r.realized_profit > 0}
 
     return await db.transaction(read, what="eligible ids")
+
+
+async def consume_count(db: Database) -> int:
+    async def read(conn: AsyncConnection) -> int:
+        stmt = select(func.count()).select_from(power_consume)
+        return int((await conn.execute(stmt)).scalar_one())
+
+    return await db.transaction(read, what="count consumes")
+
+
+async def legacy_charge(db: Database, user_id: int, order_id: int, amount: Decimal) -> None:
+    """What the old code left behind: a consume row and a debit, but power_consumed still 0."""
+
+    async def write(conn: AsyncConnection) -> None:
+        await conn.execute(
+            power_consume.insert().values(
+                user_id=user_id,
+                robot_id=1,
+                order_id=order_id,
+                order_sn="legacy",
+                profit_amount=Decimal(1),
+                consume_rate=Decimal("0.1"),
+                consume_power=amount,
+                original_power=amount,
+            )
+        )
+
+    await db.transaction(write, what="legacy charge")
 
 
 def ago(db: Database, **delta: float) -> datetime:

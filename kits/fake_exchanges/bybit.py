@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_exchanges.server import (
+from kits.fake_exchanges.server import (
     DEFAULT_MARKETS,
     FakeExchange,
     MarketSpec,
@@ -72,18 +72,35 @@ def closed(
 
 def _instrument(spec: MarketSpec) -> dict[str, Any]:
     return {
-        "symbol": f"{spec.base}USDT", "contractType": "LinearPerpetual", "status": "Trading",
-        "baseCoin": spec.base, "quoteCoin": "USDT", "launchTime": "1584230400000",
-        "deliveryTime": "0", "deliveryFeeRate": "", "priceScale": "2",
+        "symbol": f"{spec.base}USDT",
+        "contractType": "LinearPerpetual",
+        "status": "Trading",
+        "baseCoin": spec.base,
+        "quoteCoin": "USDT",
+        "launchTime": "1584230400000",
+        "deliveryTime": "0",
+        "deliveryFeeRate": "",
+        "priceScale": "2",
         "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
         "priceFilter": {"minPrice": "0.10", "maxPrice": "1999999.80", "tickSize": "0.10"},
-        "lotSizeFilter": {"maxOrderQty": "1190.000", "minOrderQty": "0.001", "qtyStep": "0.001",
-                          "postOnlyMaxOrderQty": "1190.000", "maxMktOrderQty": "500.000",
-                          "minNotionalValue": "5"},
-        "unifiedMarginTrade": True, "fundingInterval": 480, "settleCoin": "USDT",
-        "copyTrading": "both", "upperFundingRate": "0.00375", "lowerFundingRate": "-0.00375",
-        "isPreListing": False, "preListingInfo": None, "displayName": "",
-    }  # fmt: skip
+        "lotSizeFilter": {
+            "maxOrderQty": "1190.000",
+            "minOrderQty": "0.001",
+            "qtyStep": "0.001",
+            "postOnlyMaxOrderQty": "1190.000",
+            "maxMktOrderQty": "500.000",
+            "minNotionalValue": "5",
+        },
+        "unifiedMarginTrade": True,
+        "fundingInterval": 480,
+        "settleCoin": "USDT",
+        "copyTrading": "both",
+        "upperFundingRate": "0.00375",
+        "lowerFundingRate": "-0.00375",
+        "isPreListing": False,
+        "preListingInfo": None,
+        "displayName": "",
+    }
 
 
 def _cursor(index: int) -> str:
@@ -107,15 +124,20 @@ class FakeBybit(FakeExchange):
 
     def routes(self) -> list[_Route]:
         return [
-            self.route("GET", "/v5/market/instruments-info", "markets", self._instruments,
-                       private=False),
-            self.route("GET", "/v5/position/closed-pnl", "closed", self._closed_pnl,
-                       private=True),
-        ]  # fmt: skip
+            self.route(
+                "GET", "/v5/market/instruments-info", "markets", self._instruments, private=False
+            ),
+            self.route("GET", "/v5/position/closed-pnl", "closed", self._closed_pnl, private=True),
+        ]
 
     def _envelope(self, result: Any, code: int = 0, msg: str = "OK") -> dict[str, Any]:
-        return {"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {},
-                "time": SERVER_TIME}  # fmt: skip
+        return {
+            "retCode": code,
+            "retMsg": msg,
+            "result": result,
+            "retExtInfo": {},
+            "time": SERVER_TIME,
+        }
 
     def error_body(self, code: str) -> dict[str, Any]:
         messages = {
@@ -180,9 +202,10 @@ class FakeBybit(FakeExchange):
             start = end - SEVEN_DAYS_MS
         limit = min(query_int(request, "limit", 50) or 50, 100)
         rows = [
-            r for r in self.records
+            r
+            for r in self.records
             if (not symbol or r["symbol"] == symbol) and start <= int(r["createdTime"]) <= end
-        ]  # fmt: skip
+        ]
         rows.sort(key=lambda r: (int(r["createdTime"]), r["orderId"]), reverse=True)
         cursor = request.query.get("cursor")
         index = _index(cursor) if cursor else 0

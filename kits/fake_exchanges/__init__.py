@@ -6,12 +6,12 @@ account's ``base_url`` (which replaces the REST host in ``exchange.urls['api']``
 
 from __future__ import annotations
 
-from tests.fake_exchanges.binance import FakeBinance
-from tests.fake_exchanges.bitget import FakeBitget
-from tests.fake_exchanges.bybit import FakeBybit
-from tests.fake_exchanges.gate import FakeGate
-from tests.fake_exchanges.okx import FakeOkx
-from tests.fake_exchanges.server import DEFAULT_MARKETS, FakeExchange, Fault, MarketSpec, Seen
+from kits.fake_exchanges.binance import FakeBinance
+from kits.fake_exchanges.bitget import FakeBitget
+from kits.fake_exchanges.bybit import FakeBybit
+from kits.fake_exchanges.gate import FakeGate
+from kits.fake_exchanges.okx import FakeOkx
+from kits.fake_exchanges.server import DEFAULT_MARKETS, FakeExchange, Fault, MarketSpec, Seen
 
 FAKES: dict[str, type[FakeExchange]] = {
     "binance": FakeBinance,

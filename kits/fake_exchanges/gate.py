@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from tests.fake_exchanges.server import (
+from kits.fake_exchanges.server import (
     DEFAULT_MARKETS,
     FakeExchange,
     MarketSpec,
@@ -60,22 +60,52 @@ def closed(
 
 def _contract(spec: MarketSpec) -> dict[str, Any]:
     return {
-        "name": f"{spec.base}_USDT", "type": "direct", "quanto_multiplier": spec.gate_multiplier,
-        "ref_discount_rate": "0", "order_price_deviate": "0.5", "maintenance_rate": "0.005",
-        "mark_type": "index", "last_price": spec.price, "mark_price": spec.price,
-        "index_price": spec.price, "funding_rate_indicative": "0.0001",
-        "mark_price_round": "0.01", "funding_offset": 0, "in_delisting": False,
-        "risk_limit_base": "1000000", "interest_rate": "0.0003", "order_price_round": "0.1",
-        "order_size_min": 1, "ref_rebate_rate": "0.2", "funding_interval": 28800,
-        "risk_limit_step": "1000000", "leverage_min": "1", "leverage_max": "100",
-        "risk_limit_max": "8000000", "maker_fee_rate": "-0.00025", "taker_fee_rate": "0.00075",
-        "funding_rate": "0.0001", "order_size_max": 1000000, "funding_next_apply": 1780000000,
-        "short_users": 1, "config_change_time": 1700000000, "trade_size": 1000, "position_size": 10,
-        "long_users": 1, "funding_impact_value": "60000", "orders_limit": 50, "trade_id": 10851092,
-        "orderbook_id": 2129638396, "enable_bonus": True, "enable_credit": True,
-        "create_time": 1669688556, "funding_cap_ratio": "0.75", "status": "trading",
-        "launch_time": 1669688556, "enable_decimal": False,
-    }  # fmt: skip
+        "name": f"{spec.base}_USDT",
+        "type": "direct",
+        "quanto_multiplier": spec.gate_multiplier,
+        "ref_discount_rate": "0",
+        "order_price_deviate": "0.5",
+        "maintenance_rate": "0.005",
+        "mark_type": "index",
+        "last_price": spec.price,
+        "mark_price": spec.price,
+        "index_price": spec.price,
+        "funding_rate_indicative": "0.0001",
+        "mark_price_round": "0.01",
+        "funding_offset": 0,
+        "in_delisting": False,
+        "risk_limit_base": "1000000",
+        "interest_rate": "0.0003",
+        "order_price_round": "0.1",
+        "order_size_min": 1,
+        "ref_rebate_rate": "0.2",
+        "funding_interval": 28800,
+        "risk_limit_step": "1000000",
+        "leverage_min": "1",
+        "leverage_max": "100",
+        "risk_limit_max": "8000000",
+        "maker_fee_rate": "-0.00025",
+        "taker_fee_rate": "0.00075",
+        "funding_rate": "0.0001",
+        "order_size_max": 1000000,
+        "funding_next_apply": 1780000000,
+        "short_users": 1,
+        "config_change_time": 1700000000,
+        "trade_size": 1000,
+        "position_size": 10,
+        "long_users": 1,
+        "funding_impact_value": "60000",
+        "orders_limit": 50,
+        "trade_id": 10851092,
+        "orderbook_id": 2129638396,
+        "enable_bonus": True,
+        "enable_credit": True,
+        "create_time": 1669688556,
+        "funding_cap_ratio": "0.75",
+        "status": "trading",
+        "launch_time": 1669688556,
+        "enable_decimal": False,
+    }
 
 
 class FakeGate(FakeExchange):
@@ -87,11 +117,21 @@ class FakeGate(FakeExchange):
 
     def routes(self) -> list[_Route]:
         return [
-            self.route("GET", "/api/v4/futures/{settle}/contracts", "markets", self._contracts,
-                       private=False),
-            self.route("GET", "/api/v4/futures/{settle}/position_close", "closed", self._closed,
-                       private=True),
-        ]  # fmt: skip
+            self.route(
+                "GET",
+                "/api/v4/futures/{settle}/contracts",
+                "markets",
+                self._contracts,
+                private=False,
+            ),
+            self.route(
+                "GET",
+                "/api/v4/futures/{settle}/position_close",
+                "closed",
+                self._closed,
+                private=True,
+            ),
+        ]
 
     def error_body(self, code: str) -> dict[str, Any]:
         messages = {
@@ -143,10 +183,11 @@ class FakeGate(FakeExchange):
         limit = min(query_int(request, "limit", 100) or 100, 1000)
         offset = query_int(request, "offset", 0) or 0
         rows = [
-            r for r in self.records
+            r
+            for r in self.records
             if (not contract or r["contract"] == contract)
             and (start is None or r["time"] >= start)
             and (end is None or r["time"] <= end)
-        ]  # fmt: skip
+        ]
         rows.sort(key=lambda r: (r["time"], r["first_open_time"]), reverse=True)
         return web.json_response(self.page(rows, offset, limit))

@@ -1,5 +1,5 @@
 """A PostgreSQL server of a test's own (own data directory, port and socket directory), for tests
-that kill, hang or restart the database - the interface of ``tests.private_mariadb``. The shared
+that kill, hang or restart the database - the interface of ``kits.private_mariadb``. The shared
 server on 5432 is never touched.
 
 ``install_template`` runs initdb once per module; each server copies it. The server runs as the
@@ -26,8 +26,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import REQUIRE_POSTGRES, pg_admin
-from tests.private_mariadb import free_port
+from kits.databases import REQUIRE_POSTGRES, pg_admin
+from kits.private_mariadb import free_port
 
 
 def _bin(name: str) -> str | None:
@@ -67,10 +67,12 @@ def install_template(datadir: Path) -> None:
     datadir.mkdir(parents=True)
     _chown(datadir)
     subprocess.run(
-        [INITDB, "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-         "--no-sync"],
-        check=True, capture_output=True, timeout=120, **_as_postgres(),
-    )  # fmt: skip
+        [INITDB, "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        **_as_postgres(),
+    )
 
 
 def copy_template(template: Path, datadir: Path) -> None:

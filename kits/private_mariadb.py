@@ -19,7 +19,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from tests.conftest import REQUIRE_MYSQL
+from kits.databases import REQUIRE_MYSQL
 
 MARIADBD = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
 INSTALL_DB = shutil.which("mariadb-install-db")
@@ -39,10 +39,18 @@ def install_template(datadir: Path) -> None:
         pytest.skip("mariadbd / mariadb-install-db not found")
     user = ["--user=root"] if os.geteuid() == 0 else []
     subprocess.run(
-        [INSTALL_DB, "--no-defaults", f"--datadir={datadir}", "--skip-test-db",
-         "--auth-root-authentication-method=normal", *user],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            INSTALL_DB,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--skip-test-db",
+            "--auth-root-authentication-method=normal",
+            *user,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 class PrivateMariaDB:
@@ -63,11 +71,19 @@ class PrivateMariaDB:
         assert MARIADBD is not None
         user = ["--user=root"] if os.geteuid() == 0 else []
         args = [
-            MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-            "--bind-address=127.0.0.1", f"--socket={self.socket}", f"--log-error={self.log}",
-            f"--pid-file={self.datadir / 'mysqld.pid'}", "--skip-log-bin",
-            "--innodb-buffer-pool-size=64M", "--max-connections=200", *user,
-        ]  # fmt: skip
+            MARIADBD,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.socket}",
+            f"--log-error={self.log}",
+            f"--pid-file={self.datadir / 'mysqld.pid'}",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=64M",
+            "--max-connections=200",
+            *user,
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
@@ -83,9 +99,13 @@ class PrivateMariaDB:
 
     def admin(self) -> pymysql.connections.Connection:
         return pymysql.connect(
-            host="127.0.0.1", port=self.port, user="root", password="", autocommit=True,
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            password="",
+            autocommit=True,
             connect_timeout=2,
-        )  # fmt: skip
+        )
 
     def create_database(self, name: str) -> str:
         conn = self.admin()
