@@ -27,20 +27,15 @@ without touching the exchange; the stream is tried again next cycle.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import structlog
 
+from exchange_adapters.answers import ResponseCapture, parse_retry_after
 from reconcile.errors import RateLimited
-
-if TYPE_CHECKING:  # errors imports ccxt: the commands that never reach an exchange do not load it
-    from exchange_adapters.errors import ResponseCapture
 
 log = structlog.get_logger("exchange_adapters")
 
@@ -49,24 +44,6 @@ DIRECT = "direct"
 DEFAULT_SHARE = 0.4
 #: an observed use at or above this part of the limit pauses the egress until the window turns
 CEILING = 0.95
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds)
 
 
 @dataclass(frozen=True)

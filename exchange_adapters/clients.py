@@ -15,9 +15,9 @@ from typing import Any, Self, TypeVar
 
 import structlog
 
+from exchange_adapters.answers import ResponseCapture
 from exchange_adapters.budgets import Budget
 from exchange_adapters.errors import (
-    ResponseCapture,
     UnknownSymbol,
     capturing,
     map_ccxt_errors,

@@ -26,11 +26,9 @@ carry signatures and timestamps); they never contain credentials.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -38,7 +36,7 @@ import aiohttp_socks
 import ccxt.async_support as ccxt
 import python_socks
 
-from exchange_adapters.budgets import parse_retry_after
+from exchange_adapters.answers import ResponseCapture, parse_retry_after
 from reconcile.errors import (
     BadExchangeResponse,
     ExchangeRejected,
@@ -54,36 +52,6 @@ _QUERY = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*")
 class UnknownSymbol(ExchangeRejected):
     """A robot symbol that cannot be mapped to a unified USDT-margined swap, or a market the
     exchange does not list."""
-
-
-@dataclass
-class ResponseCapture:
-    """What the last HTTP answer of one call looked like (filled by the ccxt hook)."""
-
-    status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    body: str = ""
-
-    def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == lowered:
-                return value
-        return None
-
-    def exchange_code(self) -> str | None:
-        """The exchange's error code from a JSON error body (code / retCode / label)."""
-        try:
-            data = json.loads(self.body)
-        except ValueError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        for key in ("code", "retCode", "label"):
-            value = data.get(key)
-            if value is not None and not isinstance(value, dict | list):
-                return str(value)
-        return None
 
 
 _capture: ContextVar[ResponseCapture | None] = ContextVar("ccxt_response_capture", default=None)

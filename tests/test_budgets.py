@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from exchange_adapters.answers import ResponseCapture
 from exchange_adapters.budgets import Budget, BudgetOptions
-from exchange_adapters.errors import ResponseCapture
 from exchange_adapters.options import RetryOptions
 from exchange_adapters.registry import ExchangeRegistry
 from kits.fake_exchanges import FakeBinance, FakeBybit, Fault
