@@ -1,4 +1,5 @@
-"""What every command shares: loading the config, running a coroutine, exit codes, durations."""
+"""What every command shares: loading the config, running a coroutine, exit codes, durations.
+See docs/commands.md."""
 
 from __future__ import annotations
 

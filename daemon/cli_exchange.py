@@ -2,6 +2,7 @@
 ``toogo-reconcile exchange quarantine``: the exchange records that could not be normalized.
 
 ``closed`` is read-only towards the database (it reads the account row) and the exchange.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

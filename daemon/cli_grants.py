@@ -1,6 +1,6 @@
 """``toogo-reconcile grants``: print the GRANT statements of the runtime and migration roles
 (the data is ``reconcile.storage.grants``). Prints only; connects to nothing; never shows a
-password."""
+password. See docs/operations.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Operator commands: ``doctor`` (is this installation able to run?) and ``demo``."""
+"""Operator commands: ``doctor`` (is this installation able to run?) and ``demo``.
+See docs/commands.md."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Sources, strongest first: environment (``TOOGO_DATABASE_URL``, ``TOOGO_DATABASE_PASSWORD``),
 the systemd credential ``$CREDENTIALS_DIRECTORY/db_password``, the YAML file
 (``--config PATH``, env ``TOOGO_CONFIG``, default ``./config.yaml``), the defaults below.
+See docs/configuration.md.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ recreated; a MySQL database only with ``force`` (hotgo's and the daemon's tables
 recreated). The bundled ``demo/closed_positions.jsonl`` is ``replay_records(BUNDLED_AT)``.
 The cast and their trades, and every read and write of the demo database, are in
 ``reconcile.demo.seed``; this module tells the story and runs the cycle.
+See docs/demo.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Durations in configuration and on the command line: '500ms', '60s', '15m', '1h', '7d', '2w'."""
+"""Durations in configuration and on the command line: '500ms', '60s', '15m', '1h', '7d', '2w'.
+See docs/configuration.md."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@
       # password_env: TOOGO_PROXY_PASSWORD   # the name of a variable holding the password
 
 ``ExchangesConfig.adapter_options()`` gives ``exchange_adapters`` its plain options.
+See docs/configuration.md.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ A job's label is ``job_name``, not ``job``: Prometheus gives every scraped serie
 own ``job`` label and would rename ours to ``exported_job`` (or, with ``honor_labels``, drop the
 target's). The alert rules in ``deploy/prometheus/`` are written against these names;
 ``tests/test_prometheus_live.py`` fails when a metric they use is not scraped.
+See docs/audit-log.md.
 """
 
 from __future__ import annotations

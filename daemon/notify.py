@@ -1,6 +1,7 @@
 """sd_notify, spoken directly on ``$NOTIFY_SOCKET`` (no libsystemd needed).
 
 Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op.
+See docs/operations.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Text output of the commands that print figures (``report``, ``demo``): aligned tables, CSV
-with a header row, one JSON object; decimals as exact digits, times in ISO-8601."""
+with a header row, one JSON object; decimals as exact digits, times in ISO-8601.
+See docs/commands.md."""
 
 from __future__ import annotations
 

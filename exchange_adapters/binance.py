@@ -14,6 +14,7 @@ a long, ``close + gross/size`` for a short. ``commission`` is a cost whatever it
 commissions in the settle asset are counted (BNB-paid fees stay in ``raw``). Funding is not in
 fills: ``funding = 0`` with ``funding_known`` False, basis ``fees``. Direction: ``positionSide``
 LONG/SHORT in hedge mode; in one-way mode (BOTH) a closing SELL closes a long.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

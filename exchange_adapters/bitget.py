@@ -13,6 +13,7 @@ totalFunding): where present it is the net, the sum a cross-check. Times are ``c
 ``utime`` (ccxt's recorded samples) or ``cTime`` / ``uTime`` (the docs example): both are read.
 The record key is ``positionId`` when present - neither of ccxt's samples nor the docs example
 has it - else ``symbol:holdSide:open ms:close ms``. The payload has no order id.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ A 429 or 418 (and Bybit's 403) stops every request to that platform through that
 ``Retry-After`` (or the platform's default ban): no request is sent during a ban. A request that
 would wait longer than ``max_wait`` fails at once with :class:`~reconcile.errors.RateLimited`
 without touching the exchange; the stream is tried again next cycle.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ has them - then ``gross + fee`` against closedPnl is a cross-check - else ``clos
 Funding is not in the endpoint: ``funding_known`` False, basis ``fees``. ``createdTime`` is the
 close event; the open time is unknown. One record per closing order: the record key is that
 ``orderId`` (also its ``exchange_order_ids``).
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ The HTTP status, headers and body of the answer are captured by a hook on ccxt's
 ``on_rest_response`` into a per-call :class:`ResponseCapture` (a context variable, so concurrent
 calls on one client do not mix). Messages are cut short and stripped of query strings (which
 carry signatures and timestamps); they never contain credentials.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ a cross-check. ``pnl_pnl`` may be an empty string: gross is then pnl − pnl_fee
 pnl itself, which is already net); an empty ``pnl_fee`` or ``pnl_fund`` makes the record unusable.
 ``first_open_time`` and ``time`` in seconds. There is no id (and no order id): the record key is
 ``contract:side:first_open_time:time``.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

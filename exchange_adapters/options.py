@@ -2,6 +2,7 @@
 
 ``exchange_adapters`` does not import the daemon; ``daemon.exchanges_config`` turns the validated
 YAML section into these.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ store per replay path. The process's budgets (:class:`~exchange_adapters.budgets
 the registry's: one per platform for the egress, one per account. An account whose platform is
 enabled is served by that exchange; otherwise, when ``replay`` is enabled, by the replay files
 (that is the embedded default); otherwise its platform is a configuration error.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ line (CSV: per row after the header), with the fields of :class:`~reconcile.reco
 A later record with the same (account_id, record_key) replaces an earlier one. Files are re-read
 when they change. A malformed record is a :class:`~reconcile.errors.ConfigError` naming the file
 and line.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

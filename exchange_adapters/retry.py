@@ -7,6 +7,7 @@ with jitter, and a ``Retry-After`` sent by the exchange is honoured (a longer on
 ``retry_after_max`` ends the retries). Permanent errors are not retried: logged once, and the
 account (or, for a bad symbol, the account's stream of that symbol) is put in a cool-down during
 which calls fail fast without touching the exchange.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

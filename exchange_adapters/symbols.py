@@ -4,6 +4,7 @@
 ``BTCUSDT_UMCBL`` (bitget v1) and the unified ``BTC/USDT:USDT`` itself all map to
 ``BTC/USDT:USDT``. USDC-quoted symbols map to the USDC-settled swap. Anything else raises
 :class:`~exchange_adapters.errors.UnknownSymbol` naming the symbol.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

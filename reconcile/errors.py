@@ -25,6 +25,7 @@ Foreign exceptions are translated once, at the boundary
 (``reconcile.storage.db_errors.map_db_errors`` for the database,
 ``exchange_adapters.errors.map_ccxt_errors`` for ccxt), always ``raise ... from exc``. Messages
 never contain secrets.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

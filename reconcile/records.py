@@ -9,6 +9,7 @@ module and ``reconcile.errors``; ``reconcile.sync.accounts`` loads accounts from
 
 A closed position is a plain frozen dataclass; all amounts are ``Decimal`` and all times are
 aware UTC datetimes.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ The story (``daemon/demo.py`` tells it) in data: three users with wallets, an AP
 five robots (one stopped), and :data:`TRADES` - each a local order in ``hg_trading_order``
 and/or a record the "exchanges" report. Everything here writes only to a demo database that
 the caller has just recreated (:func:`recreate_schema`).
+See docs/demo.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ PostgreSQL; what differs on PostgreSQL is in ``_pg``).
 Every destructive function is a dry run unless told otherwise; each returns a typed result.
 Each step is one transaction (DML) or one atomic statement (DDL), ordered so that a failure
 leaves the database as before that step and re-running picks up where it stopped.
+See docs/cutover.md.
 """
 
 from reconcile.charging.ledger import REFUND, REFUND_REVERSAL

@@ -6,6 +6,7 @@ duplicate group except the max id) and the wallet rows of the affected users, co
 transaction under row locks so the two tables agree. ``migrate dedupe`` takes its backup inside
 its own transaction, so that backup is byte for byte what was deleted; ``migrate rollback``
 reads it back through the registry ``toogo_reconcile_backup``.
+See docs/cutover.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ One transaction does it all, so a failure anywhere leaves the database as it was
 The backup tables are created just before (DDL commits by itself) and dropped again if the
 transaction fails, so nothing is left half-done. Charges of the affected users wait for the
 transaction's end (it holds their wallet rows); everybody else's go on.
+See docs/cutover.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ One transaction does it all, as the dedupe does, so a failure anywhere leaves no
 ``migrate rollback`` of that backup puts the consume rows back (same ids), flags the legs
 charged again and, with ``--reverse-refunds``, debits the refunds again; it does not touch
 ``uk_user_order``. The legs stay recorded as legs: the sweep never charges them again either way.
+See docs/runbook.md.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@
   If the constraint cannot be attached, the index just built is dropped again: the step is done
   completely or not at all, as a MySQL ALTER.
 - **Dump.** ``pg_dump`` (one consistent snapshot; the password in ``PGPASSWORD``).
+See docs/cutover.md.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ If step 2 fails, the key is gone and nothing else changed - a consistent state (
 no key) that a second ``rollback`` completes and ``add-unique-key`` undoes. Refunds stay by
 default: they were owed. Wallets are never overwritten from the backup (that would erase every
 charge since); the wallet backup table is there for forensics.
+See docs/runbook.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The read-only check, and ``up``: check -> backup + dedupe -> add-unique-key -> verify."""
+"""The read-only check, and ``up``: check -> backup + dedupe -> add-unique-key -> verify.
+See docs/cutover.md."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ carry per-row values in a ``CASE key WHEN ? THEN ? ... END``. Built here with po
 parameters because building the same statements as SQLAlchemy expressions costs more client CPU
 than the database spends executing them (see BENCHMARKS.md). PostgreSQL numbers its parameters
 (``$1``) and may use one several times: the constants of a multi-row INSERT are sent once.
+See docs/charging.md.
 """
 
 from __future__ import annotations

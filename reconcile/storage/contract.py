@@ -9,6 +9,7 @@ and skips them where it does not - decided here, once, never by catching a datab
 Everything else is required. :func:`inspect_live` names each missing table, column and index with
 its remedy, so ``doctor``, ``migrate check`` and every command that touches hotgo's tables can
 refuse to start (exit 1) before doing any work.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

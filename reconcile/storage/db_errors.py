@@ -2,6 +2,7 @@
 
 MySQL/MariaDB errors by their numeric code, PostgreSQL's by SQLSTATE, SQLite's by message.
 Messages carry no SQL text and no parameters (they may hold values of secrets or money).
+See docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ branching on the backend's name: MySQL/MariaDB (the production default), Postgre
 production database) and SQLite (the embedded default, one instance, decimals kept as exact
 text). Adding a database means adding a dialect here and its error codes in
 ``reconcile.storage.db``.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

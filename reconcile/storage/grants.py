@@ -17,6 +17,7 @@ schema: on MySQL/MariaDB the database-wide SELECT, INSERT, UPDATE, DELETE, CREAT
 INDEX (backup tables get timestamped names, so table-level grants cannot name them; DROP only
 removes unused backup tables); on PostgreSQL, where only a table's owner may ALTER it or index
 it, membership in the role owning hotgo's tables plus CREATE on the schema.
+See docs/operations.md.
 """
 
 from __future__ import annotations

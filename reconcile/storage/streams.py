@@ -1,5 +1,5 @@
 """Which streams the history sync still polls: a query over hotgo's robots and accounts that the
-charging side (trades awaiting a sync), retention and status share."""
+charging side (trades awaiting a sync), retention and status share. See docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Accounts are the exchange port's :class:`~reconcile.records.ApiAccount` (credentials as
 :class:`~reconcile.records.Secret`; the ``repr`` shows the id, user, platform and base URL only):
 this module only reads them from the database.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

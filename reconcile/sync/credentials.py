@@ -5,6 +5,7 @@ with AES-256-GCM: a 12-byte nonce, a 16-byte tag, no associated data. The key is
 secret's UTF-8 bytes, zero-padded or truncated to 32 bytes, read from the environment variable
 ``TOOGO_AES_KEY`` or the systemd credential file ``$CREDENTIALS_DIRECTORY/aes_key`` - never from
 config.yaml. Errors are :class:`~reconcile.errors.ConfigError` naming the field, never the value.
+See docs/configuration.md.
 """
 
 from __future__ import annotations

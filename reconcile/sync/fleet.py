@@ -21,6 +21,7 @@ Every time is the database server's clock in UTC (``UTC_TIMESTAMP(6)``, PostgreS
 
 The embedded SQLite default runs one instance: it has no schedule (:class:`PollLeases` is not
 used with it).
+See docs/operations.md.
 """
 
 from __future__ import annotations

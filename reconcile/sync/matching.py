@@ -1,44 +1,12 @@
 """Which local order an exchange record is: the matching rules, in the order the evidence is strong.
 
-Upstream's engine writes the **opening** order's exchange id to ``exchange_order_id`` (or a
-``POS-…`` placeholder for positions it back-filled) and the **closing** order's id to
-``close_order_id`` where that column exists; its ``order_sn`` is ``TO`` + time + random. So an
-engine-recorded close almost never carries an id equal to an exchange history record's. The link
-between a record and an order is therefore the daemon's own: ``toogo_reconcile_binding``
-(platform, account, record key) → order, written in the transaction that writes the order.
-
-For each record of a stream (robots sharing an account and a symbol), in close-time order:
-
-a. **binding** - the record is bound already: it is that order (fill only what is missing).
-b. **order id** - one of the record's own exchange order ids (binance/bybit ``orderId``; okx and
-   bitget ids where the payload has them), or its record key, equals ``close_order_id`` or
-   ``exchange_order_id`` of an order of the stream's robots: the exchange itself says so. (The
-   record key covers orders the first release inserted or filled, which it keyed by record key.)
-   An engine row whose ``exchange_order_id`` is the record's closing order and which opened when
-   the record closed (within ``match_tolerance``) is that order's **leg** (upstream's
-   ``SyncOrderHistoryToDB`` writes one per closing order, reconcile.charging.trades): never the
-   record's order. It is reported in ``Decision.legs`` and left out of every rule below.
-c. **close time** - a closed order of those robots, same symbol and direction, not yet bound to
-   another record, with a real close time within ``match_tolerance`` of the record's, *whatever
-   its exchange_order_id*: the engine recorded this close. Nearest close time wins, then nearest
-   quantity, then the lowest id. Orders the daemon inserted itself (rule f, ``SX…`` order_sn)
-   are other exchange records, not the engine's evidence: rules c and d ignore them.
-d. **part** - a closed order of those robots, same symbol and direction, whose lifetime (open to
-   close, ± the tolerance) spans the record's close time and whose quantity is larger than the
-   record's size: the exchange closed the position in parts (bybit reports one record per
-   closing order) that the engine recorded as one order. The record is bound as a *part*: no
-   order, no charge. (Should the engine count quantity in other units than the adapter - say
-   contracts - a record may wrongly look like a part: the error is then a missed order, never a
-   second charge. Open orders are not parts: a record closes them, rule e.)
-e. **open** - an open order (status 1) of those robots, same symbol and direction, opened before
-   the record closed: the record closes it. Pending (0) and failed (4) orders are never closed.
-f. **insert** - otherwise a closed order is inserted, with an ``order_sn`` derived from
-   (platform, account, record key) so that two instances converge on one row.
-
-Two records never bind one order as its close (``uk_binding_order``); a record that would have
-bound an order already bound to another record, and is not a part of it, is **ambiguous**: logged
-and bound as such, never inserted. An order with a placeholder close time (before 2010) is never
-matched on its close time.
+Upstream's engine records a close under ids that almost never equal an exchange history record's,
+so the link between a record and an order is the daemon's own (``toogo_reconcile_binding``). For
+each record of a stream, in close-time order, the first rule that applies: a. binding, b. order
+id (and the engine's closing legs, left out of every other rule), c. close time, d. part, e. open,
+f. insert; a record that would bind an order another record holds is ambiguous. Each rule, with
+what it writes, is explained once in docs/architecture.md ("How an exchange record finds its
+local order").
 """
 
 from __future__ import annotations

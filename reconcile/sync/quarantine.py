@@ -11,6 +11,7 @@ corrected it) and :func:`mark_resolved` records how. ``audit`` fails while any i
 The table ``toogo_reconcile_quarantine`` is one of the daemon's own tables
 (reconcile/storage/schema.py, ``OWN_TABLES``): ``create_own_schema`` / ``migrate up`` create it and
 the schema check asks for it.
+See docs/exchanges.md.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 The daemon writes no SQL: what it shows about the database - the backlog, the cursors' lag, the
 quarantine, the server's version and clock, which tables exist, the API accounts of running
 robots - is read here, each view one transaction, nothing written.
+See docs/audit-log.md.
 """
 
 from __future__ import annotations
