@@ -1,5 +1,5 @@
 """The ``toogo-reconcile`` command line. Exit codes: 0 success, 1 operational failure, 2 usage or
-configuration error."""
+configuration error. See docs/commands.md."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconcile.charging import shadow
 from reconcile.charging.lines import ONE_BY_ONE, AuditLines
-from reconcile.charging.orders import ORDER_COLUMNS, eligible_sql, fetch_orders
+from reconcile.charging.orders import ORDER_COLUMNS, eligible_sql, fetch_judged_orders, fetch_orders
 from reconcile.charging.outcomes import (
     OFF_REASON,
     Batch,
@@ -192,14 +192,16 @@ class PowerConsumer:
             #    another sweep has them). Only the key in the WHERE: with the eligibility
             #    columns the optimizer may lock its way along idx_power_consumed instead,
             #    momentarily locking other workers' rows, which SKIP LOCKED then passes over.
+            #    The same read carries the trade judge's columns: it reads no row again.
             lock = self._locking(
-                select(*ORDER_COLUMNS)
+                select(*ORDER_COLUMNS, *await self.judge.page_columns(conn))
                 .where(o.id.in_([oid for _, oid in page.keys]))
                 .order_by(o.id),
                 skip_locked=self.db.skip_locked,
             )
+            orders, trade_rows = await fetch_judged_orders(conn, lock)
             return await self.row_charger.charge_rows(
-                conn, await fetch_orders(conn, lock), source, waited=False
+                conn, orders, source, waited=False, trade_rows=trade_rows
             )
 
         await self._page_or_each(unit, page, source, page, what="charge sweep page")

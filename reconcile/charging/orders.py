@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconcile.charging.trade_rows import TradeRow, page_row
 from reconcile.storage.dialect import Dialect
 from reconcile.storage.schema import power_consume, trading_order
 
@@ -143,6 +144,23 @@ async def fetch_orders(conn: AsyncConnection, stmt: Select[Any]) -> list[OrderRo
     return [OrderRow._make(row) for row in await conn.execute(stmt)]
 
 
+async def fetch_judged_orders(
+    conn: AsyncConnection, stmt: Select[Any]
+) -> tuple[list[OrderRow], dict[int, TradeRow]]:
+    """``stmt`` selects ``ORDER_COLUMNS`` and then the trade judge's ``page_columns``: the
+    orders, and the same rows as the judge reads them (reconcile.charging.trade_rows)."""
+    width = len(ORDER_COLUMNS)
+    orders: list[OrderRow] = []
+    trades: dict[int, TradeRow] = {}
+    for row in await conn.execute(stmt):
+        order = OrderRow._make(row[:width])
+        orders.append(order)
+        trades[order.id] = page_row(
+            order.id, order.robot_id, order.close_time, order.status, row[width:]
+        )
+    return orders, trades
+
+
 __all__ = [
     "ORDER_COLUMNS",
     "REAL_CLOSE_TIMES_FROM",
@@ -153,6 +171,7 @@ __all__ = [
     "Status",
     "awaits_charge",
     "eligible_sql",
+    "fetch_judged_orders",
     "fetch_orders",
     "ineligibility",
     "real_close_time",

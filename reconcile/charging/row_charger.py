@@ -11,7 +11,7 @@ charged (reconcile.charging.debits). Shadow mode records the would-be charge ins
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -24,6 +24,7 @@ from reconcile.charging.orders import OrderRow
 from reconcile.charging.outcomes import ChargeResult, Outcome, PowerMode, Source, UnitOutcome
 from reconcile.charging.price_inputs import discounts
 from reconcile.charging.pricing import Charge, Discount, PowerRules, compute_charge
+from reconcile.charging.trade_rows import TradeRow
 from reconcile.charging.trades import TradeJudge
 from reconcile.charging.verdicts import Verdict
 from reconcile.storage.db import Database
@@ -40,14 +41,21 @@ class RowCharger:
         self.judge = judge
 
     async def charge_rows(
-        self, conn: AsyncConnection, orders: Sequence[OrderRow], source: Source, *, waited: bool
+        self,
+        conn: AsyncConnection,
+        orders: Sequence[OrderRow],
+        source: Source,
+        *,
+        waited: bool,
+        trade_rows: Mapping[int, TradeRow] | None = None,
     ) -> UnitOutcome:
         """``orders``: locked rows, with ``charged`` as the locking statement read it. That
         statement's snapshot may predate the lock (PostgreSQL rechecks a row changed under it
         but keeps the snapshot for the subquery): after waiting for locks (``waited``) it is
         read again, fresh; with SKIP LOCKED only where the row says charged and the snapshot
         knew no consume row. A consume row missed otherwise meets ``uk_user_order`` (or
-        ``post_consumes``' count) and the unit runs again."""
+        ``post_consumes``' count) and the unit runs again. ``trade_rows``: the same rows as
+        the trade judge reads them, when the locking read carried its columns too."""
         out = UnitOutcome()
         now = self.db.now()
         eligible: list[OrderRow] = []
@@ -60,7 +68,7 @@ class RowCharger:
         if not eligible:
             return out
         if self.mode is PowerMode.SHADOW:
-            trades = await self._trades_only(conn, eligible, out)
+            trades = await self._trades_only(conn, eligible, out, trade_rows)
             if trades:
                 await self._shadow(conn, trades, source, now, out)
             return out
@@ -98,7 +106,7 @@ class RowCharger:
             else:
                 to_charge.append(order)
 
-        to_charge = await self._trades_only(conn, to_charge, out)
+        to_charge = await self._trades_only(conn, to_charge, out, trade_rows)
         if to_charge:
             if in_sql:
                 await debit_in_sql(self.db, self.rules, conn, to_charge, source, now, out)
@@ -115,13 +123,17 @@ class RowCharger:
         return out
 
     async def _trades_only(
-        self, conn: AsyncConnection, orders: list[OrderRow], out: UnitOutcome
+        self,
+        conn: AsyncConnection,
+        orders: list[OrderRow],
+        out: UnitOutcome,
+        rows: Mapping[int, TradeRow] | None,
     ) -> list[OrderRow]:
         """Those of ``orders`` that are trades; a leg or a held row gets its result here
         (reconcile.charging.trades decides; a leg found now is recorded in this transaction)."""
         if not orders:
             return orders
-        judged = await self.judge.judge(conn, [o.id for o in orders])
+        judged = await self.judge.judge(conn, [o.id for o in orders], rows=rows)
         trades: list[OrderRow] = []
         for order in orders:
             judgement = judged.get(order.id)

@@ -6,7 +6,9 @@ transaction. The rules that use them are explained in docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -30,6 +32,7 @@ from reconcile.storage.streams import polled
 StreamKey = tuple[str, int, str]
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of symbols, thousands of rows per page
 def symbol_key(symbol: str | None) -> str:
     """A symbol as every format names it: ``BTC_USDT``, ``BTC-USDT-SWAP``, ``BTC/USDT:USDT``."""
     text = (symbol or "").upper().split(":")[0]
@@ -87,28 +90,85 @@ async def read_rows(
         trading_api_config, a.id == r.api_config_id
     )
     out: dict[int, TradeRow] = {}
-    for row in await conn.execute(select(*columns).select_from(joined).where(where)):
-        account = (
-            ("account", int(row.api_config_id))
-            if row.api_config_id is not None
-            else ("robot", int(row.robot_id))
-        )
-        ids = tuple(str(getattr(row, n) or "").strip() for n in close_columns)
-        out[row.id] = TradeRow(
-            id=row.id,
-            robot_id=row.robot_id,
-            account=account,
-            platform=(row.platform or "").lower(),
-            symbol=symbol_key(row.symbol),
-            direction=(row.direction or "").lower(),
-            quantity=row.quantity,
-            open_time=row.open_time,
-            close_time=row.close_time,
-            status=row.status,
-            exchange_order_id=(row.exchange_order_id or "").strip(),
-            close_ids=tuple(i for i in ids if i),
-        )
+    # positional unpacking, not attribute access: a page reads thousands of these rows
+    for (
+        id_,
+        robot_id,
+        symbol,
+        direction,
+        quantity,
+        open_time,
+        close_time,
+        status,
+        *rest,
+    ) in await conn.execute(select(*columns).select_from(joined).where(where)):
+        out[id_] = _trade_row(id_, robot_id, close_time, status, symbol, direction, quantity,
+                              open_time, rest)  # fmt: skip
     return out
+
+
+def page_columns(close_columns: tuple[str, ...]) -> list[Any]:
+    """What :func:`read_rows` reads beyond the columns the charging transaction's locking read
+    has already (id, robot_id, close_time, status), for that read to carry too (then the judge
+    reads nothing of its own, :func:`page_row`). The account is read by scalar subqueries: a
+    locking read does not lock a subquery's rows (MariaDB, PostgreSQL), as it would a join's."""
+    o, r, a = trading_order.c, trading_robot.c, trading_api_config.c
+    account = select(r.api_config_id).where(r.id == o.robot_id).scalar_subquery()
+    platform = (
+        select(a.platform)
+        .select_from(trading_robot.join(trading_api_config, a.id == r.api_config_id))
+        .where(r.id == o.robot_id)
+        .scalar_subquery()
+    )
+    return [
+        o.symbol,
+        o.direction,
+        o.quantity,
+        o.open_time,
+        o.exchange_order_id,
+        account.label("trade_api_config_id"),
+        platform.label("trade_platform"),
+        *(o[name] for name in close_columns),
+    ]
+
+
+def page_row(
+    id_: int, robot_id: int, close_time: datetime | None, status: int | None, extra: Sequence[Any]
+) -> TradeRow:
+    """The :class:`TradeRow` of a row read with :func:`page_columns` (``extra``: their values)."""
+    symbol, direction, quantity, open_time, *rest = extra
+    return _trade_row(
+        id_, robot_id, close_time, status, symbol, direction, quantity, open_time, rest
+    )
+
+
+def _trade_row(
+    id_: int,
+    robot_id: int,
+    close_time: datetime | None,
+    status: int | None,
+    symbol: str | None,
+    direction: str | None,
+    quantity: Decimal,
+    open_time: datetime,
+    rest: Sequence[Any],  # exchange_order_id, api_config_id, platform, the close-id columns
+) -> TradeRow:
+    exchange_order_id, api_config_id, platform, *closes = rest
+    ids = tuple(str(c or "").strip() for c in closes)
+    return TradeRow(
+        id_,
+        robot_id,
+        ("account", int(api_config_id)) if api_config_id is not None else ("robot", int(robot_id)),
+        (platform or "").lower(),
+        symbol_key(symbol),
+        (direction or "").lower(),
+        quantity,
+        open_time,
+        close_time,
+        status,
+        (exchange_order_id or "").strip(),
+        tuple(i for i in ids if i),
+    )
 
 
 async def read_neighbours(
@@ -194,6 +254,8 @@ async def read_cursors(
 __all__ = [
     "StreamKey",
     "TradeRow",
+    "page_columns",
+    "page_row",
     "read_bound",
     "read_cursors",
     "read_layout",

@@ -33,10 +33,11 @@ passes over them. What the rules read is reconcile.charging.trade_rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -45,6 +46,7 @@ from reconcile.charging.orders import Status
 from reconcile.charging.trade_rows import (
     StreamKey,
     TradeRow,
+    page_columns,
     read_bound,
     read_cursors,
     read_layout,
@@ -85,14 +87,25 @@ class TradeJudge:
         self._own_tables = False
 
     async def judge(
-        self, conn: AsyncConnection, order_ids: Sequence[int], *, record: bool = True
+        self,
+        conn: AsyncConnection,
+        order_ids: Sequence[int],
+        *,
+        record: bool = True,
+        rows: Mapping[int, TradeRow] | None = None,
     ) -> dict[int, Judgement]:
         """A judgement for each of ``order_ids`` that exists. Writes the legs it finds to
-        toogo_reconcile_verdict unless ``record`` is false (the read-only views)."""
+        toogo_reconcile_verdict unless ``record`` is false (the read-only views). ``rows``:
+        the rows as the caller's locking read had them already (:meth:`page_columns`), in
+        this transaction; without it they are read here."""
         if not order_ids:
             return {}
         close_columns, own = await self._layout(conn)
-        subjects = await read_rows(conn, trading_order.c.id.in_(list(order_ids)), close_columns)
+        subjects = (
+            {i: rows[i] for i in order_ids if i in rows}
+            if rows is not None
+            else await read_rows(conn, trading_order.c.id.in_(list(order_ids)), close_columns)
+        )
         if not subjects:
             return {}
         out = await recorded_verdicts(conn, list(subjects)) if own else {}
@@ -143,6 +156,12 @@ class TradeJudge:
             part = ids[start : start + JUDGED_PER_READ]
             out.update(await self.judge(conn, part, record=False))
         return out
+
+    async def page_columns(self, conn: AsyncConnection) -> list[Any]:
+        """The columns a locking read of trading_order adds so that :meth:`judge` need not
+        read its rows again (reconcile.charging.trade_rows.page_columns)."""
+        close_columns, _ = await self._layout(conn)
+        return page_columns(close_columns)
 
     def _one(
         self,
