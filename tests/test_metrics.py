@@ -252,7 +252,12 @@ async def test_shadow_mode_counts_would_be_charges_and_says_it_charges_nothing(
             text = await scrape_until(
                 http,
                 port,
-                lambda t: (sample(t, "toogo_would_charges_total", source="sweep") or 0) >= eligible,
+                # and the gauges refreshed at least once (0 until the first refresh, which
+                # waits for the health loop's first verdict)
+                lambda t: (
+                    (sample(t, "toogo_would_charges_total", source="sweep") or 0) >= eligible
+                    and bool(sample(t, "toogo_backlog_orders"))
+                ),
             )
     finally:
         proc.terminate()
